@@ -1,0 +1,117 @@
+"""Checkpoints: state dict + metadata, written atomically, verified on load, never unpickled as code.
+
+File layout (a ``torch.save`` dict readable with ``weights_only=True``)::
+
+    {"format": "geodesic-checkpoint/1", "state_dict": {name: tensor}, "meta": {str: str|int|float|bool},
+     "sha256": content hash of the state dict}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import InputError
+from .models import build_model
+
+FORMAT = "geodesic-checkpoint/1"
+
+
+def state_hash(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of every tensor (sorted by name)."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) -> str:
+    """Write ``model.state_dict()`` and ``meta`` atomically (temp file + rename). Returns the content hash.
+
+    ``meta`` must hold ``model`` (registry name), ``num_classes``, ``in_channels`` and ``image_size`` so the
+    network can be rebuilt; values must be str/int/float/bool.
+    """
+    for key in ("model", "num_classes", "in_channels", "image_size"):
+        if key not in meta:
+            raise InputError(f"checkpoint metadata needs {key!r}")
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    check_finite_state(state, f"model to be saved at {path}")
+    digest = state_hash(state)
+    _atomic_torch_save({"format": FORMAT, "state_dict": state, "meta": dict(meta), "sha256": digest}, Path(path))
+    return digest
+
+
+def check_finite_state(state: dict[str, torch.Tensor], what: str) -> None:
+    for name, t in state.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise InputError(f"{what} holds NaN/Inf values in {name!r}; use a checkpoint with finite weights "
+                             f"(e.g. retrain, or take an earlier checkpoint)")
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load and verify a checkpoint with ``torch.load(weights_only=True)``.
+
+    Returns:
+        ``(state_dict, meta)``.
+
+    Raises:
+        InputError: the file is missing, truncated, not a checkpoint of this project, fails its content
+            hash, or holds non-finite values.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"checkpoint {p} does not exist; pass the path of a file written by `geodesic train`")
+    try:
+        blob = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(f"checkpoint {p} could not be loaded safely ({type(exc).__name__}: {str(exc)[:200]}); "
+                         f"it is truncated, corrupt or not a weights-only checkpoint. Re-create it with "
+                         f"`geodesic train`.") from exc
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT or not isinstance(blob.get("state_dict"), dict):
+        raise InputError(f"{p} is not a checkpoint of this project (format {FORMAT!r} expected); "
+                         f"re-create it with `geodesic train`")
+    state, meta = blob["state_dict"], dict(blob.get("meta") or {})
+    if state_hash(state) != blob.get("sha256"):
+        raise InputError(f"checkpoint {p} fails its content hash (corrupted after writing); re-create it")
+    check_finite_state(state, f"checkpoint {p}")
+    return state, meta
+
+
+def load_model(path: str | os.PathLike, expect_model: str | None = None,
+               expect_num_classes: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the network stored at ``path`` and load its weights; check architecture expectations."""
+    state, meta = load_checkpoint(path)
+    if expect_model is not None and meta.get("model") != expect_model:
+        raise InputError(f"checkpoint {path} holds a {meta.get('model')!r} network but {expect_model!r} was "
+                         f"requested; pass a checkpoint of the same architecture or change --model")
+    if expect_num_classes is not None and int(meta.get("num_classes", -1)) != expect_num_classes:
+        raise InputError(f"checkpoint {path} has {meta.get('num_classes')} classes, the dataset has "
+                         f"{expect_num_classes}; use a checkpoint trained on this dataset")
+    model = build_model(meta["model"], int(meta["num_classes"]), int(meta["in_channels"]), int(meta["image_size"]))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise InputError(f"checkpoint {path} does not match architecture {meta['model']!r}: {str(exc)[:300]}") from exc
+    return model, meta

@@ -1,0 +1,186 @@
+"""Geo(w_t, g, w_a, s): the traversal of section 3, one exactly solved Geo step (eq. 6-7) at a time.
+
+Each step draws a metric batch X (N inputs), solves eq. 6 at the current weights for d = w_a − w, and moves
+Δw = η θ / ‖θ‖ (eq. 7). The local metric only bounds each step's functional change, and over hundreds of
+steps that change accumulates; the optional output anchor (``GeoConfig.anchor`` = a > 0) adds after each
+step the damped Gauss-Newton correction toward an anchor network's outputs y* on the same batch,
+
+    δ = −a J^T (J J^T + μ I)^{-1} r,   r = f(X; w) + J Δw − y*(X)    (the linearized residual after the step),
+
+which lies in the row space of J and so leaves the null-space motion toward the target untouched.
+
+Stopping criteria (section 3): (i) the target is within η (the last step lands on it exactly); (ii) ``s``
+steps taken; (iii) oscillation: the distance to the target has not reached a new minimum for ``patience``
+steps. Per-step information goes to callbacks; nothing here logs or tracks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple, Sequence
+
+import torch
+from torch import nn
+from torch.func import jvp
+
+from .config import GeoConfig
+from .errors import InputError, NonFiniteError
+from .metric import MetricOperator, eval_mode, flat_params, output_fn, set_flat_params
+from .solve import GramFactor, _check_qp_args, _solve_exact, _solve_lanczos
+from .targets import Target
+
+
+class StepInfo(NamedTuple):
+    """What one Geo step did. ``distance``: ‖w_a − w‖ before the step; ``step_length``: sqrt(Δw^T g Δw) on
+    the step's batch; ``path_length``: cumulative S(γ) so far; ``weights``: flat weights after the step (a
+    live tensor: copy it to keep it)."""
+
+    step: int
+    distance: float
+    theta_g_theta: float
+    step_length: float
+    path_length: float
+    lam: float
+    residual: float
+    weights: torch.Tensor
+
+
+class GeoResult(NamedTuple):
+    weights: torch.Tensor
+    steps: int
+    stop_reason: str  # "reached" | "max_steps" | "oscillation"
+    distance: float  # distance to the target at the end
+    path_length: float
+
+
+def _anchor_outputs(anchor: nn.Module, x: torch.Tensor, output_space: str) -> torch.Tensor:
+    with torch.no_grad(), eval_mode(anchor):
+        out = anchor(x)
+        return out.softmax(-1) if output_space == "softmax" else out
+
+
+def _cg(op_apply: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int) -> torch.Tensor:
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = r.clone()
+    rr = torch.dot(r, r)
+    for _ in range(iters):
+        ap = op_apply(p)
+        alpha = rr / torch.dot(p, ap).clamp_min(1e-30)
+        x += alpha * p
+        r -= alpha * ap
+        rr_new = torch.dot(r, r)
+        if rr_new.sqrt() < 1e-8 * b.norm():
+            break
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    return x
+
+
+def geo(model: nn.Module, target: Target, pool: torch.Tensor, cfg: GeoConfig, *,
+        anchor: nn.Module | None = None, callbacks: Sequence[Callable[[StepInfo], None]] = (),
+        generator: torch.Generator | None = None, start_step: int = 0) -> GeoResult:
+    """Traverse from the model's current weights toward ``target``; the model ends at the path's end.
+
+    Args:
+        model: start network w_t (updated in place).
+        target: maps (w, step) to w_a (see `geodesic_core.targets`).
+        pool: ``(P, C, H, W)`` inputs from which each step's metric batch of ``cfg.metric_batch`` is drawn
+            (the task's data: g measures functional change on this task only).
+        cfg: Geo settings (β, ε, η, s = max_steps, batch, output space, solver, anchor, patience).
+        anchor: network whose outputs the correction pulls toward (default: a frozen copy of the start
+            network). Ignored when ``cfg.anchor == 0``.
+        callbacks: called with a `StepInfo` after every step.
+        generator: CPU generator for the metric batches (default: seeded from ``cfg.seed``).
+        start_step: step counter offset (for target refresh schedules across segments).
+    """
+    _check_qp_args(cfg.beta, cfg.eps)
+    if cfg.eta <= 0:
+        raise InputError(f"eta (the step length of eq. 7) must be positive, got {cfg.eta}")
+    if pool.shape[0] == 0:
+        raise InputError("the metric's input pool is empty; pass the task's training inputs")
+    device = next(model.parameters()).device
+    gen = generator or torch.Generator().manual_seed(cfg.seed)
+    w = flat_params(model)
+    if not torch.isfinite(w).all():
+        raise NonFiniteError("the start network holds NaN/Inf weights; start from a finite checkpoint")
+    if cfg.anchor > 0 and anchor is None:
+        import copy
+
+        anchor = copy.deepcopy(model).requires_grad_(False)
+    n_batch = min(cfg.metric_batch, pool.shape[0])
+    best, last_improve, total = math.inf, start_step, 0.0
+    dist = math.inf
+    step = start_step
+    stop = "max_steps"
+    for step in range(start_step, start_step + cfg.max_steps):
+        w_a = target(w, step).to(w)
+        if w_a.shape != w.shape:
+            raise InputError(f"target has {w_a.numel()} weights, the network {w.numel()}: not the same architecture")
+        d = w_a - w
+        dist = float(d.norm())
+        x = pool[torch.randperm(pool.shape[0], generator=gen)[:n_batch]].to(device)
+        if dist <= cfg.eta:  # criterion (i): land on the target
+            with eval_mode(model):
+                _, jd = jvp(output_fn(model, x, cfg.output_space), (w,), (d,))
+            seg = math.sqrt(float((jd.double() ** 2).sum()) / n_batch)
+            w = w_a.clone()
+            set_flat_params(model, w)
+            total += seg
+            info = StepInfo(step + 1, dist, float("nan"), seg, total, float("nan"), 0.0, w)
+            for cb in callbacks:
+                cb(info)
+            step += 1
+            stop, dist = "reached", 0.0
+            break
+        if cfg.solver == "exact":
+            factor = GramFactor.compute(model, x, cfg.output_space)
+            op = factor.op
+            sol = _solve_exact(factor, d, cfg.beta, cfg.eps)
+        else:
+            factor, op = None, MetricOperator(model, x, cfg.output_space)
+            sol = _solve_lanczos(op, d, cfg.beta, cfg.eps, cfg.cg_iters)
+        tnorm = float(sol.theta.norm())
+        if not math.isfinite(tnorm) or tnorm == 0.0:
+            raise NonFiniteError(f"Geo step {step + 1}: the direction θ is {'zero' if tnorm == 0 else 'NaN/Inf'}; "
+                                 f"the last good weights are kept. Lower eta, raise eps, or check the data for NaN/Inf")
+        c = cfg.eta / tnorm
+        delta = c * sol.theta
+        j_delta = c * sol.j_theta  # (N, m)
+        if cfg.anchor > 0:
+            resid = op.outputs.detach() + j_delta - _anchor_outputs(anchor, x, cfg.output_space)
+            if factor is not None:
+                mu = cfg.anchor_damping * float(factor.sigma.mean().clamp_min(1e-30))
+                u = factor.solve_damped(resid, mu)  # (K + μI)^{-1} r
+                corr = -cfg.anchor * op.vjp(u)
+                j_corr = -cfg.anchor * (factor.U @ (factor.sigma * (factor.U.T @ u.reshape(-1).double())))
+                j_corr = j_corr.to(j_delta.dtype).reshape(j_delta.shape)
+            else:  # (J^T J + μ' I) δ = -J^T r, matrix-free
+                rhs = op.vjp(resid)
+                mu = cfg.anchor_damping * float((rhs.norm() / max(float(resid.norm()), 1e-30)) ** 2 / n_batch + 1e-12)
+                corr = -cfg.anchor * _cg(lambda v: op(v) * n_batch + mu * v, rhs, cfg.cg_iters)
+                j_corr = op.jvp(corr)
+            delta = delta + corr
+            j_delta = j_delta + j_corr
+        w_new = w + delta
+        if not torch.isfinite(w_new).all():
+            raise NonFiniteError(f"Geo step {step + 1} produced NaN/Inf weights; the last good weights are kept. "
+                                 f"Lower eta or the anchor weight, or check the data for NaN/Inf")
+        w = w_new
+        set_flat_params(model, w)
+        seg = math.sqrt(float((j_delta.double() ** 2).sum()) / n_batch)
+        total += seg
+        info = StepInfo(step + 1, dist, sol.theta_g_theta, seg, total, sol.lam, sol.residual, w)
+        for cb in callbacks:
+            cb(info)
+        if dist < best * (1 - 1e-4):
+            best, last_improve = dist, step
+        elif step - last_improve >= cfg.patience:  # criterion (iii)
+            step += 1
+            stop = "oscillation"
+            break
+    else:
+        step = start_step + cfg.max_steps
+    if stop != "reached":
+        dist = float((target(w, step).to(w) - w).norm())
+    return GeoResult(w, step - start_step, stop, dist, total)

@@ -1,0 +1,259 @@
+"""The functional metric g_w = (1/N) sum_i J_i(w)^T J_i(w) (paper eq. 2-3), matrix-free.
+
+J_i = d f(x_i; w) / d w is the (m x n) Jacobian of the network outputs (logits or softmax probabilities) for
+input x_i. Nothing here forms an n x n matrix: g is used through products g v = J^T (J v) / N (a `torch.func`
+jvp, then a vjp), and, for the exact Geo solver, through the (N m x N m) Gram matrix K = J J^T, which has
+the same non-zero spectrum as N g.
+
+Flat vectors are in ``torch.nn.utils.parameters_to_vector(model.parameters())`` order. Networks are
+evaluated in eval mode (batch norm with its running statistics), so f(x_i) depends on x_i alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator, Literal, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, jvp, vjp
+
+from .errors import InputError, NonFiniteError
+
+OutputSpace = Literal["logits", "softmax"]
+
+
+def flat_params(model: nn.Module) -> torch.Tensor:
+    """Current weights as one flat vector ``(n,)`` (detached copy)."""
+    return torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
+
+
+def set_flat_params(model: nn.Module, w: torch.Tensor) -> None:
+    """Write the flat vector ``w (n,)`` into the model's parameters (in place)."""
+    n = sum(p.numel() for p in model.parameters())
+    if w.shape != (n,):
+        raise InputError(f"weight vector has shape {tuple(w.shape)} but the network has {n} parameters; "
+                         f"use a vector of the same architecture")
+    with torch.no_grad():
+        torch.nn.utils.vector_to_parameters(w.to(next(model.parameters()).device), model.parameters())
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
+def output_fn(model: nn.Module, inputs: torch.Tensor, output_space: OutputSpace = "logits"
+              ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``F(w_flat (n,)) -> f(inputs; w) (N, m)`` as a pure function of the flat weight vector."""
+    if output_space not in ("logits", "softmax"):
+        raise InputError(f"unknown output space {output_space!r}; valid: logits, softmax")
+    names = [k for k, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    sizes = [p.numel() for p in model.parameters()]
+    buffers = dict(model.named_buffers())
+
+    def f(w: torch.Tensor) -> torch.Tensor:
+        params = {k: t.view(s) for k, t, s in zip(names, torch.split(w, sizes), shapes)}
+        out = functional_call(model, {**params, **buffers}, (inputs,))
+        return out.softmax(-1) if output_space == "softmax" else out
+
+    return f
+
+
+def _check_vector(model: nn.Module, v: torch.Tensor, what: str) -> None:
+    n = sum(p.numel() for p in model.parameters())
+    if v.dim() != 1 or v.numel() != n:
+        raise InputError(f"{what} has shape {tuple(v.shape)}, expected ({n},) for this network "
+                         f"(flat, in parameters_to_vector order)")
+
+
+def metric_vector_product(model: nn.Module, inputs: torch.Tensor, v: torch.Tensor,
+                          output_space: OutputSpace = "logits") -> torch.Tensor:
+    """g v = (1/N) J^T (J v) at the model's current weights (eq. 2-3), without forming g.
+
+    Args:
+        model: the network, evaluated in eval mode.
+        inputs: ``(N, ...)`` batch over which g is averaged.
+        v: ``(n,)`` flat tangent vector.
+        output_space: ``"logits"`` or ``"softmax"`` (f in J = df/dw).
+
+    Returns:
+        ``(n,)`` the product g v.
+    """
+    _check_vector(model, v, "v")
+    with eval_mode(model):
+        w = flat_params(model)
+        f = output_fn(model, inputs, output_space)
+        _, jv = jvp(f, (w,), (v.to(w),))  # (N, m)
+        _, pullback = vjp(f, w)
+        (gv,) = pullback(jv / inputs.shape[0])
+    return gv
+
+
+class MetricOperator:
+    """g at a fixed point w, with the forward pass done once and reused by every product.
+
+    ``op(v)`` returns g v ``(n,)``; ``op.jvp(v)`` returns J v ``(N, m)``; ``op.vjp(u)`` returns J^T u ``(n,)``;
+    ``op.outputs`` holds f(inputs; w) ``(N, m)``. J v is taken as the vjp of the (linear) map u -> J^T u,
+    so after one forward pass each product costs two backward-type passes and no re-trace.
+    """
+
+    def __init__(self, model: nn.Module, inputs: torch.Tensor, output_space: OutputSpace = "logits"):
+        self.model = model
+        self.n_inputs = inputs.shape[0]
+        with eval_mode(model):
+            self.w = flat_params(model)
+            self.outputs, self._pullback = vjp(output_fn(model, inputs, output_space), self.w)
+        self._pushforward: Callable | None = None
+
+    def jvp(self, v: torch.Tensor) -> torch.Tensor:
+        if self._pushforward is None:  # J v = d/du <J^T u, v>: the vjp of the linear map u -> J^T u
+            _, self._pushforward = vjp(lambda u: self._pullback(u)[0], torch.zeros_like(self.outputs))
+        return self._pushforward(v)[0]
+
+    def vjp(self, u: torch.Tensor) -> torch.Tensor:
+        return self._pullback(u.reshape(self.outputs.shape))[0]
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        gv = self.vjp(self.jvp(v) / self.n_inputs)
+        if not torch.isfinite(gv).all():
+            raise NonFiniteError("non-finite metric-vector product; the network's outputs or weights hold NaN/Inf")
+        return gv
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Gram matrix K = J J^T  (N m x N m), rows ordered (sample i, output k), i-major like f(inputs).reshape(-1).
+# ----------------------------------------------------------------------------------------------------------
+
+_SUPPORTED = (nn.Linear, nn.Conv2d, nn.modules.batchnorm._BatchNorm)
+
+
+def _param_modules(model: nn.Module) -> list[nn.Module]:
+    mods = [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
+    for m in mods:
+        if not isinstance(m, _SUPPORTED):
+            raise InputError(f"the exact solver's Gram matrix supports Linear, Conv2d and BatchNorm layers, not "
+                             f"{type(m).__name__}; use solver='cg'")
+    return mods
+
+
+def gram_matrix(model: nn.Module, inputs: torch.Tensor, output_space: OutputSpace = "logits",
+                max_elements: int = 400_000_000) -> torch.Tensor:
+    """K = J J^T ``(N m, N m)`` for the stacked Jacobian J ``(N m, n)`` of all outputs on ``inputs``.
+
+    Built layer by layer from per-sample output gradients (one batched backward for the m outputs), without
+    forming J for fully connected layers: for y = W h + b, the block is (D D^T) * (H H^T + 1) with D the
+    per-(sample, output) gradients at y and H the layer inputs. Convolution and batch-norm blocks form their
+    per-sample gradients (N m x n_layer) and add G G^T.
+
+    Raises:
+        InputError: a layer type without a Gram rule, or a block too large (use solver='cg').
+    """
+    mods = _param_modules(model)
+    n_in, dev = inputs.shape[0], inputs.device
+    saved: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def hook(mod, args, out):
+        saved[mod] = (args[0].detach(), out)
+
+    handles = [m.register_forward_hook(hook) for m in mods]
+    try:
+        with eval_mode(model), torch.enable_grad():
+            out = model(inputs)
+            if output_space == "softmax":
+                out = out.softmax(-1)
+            m_out = out.shape[1]
+            eye = torch.eye(m_out, device=dev, dtype=out.dtype)
+            cot = eye.unsqueeze(1).expand(m_out, n_in, m_out).contiguous()  # (m, N, m): one-hot per output k
+            outs = [saved[mod][1] for mod in mods]
+            grads = torch.autograd.grad(out, outs, grad_outputs=cot, is_grads_batched=True)
+    finally:
+        for h in handles:
+            h.remove()
+    size = n_in * m_out
+    K = torch.zeros(size, size, device=dev, dtype=torch.float64)
+    for mod, delta in zip(mods, grads):
+        h = saved[mod][0]
+        # delta: (m, N, *out_shape) -> (N, m, *out_shape): rows in (i, k) order
+        delta = delta.transpose(0, 1).reshape(size, *delta.shape[2:])
+        if isinstance(mod, nn.Linear):
+            if delta.dim() != 2:
+                raise InputError("the exact solver supports Linear layers on (N, features) inputs only; use solver='cg'")
+            dd = delta @ delta.T  # (Nm, Nm)
+            hh = h.reshape(n_in, -1) @ h.reshape(n_in, -1).T  # (N, N)
+            hh = hh.repeat_interleave(m_out, 0).repeat_interleave(m_out, 1)
+            block = dd * hh + (dd if mod.bias is not None else 0)
+            K += block.double()
+            continue
+        if isinstance(mod, nn.Conv2d):
+            if size * mod.weight.numel() > max_elements:
+                raise InputError(f"conv layer with {mod.weight.numel()} weights x {size} outputs is too large for "
+                                 f"the exact solver; use solver='cg' or a smaller metric batch")
+            patches = nn.functional.unfold(h, mod.kernel_size, mod.dilation, mod.padding, mod.stride)  # (N, CKK, P)
+            if mod.groups != 1:
+                raise InputError("the exact solver does not support grouped convolutions; use solver='cg'")
+            dflat = delta.reshape(n_in, m_out, delta.shape[1], -1)  # (N, m, C_out, P)
+            g_w = torch.einsum("ikcp,idp->ikcd", dflat, patches).reshape(size, -1)  # per-sample weight grads
+            K += (g_w @ g_w.T).double()
+            if mod.bias is not None:
+                g_b = dflat.sum(-1).reshape(size, -1)
+                K += (g_b @ g_b.T).double()
+            continue
+        # batch norm in eval mode: y = xhat * weight + bias, xhat = (h - running_mean) / sqrt(running_var + eps)
+        shape = (1, -1) + (1,) * (h.dim() - 2)
+        xhat = (h - mod.running_mean.view(shape)) / torch.sqrt(mod.running_var.view(shape) + mod.eps)
+        dflat = delta.reshape(n_in, m_out, *delta.shape[1:])
+        red = tuple(range(3, dflat.dim()))
+        if mod.weight is not None:
+            g_w = (dflat * xhat.unsqueeze(1)).sum(red).reshape(size, -1) if red else (dflat * xhat.unsqueeze(1)).reshape(size, -1)
+            K += (g_w @ g_w.T).double()
+        if mod.bias is not None:
+            g_b = dflat.sum(red).reshape(size, -1) if red else dflat.reshape(size, -1)
+            K += (g_b @ g_b.T).double()
+    if not torch.isfinite(K).all():
+        raise NonFiniteError("non-finite Gram matrix J J^T; the network's weights or outputs hold NaN/Inf")
+    return K
+
+
+def segment_lengths(model: nn.Module, points: Sequence[torch.Tensor], inputs: torch.Tensor,
+                    output_space: OutputSpace = "logits") -> torch.Tensor:
+    """Riemannian length of each segment of a discrete path under g at the segment midpoint.
+
+    For points w_0..w_T and Δ_t = w_{t+1} - w_t: ``l_t = sqrt(Δ_t^T g(m_t) Δ_t)`` with m_t the midpoint, and
+    Δ^T g Δ = |J Δ|^2 / N (one jvp per segment). Returns ``(T,)``; the model's weights are restored.
+    """
+    w0 = flat_params(model)
+    out = []
+    try:
+        with eval_mode(model):
+            for a, b in zip(points[:-1], points[1:]):
+                a, b = a.to(w0), b.to(w0)
+                mid = 0.5 * (a + b)
+                f = output_fn(model, inputs, output_space)
+                _, jd = jvp(f, (mid,), (b - a,))
+                out.append(torch.sqrt((jd.double() ** 2).sum() / inputs.shape[0]))
+    finally:
+        set_flat_params(model, w0)
+    return torch.stack(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+def path_length(model: nn.Module, points: Sequence[torch.Tensor], inputs: torch.Tensor,
+                output_space: OutputSpace = "logits") -> float:
+    """S(γ) of a discrete path under g (eq. 4), as the reparameterization-invariant length sum_t l_t.
+
+    Eq. 4 integrates <γ', γ'>_γ; its minimizers are the geodesics, and the length sum_t sqrt(Δ_t^T g Δ_t)
+    is the same functional made independent of how many points the path has, so the geodesic and the
+    straight line between two networks can be compared directly.
+    """
+    return float(segment_lengths(model, points, inputs, output_space).sum())
+
+
+def linear_path(w_a: torch.Tensor, w_b: torch.Tensor, points: int) -> list[torch.Tensor]:
+    """``points`` equally spaced weight vectors on the straight line from w_a to w_b (both included)."""
+    return [torch.lerp(w_a, w_b, float(t)) for t in torch.linspace(0, 1, points)]

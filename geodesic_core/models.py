@@ -1,0 +1,163 @@
+"""Model registry: the architectures of the paper's experiments.
+
+``MODELS`` maps a name to a builder ``(num_classes, in_channels, image_size) -> nn.Module``.
+Every model maps a batch ``x: (N, C, H, W)`` to logits ``(N, num_classes)``.
+
+References:
+    LeNet-300-100: LeCun et al. 1998. VGG (CIFAR variant with batch norm): Simonyan & Zisserman 2015.
+    Pre-activation bottleneck ResNet-164: He et al. 2016 ("Identity mappings in deep residual networks").
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import InputError
+
+
+def lenet300(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> nn.Module:
+    """LeNet-300-100: a 784-300-100-10 ReLU MLP on flattened images (the paper's MNIST network)."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(in_channels * image_size * image_size, 300),
+        nn.ReLU(),
+        nn.Linear(300, 100),
+        nn.ReLU(),
+        nn.Linear(100, num_classes),
+    )
+
+
+def cnn(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> nn.Module:
+    """Small CNN for MNIST / Fashion-MNIST: conv5(16)-pool-conv5(32)-pool-fc100-fc (about 65k weights)."""
+    side = ((image_size - 4) // 2 - 4) // 2
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * side * side, 100),
+        nn.ReLU(),
+        nn.Linear(100, num_classes),
+    )
+
+
+_VGG_CFG = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+}
+
+
+class VGG(nn.Module):
+    """CIFAR VGG with batch norm: 3x3 conv-BN-ReLU stacks, 5 max-pools, one linear classifier.
+
+    ``features[0]`` is the first conv layer (the layer whose filters the structured experiment zeroes).
+    """
+
+    def __init__(self, cfg: list, num_classes: int, in_channels: int, image_size: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_channels
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(c, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=False)]
+                c = v
+        self.features = nn.Sequential(*layers)
+        side = image_size // 32
+        self.classifier = nn.Linear(c * max(side, 1) ** 2, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def vgg11(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Module:
+    """VGG-11 with batch norm, CIFAR variant."""
+    return VGG(_VGG_CFG["vgg11"], num_classes, in_channels, image_size)
+
+
+def vgg16(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Module:
+    """VGG-16 with batch norm, CIFAR variant."""
+    return VGG(_VGG_CFG["vgg16"], num_classes, in_channels, image_size)
+
+
+class _PreActBottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int):
+        super().__init__()
+        out = planes * self.expansion
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
+        self.shortcut = None
+        if stride != 1 or in_planes != out:
+            self.shortcut = nn.Conv2d(in_planes, out, 1, stride=stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = torch.relu(self.bn1(x))
+        skip = self.shortcut(pre) if self.shortcut is not None else x
+        y = self.conv1(pre)
+        y = self.conv2(torch.relu(self.bn2(y)))
+        y = self.conv3(torch.relu(self.bn3(y)))
+        return y + skip
+
+
+class PreResNet(nn.Module):
+    """Pre-activation bottleneck ResNet for CIFAR; depth = 9n + 2 (n blocks per stage)."""
+
+    def __init__(self, depth: int, num_classes: int, in_channels: int):
+        super().__init__()
+        if (depth - 2) % 9:
+            raise InputError(f"PreResNet depth must be 9n+2 (e.g. 164), got {depth}")
+        n = (depth - 2) // 9
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
+        blocks: list[nn.Module] = []
+        in_planes = 16
+        for i, planes in enumerate((16, 32, 64)):
+            for j in range(n):
+                stride = 2 if (i > 0 and j == 0) else 1
+                blocks.append(_PreActBottleneck(in_planes, planes, stride))
+                in_planes = planes * _PreActBottleneck.expansion
+        self.blocks = nn.Sequential(*blocks)
+        self.bn = nn.BatchNorm2d(in_planes)
+        self.fc = nn.Linear(in_planes, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn(self.blocks(self.conv1(x))))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+def resnet164(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Module:
+    """Pre-activation bottleneck ResNet-164 (18 blocks per stage), CIFAR variant."""
+    return PreResNet(164, num_classes, in_channels)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "lenet300": lenet300,
+    "cnn": cnn,
+    "vgg11": vgg11,
+    "vgg16": vgg16,
+    "resnet164": resnet164,
+}
+
+
+def check_model_name(name: str) -> str:
+    """Return ``name`` if registered, else raise an error listing the valid names."""
+    if name not in MODELS:
+        raise InputError(f"unknown model {name!r}; valid models: {', '.join(sorted(MODELS))}")
+    return name
+
+
+def build_model(name: str, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """Build a registered model for inputs ``(N, in_channels, image_size, image_size)``."""
+    return MODELS[check_model_name(name)](num_classes=num_classes, in_channels=in_channels, image_size=image_size)

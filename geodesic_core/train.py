@@ -1,0 +1,174 @@
+"""Supervised training, evaluation and batch-norm re-estimation on in-memory tensor datasets."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+from .data import Split, load_split
+
+
+class EpochInfo(NamedTuple):
+    epoch: int
+    train_loss: float
+    lr: float
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop with zero padding ``pad`` and random horizontal flip of an image batch ``(B, C, H, W)``."""
+    b, _, h, w = x.shape
+    padded = nn.functional.pad(x, (pad, pad, pad, pad))
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    rows = (dy.view(b, 1) + torch.arange(h).view(1, h)).to(x.device)  # (B, H)
+    cols = (dx.view(b, 1) + torch.arange(w).view(1, w)).to(x.device)  # (B, W)
+    idx_b = torch.arange(b, device=x.device).view(b, 1, 1)
+    out = padded.permute(0, 2, 3, 1)[idx_b, rows.view(b, h, 1), cols.view(b, 1, w)].permute(0, 3, 1, 2)
+    flip = (torch.rand(b, generator=gen) < 0.5).to(x.device)
+    return torch.where(flip.view(b, 1, 1, 1), out.flip(3), out)
+
+
+def _lr_at(cfg: TrainConfig, epoch_frac: float) -> float:
+    if cfg.schedule == "cosine":
+        return 0.5 * cfg.lr * (1 + math.cos(math.pi * epoch_frac / cfg.epochs))
+    if cfg.schedule == "step":  # /10 at 50% and 75% of training
+        return cfg.lr * (0.1 ** (int(epoch_frac >= 0.5 * cfg.epochs) + int(epoch_frac >= 0.75 * cfg.epochs)))
+    return cfg.lr
+
+
+def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = False,
+          masks: dict[str, torch.Tensor] | None = None, device: torch.device | None = None,
+          callbacks: Sequence[Callable[[EpochInfo], None]] = (), max_batches: int | None = None) -> nn.Module:
+    """Minimize the mean cross-entropy on ``data`` with SGD (momentum, weight decay, schedule), in place.
+
+    Args:
+        model: network mapping ``(B, C, H, W)`` to logits ``(B, K)``.
+        data: training split.
+        cfg: training settings; ``cfg.seed`` fixes initial shuffling and augmentation (CPU: bit-reproducible).
+        augment: random crop + flip (CIFAR).
+        masks: optional ``{param name: 0/1 tensor}``; masked weights are kept at exactly zero (masked
+            fine-tuning of a pruned network).
+        max_batches: stop after this many optimizer steps in total (a compute budget), if given.
+    """
+    device = device or default_device()
+    model.to(device).train()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    named = dict(model.named_parameters())
+    masks = {k: m.to(device) for k, m in (masks or {}).items()}
+    n = data.x.shape[0]
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    done = 0
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(n, generator=gen)
+        total, count = 0.0, 0
+        for b in range(steps_per_epoch):
+            lr = _lr_at(cfg, epoch + b / steps_per_epoch)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            xb = data.x[idx]
+            if augment:
+                xb = augment_batch(xb, gen)
+            xb, yb = xb.to(device, non_blocking=True), data.y[idx].to(device, non_blocking=True)
+            loss = nn.functional.cross_entropy(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if masks:
+                with torch.no_grad():
+                    for k, m in masks.items():
+                        named[k].mul_(m)
+            total += loss.item() * len(idx)
+            count += len(idx)
+            done += 1
+            if max_batches is not None and done >= max_batches:
+                break
+        for cb in callbacks:
+            cb(EpochInfo(epoch, total / max(count, 1), lr))
+        if max_batches is not None and done >= max_batches:
+            break
+    return model
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Split, batch_size: int = 1000,
+             device: torch.device | None = None) -> tuple[float, float]:
+    """Test accuracy in percent and mean cross-entropy loss of ``model`` (eval mode) on ``data``."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    for i in range(0, data.x.shape[0], batch_size):
+        xb, yb = data.x[i:i + batch_size].to(device), data.y[i:i + batch_size].to(device)
+        out = model(xb)
+        loss_sum += nn.functional.cross_entropy(out, yb, reduction="sum").item()
+        correct += (out.argmax(1) == yb).sum().item()
+    model.train(was_training)
+    n = data.x.shape[0]
+    return 100.0 * correct / n, loss_sum / n
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def recompute_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> nn.Module:
+    """Re-estimate batch-norm running statistics for the current weights from inputs ``x (N, C, H, W)``.
+
+    Needed to evaluate points along a path in weight space: the stored statistics belong to the endpoint.
+    A no-op for networks without batch norm.
+    """
+    if not has_batchnorm(model):
+        return model
+    device = next(model.parameters()).device
+    was_training = model.training
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over all batches
+    model.train()
+    for i in range(0, x.shape[0], batch_size):
+        model(x[i:i + batch_size].to(device))
+    model.train(was_training)
+    return model
+
+
+def train_and_save(model_name: str, dataset: str, cfg: TrainConfig, out: str, data_dir: str | None = None,
+                   device: torch.device | None = None, task: int = 0, permutation_seed: int = 0,
+                   callbacks: Sequence[Callable[[EpochInfo], None]] = ()) -> dict:
+    """Train a registered model on a registered dataset from seed ``cfg.seed``, evaluate it on the test split
+    and write the checkpoint atomically to ``out``. Inputs are checked before any work starts.
+
+    Returns:
+        the checkpoint metadata (model, dataset, test_accuracy, test_loss, sha256, ...).
+    """
+    from .checkpoint import save_checkpoint
+    from .data import check_data_files, get_spec, check_dataset_name
+    from .models import build_model, check_model_name
+
+    check_model_name(model_name)
+    dataset = check_dataset_name(dataset)
+    check_data_files(dataset, data_dir)
+    spec = get_spec(dataset)
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_name, spec.num_classes, spec.in_channels, spec.image_size)
+    train_split = load_split(dataset, True, data_dir, task, permutation_seed)
+    test_split = load_split(dataset, False, data_dir, task, permutation_seed)
+    train(model, train_split, cfg, augment=spec.augment, device=device, callbacks=callbacks)
+    acc, loss = evaluate(model, test_split)
+    meta = {"model": model_name, "dataset": dataset, "num_classes": spec.num_classes,
+            "in_channels": spec.in_channels, "image_size": spec.image_size, "task": task,
+            "permutation_seed": permutation_seed, "test_accuracy": acc, "test_loss": loss,
+            **{f"train_{k}": v for k, v in cfg.model_dump().items()}}
+    meta["sha256"] = save_checkpoint(out, model.cpu(), meta)
+    return meta

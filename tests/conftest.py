@@ -1,0 +1,46 @@
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> str:
+    """The data root CI points at (GEODESIC_DATA_DIR), else the shared copy beside the project."""
+    d = os.environ.get("GEODESIC_DATA_DIR") or str(ROOT.parent / "shared" / "data")
+    if not (Path(d) / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
+        pytest.fail(f"MNIST not found under {d}: set GEODESIC_DATA_DIR to the shared data folder")
+    return d
+
+
+def tiny_mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+
+
+def tiny_cnn_bn(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2),
+                      nn.Flatten(), nn.Linear(3 * 2 * 2, 4))
+    with torch.no_grad():  # non-trivial batch-norm statistics and affine parameters
+        m[1].running_mean.normal_()
+        m[1].running_var.uniform_(0.5, 2.0)
+        m[1].weight.normal_()
+        m[1].bias.normal_()
+    return m
+
+
+@pytest.fixture(params=["mlp", "cnn_bn"])
+def tiny(request):
+    """(model, inputs) pairs small enough for explicit Jacobians."""
+    gen = torch.Generator().manual_seed(1)
+    if request.param == "mlp":
+        return tiny_mlp(), torch.randn(7, 6, generator=gen)
+    return tiny_cnn_bn(), torch.randn(5, 2, 4, 4, generator=gen)

@@ -1,0 +1,107 @@
+import math
+
+import pytest
+import torch
+
+from geodesic_core import (FixedTarget, GeoConfig, InputError, NonFiniteError, SparseTarget, flat_params, geo,
+                           param_slices, set_flat_params, sparsity)
+from conftest import tiny_mlp
+
+
+def _pool(n=64, seed=0):
+    return torch.randn(n, 6, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("solver", ["exact", "cg"])
+def test_traversal_reaches_fixed_target_and_stops(solver):
+    model = tiny_mlp(0)
+    w_a = flat_params(tiny_mlp(1))
+    infos = []
+    cfg = GeoConfig(eta=0.05, max_steps=500, metric_batch=16, anchor=0.0, solver=solver, cg_iters=40)
+    res = geo(model, FixedTarget(w_a), _pool(), cfg, callbacks=[infos.append])
+    assert res.stop_reason == "reached"
+    assert torch.equal(flat_params(model), w_a) and res.distance == 0.0
+    assert res.steps == len(infos) < 500
+    dists = [i.distance for i in infos]
+    assert dists[-1] <= cfg.eta < dists[0]
+    lengths = [i.path_length for i in infos]
+    assert all(b >= a for a, b in zip(lengths, lengths[1:])) and res.path_length == pytest.approx(lengths[-1])
+
+
+def test_every_step_has_length_eta_without_anchor():
+    model = tiny_mlp(0)
+    w_a = flat_params(tiny_mlp(1))
+    before = []
+    cfg = GeoConfig(eta=0.02, max_steps=5, metric_batch=16, anchor=0.0)
+    prev = flat_params(model)
+
+    def record(info):
+        before.append(float((info.weights - record.prev).norm()))
+        record.prev = info.weights.clone()
+
+    record.prev = prev
+    res = geo(model, FixedTarget(w_a), _pool(), cfg, callbacks=[record])
+    assert res.stop_reason == "max_steps" and res.steps == 5
+    assert before == pytest.approx([0.02] * 5, rel=1e-4)
+
+
+def test_oscillation_criterion_stops_when_distance_stalls():
+    model = tiny_mlp(0)
+    direction = torch.randn(flat_params(model).numel(), generator=torch.Generator().manual_seed(3))
+
+    def receding(w, step):  # a target that keeps its distance: no progress is possible
+        return w + direction
+
+    receding.refresh_every = 1
+    cfg = GeoConfig(eta=0.01, max_steps=1000, metric_batch=8, patience=7, anchor=0.0)
+    res = geo(model, receding, _pool(), cfg)
+    assert res.stop_reason == "oscillation"
+    assert res.steps <= 9
+
+
+def test_anchor_keeps_outputs_closer_to_start():
+    pool = _pool(128)
+    start = tiny_mlp(0)
+    with torch.no_grad():
+        y0 = start(pool)
+    out = {}
+    for a in (0.0, 0.5):
+        model = tiny_mlp(0)
+        cfg = GeoConfig(eta=0.05, max_steps=40, metric_batch=32, anchor=a)
+        geo(model, SparseTarget(param_slices(model), 60, refresh_every=5), pool, cfg)
+        with torch.no_grad():
+            out[a] = float((model(pool) - y0).pow(2).mean())
+    assert out[0.5] < out[0.0]
+
+
+def test_sparse_traversal_ends_on_hyperplane_when_reached():
+    model = tiny_mlp(0)
+    slices = param_slices(model)
+    cfg = GeoConfig(eta=0.05, max_steps=2000, metric_batch=16, anchor=0.0)
+    res = geo(model, SparseTarget(slices, 50, refresh_every=5), _pool(), cfg)
+    assert res.stop_reason == "reached"
+    assert sparsity(flat_params(model), slices) == pytest.approx(0.5, abs=1 / 48)
+
+
+def test_nonfinite_inputs_stop_with_clear_error_and_keep_last_good_weights():
+    model = tiny_mlp(0)
+    w0 = flat_params(model)
+    pool = _pool()
+    pool[:] = float("nan")
+    with pytest.raises(NonFiniteError):
+        geo(model, FixedTarget(flat_params(tiny_mlp(1))), pool, GeoConfig(metric_batch=8, anchor=0.0))
+    assert torch.equal(flat_params(model), w0)
+
+
+def test_mismatched_target_is_rejected():
+    model = tiny_mlp(0)
+    with pytest.raises(InputError, match="same architecture"):
+        geo(model, FixedTarget(torch.zeros(3)), _pool(), GeoConfig(metric_batch=8))
+
+
+def test_config_validation():
+    from pydantic import ValidationError
+
+    for bad in ({"eta": 0}, {"eps": -1}, {"beta": 0}, {"max_steps": 0}, {"metric_batch": 0}, {"solver": "x"}):
+        with pytest.raises(ValidationError):
+            GeoConfig(**bad)

@@ -1,0 +1,87 @@
+import pytest
+import torch
+from torch.func import jacrev, jvp
+
+from geodesic_core import InputError, MetricOperator, flat_params, gram_matrix, linear_path, metric_vector_product
+from geodesic_core.metric import eval_mode, output_fn, path_length, segment_lengths
+
+
+def explicit_jacobian(model, x, space):
+    w = flat_params(model)
+    with eval_mode(model):
+        return jacrev(output_fn(model, x, space))(w).reshape(-1, w.numel())  # (N m, n)
+
+
+@pytest.mark.parametrize("space", ["logits", "softmax"])
+def test_metric_vector_product_matches_explicit_jacobian(tiny, space):
+    model, x = tiny
+    J = explicit_jacobian(model, x, space)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        v = torch.randn(J.shape[1], generator=gen)
+        ref = J.T @ (J @ v) / x.shape[0]
+        got = metric_vector_product(model, x, v, space)
+        assert torch.allclose(got, ref, rtol=1e-5, atol=1e-6 * ref.abs().max())
+        assert torch.allclose(MetricOperator(model, x, space)(v), ref, rtol=1e-5, atol=1e-6 * ref.abs().max())
+
+
+@pytest.mark.parametrize("space", ["logits", "softmax"])
+def test_gram_matrix_equals_j_jt(tiny, space):
+    model, x = tiny
+    J = explicit_jacobian(model, x, space).double()
+    K = gram_matrix(model, x, space)
+    assert torch.allclose(K, J @ J.T, rtol=1e-5, atol=1e-6 * float((J @ J.T).abs().max()))
+
+
+def test_metric_is_symmetric_positive_semidefinite(tiny):
+    model, x = tiny
+    n = flat_params(model).numel()
+    gen = torch.Generator().manual_seed(3)
+    U = torch.randn(6, n, generator=gen)
+    G = torch.stack([metric_vector_product(model, x, u) for u in U]) @ U.T  # (6, 6): u_i^T g u_j
+    assert torch.allclose(G, G.T, rtol=1e-4, atol=1e-6)
+    assert torch.linalg.eigvalsh(0.5 * (G + G.T).double()).min() > -1e-6 * G.abs().max()
+
+
+def test_null_direction_leaves_outputs_unchanged_to_first_order(tiny):
+    model, x = tiny
+    J = explicit_jacobian(model, x, "logits").double()
+    # a direction in the null space of J (g v = 0): project a random vector off the row space
+    v = torch.randn(J.shape[1], generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    Q, _ = torch.linalg.qr(J.T)
+    v_null = (v - Q @ (Q.T @ v)).float()
+    v_null /= v_null.norm()
+    gv = metric_vector_product(model, x, v_null)
+    assert gv.norm() < 1e-4 * metric_vector_product(model, x, v.float() / v.norm()).norm()
+    w = flat_params(model)
+    f = output_fn(model, x, "logits")
+    with eval_mode(model), torch.no_grad():
+        base = f(w)
+        for h in (1e-2, 5e-3):  # change is second order: halving the step quarters it
+            diffs = [(f(w + s * v_null) - base).norm() for s in (h, h / 2)]
+            assert diffs[1] < 0.3 * diffs[0] + 1e-6
+        rnd = (f(w + 1e-2 * v.float() / v.norm()) - base).norm()
+        assert (f(w + 1e-2 * v_null) - base).norm() < 0.1 * rnd
+
+
+def test_wrong_vector_shape_is_a_clear_error(tiny):
+    model, x = tiny
+    with pytest.raises(InputError, match="expected"):
+        metric_vector_product(model, x, torch.zeros(3))
+
+
+def test_path_length_of_straight_line(tiny):
+    model, x = tiny
+    w0 = flat_params(model)
+    w1 = w0 + 0.01 * torch.randn_like(w0)
+    # for a short straight segment the length is sqrt(d^T g d) with g near w0, and refining the path keeps it
+    coarse = path_length(model, linear_path(w0, w1, 2), x)
+    fine = path_length(model, linear_path(w0, w1, 11), x)
+    d = w1 - w0
+    with eval_mode(model):
+        _, jd = jvp(output_fn(model, x, "logits"), (w0,), (d,))
+    approx = float((jd ** 2).sum() / x.shape[0]) ** 0.5
+    assert fine == pytest.approx(coarse, rel=1e-2)
+    assert fine == pytest.approx(approx, rel=5e-2)
+    assert torch.equal(flat_params(model), w0)  # weights restored
+    assert len(segment_lengths(model, linear_path(w0, w1, 11), x)) == 10

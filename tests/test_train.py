@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from geodesic_core import TrainConfig, build_model, evaluate, flat_params, load_split, recompute_bn, train
+
+
+def test_lenet300_trains_past_97_percent_on_mnist(data_dir):
+    tr, te = load_split("mnist", True, data_dir), load_split("mnist", False, data_dir)
+    torch.manual_seed(0)
+    model = build_model("lenet300", 10, 1, 28)
+    train(model, tr, TrainConfig(epochs=3, lr=0.05, seed=0), device=torch.device("cpu"))
+    acc, loss = evaluate(model, te)
+    assert acc > 97.0 and loss < 0.1
+
+
+def test_training_is_bit_reproducible_on_cpu(data_dir):
+    tr = load_split("mnist", True, data_dir)
+    sub = type(tr)(tr.x[:2000], tr.y[:2000])
+    ws = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        m = build_model("lenet300", 10, 1, 28)
+        train(m, sub, TrainConfig(epochs=1, seed=3), device=torch.device("cpu"))
+        ws.append(flat_params(m))
+    assert torch.equal(ws[0], ws[1])
+
+
+def test_masked_training_keeps_zeros(data_dir):
+    tr = load_split("mnist", True, data_dir)
+    sub = type(tr)(tr.x[:1000], tr.y[:1000])
+    m = build_model("lenet300", 10, 1, 28)
+    mask = (torch.rand_like(m[1].weight) > 0.5).float()
+    with torch.no_grad():
+        m[1].weight.mul_(mask)
+    train(m, sub, TrainConfig(epochs=1), masks={"1.weight": mask}, device=torch.device("cpu"))
+    assert (m[1].weight[mask == 0] == 0).all()
+
+
+def test_batchnorm_statistics_are_recomputed():
+    torch.manual_seed(0)
+    m = build_model("vgg11", 10, 3, 32).eval()
+    x = 3.0 + 2.0 * torch.randn(64, 3, 32, 32)
+    recompute_bn(m, x)
+    bn = m.features[1]
+    conv_out = m.features[0](x)
+    assert torch.allclose(bn.running_mean, conv_out.mean((0, 2, 3)), atol=1e-3)
+    assert not m.training  # the caller's mode is restored
