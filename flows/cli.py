@@ -1,35 +1,30 @@
-"""The ``geodesic`` command line. Options are generated from the typed configs, so ``--batch-size`` on the
-command line is ``batch_size`` in the config, the flow parameters and the MLflow params."""
+"""The ``geodesic`` command line.
+
+Options are generated from the typed configs: a top-level field ``refresh_every`` is ``--refresh-every``, a
+nested one ``geo.eta`` is ``--geo.eta``; the same names are the flow parameters and the MLflow params.
+Every input is checked before any work starts; a bad one exits with status 2 and a message naming it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import typing
+from pathlib import Path
 from typing import Literal, Sequence
 
 from pydantic import BaseModel, ValidationError
 
 from geodesic_core import InputError, check_data_files, check_dataset_name, check_model_name
-from geodesic_core.config import TrainConfig
+from geodesic_core.config import SparsifyConfig, TrainConfig
 from geodesic_core.data import DATA_DIR_ENV
 
-
-def add_config_options(parser: argparse.ArgumentParser, cls: type[BaseModel], skip: Sequence[str] = ()) -> None:
-    """One ``--field-name`` option per config field (default: the config's default)."""
-    group = parser.add_argument_group(cls.__name__)
-    for name, field in cls.model_fields.items():
-        if name in skip:
-            continue
-        ann = field.annotation
-        kwargs: dict = {"dest": name, "default": None, "help": f"(default: {field.default})"}
-        if typing.get_origin(ann) is Literal:
-            kwargs["choices"] = list(typing.get_args(ann))
-        elif ann is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = _base_type(ann)
-        group.add_argument(f"--{name.replace('_', '-')}", **kwargs)
+QUIET_ENV = {  # telemetry off; analytics off (it caused "database is locked" at server start)
+    "DO_NOT_TRACK": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
 
 
 def _base_type(ann) -> type:
@@ -42,10 +37,56 @@ def _base_type(ann) -> type:
     return str
 
 
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_options(parser: argparse.ArgumentParser, cls: type[BaseModel], prefix: str = "",
+                       skip: Sequence[str] = ()) -> None:
+    """One option per config field; nested configs become ``--<field>.<subfield>`` options."""
+    group = parser.add_argument_group(cls.__name__)
+    for name, field in cls.model_fields.items():
+        if name in skip:
+            continue
+        dest = f"{prefix}{name}"
+        ann = field.annotation
+        args = typing.get_args(ann)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            add_config_options(parser, ann, prefix=f"{dest}.", skip=("seed",))  # one --seed for everything
+            continue
+        default = field.default if field.default_factory is None else field.default_factory()
+        kwargs: dict = {"dest": dest, "default": None, "help": f"(default: {default})"}
+        if typing.get_origin(ann) is Literal:
+            kwargs["choices"] = list(args)
+        elif ann is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(ann) is list:
+            kwargs.update(action="append", type=str, help=f"repeat for several values (default: {default})")
+        else:
+            kwargs["type"] = _base_type(next((a for a in args if a is not type(None)), ann) if args else ann)
+        group.add_argument(_option(dest) if "." not in dest else "--" + dest.replace("_", "-"), **kwargs)
+
+
+def _raw_values(cls: type[BaseModel], args: argparse.Namespace, prefix: str = "") -> dict:
+    values: dict = {}
+    for name, field in cls.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            sub = _raw_values(ann, args, prefix=f"{prefix}{name}.")
+            if sub:
+                default = field.default_factory() if field.default_factory else field.default
+                values[name] = {**default.model_dump(), **sub}
+            continue
+        v = getattr(args, f"{prefix}{name}", None)
+        if v is not None:
+            values[name] = v
+    return values
+
+
 def config_from_args(cls: type[BaseModel], args: argparse.Namespace, **extra):
-    values = {k: getattr(args, k) for k in cls.model_fields if getattr(args, k, None) is not None}
-    values.update(extra)
-    return cls(**values)
+    """Build ``cls`` from the parsed options (unset options keep the config's defaults); pydantic validates
+    the whole tree at once, so an error names its full option (``--geo.eta``)."""
+    return cls(**{**_raw_values(cls, args), **extra})
 
 
 def _fail(msg: str) -> int:
@@ -56,8 +97,10 @@ def _fail(msg: str) -> int:
 def _format_validation(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"])
-        parts.append(f"--{loc.replace('_', '-')}: {err['msg']} (got {err.get('input')!r})")
+        loc = ".".join(str(x) for x in err["loc"] if not isinstance(x, int))
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{_option(loc) if '.' not in loc else '--' + loc.replace('_', '-')}: {msg} "
+                     f"(got {err.get('input')!r})")
     return "; ".join(parts)
 
 
@@ -75,18 +118,92 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def preflight(params: SparsifyConfig, data_dir: str | None) -> None:
+    """Every check that can fail, before any work: data files, the given checkpoint, the tracking server."""
+    from geodesic_core import load_model
+    from geodesic_core.data import get_spec
+
+    check_data_files(params.dataset, data_dir)
+    spec = get_spec(params.dataset)
+    if params.checkpoint:
+        model, _ = load_model(params.checkpoint, expect_model=params.model, expect_num_classes=spec.num_classes)
+        if params.structured:
+            from geodesic_core import FilterTarget
+
+            FilterTarget(model, params.layer, params.n_filters)
+    elif params.structured:
+        from geodesic_core import FilterTarget, build_model
+
+        FilterTarget(build_model(params.model, spec.num_classes, spec.in_channels, spec.image_size),
+                     params.layer, params.n_filters)
+
+
+def run_local(flow_fn, params, *, data_dir: str | None, experiment: str, workers: int):
+    """Run a flow on the embedded defaults: Prefect's ephemeral mode unless PREFECT_API_URL is set, MLflow
+    on ./mlflow.db unless MLFLOW_TRACKING_URI is set, results persisted under the output directory."""
+    from tasks.common import output_dir
+
+    for k, v in QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+    os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(output_dir() / "prefect-results"))
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from tasks.tracking import check_tracking_reachable
+
+    check_tracking_reachable()
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        return flow_fn.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))(
+            params, data_dir=data_dir, experiment=experiment)
+
+
+def print_table(rows: list[dict], columns: Sequence[str]) -> None:
+    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(_fmt(r.get(c)).ljust(widths[c]) for c in columns))
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1 else f"{v:.2f}"
+    return "" if v is None else str(v)
+
+
+def cmd_sparsify(args: argparse.Namespace) -> int:
+    params = config_from_args(SparsifyConfig, args)
+    preflight(params, args.data_dir)
+    from flows.sparsify import EXPERIMENT, sparsify_flow
+
+    summary = run_local(sparsify_flow, params, data_dir=args.data_dir, experiment=args.experiment or EXPERIMENT,
+                        workers=args.workers)
+    print()
+    print_table(summary, ["method", "level", "test_accuracy", "sparsity", "wall_seconds", "steps",
+                          "path_min_test_accuracy", "path_length"])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="geodesic", description=__doc__)
+    parser = argparse.ArgumentParser(prog="geodesic", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    data_help = f"data root (default: ${DATA_DIR_ENV}, else ./data)"
 
     p = sub.add_parser("train", help="train a network and save a checkpoint")
     p.add_argument("--model", required=True, help="registered model (lenet300, cnn, vgg11, vgg16, resnet164)")
     p.add_argument("--dataset", required=True, help="registered dataset (mnist, fashion_mnist, permuted_mnist, ...)")
     p.add_argument("--task", type=int, default=0, help="permuted-MNIST task index (0 = plain MNIST)")
     p.add_argument("--out", required=True, help="checkpoint file to write")
-    p.add_argument("--data-dir", default=None, help=f"data root (default: ${DATA_DIR_ENV}, else ./data)")
+    p.add_argument("--data-dir", default=None, help=data_help)
     add_config_options(p, TrainConfig)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sparsify", help="Algorithm 1: sparsify a network along geodesics (Prefect flow + MLflow)")
+    p.add_argument("--data-dir", default=None, help=data_help)
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default: geodesic-sparsify)")
+    p.add_argument("--workers", type=int, default=2, help="task-runner threads (levels run concurrently)")
+    add_config_options(p, SparsifyConfig)
+    p.set_defaults(func=cmd_sparsify)
     return parser
 
 
@@ -98,6 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(_format_validation(exc))
     except InputError as exc:
         return _fail(str(exc))
+    except RuntimeError as exc:
+        if "cannot be reached" in str(exc):
+            return _fail(str(exc))
+        raise
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     """Load and verify a checkpoint with ``torch.load(weights_only=True)``.
 
     Returns:
-        ``(state_dict, meta)``.
+        ``(state_dict, meta)``; ``meta["sha256"]`` is the verified content hash.
 
     Raises:
         InputError: the file is missing, truncated, not a checkpoint of this project, fails its content
@@ -96,6 +96,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     if state_hash(state) != blob.get("sha256"):
         raise InputError(f"checkpoint {p} fails its content hash (corrupted after writing); re-create it")
     check_finite_state(state, f"checkpoint {p}")
+    meta["sha256"] = blob["sha256"]
     return state, meta
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
 
 
 class _Config(BaseModel):
@@ -47,3 +47,79 @@ class GeoConfig(_Config):
     anchor_damping: float = Field(1e-3, gt=0.0)
     patience: PositiveInt = 50
     seed: int = 0
+
+
+class FinetuneConfig(_Config):
+    """The prune + masked fine-tune baseline: SGD on the labels with the pruned weights held at zero.
+
+    It runs twice per level: for ``epochs`` epochs (the fixed-budget baseline of the notes), and for the
+    geodesic's wall time (equal compute), with the same optimizer settings.
+    """
+
+    epochs: PositiveInt = 2
+    lr: PositiveFloat = 0.01
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    batch_size: PositiveInt = 128
+    equal_time: bool = True
+
+    def train_config(self, seed: int, epochs: int | None = None) -> TrainConfig:
+        return TrainConfig(epochs=epochs or self.epochs, lr=self.lr, momentum=self.momentum,
+                           weight_decay=self.weight_decay, batch_size=self.batch_size, schedule="constant",
+                           seed=seed)
+
+
+class SparsifyConfig(_Config):
+    """Algorithm 1 on one dense network at several sparsity levels, with its baselines.
+
+    ``sparsity``: target levels in percent, each in (0, 100), no duplicates. ``stages``: K stages of the
+    sparsity schedule (one cached task each); ``refresh_every``: n_s, steps between re-projections;
+    ``geo.max_steps``: s, the step limit of each stage. ``structured``: zero ``n_filters`` whole filters of
+    conv ``layer`` instead (one level; ``sparsity`` is then ignored). ``checkpoint``: start from this dense
+    network instead of training one. ``eval_every``: test-set evaluation period along the path (steps).
+    """
+
+    model: str = "lenet300"
+    dataset: str = "mnist"
+    sparsity: list[float] = Field(default_factory=lambda: [50.0, 90.0, 98.0])
+    scope: Literal["global", "layer"] = "global"
+    structured: bool = False
+    layer: str = "features.0"
+    n_filters: PositiveInt = 50
+    stages: PositiveInt = 5
+    refresh_every: PositiveInt = 10
+    eval_every: PositiveInt = 10
+    checkpoint: str | None = None
+    seed: int = 0
+    geo: GeoConfig = Field(default_factory=lambda: GeoConfig(max_steps=150, eta=0.2, anchor=1.0, patience=40))
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=15, lr=0.05))
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+
+    @field_validator("sparsity")
+    @classmethod
+    def _check_levels(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("give at least one sparsity level, e.g. --sparsity 90")
+        bad = [p for p in v if not (0.0 < p < 100.0)]
+        if bad:
+            raise ValueError(f"sparsity levels must be percentages strictly between 0 and 100, got {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"sparsity levels must not repeat, got {v}")
+        return sorted(v)
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, v: str) -> str:
+        from .models import check_model_name
+
+        return check_model_name(v)
+
+    @field_validator("dataset")
+    @classmethod
+    def _check_dataset(cls, v: str) -> str:
+        from .data import check_dataset_name
+
+        return check_dataset_name(v)
+
+    def levels(self) -> list[float]:
+        return [float(self.n_filters)] if self.structured else list(self.sparsity)

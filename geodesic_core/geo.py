@@ -160,6 +160,10 @@ def geo(model: nn.Module, target: Target, pool: torch.Tensor, cfg: GeoConfig, *,
                 mu = cfg.anchor_damping * float((rhs.norm() / max(float(resid.norm()), 1e-30)) ** 2 / n_batch + 1e-12)
                 corr = -cfg.anchor * _cg(lambda v: op(v) * n_batch + mu * v, rhs, cfg.cg_iters)
                 j_corr = op.jvp(corr)
+            free = getattr(target, "free_mask", None)
+            if free is not None:  # never undo the target's zeros: correct with the free weights only
+                corr = corr * free(w_a).to(corr.dtype)
+                j_corr = op.jvp(corr)
             delta = delta + corr
             j_delta = j_delta + j_corr
         w_new = w + delta

@@ -137,6 +137,10 @@ class SparseTarget:
             self._cached, self._at = project_sparse(w, self.slices, self.sparsity_percent, self.scope), step
         return self._cached
 
+    def free_mask(self, w_a: torch.Tensor) -> torch.Tensor:
+        """True where the target leaves the weight free (not pruned): the output anchor may act there."""
+        return ~prunable_mask(self.slices, w_a.device) | (w_a != 0)
+
 
 @dataclass
 class FilterTarget:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Callable, NamedTuple, Sequence
 
 import torch
@@ -46,7 +47,8 @@ def _lr_at(cfg: TrainConfig, epoch_frac: float) -> float:
 
 def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = False,
           masks: dict[str, torch.Tensor] | None = None, device: torch.device | None = None,
-          callbacks: Sequence[Callable[[EpochInfo], None]] = (), max_batches: int | None = None) -> nn.Module:
+          callbacks: Sequence[Callable[[EpochInfo], None]] = (), max_batches: int | None = None,
+          budget_seconds: float | None = None) -> int:
     """Minimize the mean cross-entropy on ``data`` with SGD (momentum, weight decay, schedule), in place.
 
     Args:
@@ -57,6 +59,10 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
         masks: optional ``{param name: 0/1 tensor}``; masked weights are kept at exactly zero (masked
             fine-tuning of a pruned network).
         max_batches: stop after this many optimizer steps in total (a compute budget), if given.
+        budget_seconds: stop once this much wall time is spent (checked after every step), if given.
+
+    Returns:
+        the number of optimizer steps taken.
     """
     device = device or default_device()
     model.to(device).train()
@@ -67,6 +73,8 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
     n = data.x.shape[0]
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     done = 0
+    t0 = time.perf_counter()
+    out_of_budget = False
     for epoch in range(cfg.epochs):
         order = torch.randperm(n, generator=gen)
         total, count = 0.0, 0
@@ -90,13 +98,15 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
             total += loss.item() * len(idx)
             count += len(idx)
             done += 1
-            if max_batches is not None and done >= max_batches:
+            out_of_budget = (max_batches is not None and done >= max_batches) or (
+                budget_seconds is not None and time.perf_counter() - t0 >= budget_seconds)
+            if out_of_budget:
                 break
         for cb in callbacks:
             cb(EpochInfo(epoch, total / max(count, 1), lr))
-        if max_batches is not None and done >= max_batches:
+        if out_of_budget:
             break
-    return model
+    return done
 
 
 @torch.no_grad()

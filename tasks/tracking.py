@@ -1,0 +1,154 @@
+"""Tracking tasks: the only code that talks to MLflow (and creates Prefect artifacts).
+
+Tracking URI: ``$MLFLOW_TRACKING_URI``, else a SQLite file ``./mlflow.db`` (absolute path) with artifacts in
+``./mlartifacts``. Runs are addressed by id through `MlflowClient` (thread-safe; no fluent active-run state),
+and child runs are found again by a key tag, so a retried or resumed task never logs a run twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+RETRY = {"cache_policy": NO_CACHE, "retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=2), "retry_jitter_factor": 0.2}
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{(Path.cwd() / 'mlflow.db').resolve()}"
+
+
+def _client():
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri())
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                              timeout=5).stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"
+
+
+def flatten(prefix: str, value: Any) -> dict[str, str]:
+    """{"geo": {"eta": 0.1}} -> {"geo.eta": "0.1"}: MLflow params named like the CLI options."""
+    if isinstance(value, dict):
+        out: dict[str, str] = {}
+        for k, v in value.items():
+            out.update(flatten(f"{prefix}.{k}" if prefix else k, v))
+        return out
+    return {prefix: json.dumps(value) if isinstance(value, (list, tuple)) else str(value)}
+
+
+def experiment_id(name: str) -> str:
+    client = _client()
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        location = (Path.cwd() / "mlartifacts").resolve().as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def check_tracking_reachable() -> None:
+    """Fail early, before any work, when the tracking server cannot be reached."""
+    try:
+        _client().search_experiments(max_results=1)
+    except Exception as exc:
+        raise RuntimeError(f"MLflow tracking at {tracking_uri()} cannot be reached ({type(exc).__name__}: "
+                           f"{str(exc)[:200]}); start the server or unset MLFLOW_TRACKING_URI to track locally") from exc
+
+
+@task(**RETRY)
+def start_parent_run(experiment: str, params: dict, data_fingerprint: str, code_version: str,
+                     flow_run_id: str, run_name: str) -> dict:
+    """Create the flow's parent run (tags: Prefect flow-run id, git commit, data fingerprint)."""
+    from mlflow.entities import Param
+
+    client = _client()
+    exp_id = experiment_id(experiment)
+    found = client.search_runs([exp_id], f"tags.`prefect.flow_run_id` = '{flow_run_id}' and "
+                                         f"tags.`geodesic.role` = 'parent'", max_results=1)
+    if found:
+        return {"run_id": found[0].info.run_id, "experiment_id": exp_id}
+    run = client.create_run(exp_id, run_name=run_name, tags={
+        "prefect.flow_run_id": flow_run_id, "git_commit": git_commit(), "data_fingerprint": data_fingerprint,
+        "code_version": code_version, "geodesic.role": "parent"})
+    client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in flatten("", params).items()])
+    return {"run_id": run.info.run_id, "experiment_id": exp_id}
+
+
+@task(**RETRY)
+def log_child_run(parent: dict, key: str, params: dict, metrics: dict, tables: dict[str, list[dict]],
+                  files: list[str], plots: dict[str, Any] | None = None) -> str:
+    """One child run: params, final metrics, Parquet tables, files (checkpoints) and PNG plots.
+
+    ``plots`` maps a file name to a callable ``(path) -> None`` that draws it.
+    """
+    import pandas as pd
+    from mlflow.entities import Metric, Param, RunStatus
+    from mlflow.utils.time import get_current_time_millis
+
+    client = _client()
+    found = client.search_runs([parent["experiment_id"]], f"tags.`geodesic.key` = '{key}' and "
+                                                           f"tags.`mlflow.parentRunId` = '{parent['run_id']}'",
+                               max_results=1)
+    if found and found[0].info.status == "FINISHED":
+        return found[0].info.run_id
+    run_id = found[0].info.run_id if found else client.create_run(
+        parent["experiment_id"], run_name=key,
+        tags={"mlflow.parentRunId": parent["run_id"], "geodesic.key": key}).info.run_id
+    now = get_current_time_millis()
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()] if not found else [],
+                     metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None])
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, rows in tables.items():
+            path = Path(tmp) / name
+            pd.DataFrame(rows).to_parquet(path, index=False)
+            client.log_artifact(run_id, str(path))
+        for name, draw in (plots or {}).items():
+            path = Path(tmp) / name
+            draw(path)
+            client.log_artifact(run_id, str(path))
+    for f in files:
+        client.log_artifact(run_id, f, artifact_path="checkpoints")
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+    return run_id
+
+
+@task(**RETRY)
+def finish_parent_run(parent: dict, summary_rows: list[dict], plots: dict[str, Any], title: str) -> str:
+    """Log the summary table and plots on the parent run, close it, and publish Prefect artifacts
+    (a results table and a link to the MLflow run)."""
+    import pandas as pd
+    from mlflow.entities import RunStatus
+    from prefect.artifacts import create_link_artifact, create_table_artifact
+
+    client = _client()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "results.parquet"
+        pd.DataFrame(summary_rows).to_parquet(path, index=False)
+        client.log_artifact(parent["run_id"], str(path))
+        for name, draw in plots.items():
+            p = Path(tmp) / name
+            draw(p)
+            client.log_artifact(parent["run_id"], str(p))
+    client.set_terminated(parent["run_id"], RunStatus.to_string(RunStatus.FINISHED))
+    create_table_artifact(key="results", table=summary_rows, description=title)
+    uri = tracking_uri()
+    link = (f"{uri.rstrip('/')}/#/experiments/{parent['experiment_id']}/runs/{parent['run_id']}"
+            if uri.startswith("http") else f"{uri} (experiment {parent['experiment_id']}, run {parent['run_id']})")
+    create_link_artifact(key="mlflow-run", link=link, description="MLflow parent run of this flow run")
+    return parent["run_id"]

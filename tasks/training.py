@@ -1,0 +1,35 @@
+"""Tasks that produce endpoint networks: train one, or take a given checkpoint."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import task
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+
+from geodesic_core import InputError, load_model
+from geodesic_core.config import TrainConfig
+from geodesic_core.train import train_and_save
+
+from .common import PERSIST, checkpoint_path, ref
+
+
+@task(cache_policy=INPUTS + TASK_SOURCE - "data_dir", **PERSIST)
+def train_network(model: str, dataset: str, train: TrainConfig, data_dir: str | None, data_fingerprint: str,
+                  code_version: str, task_index: int = 0) -> dict:
+    """Train ``model`` on ``dataset`` from ``train.seed``; return a reference to its checkpoint."""
+    out = checkpoint_path("trained", model, dataset, train.model_dump(), data_fingerprint, code_version, task_index)
+    t0 = time.perf_counter()
+    meta = train_and_save(model, dataset, train, str(out), data_dir, task=task_index)
+    return ref(out, meta["sha256"], test_accuracy=meta["test_accuracy"], test_loss=meta["test_loss"],
+               wall_seconds=time.perf_counter() - t0)
+
+
+@task
+def given_checkpoint(path: str, model: str, num_classes: int) -> dict:
+    """Reference to a user-given checkpoint, checked (safe load, content hash, architecture) before use."""
+    _, meta = load_model(path, expect_model=model, expect_num_classes=num_classes)
+    if "test_accuracy" not in meta:
+        raise InputError(f"checkpoint {path} has no recorded test accuracy; write it with `geodesic train`")
+    return ref(path, meta["sha256"], test_accuracy=meta["test_accuracy"], test_loss=meta.get("test_loss"),
+               wall_seconds=0.0)

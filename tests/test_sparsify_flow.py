@@ -1,0 +1,114 @@
+"""The sparsify flow end to end on a tiny configuration, in a Prefect test harness with a local MLflow."""
+
+import pytest
+import torch
+
+from flows.cli import main
+from geodesic_core import build_model, save_checkpoint
+
+TINY = ["--sparsity", "90", "--sparsity", "60", "--stages", "2", "--geo.max-steps", "8", "--train.epochs", "1",
+        "--finetune.epochs", "1", "--eval-every", "4"]
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GEODESIC_OUTPUT_DIR", str(tmp_path / "outputs"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: tmp_path / "results"}):
+        yield tmp_path
+
+
+def _runs(tmp_path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("geodesic-sparsify")
+    return client, client.search_runs([exp.experiment_id])
+
+
+def test_flow_tracks_every_method_and_resumes_from_cache(harness, workdir, data_dir, monkeypatch, capsys):
+    assert main(["sparsify", "--data-dir", data_dir, *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "geodesic" in out and "oneshot" in out
+    client, runs = _runs(workdir)
+    parents = [r for r in runs if r.data.tags.get("geodesic.role") == "parent"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 2 * 4
+    tags = parents[0].data.tags
+    assert tags["prefect.flow_run_id"] and tags["git_commit"] and len(tags["data_fingerprint"]) == 64
+    assert parents[0].data.params["geo.max_steps"] == "8"
+    for r in children:
+        p, m = r.data.params, r.data.metrics
+        assert p["method"] in ("geodesic", "oneshot", "finetune") and p["target_sparsity"] in ("60.0", "90.0")
+        assert m["sparsity"] == pytest.approx(float(p["target_sparsity"]) / 100, abs=1e-5)
+        assert 0 < m["test_accuracy"] <= 100 and m["wall_seconds"] >= 0
+        arts = {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert "checkpoints" in arts
+        if p["method"] == "geodesic":
+            assert {"path_metrics.parquet", "accuracy_along_path.png"} <= arts
+            assert {"path_min_test_accuracy", "path_length", "steps"} <= set(m)
+            local = client.download_artifacts(r.info.run_id, "path_metrics.parquet", str(workdir))
+            import pandas as pd
+
+            df = pd.read_parquet(local)
+            assert list(df.columns) == ["step", "distance", "test_accuracy", "test_loss", "sparsity", "path_length"]
+            assert df["path_length"].is_monotonic_increasing and df["step"].iloc[0] == 0
+    # a second run with the same parameters recomputes nothing: the core functions must not be called
+    def boom(*a, **k):
+        raise AssertionError("a cached task ran again")
+
+    monkeypatch.setattr("tasks.training.train_and_save", boom)
+    monkeypatch.setattr("tasks.geodesic.geodesic_stage", boom)
+    monkeypatch.setattr("tasks.baselines.train", boom)
+    assert main(["sparsify", "--data-dir", data_dir, *TINY]) == 0
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--sparsity", "0"], "between 0 and 100"),
+    (["--sparsity", "100"], "between 0 and 100"),
+    (["--sparsity", "90", "--sparsity", "90"], "must not repeat"),
+    (["--sparsity", "ninety"], "valid number"),
+    (["--model", "resnet18"], "valid models"),
+    (["--dataset", "svhn"], "valid datasets"),
+    (["--geo.eta", "0"], "--geo.eta"),
+    (["--geo.eps", "-1"], "--geo.eps"),
+    (["--refresh-every", "0"], "--refresh-every"),
+    (["--geo.solver", "newton"], "invalid choice"),
+])
+def test_bad_input_fails_before_any_work(tmp_path, monkeypatch, data_dir, capsys, args, match):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) if match == "invalid choice" else _nullctx():
+        assert main(["sparsify", "--data-dir", data_dir, *args]) == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "outputs").exists()
+
+
+def test_missing_data_and_foreign_checkpoint(tmp_path, monkeypatch, data_dir, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["sparsify", "--data-dir", str(tmp_path / "none")]) == 2
+    assert "GEODESIC_DATA_DIR" in capsys.readouterr().err
+    ck = tmp_path / "cnn.pt"
+    save_checkpoint(ck, build_model("cnn", 10, 1, 28), {"model": "cnn", "num_classes": 10, "in_channels": 1,
+                                                         "image_size": 28, "test_accuracy": 0.0})
+    assert main(["sparsify", "--data-dir", data_dir, "--checkpoint", str(ck)]) == 2
+    assert "'cnn' network but 'lenet300'" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+class _nullctx:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
