@@ -48,7 +48,7 @@ def _lr_at(cfg: TrainConfig, epoch_frac: float) -> float:
 def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = False,
           masks: dict[str, torch.Tensor] | None = None, device: torch.device | None = None,
           callbacks: Sequence[Callable[[EpochInfo], None]] = (), max_batches: int | None = None,
-          budget_seconds: float | None = None) -> int:
+          budget_seconds: float | None = None, on_step: Callable[[int], bool] | None = None) -> int:
     """Minimize the mean cross-entropy on ``data`` with SGD (momentum, weight decay, schedule), in place.
 
     Args:
@@ -60,6 +60,7 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
             fine-tuning of a pruned network).
         max_batches: stop after this many optimizer steps in total (a compute budget), if given.
         budget_seconds: stop once this much wall time is spent (checked after every step), if given.
+        on_step: called with the number of steps taken after every step; returning True stops training.
 
     Returns:
         the number of optimizer steps taken.
@@ -99,7 +100,8 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
             count += len(idx)
             done += 1
             out_of_budget = (max_batches is not None and done >= max_batches) or (
-                budget_seconds is not None and time.perf_counter() - t0 >= budget_seconds)
+                budget_seconds is not None and time.perf_counter() - t0 >= budget_seconds) or (
+                on_step is not None and bool(on_step(done)))
             if out_of_budget:
                 break
         for cb in callbacks:
