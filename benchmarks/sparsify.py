@@ -30,7 +30,7 @@ warnings.filterwarnings("ignore")
 def _copy(model):
     m = build_model("lenet300", 10, 1, 28)
     m.load_state_dict(model.state_dict())
-    return m
+    return m.to(next(model.parameters()).device)
 
 
 def geodesic(dense, slices, level, cfg: SparsifyConfig, pool, test):
@@ -64,7 +64,8 @@ def finetune_curve(dense, slices, level, cfg: SparsifyConfig, data, test, budget
         clock["last"] = time.perf_counter()
         return clock["t"] >= budget
 
-    train(model, data, cfg.finetune.train_config(cfg.seed, 10_000), masks=masks, on_step=on_step)
+    train(model, data, cfg.finetune.train_config(cfg.seed, 10_000), masks=masks, on_step=on_step,
+          device=next(model.parameters()).device)
     curve.append((clock["t"], evaluate(model, test)[0]))
     return model, curve
 
@@ -75,16 +76,19 @@ def main() -> None:
     ap.add_argument("--sparsity", type=float, action="append")
     ap.add_argument("--dense-epochs", type=int, default=15)
     ap.add_argument("--match-budget", type=float, default=4.0, help="fine-tune up to this x the geodesic time")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     cfg = SparsifyConfig(sparsity=args.sparsity or [90.0, 98.0, 99.0])
     tr, te = load_split("mnist", True, args.data_dir), load_split("mnist", False, args.data_dir)
     torch.manual_seed(cfg.seed)
     dense = build_model("lenet300", 10, 1, 28)
     t0 = time.perf_counter()
-    train(dense, tr, cfg.train.model_copy(update={"epochs": args.dense_epochs}), device=torch.device("cpu"))
-    print(f"dense lenet300: {evaluate(dense, te)[0]:.2f}% ({time.perf_counter() - t0:.1f} s), "
+    device = torch.device(args.device)
+    train(dense, tr, cfg.train.model_copy(update={"epochs": args.dense_epochs}), device=device)
+    print(f"dense lenet300: {evaluate(dense, te)[0]:.2f}% ({time.perf_counter() - t0:.1f} s), device {device}, "
           f"{torch.get_num_threads()} threads; geodesic: {cfg.stages} stages, eta {cfg.geo.eta}, "
-          f"anchor {cfg.geo.anchor}, metric batch {cfg.geo.metric_batch}, solver {cfg.geo.solver}")
+          f"anchor {cfg.geo.anchor}, distill {cfg.geo.distill_steps}x lr {cfg.geo.distill_lr}, "
+          f"metric batch {cfg.geo.metric_batch}, solver {cfg.geo.solver}")
     slices = param_slices(dense)
     rows = []
     for level in cfg.sparsity:

@@ -31,7 +31,9 @@ class GeoConfig(_Config):
     ``metric_batch``: N inputs over which g = (1/N) sum_i J_i^T J_i is averaged, redrawn every step.
     ``output_space``: network outputs f in g (logits or softmax probabilities).
     ``anchor``: weight of the Gauss-Newton correction toward the start network's outputs after each step
-    (0 turns it off: the plain algorithm). ``patience``: steps without a new minimum distance to the target
+    (0 turns it off: the plain algorithm). ``distill_steps``: first-order corrector steps after each Geo step
+    (SGD, momentum 0.9, lr ``distill_lr``) on fresh batches of ``distill_batch`` inputs, minimizing the
+    squared output distance to the anchor with the weights the target leaves free. ``patience``: steps without a new minimum distance to the target
     before the oscillation criterion stops the traversal.
     """
 
@@ -45,6 +47,9 @@ class GeoConfig(_Config):
     cg_iters: PositiveInt = 20
     anchor: float = Field(0.5, ge=0.0, le=1.0)
     anchor_damping: float = Field(1e-3, gt=0.0)
+    distill_steps: int = Field(0, ge=0)
+    distill_lr: PositiveFloat = 0.01
+    distill_batch: PositiveInt = 128
     patience: PositiveInt = 50
     seed: int = 0
 
@@ -91,7 +96,8 @@ class SparsifyConfig(_Config):
     eval_every: PositiveInt = 10
     checkpoint: str | None = None
     seed: int = 0
-    geo: GeoConfig = Field(default_factory=lambda: GeoConfig(max_steps=150, eta=0.2, anchor=1.0, patience=40))
+    geo: GeoConfig = Field(default_factory=lambda: GeoConfig(max_steps=150, eta=0.2, anchor=1.0, patience=40,
+                                                             distill_steps=20, distill_lr=0.003))
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=15, lr=0.05))
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
 

@@ -77,6 +77,38 @@ def _cg(op_apply: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters
     return x
 
 
+class _Distiller:
+    """First-order corrector: SGD (momentum 0.9) on (1/B) sum_i |f(x_i; w) - y*(x_i)|^2 over fresh batches,
+    updating only the weights the target leaves free. Momentum persists across Geo steps."""
+
+    def __init__(self, model, anchor, pool, cfg: GeoConfig, target, gen):
+        self.model, self.anchor, self.pool, self.cfg, self.target, self.gen = model, anchor, pool, cfg, target, gen
+        self.buf: torch.Tensor | None = None
+
+    def run(self, w: torch.Tensor, w_a: torch.Tensor) -> torch.Tensor:
+        free = getattr(self.target, "free_mask", None)
+        mask = free(w_a).to(w.dtype) if free is not None else None
+        f_params = list(self.model.parameters())
+        device = w.device
+        for _ in range(self.cfg.distill_steps):
+            set_flat_params(self.model, w)
+            idx = torch.randperm(self.pool.shape[0], generator=self.gen)[: self.cfg.distill_batch]
+            x = self.pool[idx].to(device)
+            y = _anchor_outputs(self.anchor, x, self.cfg.output_space)
+            with eval_mode(self.model), torch.enable_grad():
+                out = self.model(x)
+                if self.cfg.output_space == "softmax":
+                    out = out.softmax(-1)
+                loss = (out - y).pow(2).sum(-1).mean()
+                grads = torch.autograd.grad(loss, f_params)
+            g = torch.cat([t.reshape(-1) for t in grads]).detach()
+            if mask is not None:
+                g = g * mask
+            self.buf = g if self.buf is None else 0.9 * self.buf + g
+            w = w - self.cfg.distill_lr * self.buf
+        return w
+
+
 def geo(model: nn.Module, target: Target, pool: torch.Tensor, cfg: GeoConfig, *,
         anchor: nn.Module | None = None, callbacks: Sequence[Callable[[StepInfo], None]] = (),
         generator: torch.Generator | None = None, start_step: int = 0) -> GeoResult:
@@ -109,6 +141,7 @@ def geo(model: nn.Module, target: Target, pool: torch.Tensor, cfg: GeoConfig, *,
 
         anchor = copy.deepcopy(model).requires_grad_(False)
     n_batch = min(cfg.metric_batch, pool.shape[0])
+    distiller = _Distiller(model, anchor, pool, cfg, target, gen) if cfg.distill_steps and anchor is not None else None
     best, last_improve, total = math.inf, start_step, 0.0
     dist = math.inf
     step = start_step
@@ -167,6 +200,8 @@ def geo(model: nn.Module, target: Target, pool: torch.Tensor, cfg: GeoConfig, *,
             delta = delta + corr
             j_delta = j_delta + j_corr
         w_new = w + delta
+        if cfg.distill_steps and anchor is not None:
+            w_new = distiller.run(w_new, w_a)
         if not torch.isfinite(w_new).all():
             raise NonFiniteError(f"Geo step {step + 1} produced NaN/Inf weights; the last good weights are kept. "
                                  f"Lower eta or the anchor weight, or check the data for NaN/Inf")

@@ -97,7 +97,7 @@ def _solve_exact(gf: GramFactor, d: torch.Tensor, beta: float, eps: float) -> Ge
     r = U.T @ jd.reshape(-1).double()  # (Nm,)
     # modes with σ at round-off level are null directions of g (e.g. softmax outputs sum to 1): there
     # r_k = u_k^T J d is round-off too, and keeping it would break the cancellation-free norm below
-    tol = float(sigma.max()) * sigma.numel() * 1e-6
+    tol = float(sigma.max()) * 1e-6
     r = torch.where(sigma > tol, r, torch.zeros_like(r))
     r2 = r * r
     dd = float((d.double() ** 2).sum())
@@ -158,7 +158,7 @@ def _solve_lanczos(op: MetricOperator, d: torch.Tensor, beta: float, eps: float,
     lam_eff = max(lam, 1e-12 * float(mu.max().clamp_min(1e-30)))
     y = Z @ ((beta / 2.0) * c / (mu + lam_eff))  # (k,) solution in the Lanczos basis
     Qm = torch.stack(Q[:k])  # (k, n)
-    theta = (y.to(d.dtype) @ Qm)
+    theta = y.to(device=d.device, dtype=d.dtype) @ Qm
     residual = abs(betas[k - 1] * float(y[-1])) / ((beta / 2.0) * dnorm)
     j_theta = op.jvp(theta)
     tgt = float((j_theta.double() ** 2).sum()) / op.n_inputs

@@ -115,3 +115,22 @@ def test_config_validation():
     for bad in ({"eta": 0}, {"eps": -1}, {"beta": 0}, {"max_steps": 0}, {"metric_batch": 0}, {"solver": "x"}):
         with pytest.raises(ValidationError):
             GeoConfig(**bad)
+
+
+def test_distillation_corrector_reduces_drift_and_respects_target_zeros():
+    pool = _pool(256)
+    with torch.no_grad():
+        y0 = tiny_mlp(0)(pool)
+    drift = {}
+    for steps in (0, 10):
+        model = tiny_mlp(0)
+        slices = param_slices(model)
+        target = SparseTarget(slices, 50, refresh_every=1000)
+        cfg = GeoConfig(eta=0.02, max_steps=15, metric_batch=16, anchor=0.0, distill_steps=steps, distill_lr=0.01,
+                        distill_batch=64)
+        seen = []
+        geo(model, target, pool, cfg, anchor=tiny_mlp(0), callbacks=[lambda i: seen.append(i.distance)])
+        assert all(b < a for a, b in zip(seen, seen[1:]))  # the corrector never moves the pruned weights
+        with torch.no_grad():
+            drift[steps] = float((model(pool) - y0).pow(2).mean())
+    assert drift[10] < 0.5 * drift[0]
