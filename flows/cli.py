@@ -11,7 +11,6 @@ import argparse
 import os
 import sys
 import typing
-from pathlib import Path
 from typing import Literal, Sequence
 
 from pydantic import BaseModel, ValidationError

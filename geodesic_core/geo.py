@@ -8,6 +8,9 @@ step the damped Gauss-Newton correction toward an anchor network's outputs y* on
     δ = −a J^T (J J^T + μ I)^{-1} r,   r = f(X; w) + J Δw − y*(X)    (the linearized residual after the step),
 
 which lies in the row space of J and so leaves the null-space motion toward the target untouched.
+Optionally (``GeoConfig.distill_steps``) a first-order corrector follows: a few SGD steps on fresh batches
+that minimize |f(x; w) − y*(x)|² (it sees far more data per second than the exact step's batch). For a
+sparse target both correctors move only the weights the target leaves free, so they never undo its zeros.
 
 Stopping criteria (section 3): (i) the target is within η (the last step lands on it exactly); (ii) ``s``
 steps taken; (iii) oscillation: the distance to the target has not reached a new minimum for ``patience``

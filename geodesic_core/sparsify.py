@@ -5,7 +5,9 @@ approached along a schedule of stages (p_k = p (1 − (1 − k/K)^3), k = 1..K, 
 Gupta 2017), each stage one run of Algorithm 1 toward H_{p_k} that ends on H_{p_k}: when the traversal
 stops by the oscillation or step criterion, the remaining (small) distance is closed by the projection.
 The schedule keeps every stage's distance short, where the local metric describes the functional change
-well; the final network has exactly the requested fraction of zeros among its prunable weights.
+well; the final network has exactly the requested fraction of zeros among its prunable weights. The
+anchor of every stage is the dense network: the correctors of `geodesic_core.geo` pull the path's outputs
+back toward the dense network's, which is what keeps high sparsities accurate.
 
 Baselines on the same dense network: one-shot magnitude projection, and magnitude pruning followed by
 masked fine-tuning (SGD) under a compute budget.
@@ -23,7 +25,8 @@ from .config import GeoConfig, TrainConfig
 from .data import Split
 from .geo import GeoResult, StepInfo, geo
 from .metric import flat_params, set_flat_params
-from .targets import FilterTarget, ParamSlice, SparseTarget, check_sparsity_percent, project_sparse, sparsity
+from .targets import (FilterTarget, ParamSlice, SparseTarget, check_sparsity_percent, param_slices, project_sparse,
+                      sparsity)
 from .train import train
 
 
@@ -110,6 +113,16 @@ def prune_finetune(model: nn.Module, slices: list[ParamSlice], sparsity_percent:
     steps = train(model, data, cfg, masks=masks, augment=augment, device=device, max_batches=max_batches,
                   budget_seconds=budget_seconds)
     return model, time.perf_counter() - t0, steps
+
+
+def project_to_level(model: nn.Module, level: float, *, structured: bool = False, layer: str = "",
+                     scope: Literal["global", "layer"] = "global") -> nn.Module:
+    """Hard projection (in place): onto H_level (level = sparsity percent), or, if ``structured``, onto the
+    set where ``int(level)`` whole filters of conv ``layer`` are zero."""
+    if structured:
+        set_flat_params(model, FilterTarget(model, layer, int(level)).project(flat_params(model)))
+        return model
+    return oneshot_prune(model, param_slices(model), level, scope)
 
 
 def final_sparsity(model: nn.Module, slices: list[ParamSlice]) -> float:

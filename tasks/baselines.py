@@ -7,22 +7,12 @@ import time
 from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from geodesic_core import FilterTarget, evaluate, flat_params, param_slices, save_checkpoint, set_flat_params, sparsity
+from geodesic_core import evaluate, flat_params, param_slices, sparsity
 from geodesic_core.config import SparsifyConfig
-from geodesic_core.sparsify import masks_from_zeros, oneshot_prune
+from geodesic_core.sparsify import masks_from_zeros, project_to_level
 from geodesic_core.train import train
 
-from .common import PERSIST, checkpoint_path, open_ref, ref, spec, split
-
-_META = ("model", "num_classes", "in_channels", "image_size", "dataset")
-
-
-def _prune(model, level: float, cfg: SparsifyConfig) -> None:
-    if cfg.structured:
-        set_flat_params(model, FilterTarget(model, cfg.layer, int(level)).project(flat_params(model)))
-    else:
-        oneshot_prune(model, param_slices(model), level, cfg.scope)
-
+from .common import PERSIST, checkpoint_path, open_ref, ref, save_derived, spec, split
 
 @task(cache_policy=INPUTS + TASK_SOURCE - "data_dir", **PERSIST)
 def oneshot_baseline(dense: dict, level: float, cfg: SparsifyConfig, data_dir: str | None, data_fingerprint: str,
@@ -30,11 +20,11 @@ def oneshot_baseline(dense: dict, level: float, cfg: SparsifyConfig, data_dir: s
     """proj(w_dense, H_p) in one shot, evaluated on the test set."""
     model, meta = open_ref(dense)
     t0 = time.perf_counter()
-    _prune(model, level, cfg)
+    project_to_level(model, level, structured=cfg.structured, layer=cfg.layer, scope=cfg.scope)
     wall = time.perf_counter() - t0
     acc, loss = evaluate(model, split(cfg.dataset, False, data_dir))
     out = checkpoint_path("oneshot", dense["sha256"], level, cfg.scope, cfg.structured, code_version)
-    digest = save_checkpoint(out, model.cpu(), {**{k: meta[k] for k in _META}, "test_accuracy": acc, "test_loss": loss})
+    digest = save_derived(out, model, meta, test_accuracy=acc, test_loss=loss)
     return ref(out, digest, method="oneshot", level=level, test_accuracy=acc, test_loss=loss, wall_seconds=wall,
                sparsity=sparsity(flat_params(model), param_slices(model)), steps=0)
 
@@ -46,7 +36,7 @@ def finetune_baseline(dense: dict, level: float, cfg: SparsifyConfig, budget_sec
     ``budget_seconds``) for that much wall time: the equal-compute comparison with the geodesic."""
     model, meta = open_ref(dense)
     t0 = time.perf_counter()
-    _prune(model, level, cfg)
+    project_to_level(model, level, structured=cfg.structured, layer=cfg.layer, scope=cfg.scope)
     masks = masks_from_zeros(model, param_slices(model))
     data = split(cfg.dataset, True, data_dir)
     epochs = cfg.finetune.epochs if budget_seconds is None else 10_000
@@ -57,6 +47,6 @@ def finetune_baseline(dense: dict, level: float, cfg: SparsifyConfig, budget_sec
     method = "finetune" if budget_seconds is None else "finetune_equal_time"
     out = checkpoint_path(method, dense["sha256"], level, cfg.model_dump(), budget_seconds, data_fingerprint,
                           code_version)
-    digest = save_checkpoint(out, model.cpu(), {**{k: meta[k] for k in _META}, "test_accuracy": acc, "test_loss": loss})
+    digest = save_derived(out, model, meta, test_accuracy=acc, test_loss=loss)
     return ref(out, digest, method=method, level=level, test_accuracy=acc, test_loss=loss, wall_seconds=wall,
                sparsity=sparsity(flat_params(model), param_slices(model)), steps=steps)

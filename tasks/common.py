@@ -66,6 +66,17 @@ def open_ref(checkpoint: dict, device: torch.device | None = None):
     return model.to(device or default_device()), meta
 
 
+ARCH_KEYS = ("model", "num_classes", "in_channels", "image_size", "dataset")
+
+
+def save_derived(out: Path, model, parent_meta: dict, **extra: Any) -> str:
+    """Save a network derived from another (same architecture metadata) atomically; returns its hash."""
+    from geodesic_core import save_checkpoint
+
+    meta = {k: parent_meta[k] for k in ARCH_KEYS if k in parent_meta}
+    return save_checkpoint(out, model.cpu(), {**meta, **extra})
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

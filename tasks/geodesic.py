@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import time
 
-import torch
 from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from geodesic_core import evaluate, flat_params, param_slices, save_checkpoint, sparsity
+from geodesic_core import evaluate, flat_params, param_slices, sparsity
 from geodesic_core.config import SparsifyConfig
-from geodesic_core.sparsify import geodesic_stage, oneshot_prune, structured_stage
+from geodesic_core.sparsify import geodesic_stage, project_to_level, structured_stage
 
-from .common import PERSIST, checkpoint_path, open_ref, ref, split
+from .common import PERSIST, checkpoint_path, open_ref, ref, save_derived, split
 
 
 def _path_recorder(model, slices, test, every: int, rows: list):
@@ -64,9 +63,7 @@ def geodesic_segment(start: dict, anchor: dict, level: float, stage: int, stage_
                  "sparsity": sparsity(flat_params(model), slices), "path_length": res.path_length})
     out = checkpoint_path("geodesic", start["sha256"], level, stage, stage_level, cfg.model_dump(), data_fingerprint,
                           code_version)
-    digest = save_checkpoint(out, model.cpu(), {**{k: meta[k] for k in ("model", "num_classes", "in_channels",
-                                                                          "image_size", "dataset")},
-                                                 "test_accuracy": acc, "test_loss": loss})
+    digest = save_derived(out, model, meta, test_accuracy=acc, test_loss=loss)
     return ref(out, digest, stage=stage, stage_level=stage_level, steps=res.steps, end_step=end_step,
                stop_reason=res.stop_reason, projection_distance=res.distance_before_projection,
                path_length=res.path_length, wall_seconds=wall, test_accuracy=acc, test_loss=loss, rows=rows)
@@ -78,19 +75,9 @@ def final_projection(end: dict, level: float, cfg: SparsifyConfig, data_dir: str
     """Hard projection onto H_p (or the filter target) of the path's end; the reported network has exactly
     the requested zeros. Returns its reference with test accuracy, loss and measured sparsity."""
     model, meta = open_ref(end)
-    slices = param_slices(model)
-    if cfg.structured:
-        from geodesic_core import FilterTarget
-
-        target = FilterTarget(model, cfg.layer, int(level))
-        from geodesic_core import set_flat_params
-
-        set_flat_params(model, target.project(flat_params(model)))
-    else:
-        oneshot_prune(model, slices, level, cfg.scope)
+    project_to_level(model, level, structured=cfg.structured, layer=cfg.layer, scope=cfg.scope)
     acc, loss = evaluate(model, split(cfg.dataset, False, data_dir))
     out = checkpoint_path("final", end["sha256"], level, cfg.scope, cfg.structured, code_version)
-    digest = save_checkpoint(out, model.cpu(), {**{k: meta[k] for k in ("model", "num_classes", "in_channels",
-                                                                          "image_size", "dataset")},
-                                                 "test_accuracy": acc, "test_loss": loss})
-    return ref(out, digest, test_accuracy=acc, test_loss=loss, sparsity=sparsity(flat_params(model), slices))
+    digest = save_derived(out, model, meta, test_accuracy=acc, test_loss=loss)
+    return ref(out, digest, test_accuracy=acc, test_loss=loss,
+               sparsity=sparsity(flat_params(model), param_slices(model)))

@@ -1,4 +1,3 @@
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -45,25 +44,27 @@ def test_missing_data_says_where_and_how(tmp_path):
         load_split("cifar10", True, tmp_path)
 
 
-def test_truncated_dataset_file_is_a_clear_error(tmp_path, data_dir):
+@pytest.fixture
+def mnist_copy(tmp_path, data_dir) -> Path:
+    """A writable copy of MNIST's raw files under tmp_path (the shared data is read-only)."""
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for f in (Path(data_dir) / "MNIST" / "raw").iterdir():
         shutil.copy(f, raw / f.name)
-    p = raw / "t10k-images-idx3-ubyte"
+    return raw
+
+
+def test_truncated_dataset_file_is_a_clear_error(tmp_path, mnist_copy):
+    p = mnist_copy / "t10k-images-idx3-ubyte"
     p.write_bytes(p.read_bytes()[:5000])
     with pytest.raises(InputError, match="truncated or corrupt"):
         load_split("mnist", False, tmp_path)
 
 
-def test_fingerprint_changes_with_content(tmp_path, data_dir):
-    raw = tmp_path / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for f in (Path(data_dir) / "MNIST" / "raw").iterdir():
-        shutil.copy(f, raw / f.name)
+def test_fingerprint_changes_with_content(tmp_path, data_dir, mnist_copy):
     a = dataset_fingerprint("mnist", tmp_path)
     assert a == dataset_fingerprint("mnist", data_dir)
-    p = raw / "t10k-labels-idx1-ubyte"
+    p = mnist_copy / "t10k-labels-idx1-ubyte"
     b = bytearray(p.read_bytes())
     b[-1] = (b[-1] + 1) % 10
     p.write_bytes(bytes(b))

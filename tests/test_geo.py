@@ -1,10 +1,9 @@
-import math
 
 import pytest
 import torch
 
 from geodesic_core import (FixedTarget, GeoConfig, InputError, NonFiniteError, SparseTarget, flat_params, geo,
-                           param_slices, set_flat_params, sparsity)
+                           param_slices, sparsity)
 from conftest import tiny_mlp
 
 

@@ -1,7 +1,6 @@
 """The sparsify flow end to end on a tiny configuration, in a Prefect test harness with a local MLflow."""
 
 import pytest
-import torch
 
 from flows.cli import main
 from geodesic_core import build_model, save_checkpoint
@@ -112,3 +111,27 @@ class _nullctx:
 
     def __exit__(self, *a):
         return False
+
+
+def test_structured_filter_sparsification_runs_end_to_end(harness, workdir, data_dir, capsys):
+    args = ["sparsify", "--data-dir", data_dir, "--model", "cnn", "--structured", "--layer", "0", "--n-filters", "8",
+            "--stages", "2", "--geo.max-steps", "6", "--train.epochs", "1", "--finetune.epochs", "1",
+            "--no-finetune.equal-time", "--geo.distill-steps", "2"]
+    assert main(args) == 0
+    client, runs = _runs(workdir)
+    geo = [r for r in runs if r.data.params.get("method") == "geodesic"]
+    assert len(geo) == 1 and geo[0].data.params["target_filters"] == "8.0"
+    ckpt_dir = client.download_artifacts(geo[0].info.run_id, "checkpoints", str(workdir / "dl"))
+    from pathlib import Path
+
+    from geodesic_core import load_model
+
+    model, _ = load_model(next(Path(ckpt_dir).glob("*.pt")))
+    zero = model[0].weight.detach().flatten(1).abs().sum(1) == 0
+    assert int(zero.sum()) == 8 and bool((model[0].bias.detach()[zero] == 0).all())
+
+
+def test_structured_layer_must_be_a_conv(tmp_path, monkeypatch, data_dir, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["sparsify", "--data-dir", data_dir, "--model", "cnn", "--structured", "--layer", "7"]) == 2
+    assert "conv layers: 0, 3" in capsys.readouterr().err

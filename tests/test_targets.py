@@ -1,6 +1,5 @@
 import pytest
 import torch
-from torch import nn
 
 from geodesic_core import (FilterTarget, InputError, SparseTarget, build_model, flat_params, param_slices,
                            project_sparse, sparsity)

@@ -1,4 +1,3 @@
-import pytest
 import torch
 
 from geodesic_core import TrainConfig, build_model, evaluate, flat_params, load_split, recompute_bn, train
