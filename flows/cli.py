@@ -137,7 +137,7 @@ def preflight(params: SparsifyConfig, data_dir: str | None) -> None:
                      params.layer, params.n_filters)
 
 
-def run_local(flow_fn, params, *, data_dir: str | None, experiment: str, workers: int):
+def run_local(flow_fn, params, *, data_dir: str | None, experiment: str, workers: int, return_state: bool = False):
     """Run a flow on the embedded defaults: Prefect's ephemeral mode unless PREFECT_API_URL is set, MLflow
     on ./mlflow.db unless MLFLOW_TRACKING_URI is set, results persisted under the output directory."""
     from tasks.common import output_dir
@@ -153,7 +153,7 @@ def run_local(flow_fn, params, *, data_dir: str | None, experiment: str, workers
     check_tracking_reachable()
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         return flow_fn.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))(
-            params, data_dir=data_dir, experiment=experiment)
+            params, data_dir=data_dir, experiment=experiment, return_state=return_state)
 
 
 def print_table(rows: list[dict], columns: Sequence[str]) -> None:

@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from geodesic_core.config import SparsifyConfig
+from geodesic_core.config import FinetuneConfig, SparsifyConfig, TrainConfig
 from geodesic_core.data import get_spec, resolve_data_dir
 from geodesic_core.sparsify import stage_sparsities
 from tasks.baselines import finetune_baseline, oneshot_baseline
@@ -24,6 +24,16 @@ from tasks.tracking import finish_parent_run, log_child_run, start_parent_run
 from tasks.training import given_checkpoint, train_network
 
 EXPERIMENT = "geodesic-sparsify"
+
+
+def _for_level(params: SparsifyConfig, level: float, finetune: bool = False) -> SparsifyConfig:
+    """The settings one level's tasks depend on (their cache key): adding a level to the list, or changing the
+    dense network's training (its checkpoint hash is a separate input), does not invalidate other levels."""
+    update = {"sparsity": [level] if not params.structured else params.sparsity, "train": TrainConfig(),
+              "checkpoint": None}
+    if not finetune:
+        update["finetune"] = FinetuneConfig()
+    return params.model_copy(update=update)
 
 
 def _stage_levels(params: SparsifyConfig, level: float) -> list[float]:
@@ -60,12 +70,14 @@ def sparsify_flow(params: SparsifyConfig = SparsifyConfig(), data_dir: str | Non
     for k in range(params.stages):
         for level in levels:
             chains[level] = geodesic_segment.submit(chains[level], dense, level, k, _stage_levels(params, level)[k],
-                                                    params, data_dir, fingerprint, version)
+                                                    _for_level(params, level), data_dir, fingerprint, version)
             segments[level].append(chains[level])
-    finals = {lv: final_projection.submit(chains[lv], lv, params, data_dir, fingerprint, version) for lv in levels}
-    oneshots = {lv: oneshot_baseline.submit(dense, lv, params, data_dir, fingerprint, version) for lv in levels}
-    finetunes = {lv: finetune_baseline.submit(dense, lv, params, None, data_dir, fingerprint, version)
-                 for lv in levels}
+    finals = {lv: final_projection.submit(chains[lv], lv, _for_level(params, lv), data_dir, fingerprint, version)
+              for lv in levels}
+    oneshots = {lv: oneshot_baseline.submit(dense, lv, _for_level(params, lv), data_dir, fingerprint, version)
+                for lv in levels}
+    finetunes = {lv: finetune_baseline.submit(dense, lv, _for_level(params, lv, True), None, data_dir, fingerprint,
+                                              version) for lv in levels}
 
     # --- Evaluate and track ---------------------------------------------------------------------------------
     summary, dense_row = [], {"step": 0, "distance": None, "test_accuracy": dense["test_accuracy"],
@@ -78,7 +90,8 @@ def sparsify_flow(params: SparsifyConfig = SparsifyConfig(), data_dir: str | Non
             rows += [{**r, "path_length": offset + r["path_length"]} for r in seg["rows"]]
             offset += seg["path_length"]
         geo_wall = sum(s["wall_seconds"] for s in segs)
-        equal = (finetune_baseline.submit(dense, level, params, geo_wall, data_dir, fingerprint, version).result()
+        equal = (finetune_baseline.submit(dense, level, _for_level(params, level, True), geo_wall, data_dir,
+                                          fingerprint, version).result()
                  if params.finetune.equal_time else None)
         geo = {"method": "geodesic", "level": level, "test_accuracy": final["test_accuracy"],
                "test_loss": final["test_loss"], "sparsity": final["sparsity"], "wall_seconds": geo_wall,

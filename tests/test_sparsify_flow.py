@@ -135,3 +135,14 @@ def test_structured_layer_must_be_a_conv(tmp_path, monkeypatch, data_dir, capsys
     monkeypatch.chdir(tmp_path)
     assert main(["sparsify", "--data-dir", data_dir, "--model", "cnn", "--structured", "--layer", "7"]) == 2
     assert "conv layers: 0, 3" in capsys.readouterr().err
+
+
+def test_a_levels_cache_key_ignores_other_levels_and_unrelated_settings():
+    from flows.sparsify import _for_level
+    from geodesic_core.config import SparsifyConfig
+
+    a = SparsifyConfig(sparsity=[60, 90])
+    b = SparsifyConfig(sparsity=[90, 98], train={"epochs": 3}, finetune={"epochs": 5})
+    assert _for_level(a, 90.0) == _for_level(b, 90.0)
+    assert _for_level(a, 90.0, finetune=True) != _for_level(b, 90.0, finetune=True)
+    assert _for_level(a, 90.0) != _for_level(SparsifyConfig(sparsity=[90], geo={"eta": 0.1}), 90.0)
