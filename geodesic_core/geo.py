@@ -124,7 +124,7 @@ def geo(model: nn.Module, target: Target, pool: torch.Tensor, cfg: GeoConfig, *,
             (the task's data: g measures functional change on this task only).
         cfg: Geo settings (β, ε, η, s = max_steps, batch, output space, solver, anchor, patience).
         anchor: network whose outputs the correction pulls toward (default: a frozen copy of the start
-            network). Ignored when ``cfg.anchor == 0``.
+            network). Unused when both correctors are off (``cfg.anchor == 0`` and ``cfg.distill_steps == 0``).
         callbacks: called with a `StepInfo` after every step.
         generator: CPU generator for the metric batches (default: seeded from ``cfg.seed``).
         start_step: step counter offset (for target refresh schedules across segments).
@@ -139,12 +139,12 @@ def geo(model: nn.Module, target: Target, pool: torch.Tensor, cfg: GeoConfig, *,
     w = flat_params(model)
     if not torch.isfinite(w).all():
         raise NonFiniteError("the start network holds NaN/Inf weights; start from a finite checkpoint")
-    if cfg.anchor > 0 and anchor is None:
+    if (cfg.anchor > 0 or cfg.distill_steps > 0) and anchor is None:
         import copy
 
         anchor = copy.deepcopy(model).requires_grad_(False)
     n_batch = min(cfg.metric_batch, pool.shape[0])
-    distiller = _Distiller(model, anchor, pool, cfg, target, gen) if cfg.distill_steps and anchor is not None else None
+    distiller = _Distiller(model, anchor, pool, cfg, target, gen) if cfg.distill_steps else None
     best, last_improve, total = math.inf, start_step, 0.0
     dist = math.inf
     step = start_step
@@ -203,7 +203,7 @@ def geo(model: nn.Module, target: Target, pool: torch.Tensor, cfg: GeoConfig, *,
             delta = delta + corr
             j_delta = j_delta + j_corr
         w_new = w + delta
-        if cfg.distill_steps and anchor is not None:
+        if distiller is not None:
             w_new = distiller.run(w_new, w_a)
         if not torch.isfinite(w_new).all():
             raise NonFiniteError(f"Geo step {step + 1} produced NaN/Inf weights; the last good weights are kept. "
