@@ -19,8 +19,9 @@ from tasks.baselines import finetune_baseline, oneshot_baseline
 from tasks.common import code_version
 from tasks.data import fingerprint_data
 from tasks.geodesic import final_projection, geodesic_segment
-from tasks.plots import accuracy_along_path, accuracy_vs_level
-from tasks.tracking import finish_parent_run, log_child_run, start_parent_run
+from tasks.plots import accuracy_vs_level
+from tasks.summaries import baseline_row, geodesic_row, label
+from tasks.tracking import finish_parent_run, log_level_runs, start_parent_run
 from tasks.training import given_checkpoint, train_network
 
 EXPERIMENT = "geodesic-sparsify"
@@ -80,52 +81,21 @@ def sparsify_flow(params: SparsifyConfig = SparsifyConfig(), data_dir: str | Non
                                               version) for lv in levels}
 
     # --- Evaluate and track ---------------------------------------------------------------------------------
-    summary, dense_row = [], {"step": 0, "distance": None, "test_accuracy": dense["test_accuracy"],
-                              "test_loss": dense["test_loss"], "sparsity": 0.0, "path_length": 0.0}
+    summary = []
     for level in levels:
-        segs = [s.result() for s in segments[level]]
         final = finals[level].result()
-        rows, offset = [dense_row], 0.0
-        for seg in segs:
-            rows += [{**r, "path_length": offset + r["path_length"]} for r in seg["rows"]]
-            offset += seg["path_length"]
-        geo_wall = sum(s["wall_seconds"] for s in segs)
-        equal = (finetune_baseline.submit(dense, level, _for_level(params, level, True), geo_wall, data_dir,
-                                          fingerprint, version).result()
-                 if params.finetune.equal_time else None)
-        geo = {"method": "geodesic", "level": level, "test_accuracy": final["test_accuracy"],
-               "test_loss": final["test_loss"], "sparsity": final["sparsity"], "wall_seconds": geo_wall,
-               "steps": segs[-1]["end_step"], "path_min_test_accuracy": min(r["test_accuracy"] for r in rows),
-               "path_length": offset, "stop_reasons": ",".join(s["stop_reason"] for s in segs)}
-        results = [(geo, final, rows)]
-        for res in (oneshots[level].result(), finetunes[level].result(), equal):
-            if res is not None:
-                results.append(({k: res[k] for k in ("method", "level", "test_accuracy", "test_loss", "sparsity",
-                                                       "wall_seconds", "steps")}, res, None))
-        for row, ckpt, path_rows in results:
-            method, budget = _method_budget(row["method"], params)
-            metrics = {k: row.get(k) for k in ("test_accuracy", "sparsity", "wall_seconds", "test_loss")}
-            if method == "geodesic":
-                metrics |= {k: row[k] for k in ("path_min_test_accuracy", "path_length", "steps")}
-            key = f"{method}-{level:g}" + ("" if budget == "-" else f"-{budget}")
-            log_child_run(parent, key, {"method": method, "budget": budget, _level_param(params): level},
-                          metrics, {"path_metrics.parquet": path_rows} if path_rows else {}, [ckpt["path"]],
-                          {"accuracy_along_path.png": accuracy_along_path(path_rows, f"geodesic to {level:g}")}
-                          if path_rows else None)
-            summary.append({**row, "method": f"{method}" + ("" if budget == "-" else f" ({budget})")})
-    xlabel = "filters zeroed" if params.structured else "sparsity (%)"
-    finish_parent_run(parent, summary, {"accuracy_vs_sparsity.png": accuracy_vs_level(summary, xlabel,
-                                                                                        f"{params.model} on {params.dataset}")},
-                      f"Sparsification of {params.model} on {params.dataset}")
+        geo, path = geodesic_row(dense, [s.result() for s in segments[level]], final, level)
+        baselines = [oneshots[level].result(), finetunes[level].result()]
+        if params.finetune.equal_time:  # fine-tuning for as long as the geodesic took
+            baselines.append(finetune_baseline.submit(dense, level, _for_level(params, level, True),
+                                                      geo["wall_seconds"], data_dir, fingerprint, version).result())
+        entries = [(geo, final["path"], path)] + [(baseline_row(b, params), b["path"], None) for b in baselines]
+        log_level_runs(parent, _level_param(params), entries)
+        summary += [{**row, "method": label(row)} for row, _, _ in entries]
+    finish_parent_run(parent, summary, {"accuracy_vs_sparsity.png": accuracy_vs_level(
+        summary, "filters zeroed" if params.structured else "sparsity (%)", f"{params.model} on {params.dataset}")},
+        f"Sparsification of {params.model} on {params.dataset}")
     return summary
-
-
-def _method_budget(method: str, params: SparsifyConfig) -> tuple[str, str]:
-    if method == "finetune":
-        return "finetune", f"{params.finetune.epochs}ep"
-    if method == "finetune_equal_time":
-        return "finetune", "equal_time"
-    return method, "-"
 
 
 def _level_param(params: SparsifyConfig) -> str:

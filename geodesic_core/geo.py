@@ -24,11 +24,10 @@ from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import nn
-from torch.func import jvp
 
 from .config import GeoConfig
 from .errors import InputError, NonFiniteError
-from .metric import MetricOperator, eval_mode, flat_params, output_fn, set_flat_params
+from .metric import MetricOperator, eval_mode, flat_params, output_fn, pushforward, set_flat_params
 from .solve import GramFactor, _check_qp_args, _solve_exact, _solve_lanczos
 from .targets import Target
 
@@ -158,7 +157,7 @@ def geo(model: nn.Module, target: Target, pool: torch.Tensor, cfg: GeoConfig, *,
         x = pool[torch.randperm(pool.shape[0], generator=gen)[:n_batch]].to(device)
         if dist <= cfg.eta:  # criterion (i): land on the target
             with eval_mode(model):
-                _, jd = jvp(output_fn(model, x, cfg.output_space), (w,), (d,))
+                jd = pushforward(output_fn(model, x, cfg.output_space), w, d)
             seg = math.sqrt(float((jd.double() ** 2).sum()) / n_batch)
             w = w_a.clone()
             set_flat_params(model, w)

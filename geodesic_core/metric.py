@@ -12,6 +12,7 @@ evaluated in eval mode (batch norm with its running statistics), so f(x_i) depen
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Callable, Iterator, Literal, Sequence
 
 import torch
@@ -21,6 +22,18 @@ from torch.func import functional_call, jvp, vjp
 from .errors import InputError, NonFiniteError
 
 OutputSpace = Literal["logits", "softmax"]
+
+# The interpreter stack of `torch.func` transforms (and forward-mode AD levels) is process-global in
+# PyTorch: two threads inside transforms at once (e.g. two sparsity levels of a flow on the thread-pool task
+# runner) corrupt each other. Every transform in the core runs under this lock; plain autograd, training and
+# evaluation do not need it. For levels that compute truly in parallel, use a process-based task runner.
+FUNC_LOCK = threading.RLock()
+
+
+def pushforward(f: Callable[[torch.Tensor], torch.Tensor], w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """J_f(w) v with `torch.func.jvp` (thread-safe)."""
+    with FUNC_LOCK:
+        return jvp(f, (w,), (v,))[1]
 
 
 def flat_params(model: nn.Module) -> torch.Tensor:
@@ -87,10 +100,10 @@ def metric_vector_product(model: nn.Module, inputs: torch.Tensor, v: torch.Tenso
         ``(n,)`` the product g v.
     """
     _check_vector(model, v, "v")
-    with eval_mode(model):
+    with FUNC_LOCK, eval_mode(model):
         w = flat_params(model)
         f = output_fn(model, inputs, output_space)
-        _, jv = jvp(f, (w,), (v.to(w),))  # (N, m)
+        jv = pushforward(f, w, v.to(w))  # (N, m)
         _, pullback = vjp(f, w)
         (gv,) = pullback(jv / inputs.shape[0])
     return gv
@@ -107,18 +120,20 @@ class MetricOperator:
     def __init__(self, model: nn.Module, inputs: torch.Tensor, output_space: OutputSpace = "logits"):
         self.model = model
         self.n_inputs = inputs.shape[0]
-        with eval_mode(model):
+        with FUNC_LOCK, eval_mode(model):
             self.w = flat_params(model)
             self.outputs, self._pullback = vjp(output_fn(model, inputs, output_space), self.w)
         self._pushforward: Callable | None = None
 
     def jvp(self, v: torch.Tensor) -> torch.Tensor:
-        if self._pushforward is None:  # J v = d/du <J^T u, v>: the vjp of the linear map u -> J^T u
-            _, self._pushforward = vjp(lambda u: self._pullback(u)[0], torch.zeros_like(self.outputs))
-        return self._pushforward(v)[0]
+        with FUNC_LOCK:
+            if self._pushforward is None:  # J v = d/du <J^T u, v>: the vjp of the linear map u -> J^T u
+                _, self._pushforward = vjp(lambda u: self._pullback(u)[0], torch.zeros_like(self.outputs))
+            return self._pushforward(v)[0]
 
     def vjp(self, u: torch.Tensor) -> torch.Tensor:
-        return self._pullback(u.reshape(self.outputs.shape))[0]
+        with FUNC_LOCK:
+            return self._pullback(u.reshape(self.outputs.shape))[0]
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         gv = self.vjp(self.jvp(v) / self.n_inputs)
@@ -163,8 +178,8 @@ def gram_matrix(model: nn.Module, inputs: torch.Tensor, output_space: OutputSpac
         saved[mod] = (args[0].detach(), out)
 
     handles = [m.register_forward_hook(hook) for m in mods]
-    try:
-        with eval_mode(model), torch.enable_grad():
+    try:  # is_grads_batched runs the backward under vmap: a torch.func transform
+        with FUNC_LOCK, eval_mode(model), torch.enable_grad():
             out = model(inputs)
             if output_space == "softmax":
                 out = out.softmax(-1)
@@ -236,7 +251,7 @@ def segment_lengths(model: nn.Module, points: Sequence[torch.Tensor], inputs: to
                 a, b = a.to(w0), b.to(w0)
                 mid = 0.5 * (a + b)
                 f = output_fn(model, inputs, output_space)
-                _, jd = jvp(f, (mid,), (b - a,))
+                jd = pushforward(f, mid, b - a)
                 out.append(torch.sqrt((jd.double() ** 2).sum() / inputs.shape[0]))
     finally:
         set_flat_params(model, w0)

@@ -90,7 +90,6 @@ def start_parent_run(experiment: str, params: dict, data_fingerprint: str, code_
     return {"run_id": run.info.run_id, "experiment_id": exp_id}
 
 
-@task(**RETRY)
 def log_child_run(parent: dict, key: str, params: dict, metrics: dict, tables: dict[str, list[dict]],
                   files: list[str], plots: dict[str, Any] | None = None) -> str:
     """One child run: params, final metrics, Parquet tables, files (checkpoints) and PNG plots.
@@ -126,6 +125,24 @@ def log_child_run(parent: dict, key: str, params: dict, metrics: dict, tables: d
         client.log_artifact(run_id, f, artifact_path="checkpoints")
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
     return run_id
+
+
+@task(**RETRY)
+def log_level_runs(parent: dict, level_param: str, entries: list[tuple[dict, str, list[dict] | None]]) -> list[str]:
+    """One child run per method at one level: ``entries`` are (summary row, checkpoint path, path table or
+    None); the geodesic's path table becomes ``path_metrics.parquet`` and ``accuracy_along_path.png``."""
+    from .plots import accuracy_along_path
+    from .summaries import GEODESIC_KEYS, METRIC_KEYS, run_key
+
+    ids = []
+    for row, ckpt, path_rows in entries:
+        keys = METRIC_KEYS + (GEODESIC_KEYS if path_rows else ())
+        params = {"method": row["method"], "budget": row["budget"], level_param: row["level"]}
+        tables = {"path_metrics.parquet": path_rows} if path_rows else {}
+        plots = ({"accuracy_along_path.png": accuracy_along_path(path_rows, f"geodesic to {row['level']:g}")}
+                 if path_rows else None)
+        ids.append(log_child_run(parent, run_key(row), params, {k: row[k] for k in keys}, tables, [ckpt], plots))
+    return ids
 
 
 @task(**RETRY)

@@ -85,3 +85,33 @@ def test_path_length_of_straight_line(tiny):
     assert fine == pytest.approx(approx, rel=5e-2)
     assert torch.equal(flat_params(model), w0)  # weights restored
     assert len(segment_lengths(model, linear_path(w0, w1, 11), x)) == 10
+
+
+def test_products_are_safe_from_concurrent_threads(tiny):
+    """Flows run levels on a thread pool, each with its own network; torch.func state is process-global."""
+    import copy
+    import threading
+
+    from geodesic_core.solve import GramFactor
+
+    model, x = tiny
+    v = torch.randn(flat_params(model).numel(), generator=torch.Generator().manual_seed(0))
+    ref = metric_vector_product(model, x, v)
+    errors = []
+
+    def work(net):
+        try:
+            w = flat_params(net)
+            for _ in range(30):
+                assert torch.allclose(metric_vector_product(net, x, v), ref, rtol=1e-5, atol=1e-7)
+                assert torch.allclose(GramFactor.compute(net, x).op(v), ref, rtol=1e-4, atol=1e-6)
+                path_length(net, linear_path(w, w + 1e-3 * v, 3), x)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(copy.deepcopy(model),)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, repr(errors[0])
