@@ -204,6 +204,7 @@ def geo(model: nn.Module, target: Target, pool: torch.Tensor, cfg: GeoConfig, *,
         w_new = w + delta
         if distiller is not None:
             w_new = distiller.run(w_new, w_a)
+            j_delta = op.jvp(w_new - w)  # the step's length under g covers the corrector's motion too
         if not torch.isfinite(w_new).all():
             raise NonFiniteError(f"Geo step {step + 1} produced NaN/Inf weights; the last good weights are kept. "
                                  f"Lower eta or the anchor weight, or check the data for NaN/Inf")
