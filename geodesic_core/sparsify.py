@@ -25,8 +25,7 @@ from .config import GeoConfig, TrainConfig
 from .data import Split
 from .geo import GeoResult, StepInfo, geo
 from .metric import flat_params, set_flat_params
-from .targets import (FilterTarget, ParamSlice, SparseTarget, check_sparsity_percent, param_slices, project_sparse,
-                      sparsity)
+from .targets import FilterTarget, ParamSlice, SparseTarget, check_sparsity_percent, param_slices, project_sparse
 from .train import train
 
 
@@ -43,7 +42,6 @@ class StageResult(NamedTuple):
     stop_reason: str
     distance_before_projection: float
     path_length: float
-    projection_length: float  # sqrt(Δ^T g Δ) of the closing projection on the last batch, not included above
 
 
 def geodesic_stage(model: nn.Module, slices: list[ParamSlice], stage_sparsity: float, pool: torch.Tensor,
@@ -63,7 +61,7 @@ def geodesic_stage(model: nn.Module, slices: list[ParamSlice], stage_sparsity: f
     w_p = project_sparse(w, slices, stage_sparsity, scope)
     set_flat_params(model, w_p)
     return StageResult(stage, stage_sparsity, res.steps, res.stop_reason, float((w_p - w).norm()),
-                       res.path_length, 0.0)
+                       res.path_length)
 
 
 def structured_stage(model: nn.Module, layer: str, n_filters: int, pool: torch.Tensor, cfg: GeoConfig, *,
@@ -78,7 +76,7 @@ def structured_stage(model: nn.Module, layer: str, n_filters: int, pool: torch.T
     w_p = target.project(w)
     set_flat_params(model, w_p)
     return StageResult(stage, float(n_filters), res.steps, res.stop_reason, float((w_p - w).norm()),
-                       res.path_length, 0.0)
+                       res.path_length)
 
 
 def masks_from_zeros(model: nn.Module, slices: list[ParamSlice]) -> dict[str, torch.Tensor]:
@@ -94,27 +92,6 @@ def oneshot_prune(model: nn.Module, slices: list[ParamSlice], sparsity_percent: 
     return model
 
 
-def prune_finetune(model: nn.Module, slices: list[ParamSlice], sparsity_percent: float, data: Split,
-                   cfg: TrainConfig, *, budget_seconds: float | None = None, max_batches: int | None = None,
-                   scope: Literal["global", "layer"] = "global", augment: bool = False,
-                   device: torch.device | None = None) -> tuple[nn.Module, float, int]:
-    """Baseline: one-shot magnitude pruning, then masked SGD fine-tuning (pruned weights stay exactly zero).
-
-    The budget is ``cfg.epochs`` epochs, optionally capped by ``max_batches`` optimizer steps or by
-    ``budget_seconds`` of wall time (the equal-compute comparison). The learning-rate schedule spans
-    ``cfg.epochs``, so a budget cut ends the run before the schedule does.
-
-    Returns:
-        (model, wall seconds spent fine-tuning, optimizer steps taken).
-    """
-    oneshot_prune(model, slices, sparsity_percent, scope)
-    masks = masks_from_zeros(model, slices)
-    t0 = time.perf_counter()
-    steps = train(model, data, cfg, masks=masks, augment=augment, device=device, max_batches=max_batches,
-                  budget_seconds=budget_seconds)
-    return model, time.perf_counter() - t0, steps
-
-
 def project_to_level(model: nn.Module, level: float, *, structured: bool = False, layer: str = "",
                      scope: Literal["global", "layer"] = "global") -> nn.Module:
     """Hard projection (in place): onto H_level (level = sparsity percent), or, if ``structured``, onto the
@@ -125,5 +102,23 @@ def project_to_level(model: nn.Module, level: float, *, structured: bool = False
     return oneshot_prune(model, param_slices(model), level, scope)
 
 
-def final_sparsity(model: nn.Module, slices: list[ParamSlice]) -> float:
-    return sparsity(flat_params(model), slices)
+def prune_finetune(model: nn.Module, level: float, data: Split, cfg: TrainConfig, *, structured: bool = False,
+                   layer: str = "", scope: Literal["global", "layer"] = "global", budget_seconds: float | None = None,
+                   max_batches: int | None = None, augment: bool = False,
+                   device: torch.device | None = None) -> tuple[nn.Module, float, int]:
+    """Baseline: hard projection (`project_to_level`), then masked SGD fine-tuning (pruned weights stay
+    exactly zero), in place.
+
+    The budget is ``cfg.epochs`` epochs, optionally capped by ``max_batches`` optimizer steps or by
+    ``budget_seconds`` of wall time (the equal-compute comparison). The learning-rate schedule spans
+    ``cfg.epochs``, so a budget cut ends the run before the schedule does.
+
+    Returns:
+        (model, wall seconds spent, optimizer steps taken).
+    """
+    t0 = time.perf_counter()
+    project_to_level(model, level, structured=structured, layer=layer, scope=scope)
+    masks = masks_from_zeros(model, param_slices(model))
+    steps = train(model, data, cfg, masks=masks, augment=augment, device=device, max_batches=max_batches,
+                  budget_seconds=budget_seconds)
+    return model, time.perf_counter() - t0, steps

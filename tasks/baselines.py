@@ -9,8 +9,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from geodesic_core import evaluate, flat_params, param_slices, sparsity
 from geodesic_core.config import SparsifyConfig
-from geodesic_core.sparsify import masks_from_zeros, project_to_level
-from geodesic_core.train import train
+from geodesic_core.sparsify import project_to_level, prune_finetune
 
 from .common import PERSIST, checkpoint_path, open_ref, ref, save_derived, spec, split
 
@@ -35,14 +34,11 @@ def finetune_baseline(dense: dict, level: float, cfg: SparsifyConfig, budget_sec
     """Magnitude pruning, then masked SGD fine-tuning for ``cfg.finetune.epochs`` epochs, or (with
     ``budget_seconds``) for that much wall time: the equal-compute comparison with the geodesic."""
     model, meta = open_ref(dense)
-    t0 = time.perf_counter()
-    project_to_level(model, level, structured=cfg.structured, layer=cfg.layer, scope=cfg.scope)
-    masks = masks_from_zeros(model, param_slices(model))
-    data = split(cfg.dataset, True, data_dir)
     epochs = cfg.finetune.epochs if budget_seconds is None else 10_000
-    steps = train(model, data, cfg.finetune.train_config(cfg.seed, epochs), masks=masks,
-                  augment=spec(cfg.dataset).augment, budget_seconds=budget_seconds)
-    wall = time.perf_counter() - t0
+    _, wall, steps = prune_finetune(model, level, split(cfg.dataset, True, data_dir),
+                                    cfg.finetune.train_config(cfg.seed, epochs), structured=cfg.structured,
+                                    layer=cfg.layer, scope=cfg.scope, budget_seconds=budget_seconds,
+                                    augment=spec(cfg.dataset).augment)
     acc, loss = evaluate(model, split(cfg.dataset, False, data_dir))
     method = "finetune" if budget_seconds is None else "finetune_equal_time"
     out = checkpoint_path(method, dense["sha256"], level, cfg.model_dump(), budget_seconds, data_fingerprint,

@@ -50,11 +50,10 @@ def test_prune_finetune_keeps_exact_sparsity(data_dir):
     tr = load_split("mnist", True, data_dir)
     model = build_model("lenet300", 10, 1, 28)
     slices = param_slices(model)
-    _, wall, steps = prune_finetune(model, slices, 95, Split(tr.x[:3000], tr.y[:3000]),
-                                    TrainConfig(epochs=1, lr=0.01), device=torch.device("cpu"))
+    _, wall, steps = prune_finetune(model, 95, Split(tr.x[:3000], tr.y[:3000]), TrainConfig(epochs=1, lr=0.01),
+                                    device=torch.device("cpu"))
     assert steps == 24 and wall > 0
     assert sparsity(flat_params(model), slices) == pytest.approx(0.95, abs=1e-5)
-    _, wall, steps = prune_finetune(model, slices, 95, Split(tr.x[:3000], tr.y[:3000]),
-                                    TrainConfig(epochs=1000, lr=0.01), budget_seconds=0.3,
-                                    device=torch.device("cpu"))
+    _, wall, steps = prune_finetune(model, 95, Split(tr.x[:3000], tr.y[:3000]), TrainConfig(epochs=1000, lr=0.01),
+                                    budget_seconds=0.3, device=torch.device("cpu"))
     assert 0.3 <= wall < 2.0 and 0 < steps < 24000

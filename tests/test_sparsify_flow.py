@@ -69,7 +69,7 @@ def test_flow_tracks_every_method_and_resumes_from_cache(harness, workdir, data_
 
     monkeypatch.setattr("tasks.training.train_and_save", boom)
     monkeypatch.setattr("tasks.geodesic.geodesic_stage", boom)
-    monkeypatch.setattr("tasks.baselines.train", boom)
+    monkeypatch.setattr("tasks.baselines.prune_finetune", boom)
     assert main(["sparsify", "--data-dir", data_dir, *TINY]) == 0
 
 
