@@ -21,7 +21,7 @@ from tasks.data import fingerprint_data
 from tasks.geodesic import final_projection, geodesic_segment
 from tasks.plots import accuracy_vs_level
 from tasks.summaries import baseline_row, geodesic_row, label
-from tasks.tracking import finish_parent_run, log_level_runs, start_parent_run
+from tasks.tracking import fail_parent_run, finish_parent_run, log_level_runs, start_parent_run
 from tasks.training import given_checkpoint, train_network
 
 EXPERIMENT = "geodesic-sparsify"
@@ -57,13 +57,22 @@ def sparsify_flow(params: SparsifyConfig = SparsifyConfig(), data_dir: str | Non
     fingerprint = fingerprint_data(params.dataset, data_dir)
     parent = start_parent_run(experiment, params.model_dump(), fingerprint, version, str(flow_run.get_id()),
                               f"sparsify-{params.model}-{params.dataset}")
-    if params.checkpoint:
-        dense = given_checkpoint(params.checkpoint, params.model, spec.num_classes)
-    else:
-        dense = train_network(params.model, params.dataset, params.train.model_copy(update={"seed": params.seed}),
-                              data_dir, fingerprint, version)
-    log.info("dense network: %.2f%% test accuracy", dense["test_accuracy"])
+    try:  # a crash closes the parent run as FAILED instead of leaving it RUNNING
+        if params.checkpoint:
+            dense = given_checkpoint(params.checkpoint, params.model, spec.num_classes)
+        else:
+            dense = train_network(params.model, params.dataset, params.train.model_copy(update={"seed": params.seed}),
+                                  data_dir, fingerprint, version)
+        log.info("dense network: %.2f%% test accuracy", dense["test_accuracy"])
+        return _sparsify_levels(params, parent, dense, data_dir, fingerprint, version)
+    except BaseException as exc:
+        fail_parent_run(parent, f"{type(exc).__name__}: {exc}")
+        raise
 
+
+def _sparsify_levels(params: SparsifyConfig, parent: dict, dense: dict, data_dir: str, fingerprint: str,
+                     version: str) -> list[dict]:
+    """Compute and track every level (the part of the flow after the dense network exists)."""
     # --- Compute: stage k of every level, then stage k+1 (levels run concurrently) --------------------------
     levels = params.levels()
     chains = {level: dense for level in levels}
@@ -83,8 +92,9 @@ def sparsify_flow(params: SparsifyConfig = SparsifyConfig(), data_dir: str | Non
     # --- Evaluate and track ---------------------------------------------------------------------------------
     summary = []
     for level in levels:
+        segs = [s.result() for s in segments[level]]  # first: a failed segment raises its own error here
         final = finals[level].result()
-        geo, path = geodesic_row(dense, [s.result() for s in segments[level]], final, level)
+        geo, path = geodesic_row(dense, segs, final, level)
         baselines = [oneshots[level].result(), finetunes[level].result()]
         if params.finetune.equal_time:  # fine-tuning for as long as the geodesic took
             baselines.append(finetune_baseline.submit(dense, level, _for_level(params, level, True),

@@ -146,6 +146,16 @@ def log_level_runs(parent: dict, level_param: str, entries: list[tuple[dict, str
 
 
 @task(**RETRY)
+def fail_parent_run(parent: dict, error: str) -> None:
+    """Close the parent run as FAILED (with the error as a tag) so no run is left RUNNING after a crash."""
+    from mlflow.entities import RunStatus
+
+    client = _client()
+    client.set_tag(parent["run_id"], "error", error[:4000])
+    client.set_terminated(parent["run_id"], RunStatus.to_string(RunStatus.FAILED))
+
+
+@task(**RETRY)
 def finish_parent_run(parent: dict, summary_rows: list[dict], plots: dict[str, Any], title: str) -> str:
     """Log the summary table and plots on the parent run, close it, and publish Prefect artifacts
     (a results table and a link to the MLflow run)."""

@@ -146,3 +146,17 @@ def test_a_levels_cache_key_ignores_other_levels_and_unrelated_settings():
     assert _for_level(a, 90.0) == _for_level(b, 90.0)
     assert _for_level(a, 90.0, finetune=True) != _for_level(b, 90.0, finetune=True)
     assert _for_level(a, 90.0) != _for_level(SparsifyConfig(sparsity=[90], geo={"eta": 0.1}), 90.0)
+
+
+def test_a_crash_closes_the_parent_run_as_failed(harness, workdir, data_dir, monkeypatch):
+    def crash(*a, **k):
+        raise RuntimeError("injected failure in a geodesic segment")
+
+    monkeypatch.setattr("tasks.geodesic.geodesic_stage", crash)
+    with pytest.raises(Exception, match="injected failure"):
+        main(["sparsify", "--data-dir", data_dir, "--sparsity", "90", "--stages", "1", "--train.epochs", "1",
+              "--no-finetune.equal-time"])
+    _, runs = _runs(workdir)
+    parent = [r for r in runs if r.data.tags.get("geodesic.role") == "parent"]
+    assert len(parent) == 1 and parent[0].info.status == "FAILED"
+    assert "injected failure" in parent[0].data.tags["error"]
