@@ -118,23 +118,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def preflight(params: SparsifyConfig, data_dir: str | None) -> None:
-    """Every check that can fail, before any work: data files, the given checkpoint, the tracking server."""
-    from geodesic_core import load_model
+    """Checks that can fail, before any work: data files, the given checkpoint, the structured layer.
+    (The tracking server is checked in `run_local`.)"""
+    from geodesic_core import FilterTarget, build_model, load_model
     from geodesic_core.data import get_spec
 
     check_data_files(params.dataset, data_dir)
     spec = get_spec(params.dataset)
+    model = None
     if params.checkpoint:
         model, _ = load_model(params.checkpoint, expect_model=params.model, expect_num_classes=spec.num_classes)
-        if params.structured:
-            from geodesic_core import FilterTarget
-
-            FilterTarget(model, params.layer, params.n_filters)
-    elif params.structured:
-        from geodesic_core import FilterTarget, build_model
-
-        FilterTarget(build_model(params.model, spec.num_classes, spec.in_channels, spec.image_size),
-                     params.layer, params.n_filters)
+    if params.structured:
+        model = model or build_model(params.model, spec.num_classes, spec.in_channels, spec.image_size)
+        FilterTarget(model, params.layer, params.n_filters)
 
 
 def run_local(flow_fn, params, *, data_dir: str | None, experiment: str, workers: int, return_state: bool = False):

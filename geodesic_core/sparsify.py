@@ -25,7 +25,7 @@ from .config import GeoConfig, TrainConfig
 from .data import Split
 from .geo import GeoResult, StepInfo, geo
 from .metric import flat_params, set_flat_params
-from .targets import FilterTarget, ParamSlice, SparseTarget, check_sparsity_percent, param_slices, project_sparse
+from .targets import FilterTarget, ParamSlice, SparseTarget, check_sparsity_percent, param_slices
 from .train import train
 
 
@@ -44,6 +44,19 @@ class StageResult(NamedTuple):
     path_length: float
 
 
+def _run_stage(model: nn.Module, target: SparseTarget | FilterTarget, level: float, pool: torch.Tensor,
+               cfg: GeoConfig, anchor: nn.Module | None, callbacks: Sequence[Callable[[StepInfo], None]],
+               start_step: int, stage: int) -> StageResult:
+    """Geo toward ``target``, then the hard projection onto it (what the traversal left is closed there)."""
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + stage)
+    res: GeoResult = geo(model, target, pool, cfg, anchor=anchor, callbacks=callbacks, generator=gen,
+                         start_step=start_step)
+    w = flat_params(model)
+    w_p = target.project(w)
+    set_flat_params(model, w_p)
+    return StageResult(stage, level, res.steps, res.stop_reason, float((w_p - w).norm()), res.path_length)
+
+
 def geodesic_stage(model: nn.Module, slices: list[ParamSlice], stage_sparsity: float, pool: torch.Tensor,
                    cfg: GeoConfig, *, refresh_every: int = 10, scope: Literal["global", "layer"] = "global",
                    anchor: nn.Module | None = None, callbacks: Sequence[Callable[[StepInfo], None]] = (),
@@ -54,14 +67,7 @@ def geodesic_stage(model: nn.Module, slices: list[ParamSlice], stage_sparsity: f
     re-projected from the current weights every ``refresh_every`` (n_s) steps.
     """
     target = SparseTarget(slices, stage_sparsity, scope, refresh_every)
-    gen = torch.Generator().manual_seed(cfg.seed * 7919 + stage)
-    res: GeoResult = geo(model, target, pool, cfg, anchor=anchor, callbacks=callbacks, generator=gen,
-                         start_step=start_step)
-    w = flat_params(model)
-    w_p = project_sparse(w, slices, stage_sparsity, scope)
-    set_flat_params(model, w_p)
-    return StageResult(stage, stage_sparsity, res.steps, res.stop_reason, float((w_p - w).norm()),
-                       res.path_length)
+    return _run_stage(model, target, stage_sparsity, pool, cfg, anchor, callbacks, start_step, stage)
 
 
 def structured_stage(model: nn.Module, layer: str, n_filters: int, pool: torch.Tensor, cfg: GeoConfig, *,
@@ -70,13 +76,7 @@ def structured_stage(model: nn.Module, layer: str, n_filters: int, pool: torch.T
                      stage: int = 0) -> StageResult:
     """One stage toward the structured target (``n_filters`` whole filters of ``layer`` zeroed), ending on it."""
     target = FilterTarget(model, layer, n_filters, refresh_every)
-    gen = torch.Generator().manual_seed(cfg.seed * 7919 + stage)
-    res = geo(model, target, pool, cfg, anchor=anchor, callbacks=callbacks, generator=gen, start_step=start_step)
-    w = flat_params(model)
-    w_p = target.project(w)
-    set_flat_params(model, w_p)
-    return StageResult(stage, float(n_filters), res.steps, res.stop_reason, float((w_p - w).norm()),
-                       res.path_length)
+    return _run_stage(model, target, float(n_filters), pool, cfg, anchor, callbacks, start_step, stage)
 
 
 def masks_from_zeros(model: nn.Module, slices: list[ParamSlice]) -> dict[str, torch.Tensor]:
@@ -88,7 +88,7 @@ def masks_from_zeros(model: nn.Module, slices: list[ParamSlice]) -> dict[str, to
 def oneshot_prune(model: nn.Module, slices: list[ParamSlice], sparsity_percent: float,
                   scope: Literal["global", "layer"] = "global") -> nn.Module:
     """Baseline: w ← proj(w, H_p) in one shot (in place)."""
-    set_flat_params(model, project_sparse(flat_params(model), slices, sparsity_percent, scope))
+    set_flat_params(model, SparseTarget(slices, sparsity_percent, scope).project(flat_params(model)))
     return model
 
 

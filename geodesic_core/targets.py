@@ -132,9 +132,13 @@ class SparseTarget:
     def __post_init__(self):
         check_sparsity_percent(self.sparsity_percent)
 
+    def project(self, w: torch.Tensor) -> torch.Tensor:
+        """proj(w, H_p) with this target's level and scope."""
+        return project_sparse(w, self.slices, self.sparsity_percent, self.scope)
+
     def __call__(self, w: torch.Tensor, step: int) -> torch.Tensor:
         if self._cached is None or (self.refresh_every and step - self._at >= self.refresh_every):
-            self._cached, self._at = project_sparse(w, self.slices, self.sparsity_percent, self.scope), step
+            self._cached, self._at = self.project(w), step
         return self._cached
 
     def free_mask(self, w_a: torch.Tensor) -> torch.Tensor:
