@@ -16,7 +16,7 @@ from typing import Literal, Sequence
 from pydantic import BaseModel, ValidationError
 
 from geodesic_core import InputError, check_data_files, check_dataset_name, check_model_name
-from geodesic_core.config import SparsifyConfig, TrainConfig
+from geodesic_core.config import ConnectConfig, ContinualConfig, SparsifyConfig, TrainConfig
 from geodesic_core.data import DATA_DIR_ENV
 
 QUIET_ENV = {  # telemetry off; analytics off (it caused "database is locked" at server start)
@@ -178,6 +178,44 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_continual(args: argparse.Namespace) -> int:
+    from geodesic_core.continual import check_scenario_data, get_scenario
+
+    params = config_from_args(ContinualConfig, args)
+    check_scenario_data(get_scenario(params.scenario), args.data_dir)
+    from flows.continual import EXPERIMENT, continual_flow
+
+    summary = run_local(continual_flow, params, data_dir=args.data_dir, experiment=args.experiment or EXPERIMENT,
+                        workers=args.workers)
+    print()
+    k = params.n_tasks()
+    print_table(summary, ["method", *[f"acc_task_{j + 1}" for j in range(k)], "avg_accuracy", "bwt", "wall_seconds"])
+    return 0
+
+
+def cmd_connect(args: argparse.Namespace) -> int:
+    from geodesic_core import load_model
+    from geodesic_core.connect import check_same_architecture
+    from geodesic_core.data import get_spec
+
+    params = config_from_args(ConnectConfig, args)
+    check_data_files(params.dataset, args.data_dir)
+    if params.checkpoint_a:  # both load safely, are the requested model, and match each other
+        n = get_spec(params.dataset).num_classes
+        metas = [load_model(p, expect_model=params.model, expect_num_classes=n)[1]
+                 for p in (params.checkpoint_a, params.checkpoint_b)]
+        check_same_architecture(*metas, params.checkpoint_a, params.checkpoint_b)
+    from flows.connect import EXPERIMENT, connect_flow
+
+    summary = run_local(connect_flow, params, data_dir=args.data_dir, experiment=args.experiment or EXPERIMENT,
+                        workers=args.workers)
+    print()
+    print_table(summary, ["method", "endpoint_a_accuracy", "endpoint_b_accuracy", "path_min_test_accuracy",
+                          "path_mean_test_accuracy", "path_length", "path_length_euclidean", "final_distance_ratio",
+                          "wall_seconds"])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="geodesic", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -199,6 +237,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="task-runner threads (levels run concurrently)")
     add_config_options(p, SparsifyConfig)
     p.set_defaults(func=cmd_sparsify)
+
+    p = sub.add_parser("continual", help="Algorithm 2: learn k tasks in sequence along geodesics (Prefect flow + MLflow)")
+    p.add_argument("--data-dir", default=None, help=data_help)
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default: geodesic-continual)")
+    p.add_argument("--workers", type=int, default=2, help="task-runner threads (per-task networks and methods run "
+                                                          "concurrently)")
+    add_config_options(p, ContinualConfig)
+    p.set_defaults(func=cmd_continual)
+
+    p = sub.add_parser("connect", help="Algorithm 3: connect two trained networks by a geodesic (Prefect flow + MLflow)")
+    p.add_argument("--data-dir", default=None, help=data_help)
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default: geodesic-connect)")
+    p.add_argument("--workers", type=int, default=2, help="task-runner threads (the endpoints train concurrently)")
+    add_config_options(p, ConnectConfig)
+    p.set_defaults(func=cmd_connect)
     return parser
 
 

@@ -29,7 +29,7 @@ def state_hash(state_dict: dict[str, torch.Tensor]) -> str:
     for name in sorted(state_dict):
         t = state_dict[name].detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -56,11 +56,29 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, A
     for key in ("model", "num_classes", "in_channels", "image_size"):
         if key not in meta:
             raise InputError(f"checkpoint metadata needs {key!r}")
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    check_finite_state(state, f"model to be saved at {path}")
+    return _save_verified(path, FORMAT, model.state_dict(), meta, "model")
+
+
+def _save_verified(path, fmt: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any], what: str) -> str:
+    state = {k: v.detach().cpu().clone() for k, v in tensors.items()}
+    check_finite_state(state, f"{what} to be saved at {path}")
     digest = state_hash(state)
-    _atomic_torch_save({"format": FORMAT, "state_dict": state, "meta": dict(meta), "sha256": digest}, Path(path))
+    _atomic_torch_save({"format": fmt, "state_dict": state, "meta": dict(meta), "sha256": digest}, Path(path))
     return digest
+
+
+TENSORS_FORMAT = "geodesic-tensors/1"
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
+    """Write named tensors (not a network: e.g. EWC's accumulated Fisher penalty) atomically with a content
+    hash, in the checkpoint's safe format. Returns the hash."""
+    return _save_verified(path, TENSORS_FORMAT, tensors, meta, "tensors")
+
+
+def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load and verify a file written by `save_tensors` (``weights_only=True``, content hash, finite)."""
+    return _load_verified(path, TENSORS_FORMAT, "a tensor file of this project")
 
 
 def check_finite_state(state: dict[str, torch.Tensor], what: str) -> None:
@@ -80,6 +98,10 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         InputError: the file is missing, truncated, not a checkpoint of this project, fails its content
             hash, or holds non-finite values.
     """
+    return _load_verified(path, FORMAT, "a checkpoint of this project")
+
+
+def _load_verified(path: str | os.PathLike, fmt: str, what: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"checkpoint {p} does not exist; pass the path of a file written by `geodesic train`")
@@ -89,8 +111,8 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         raise InputError(f"checkpoint {p} could not be loaded safely ({type(exc).__name__}: {str(exc)[:200]}); "
                          f"it is truncated, corrupt or not a weights-only checkpoint. Re-create it with "
                          f"`geodesic train`.") from exc
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT or not isinstance(blob.get("state_dict"), dict):
-        raise InputError(f"{p} is not a checkpoint of this project (format {FORMAT!r} expected); "
+    if not isinstance(blob, dict) or blob.get("format") != fmt or not isinstance(blob.get("state_dict"), dict):
+        raise InputError(f"{p} is not {what} (format {fmt!r} expected); "
                          f"re-create it with `geodesic train`")
     state, meta = blob["state_dict"], dict(blob.get("meta") or {})
     if state_hash(state) != blob.get("sha256"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
 
 class _Config(BaseModel):
@@ -129,3 +129,140 @@ class SparsifyConfig(_Config):
 
     def levels(self) -> list[float]:
         return [float(self.n_filters)] if self.structured else list(self.sparsity)
+
+
+CONTINUAL_METHODS = ("geodesic", "linear", "sgd", "l2", "ewc")
+
+
+class ContinualConfig(_Config):
+    """Algorithm 2 on a sequence of ``tasks`` tasks of ``scenario`` (default: 5 for permuted MNIST, 2 for
+    MNIST -> Fashion-MNIST), with its baselines.
+
+    ``model``: the network (default: the scenario's, lenet300 for permuted MNIST, cnn for MNIST -> Fashion).
+    ``train``: training of every per-task network w_i, and of each later task for the sequential baselines.
+    ``geo``: each traversal Geo(w_i, g^i, w_{1:i-1}, s) (``geo.max_steps`` = s). ``methods``: which of
+    geodesic, linear, sgd, l2, ewc to run. ``l2_strength``, ``ewc_strength``: λ of the L2 pull and of EWC;
+    ``fisher_samples``: task inputs over which EWC's diagonal Fisher is averaged. ``linear_points``: points on
+    each straight line scanned. ``eval_every``: steps between evaluations along each geodesic.
+    ``permutation_seed``: the seed of all permuted-MNIST permutations. ``shared_init``: every per-task network
+    starts from the same random initialization (from ``seed``; the networks stay independent and are trained
+    concurrently); off: network i starts from seed + i.
+    """
+
+    scenario: str = "permuted_mnist"
+    tasks: int | None = Field(None, ge=2)
+    model: str | None = None
+    methods: list[str] = Field(default_factory=lambda: list(CONTINUAL_METHODS))
+    permutation_seed: int = 0
+    shared_init: bool = False
+    l2_strength: float = Field(0.01, ge=0.0)
+    ewc_strength: float = Field(100.0, ge=0.0)
+    fisher_samples: PositiveInt = 1000
+    linear_points: int = Field(21, ge=3)
+    eval_every: PositiveInt = 100
+    seed: int = 0
+    geo: GeoConfig = Field(default_factory=lambda: GeoConfig(eta=0.1, anchor=1.0, max_steps=4000, patience=50,
+                                                             metric_batch=256, solver="cg", cg_iters=10))
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=5, lr=0.05))
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _check_tasks(cls, v):
+        if isinstance(v, int) and v < 2:
+            raise ValueError(f"continual learning needs at least 2 tasks, got {v}; pass --tasks 2 or more")
+        return v
+
+    @field_validator("scenario")
+    @classmethod
+    def _check_scenario(cls, v: str) -> str:
+        from .continual import check_scenario_name
+
+        return check_scenario_name(v)
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, v: str | None) -> str | None:
+        from .models import check_model_name
+
+        return None if v is None else check_model_name(v)
+
+    @field_validator("methods")
+    @classmethod
+    def _check_methods(cls, v: list[str]) -> list[str]:
+        bad = [m for m in v if m not in CONTINUAL_METHODS]
+        if bad or not v:
+            raise ValueError(f"unknown method(s) {bad}; valid methods: {', '.join(CONTINUAL_METHODS)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"methods must not repeat, got {v}")
+        return [m for m in CONTINUAL_METHODS if m in v]
+
+    @model_validator(mode="after")
+    def _check_task_count(self) -> "ContinualConfig":
+        from .continual import SCENARIOS
+
+        limit = SCENARIOS[self.scenario].max_tasks
+        if limit is not None and self.tasks is not None and self.tasks > limit:
+            raise ValueError(f"scenario {self.scenario!r} has {limit} tasks, got tasks={self.tasks}")
+        return self
+
+    def n_tasks(self) -> int:
+        """k: ``tasks``, or the scenario's default (5 permuted-MNIST tasks; 2 for MNIST -> Fashion-MNIST)."""
+        from .continual import SCENARIOS
+
+        return self.tasks or SCENARIOS[self.scenario].default_tasks
+
+    def model_name(self) -> str:
+        from .continual import SCENARIOS
+
+        return self.model or SCENARIOS[self.scenario].model
+
+
+class ConnectConfig(_Config):
+    """Algorithm 3: connect two trained networks of one architecture by a geodesic, and compare it with the
+    straight line between them.
+
+    Endpoints: two networks trained from seeds ``seed`` and ``seed_b`` with ``train``, or the given
+    ``checkpoint_a`` and ``checkpoint_b`` (both or neither). ``geo``: the traversal's Geo steps; it runs in
+    cached segments of ``geo.max_steps`` steps, at most ``max_segments`` of them. ``complete``: when the
+    traversal stalls (oscillation) before reaching w_2, continue it with the anchor off and the trust region
+    ``complete_eps_factor`` times larger (a looser, still geodesic step) until w_2 is reached; off, the path
+    ends where it stalled and the run reports how far it got (``final_distance_ratio``). ``eval_every``: steps
+    between test-set evaluations along the geodesic; ``linear_points``: points on the straight line.
+    """
+
+    model: str = "lenet300"
+    dataset: str = "mnist"
+    seed: int = 0
+    seed_b: int = 1
+    checkpoint_a: str | None = None
+    checkpoint_b: str | None = None
+    max_segments: PositiveInt = 10
+    complete: bool = True
+    complete_eps_factor: float = Field(10.0, ge=1.0)
+    eval_every: PositiveInt = 50
+    linear_points: int = Field(21, ge=3)
+    geo: GeoConfig = Field(default_factory=lambda: GeoConfig(eta=0.1, anchor=0.0, max_steps=500, patience=50,
+                                                             metric_batch=256, solver="cg", cg_iters=10))
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=5, lr=0.05))
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, v: str) -> str:
+        from .models import check_model_name
+
+        return check_model_name(v)
+
+    @field_validator("dataset")
+    @classmethod
+    def _check_dataset(cls, v: str) -> str:
+        from .data import check_dataset_name
+
+        return check_dataset_name(v)
+
+    @model_validator(mode="after")
+    def _check_endpoints(self) -> "ConnectConfig":
+        if (self.checkpoint_a is None) != (self.checkpoint_b is None):
+            raise ValueError("give both --checkpoint-a and --checkpoint-b, or neither (then both are trained)")
+        if self.checkpoint_a is None and self.seed == self.seed_b:
+            raise ValueError(f"the two endpoints need different seeds, got seed = seed_b = {self.seed}")
+        return self

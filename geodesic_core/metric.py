@@ -269,6 +269,16 @@ def path_length(model: nn.Module, points: Sequence[torch.Tensor], inputs: torch.
     return float(segment_lengths(model, points, inputs, output_space).sum())
 
 
+def cumulative_lengths(model: nn.Module, points: Sequence[torch.Tensor], inputs: torch.Tensor,
+                       output_space: str = "logits") -> list[float]:
+    """S(γ) from the first point to each point of a discrete path, under g on one fixed batch ``inputs``
+    (segment midpoints, see `segment_lengths`); the model's weights are restored."""
+    if len(points) < 2:
+        return [0.0] * len(points)
+    seg = segment_lengths(model, list(points), inputs, output_space).double()
+    return [0.0] + torch.cumsum(seg, 0).tolist()
+
+
 def linear_path(w_a: torch.Tensor, w_b: torch.Tensor, points: int) -> list[torch.Tensor]:
     """``points`` equally spaced weight vectors on the straight line from w_a to w_b (both included)."""
     return [torch.lerp(w_a, w_b, float(t)) for t in torch.linspace(0, 1, points)]

@@ -48,8 +48,10 @@ def _lr_at(cfg: TrainConfig, epoch_frac: float) -> float:
 def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = False,
           masks: dict[str, torch.Tensor] | None = None, device: torch.device | None = None,
           callbacks: Sequence[Callable[[EpochInfo], None]] = (), max_batches: int | None = None,
-          budget_seconds: float | None = None, on_step: Callable[[int], bool] | None = None) -> int:
-    """Minimize the mean cross-entropy on ``data`` with SGD (momentum, weight decay, schedule), in place.
+          budget_seconds: float | None = None, on_step: Callable[[int], bool] | None = None,
+          penalty: Callable[[nn.Module], torch.Tensor] | None = None) -> int:
+    """Minimize the mean cross-entropy on ``data`` (plus ``penalty(model)`` if given) with SGD (momentum,
+    weight decay, schedule), in place.
 
     Args:
         model: network mapping ``(B, C, H, W)`` to logits ``(B, K)``.
@@ -61,6 +63,8 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
         max_batches: stop after this many optimizer steps in total (a compute budget), if given.
         budget_seconds: stop once this much wall time is spent (checked after every step), if given.
         on_step: called with the number of steps taken after every step; returning True stops training.
+        penalty: a differentiable regularizer of the weights added to every batch's loss (the L2 pull and
+            EWC baselines of continual learning).
 
     Returns:
         the number of optimizer steps taken.
@@ -89,8 +93,9 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
                 xb = augment_batch(xb, gen)
             xb, yb = xb.to(device, non_blocking=True), data.y[idx].to(device, non_blocking=True)
             loss = nn.functional.cross_entropy(model(xb), yb)
+            objective = loss + penalty(model) if penalty is not None else loss
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            objective.backward()
             opt.step()
             if masks:
                 with torch.no_grad():

@@ -41,3 +41,58 @@ def run_key(row: dict) -> str:
 
 def label(row: dict) -> str:
     return row["method"] + ("" if row["budget"] == "-" else f" ({row['budget']})")
+
+
+def continual_row(method: str, params, trained: list[dict], results: list[dict],
+                  extra_seconds: float = 0.0) -> tuple[dict, list[list[float]]]:
+    """A continual method's summary row and accuracy matrix R (R[i][j]: accuracy on task j+1 after learning
+    task i+1; row 1 is the task-1 network, shared by every method).
+
+    ``wall_seconds``: the method's own compute after task 1: the per-task networks w_2..w_k and the traversals
+    (geodesic) or scans (linear); the sequential training (sgd, l2, ewc) plus ``extra_seconds`` (EWC's Fisher).
+    """
+    from geodesic_core.continual import average_accuracy, backward_transfer
+
+    matrix = [list(trained[0]["accuracies"])] + [list(r["accuracies"]) for r in results]
+    final = matrix[-1]
+    wall = sum(r["wall_seconds"] for r in results) + extra_seconds
+    if method in ("geodesic", "linear"):
+        wall += sum(t["wall_seconds"] for t in trained[1:])
+    row = {"method": method, "scenario": params.scenario,
+           **{f"acc_task_{j + 1}": a for j, a in enumerate(final)},
+           "avg_accuracy": average_accuracy(final), "min_accuracy": min(final), "bwt": backward_transfer(matrix),
+           "wall_seconds": wall}
+    if method == "geodesic":
+        row.update(steps=sum(r["steps"] for r in results), stop_reasons=",".join(r["stop_reason"] for r in results),
+                   **{key: sum(r[key] for r in results) for key in ("path_length", "path_length_euclidean",
+                                                                     "line_path_length", "line_path_length_euclidean")})
+    return row, matrix
+
+
+def connect_rows(endpoints: list[dict], segments: list[dict], line: dict) -> tuple[list[dict], dict[str, list[dict]]]:
+    """Summary rows (geodesic, linear) and path tables of a mode-connectivity run. The geodesic's table starts
+    at w_1; its path length is cumulative over the segments. Path minimum and mean are over the evaluated
+    points, endpoints included."""
+    start = {**endpoints[0], "path_length": 0.0}
+    start.pop("segment_path_length", None)
+    geo_rows, offset = [start], 0.0
+    for seg in segments:
+        geo_rows += [{k: v for k, v in {**r, "path_length": offset + r["segment_path_length"]}.items()
+                      if k != "segment_path_length"} for r in seg["rows"]]
+        offset += seg["path_length"]
+    ends = {"endpoint_a_accuracy": endpoints[0]["test_accuracy"], "endpoint_b_accuracy": endpoints[1]["test_accuracy"]}
+
+    def stats(rows):
+        accs = [r["test_accuracy"] for r in rows]
+        return {"path_min_test_accuracy": min(accs), "path_mean_test_accuracy": sum(accs) / len(accs)}
+
+    geo = {"method": "geodesic", **ends, **stats(geo_rows), "path_length": offset,
+           "path_length_euclidean": sum(s["path_length_euclidean"] for s in segments),
+           "final_distance_ratio": geo_rows[-1]["distance_ratio"],
+           "wall_seconds": sum(s["wall_seconds"] for s in segments), "steps": segments[-1]["end_step"],
+           "completion_steps": sum(s["steps"] for s in segments if s["loose"]),
+           "stop_reasons": ",".join(s["stop_reason"] for s in segments)}
+    lin = {"method": "linear", **ends, **stats(line["rows"]), "path_length": line["path_length"],
+           "path_length_euclidean": line["path_length_euclidean"], "final_distance_ratio": 0.0,
+           "wall_seconds": line["wall_seconds"]}
+    return [geo, lin], {"geodesic": geo_rows, "linear": line["rows"]}

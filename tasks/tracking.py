@@ -179,3 +179,50 @@ def finish_parent_run(parent: dict, summary_rows: list[dict], plots: dict[str, A
             if uri.startswith("http") else f"{uri} (experiment {parent['experiment_id']}, run {parent['run_id']})")
     create_link_artifact(key="mlflow-run", link=link, description="MLflow parent run of this flow run")
     return parent["run_id"]
+
+
+@task(**RETRY)
+def log_continual_runs(parent: dict, params, entries: list[tuple[dict, list[list[float]], list[dict]]]) -> list[str]:
+    """One child run per continual method: params ``method``, ``scenario``, ``tasks``; metrics ``acc_task_j``,
+    ``avg_accuracy``, ``bwt``, ``wall_seconds``; ``accuracy_matrix.parquet``; for the geodesic also the path
+    tables and the plots of every stage (accuracy along the geodesic and the straight line, PCA of both)."""
+    from .plots import accuracy_along_paths, pca_paths
+
+    ids = []
+    for row, matrix, results in entries:
+        k = len(matrix)
+        metrics = {key: v for key, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        tables = {"accuracy_matrix.parquet": [{"after_task": i + 1, **{f"task_{j + 1}": a for j, a in enumerate(r)}}
+                                              for i, r in enumerate(matrix)]}
+        plots = {}
+        if row["method"] == "geodesic":
+            tables["path_metrics.parquet"] = [r for res in results for r in res["path_rows"]]
+            tables["linear_path_metrics.parquet"] = [r for res in results for r in res["line_rows"]]
+            for res in results:
+                stage = res["index"] + 1
+                plots[f"accuracy_along_paths_task{stage}.png"] = accuracy_along_paths(
+                    res["path_rows"], res["line_rows"], f"task {stage}: geodesic vs straight line")
+                plots[f"pca_paths_task{stage}.png"] = pca_paths(res["path_rows"], res["line_rows"],
+                                                                f"task {stage}: paths from w_{stage} to w_1:{stage - 1}")
+        ids.append(log_child_run(parent, f"{row['method']}-{params.scenario}-{k}",
+                                 {"method": row["method"], "scenario": params.scenario, "tasks": k}, metrics, tables,
+                                 [results[-1]["path"]], plots))
+    return ids
+
+
+@task(**RETRY)
+def log_connect_runs(parent: dict, params, summary: list[dict], tables: dict[str, list[dict]],
+                     geodesic_checkpoint: str) -> list[str]:
+    """One child run per path (``geodesic``, ``linear``): endpoint and path accuracies, lengths under g and
+    Euclidean, ``final_distance_ratio``, wall time; ``path_metrics.parquet`` and the plots."""
+    from .plots import chord_view, connect_accuracy_plot
+
+    ids = []
+    for row in summary:
+        metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        plots = {"accuracy_along_paths.png": connect_accuracy_plot(tables, params), "paths_2d.png": chord_view(tables)}
+        files = [geodesic_checkpoint] if row["method"] == "geodesic" else []
+        ids.append(log_child_run(parent, f"{row['method']}-{params.model}-{params.dataset}",
+                                 {"method": row["method"], "model": params.model, "dataset": params.dataset},
+                                 metrics, {"path_metrics.parquet": tables[row["method"]]}, files, plots))
+    return ids

@@ -33,3 +33,12 @@ def given_checkpoint(path: str, model: str, num_classes: int) -> dict:
         raise InputError(f"checkpoint {path} has no recorded test accuracy; write it with `geodesic train`")
     return ref(path, meta["sha256"], test_accuracy=meta["test_accuracy"], test_loss=meta.get("test_loss"),
                wall_seconds=0.0)
+
+
+@task
+def check_endpoints(a: dict, b: dict) -> None:
+    """Two given endpoints must be the same architecture (a clear error otherwise)."""
+    from geodesic_core.checkpoint import load_checkpoint
+    from geodesic_core.connect import check_same_architecture
+
+    check_same_architecture(load_checkpoint(a["path"])[1], load_checkpoint(b["path"])[1], a["path"], b["path"])

@@ -1,0 +1,90 @@
+"""Mode connectivity (paper Algorithm 3) as a Prefect flow tracked in MLflow.
+
+Recipe: fingerprint the data -> train the two endpoint networks concurrently (or take two checkpoints) ->
+evaluate the straight line between them -> traverse Geo(w_1, g, w_2) in cached segments until it reaches
+w_2 (continuing a stalled traversal with the looser completion step if ``complete``) -> one MLflow child
+run per path (geodesic, linear) and a summary on the parent run.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from geodesic_core.config import ConnectConfig
+from geodesic_core.data import get_spec, resolve_data_dir
+from tasks.common import code_version
+from tasks.connect import connect_segment_task, evaluate_endpoint, linear_path_task
+from tasks.data import fingerprint_data
+from tasks.plots import chord_view, connect_accuracy_plot
+from tasks.summaries import connect_rows
+from tasks.tracking import fail_parent_run, finish_parent_run, log_connect_runs, start_parent_run
+from tasks.training import check_endpoints, given_checkpoint, train_network
+
+EXPERIMENT = "geodesic-connect"
+
+
+@flow(name="connect", task_runner=ThreadPoolTaskRunner(max_workers=2))
+def connect_flow(params: ConnectConfig = ConnectConfig(), data_dir: str | None = None,
+                 experiment: str = EXPERIMENT) -> list[dict]:
+    """Connect two networks of ``params.model`` on ``params.dataset`` by a geodesic (Alg. 3)."""
+    log = get_run_logger()
+    data_dir = str(resolve_data_dir(data_dir))
+    version = code_version()
+    fingerprint = fingerprint_data(params.dataset, data_dir)
+    parent = start_parent_run(experiment, params.model_dump(), fingerprint, version, str(flow_run.get_id()),
+                              f"connect-{params.model}-{params.dataset}")
+    try:
+        return _connect(params, parent, data_dir, fingerprint, version, log)
+    except BaseException as exc:
+        fail_parent_run(parent, f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _connect(params: ConnectConfig, parent: dict, data_dir: str, fingerprint: str, version: str, log) -> list[dict]:
+    common = (data_dir, fingerprint, version)
+    # --- the endpoints: trained concurrently, or given -------------------------------------------------------
+    if params.checkpoint_a:
+        n = get_spec(params.dataset).num_classes
+        a = given_checkpoint(params.checkpoint_a, params.model, n)
+        b = given_checkpoint(params.checkpoint_b, params.model, n)
+        check_endpoints(a, b)
+    else:
+        futures = [train_network.submit(params.model, params.dataset, params.train.model_copy(update={"seed": s}),
+                                        data_dir, fingerprint, version) for s in (params.seed, params.seed_b)]
+        a, b = (f.result() for f in futures)
+    ends = [evaluate_endpoint.submit(w, a, b, params, *common) for w in (a, b)]
+    line = linear_path_task.submit(a, b, params, *common)
+
+    # --- the geodesic, segment after segment, until it reaches w_2 ----------------------------------------
+    segments, start, loose = [], a, False
+    for s in range(params.max_segments):
+        seg = connect_segment_task(start, a, b, s, loose, params, *common)
+        segments.append(seg)
+        log.info("segment %d%s: %d steps, %s, %.1f%% of the way left", s, " (completion)" if loose else "",
+                 seg["steps"], seg["stop_reason"], 100 * seg["rows"][-1]["distance_ratio"])
+        if seg["stop_reason"] == "reached":
+            break
+        if seg["stop_reason"] == "oscillation":
+            if not params.complete:
+                log.warning("the geodesic stalled %.1f%% of the way short of w_2; rerun with --complete to continue "
+                            "with the looser completion step", 100 * seg["rows"][-1]["distance_ratio"])
+                break
+            loose = True
+        start = seg
+    else:
+        log.warning("the geodesic did not reach w_2 in %d segments; raise --max-segments", params.max_segments)
+
+    # --- evaluate and track ---------------------------------------------------------------------------------
+    endpoints = [e.result() for e in ends]
+    summary, tables = connect_rows(endpoints, segments, line.result())
+    log_connect_runs(parent, params, summary, tables, segments[-1]["path"])
+    finish_parent_run(parent, summary, {"accuracy_along_paths.png": connect_accuracy_plot(tables, params),
+                                        "paths_2d.png": chord_view(tables)},
+                      f"Mode connectivity: {params.model} on {params.dataset}")
+    return summary
+
+
+if __name__ == "__main__":
+    connect_flow()

@@ -1,0 +1,102 @@
+"""Continual learning (paper Algorithm 2) as a Prefect flow tracked in MLflow.
+
+Recipe: fingerprint the data -> train one network per task (concurrently) -> the geodesic chain
+w_{1:i} = Geo(w_i, g^i, w_{1:i-1}) and the baseline chains (best linear-path point, sequential SGD, SGD with
+an L2 pull, EWC) -> the accuracy matrix of every method -> one MLflow child run per method and a summary
+on the parent run.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from geodesic_core.config import ContinualConfig
+from geodesic_core.continual import get_scenario
+from geodesic_core.data import resolve_data_dir
+from flows.common import raise_first_failure
+from tasks.common import code_version
+from tasks.continual import (consolidate_fisher, geodesic_stage, linear_stage, sequential_stage,
+                             train_task_network)
+from tasks.data import fingerprint_data
+from tasks.summaries import continual_row
+from tasks.tracking import fail_parent_run, finish_parent_run, log_continual_runs, start_parent_run
+from tasks.plots import accuracy_matrix_plot
+
+EXPERIMENT = "geodesic-continual"
+
+
+def _for_method(params: ContinualConfig, method: str | None = None) -> ContinualConfig:
+    """The settings one method's tasks depend on (their cache key): the per-task networks (``method=None``)
+    depend on neither the methods nor their settings, and a method's chain not on the other methods'."""
+    keep = {"scenario", "tasks", "model", "permutation_seed", "shared_init", "seed", "train"}
+    keep |= {"geodesic": {"geo", "eval_every", "linear_points"}, "linear": {"linear_points"},
+             "l2": {"l2_strength"}, "ewc": {"ewc_strength", "fisher_samples"}}.get(method, set())
+    return ContinualConfig(**{k: getattr(params, k) for k in keep}, methods=[method] if method else ["geodesic"])
+
+
+@flow(name="continual", task_runner=ThreadPoolTaskRunner(max_workers=2))
+def continual_flow(params: ContinualConfig = ContinualConfig(), data_dir: str | None = None,
+                   experiment: str = EXPERIMENT) -> list[dict]:
+    """Learn ``params.n_tasks()`` tasks of ``params.scenario`` in sequence without forgetting (Alg. 2)."""
+    log = get_run_logger()
+    data_dir = str(resolve_data_dir(data_dir))
+    version = code_version()
+    scenario = get_scenario(params.scenario)
+    fingerprint = "+".join(fingerprint_data(d, data_dir) for d in scenario.datasets)
+    parent = start_parent_run(experiment, params.model_dump(), fingerprint, version, str(flow_run.get_id()),
+                              f"continual-{params.scenario}-{params.n_tasks()}")
+    try:
+        return _learn_sequence(params, parent, data_dir, fingerprint, version, log)
+    except BaseException as exc:
+        fail_parent_run(parent, f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _learn_sequence(params: ContinualConfig, parent: dict, data_dir: str, fingerprint: str, version: str,
+                    log) -> list[dict]:
+    k = params.n_tasks()
+    common = (data_dir, fingerprint, version)
+    # --- the per-task networks w_1..w_k are independent: trained concurrently ------------------------------
+    nets = [train_task_network.submit(i, _for_method(params), *common) for i in range(k)]
+    cfg = {m: _for_method(params, m) for m in params.methods}
+
+    # --- the chains: stage i of each method needs stage i-1 of the same method ----------------------------
+    stages: dict[str, list] = {m: [] for m in params.methods}
+    prev = {m: nets[0] for m in params.methods}
+    pull = consolidate_fisher.submit(nets[0], 0, None, cfg["ewc"], *common) if "ewc" in params.methods else None
+    pulls = [pull] if pull else []
+    for i in range(1, k):
+        for m in params.methods:
+            if m == "geodesic":
+                prev[m] = geodesic_stage.submit(nets[i], prev[m], i, cfg[m], *common)
+            elif m == "linear":
+                prev[m] = linear_stage.submit(nets[i], prev[m], i, cfg[m], *common)
+            else:
+                prev[m] = sequential_stage.submit(m, prev[m], i, pull if m == "ewc" else None, cfg[m], *common)
+            stages[m].append(prev[m])
+        if "ewc" in params.methods and i < k - 1:
+            pull = consolidate_fisher.submit(prev["ewc"], i, pull, cfg["ewc"], *common)
+            pulls.append(pull)
+
+    # --- evaluate and track ---------------------------------------------------------------------------------
+    raise_first_failure([*nets, *pulls, *(s for m in params.methods for s in stages[m])])
+    trained = [n.result() for n in nets]
+    log.info("per-task networks: %s", ", ".join(f"{t['accuracies'][t['index']]:.2f}%" for t in trained))
+    summary, entries = [], []
+    for m in params.methods:
+        results = [s.result() for s in stages[m]]
+        fisher_seconds = sum(p.result()["wall_seconds"] for p in pulls) if m == "ewc" else 0.0
+        row, matrix = continual_row(m, params, trained, results, fisher_seconds)
+        log.info("%s: %s (avg %.2f%%)", m, ", ".join(f"{a:.2f}" for a in matrix[-1]), row["avg_accuracy"])
+        summary.append(row)
+        entries.append((row, matrix, results))
+    log_continual_runs(parent, params, entries)
+    finish_parent_run(parent, summary, {"final_accuracy.png": accuracy_matrix_plot(summary, k)},
+                      f"Continual learning: {params.scenario}, {k} tasks")
+    return summary
+
+
+if __name__ == "__main__":
+    continual_flow()

@@ -1,0 +1,82 @@
+"""Mode connectivity (paper Algorithm 3): a high-accuracy path between two trained networks w_1, w_2.
+
+The geodesic Geo(w_1, g, w_2) is traversed under the task's metric g (the task's training inputs), in
+segments of Geo steps; every point along it is evaluated on the test set (with batch-norm statistics
+re-estimated for that point: the stored ones belong to an endpoint), and so is the straight line between the
+same endpoints. Both paths get their length under g (on one fixed probe batch) and their Euclidean length,
+and a 2-D view: the coordinate along the chord w_2 - w_1 and the distance from it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .config import GeoConfig
+from .data import Split
+from .errors import InputError
+from .geo import GeoResult, StepInfo, geo
+from .metric import flat_params, set_flat_params
+from .targets import FixedTarget
+from .train import evaluate, recompute_bn
+
+
+def check_same_architecture(meta_a: dict, meta_b: dict, path_a: str = "a", path_b: str = "b") -> None:
+    """Both endpoints must be the same registered network with the same input and output shapes."""
+    keys = ("model", "num_classes", "in_channels", "image_size")
+    diff = [k for k in keys if meta_a.get(k) != meta_b.get(k)]
+    if diff:
+        got = ", ".join(f"{k}: {meta_a.get(k)!r} vs {meta_b.get(k)!r}" for k in diff)
+        raise InputError(f"the endpoints {path_a} and {path_b} are not the same architecture ({got}); "
+                         f"connect two networks of one model trained on one dataset")
+
+
+def connect_segment(model: nn.Module, w_b: torch.Tensor, pool: torch.Tensor, cfg: GeoConfig, *,
+                    callbacks: Sequence[Callable[[StepInfo], None]] = (), generator: torch.Generator | None = None,
+                    start_step: int = 0) -> GeoResult:
+    """One segment of Geo(w_1, g, w_2): up to ``cfg.max_steps`` exact Geo steps (eq. 6-7) from the model's
+    weights toward ``w_b (n,)`` under g on batches of ``pool (P, C, H, W)`` (the task's inputs). The model
+    ends at the segment's end; ``start_step`` continues the step count of earlier segments."""
+    return geo(model, FixedTarget(w_b.to(flat_params(model))), pool, cfg, callbacks=callbacks, generator=generator,
+               start_step=start_step)
+
+
+def evaluate_point(model: nn.Module, w: torch.Tensor, test: Split, bn_inputs: torch.Tensor | None) -> tuple[float, float]:
+    """Test accuracy (percent) and loss of the network with flat weights ``w``; batch-norm statistics are
+    re-estimated on ``bn_inputs`` first (networks without batch norm are evaluated as they are)."""
+    set_flat_params(model, w.to(flat_params(model)))
+    if bn_inputs is not None:
+        recompute_bn(model, bn_inputs)
+    return evaluate(model, test)
+
+
+def chord_coordinates(w: torch.Tensor, w_a: torch.Tensor, w_b: torch.Tensor) -> tuple[float, float]:
+    """2-D view of a point: (x, y) with x the coordinate of w - w_a along the unit chord u = (w_b - w_a)/|w_b - w_a|
+    and y = |w - w_a - x u| its distance from the straight line (the line is y = 0, w_a at 0, w_b at |w_b - w_a|)."""
+    chord = (w_b - w_a).double()
+    length = float(chord.norm())
+    if length == 0:
+        raise InputError("the two endpoints are the same network; nothing to connect")
+    u = chord / length
+    rel = (w - w_a).double()
+    x = float(rel @ u)
+    y = float((rel - x * u).norm())
+    return x, y
+
+
+def distance_ratio(w: torch.Tensor, w_a: torch.Tensor, w_b: torch.Tensor) -> float:
+    """|w - w_b| / |w_a - w_b|: 0 when the path has reached w_b, 1 at its start."""
+    return float((w - w_b).norm() / (w_a - w_b).norm())
+
+
+def bn_batch(model: nn.Module, x: torch.Tensor, n: int = 2000) -> torch.Tensor | None:
+    """The inputs batch-norm statistics are re-estimated on (None for networks without batch norm)."""
+    from .train import has_batchnorm
+
+    return x[:n] if has_batchnorm(model) else None
+
+
+def flat_copy(model: nn.Module) -> torch.Tensor:
+    return flat_params(model).cpu().clone()

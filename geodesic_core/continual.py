@@ -1,0 +1,255 @@
+"""Continual learning (paper Algorithm 2) and the baselines it is measured against.
+
+Algorithm 2: train w_1 on task 1; for each later task i, train w_i on task i alone, then traverse the geodesic
+Geo(w_i, g^i, w_{1:i-1}, s) from w_i toward the network w_{1:i-1} that performs well on all earlier tasks,
+under the metric g^i of task i only (g^i = (1/N) sum_{x in X_i} J(x)^T J(x), inputs of task i alone), and
+take its end point as w_{1:i}. Only task i's data is used at stage i; the other tasks' test sets are read
+for evaluation only.
+
+Baselines on the same tasks, networks and seeds:
+  * ``linear``: the best point on the straight line between w_i and w_{1:i-1} (the point with the highest
+    minimum test accuracy over tasks 1..i: an oracle that reads every task's test set, as in the paper);
+  * ``sgd``: sequential fine-tuning, w_{1:i} = SGD on task i from w_{1:i-1};
+  * ``l2``: the same with the pull (λ/2)|w - w_{1:i-1}|^2;
+  * ``ewc``: elastic weight consolidation (Kirkpatrick et al. 2017): (λ/2) sum_{j<i} sum_k F_j,k (w_k - w*_j,k)^2
+    with F_j the diagonal of the Fisher information of p(y|x; w*_j) on task j's inputs, computed when task j
+    is finished (with task j's data).
+
+Scenarios (``SCENARIOS``): permuted MNIST (k tasks, one fixed pixel permutation per task from one seed, task 1
+plain MNIST, shared 10-way head, LeNet-300-100) and MNIST -> Fashion-MNIST (small CNN, one shared 20-way head:
+MNIST digits are classes 0-9, Fashion-MNIST items classes 10-19, so the network must tell the tasks apart
+itself; no task identity is given at test time).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .config import GeoConfig
+from .data import Split, check_data_files, load_split
+from .errors import InputError
+from .geo import GeoResult, StepInfo, geo
+from .metric import FUNC_LOCK, eval_mode, flat_params, set_flat_params
+from .models import build_model
+from .targets import FixedTarget
+from .train import evaluate
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task: a dataset, its permuted-MNIST permutation index (0 = none), and the label offset of its
+    classes in the shared head."""
+
+    dataset: str
+    permutation: int = 0
+    label_offset: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}:{self.permutation}" if self.dataset == "permuted_mnist" else self.dataset
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A sequence of tasks learned by one network with one shared output head of ``num_classes`` units."""
+
+    name: str
+    description: str
+    model: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    datasets: tuple[str, ...]
+    max_tasks: int | None = None
+    default_tasks: int = 5
+
+    def tasks(self, k: int) -> list[TaskSpec]:
+        check_task_count(self, k)
+        if self.name == "permuted_mnist":
+            return [TaskSpec("permuted_mnist", i, 0) for i in range(k)]
+        return [TaskSpec(d, 0, 10 * i) for i, d in enumerate(self.datasets[:k])]
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "permuted_mnist": Scenario("permuted_mnist", "k permuted-MNIST tasks, shared 10-way head", "lenet300", 10, 1,
+                               28, ("permuted_mnist",), max_tasks=None, default_tasks=5),
+    "mnist_fashion": Scenario("mnist_fashion", "MNIST then Fashion-MNIST, one shared 20-way head", "cnn", 20, 1, 28,
+                              ("mnist", "fashion_mnist"), max_tasks=2, default_tasks=2),
+}
+_SCENARIO_ALIASES = {"permuted-mnist": "permuted_mnist", "pmnist": "permuted_mnist", "mnist-fashion": "mnist_fashion",
+                     "mnist-fashion-mnist": "mnist_fashion", "mnist_fashion_mnist": "mnist_fashion"}
+
+
+def check_scenario_name(name: str) -> str:
+    """Canonical scenario name; an unknown name raises an error that lists the valid ones."""
+    key = _SCENARIO_ALIASES.get(name.lower(), name.lower())
+    if key not in SCENARIOS:
+        raise InputError(f"unknown scenario {name!r}; valid scenarios: {', '.join(sorted(SCENARIOS))}")
+    return key
+
+
+def check_task_count(scenario: Scenario, k: int) -> int:
+    if k < 2:
+        raise InputError(f"continual learning needs at least 2 tasks, got {k}; pass --tasks 2 or more")
+    if scenario.max_tasks is not None and k > scenario.max_tasks:
+        raise InputError(f"scenario {scenario.name!r} has {scenario.max_tasks} tasks, got --tasks {k}")
+    return k
+
+
+def get_scenario(name: str) -> Scenario:
+    return SCENARIOS[check_scenario_name(name)]
+
+
+def check_scenario_data(scenario: Scenario, data_dir=None) -> None:
+    """Every dataset the scenario reads exists under the data root (a clear error otherwise)."""
+    for d in scenario.datasets:
+        check_data_files(d, data_dir)
+
+
+def load_task(task: TaskSpec, train: bool, data_dir=None, permutation_seed: int = 0) -> Split:
+    """One task's split with its labels moved to the task's classes of the shared head."""
+    s = load_split(task.dataset, train, data_dir, task.permutation, permutation_seed)
+    return Split(s.x, s.y + task.label_offset) if task.label_offset else s
+
+
+def build_scenario_model(scenario: Scenario, model: str | None = None, seed: int = 0) -> nn.Module:
+    """A freshly initialized network (from ``seed``) with the scenario's input shape and shared head."""
+    torch.manual_seed(seed)
+    return build_model(model or scenario.model, scenario.num_classes, scenario.in_channels, scenario.image_size)
+
+
+def task_accuracies(model: nn.Module, tests: Sequence[Split]) -> list[float]:
+    """Test accuracy (percent) on each task, argmax over the whole shared head."""
+    return [evaluate(model, t)[0] for t in tests]
+
+
+# --- Algorithm 2, line 7 ---------------------------------------------------------------------------------------
+
+def continual_geodesic(model: nn.Module, previous: nn.Module, pool: torch.Tensor, cfg: GeoConfig, *,
+                       callbacks: Sequence[Callable[[StepInfo], None]] = (),
+                       generator: torch.Generator | None = None) -> GeoResult:
+    """Geo(w_i, g^i, w_{1:i-1}, s): from the task-i network (``model``, updated in place) toward ``previous``.
+
+    Each step solves eq. 6-7 under g^i estimated on a batch of ``pool`` (task i's training inputs
+    ``(P, C, H, W)``, nothing else), with the output anchor toward w_i's own outputs on those inputs
+    (``cfg.anchor``), which keeps task i's function while the weights move to w_{1:i-1}. The traversal ends by
+    the criteria of section 3; its end point is w_{1:i}.
+    """
+    w_prev = flat_params(previous).to(flat_params(model))
+    return geo(model, FixedTarget(w_prev), pool, cfg, callbacks=callbacks, generator=generator)
+
+
+def linear_scan(points: Sequence[torch.Tensor], measure: Callable[[torch.Tensor], list[float]]
+                ) -> tuple[list[list[float]], int]:
+    """Evaluate ``measure(w)`` (accuracy on each task) at each point of a path (e.g. `linear_path`); returns
+    the values and the index of the best point (highest minimum over tasks, then highest mean)."""
+    values = [measure(w) for w in points]
+    best = max(range(len(values)), key=lambda j: (min(values[j]), sum(values[j])))
+    return values, best
+
+
+def pca_2d(points: torch.Tensor) -> torch.Tensor:
+    """Project weight vectors ``(P, n)`` on their first two principal components: ``(P, 2)`` (paper Fig. 5B)."""
+    centered = points.double() - points.double().mean(0, keepdim=True)
+    _, _, vh = torch.linalg.svd(centered, full_matrices=False)
+    comps = vh[:2] if vh.shape[0] >= 2 else torch.cat([vh, torch.zeros_like(vh)])[:2]
+    return (centered @ comps.T).float()
+
+
+# --- Baselines: penalties for sequential SGD -------------------------------------------------------------------
+
+def _flat(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.reshape(-1) for p in model.parameters()])
+
+
+class QuadraticPull:
+    """(λ/2) sum_k F_k (w_k - w*_k)^2 summed over earlier tasks, kept in the expanded form
+    (λ/2)(w^T diag(A) w - 2 w^T b + c) with A = sum_j F_j, b = sum_j F_j w*_j, so any number of tasks costs
+    one vector product. F = 1 gives the plain L2 pull toward w* (the ``l2`` baseline); F = the diagonal
+    Fisher gives EWC with one penalty per task (Kirkpatrick et al. 2017, eq. 3 summed over tasks).
+    """
+
+    def __init__(self, strength: float, a: torch.Tensor, b: torch.Tensor, c: float):
+        if strength < 0 or not math.isfinite(strength):
+            raise InputError(f"penalty strength must be a finite number >= 0, got {strength}")
+        self.strength, self.a, self.b, self.c = strength, a, b, c
+
+    @classmethod
+    def empty(cls, strength: float, n: int) -> "QuadraticPull":
+        return cls(strength, torch.zeros(n), torch.zeros(n), 0.0)
+
+    def add(self, weights: torch.Tensor, fisher: torch.Tensor | None = None) -> "QuadraticPull":
+        """A new pull that also holds (w - ``weights``)^T diag(``fisher``) (w - ``weights``) (F = 1 if None)."""
+        f = torch.ones_like(weights) if fisher is None else fisher
+        w = weights.to(self.a)
+        f = f.to(self.a)
+        return QuadraticPull(self.strength, self.a + f, self.b + f * w, self.c + float((f * w * w).sum()))
+
+    def __call__(self, model: nn.Module) -> torch.Tensor:
+        w = _flat(model)
+        a, b = self.a.to(w.device), self.b.to(w.device)
+        return 0.5 * self.strength * ((a * w * w).sum() - 2 * (b * w).sum() + self.c)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"a": self.a, "b": self.b, "c": torch.tensor(self.c, dtype=torch.float64)}
+
+    @classmethod
+    def from_state(cls, strength: float, state: dict[str, torch.Tensor]) -> "QuadraticPull":
+        return cls(strength, state["a"], state["b"], float(state["c"]))
+
+
+def fisher_diagonal(model: nn.Module, x: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """Diagonal of the Fisher information of p(y | x; w) at the model's weights, averaged over ``x (N, C, H, W)``:
+
+        F_k = (1/N) sum_x sum_y p(y|x) (d log p(y|x) / d w_k)^2,
+
+    the expectation over the model's own predictive distribution taken exactly (all classes), not sampled,
+    and not the "empirical Fisher" of the labels. Per-example, per-class gradients come from ``torch.func``
+    (vmap of jacrev of the log-softmax), ``batch_size`` inputs at a time. Returns a flat ``(n,)`` vector in
+    `flat_params` order. Batch norm is used in eval mode.
+    """
+    from torch.func import functional_call, jacrev, vmap
+
+    names = [k for k, _ in model.named_parameters()]
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    buffers = {k: b for k, b in model.named_buffers()}
+    device = next(model.parameters()).device
+
+    def logp(p, xi):
+        return torch.log_softmax(functional_call(model, (p, buffers), (xi.unsqueeze(0),)).squeeze(0), -1)
+
+    total = torch.zeros(sum(p.numel() for p in params.values()), dtype=torch.float64, device=device)
+    with FUNC_LOCK, eval_mode(model):
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i:i + batch_size].to(device)
+            with torch.no_grad():
+                prob = model(xb).softmax(-1)  # (B, C)
+            jac = vmap(jacrev(logp), in_dims=(None, 0))(params, xb)  # {name: (B, C, *shape)}
+            parts = [(jac[k].reshape(*prob.shape, -1) ** 2 * prob.unsqueeze(-1)).sum((0, 1)) for k in names]
+            total += torch.cat(parts).double()
+    return (total / x.shape[0]).float()
+
+
+def average_accuracy(final_row: Sequence[float]) -> float:
+    """Mean test accuracy over all tasks of the final network."""
+    return float(sum(final_row) / len(final_row))
+
+
+def backward_transfer(matrix: Sequence[Sequence[float]]) -> float:
+    """BWT = (1/(k-1)) sum_{j<k} (R[k, j] - R[j, j]) (Lopez-Paz & Ranzato 2017); R[i, j] = accuracy on task j
+    after learning task i. Negative values are forgetting, in accuracy points."""
+    k = len(matrix)
+    return float(sum(matrix[k - 1][j] - matrix[j][j] for j in range(k - 1)) / (k - 1))
+
+
+def clone_with(model: nn.Module, w: torch.Tensor) -> nn.Module:
+    """A copy of ``model`` holding the flat weights ``w``."""
+    out = copy.deepcopy(model)
+    set_flat_params(out, w)
+    return out

@@ -1,0 +1,115 @@
+"""Tasks of Algorithm 3: one segment of the geodesic between two networks, and the straight line between them.
+
+Both evaluate their points on the test set (batch-norm statistics re-estimated per point), measure the
+length under g on one fixed probe batch of the task's inputs (the same batch for both paths) and the
+Euclidean length, and place every point in the 2-D chord view (along w_2 - w_1, distance from the line).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from prefect import task
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+
+from geodesic_core import cumulative_lengths, flat_params, linear_path
+from geodesic_core.config import ConnectConfig
+from geodesic_core.connect import bn_batch, chord_coordinates, connect_segment, distance_ratio, evaluate_point
+
+from .common import PERSIST, checkpoint_path, open_ref, ref, save_derived, split
+
+CACHED = {"cache_policy": INPUTS + TASK_SOURCE - "data_dir", **PERSIST}
+PROBE = 1024  # inputs of the fixed probe batch the path lengths are measured on
+
+
+def _probe(x: torch.Tensor, seed: int) -> torch.Tensor:
+    return x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:PROBE]]
+
+
+def _row(model, w, w_a, w_b, test, bn, **extra) -> dict:
+    acc, loss = evaluate_point(model, w, test, bn)
+    x, y = chord_coordinates(w, w_a, w_b)
+    return {**extra, "test_accuracy": acc, "test_loss": loss, "chord_x": x, "chord_y": y,
+            "distance_ratio": distance_ratio(w, w_a, w_b)}
+
+
+@task(**CACHED)
+def connect_segment_task(start: dict, a: dict, b: dict, segment: int, loose: bool, cfg: ConnectConfig,
+                         data_dir: str | None, data_fingerprint: str, code_version: str) -> dict:
+    """Segment ``segment`` of Geo(w_1, g, w_2) from checkpoint ``start``: up to ``cfg.geo.max_steps`` steps
+    (with ``loose``: the completion settings, anchor off and a ``cfg.complete_eps_factor`` times larger trust
+    region). Returns the end checkpoint with its stop reason, the evaluated points and the segment's lengths."""
+    model, meta = open_ref(start)
+    w_a, w_b = flat_params(open_ref(a)[0]).cpu(), flat_params(open_ref(b)[0]).cpu()
+    geo_cfg = cfg.geo.model_copy(update={"seed": cfg.seed + segment})
+    if loose:
+        geo_cfg = geo_cfg.model_copy(update={"anchor": 0.0, "distill_steps": 0, "eps": geo_cfg.eps * cfg.complete_eps_factor})
+    train_x = split(cfg.dataset, True, data_dir).x
+    test = split(cfg.dataset, False, data_dir)
+    probe_model, _ = open_ref(start)
+    bn = bn_batch(model, train_x)
+    w0 = flat_params(model).cpu()
+    first = int(start.get("end_step", 0))
+    points, rows, spent, euclid = [w0], [], [0.0], {"length": 0.0, "last": w0}
+
+    def record(info):
+        w = info.weights.detach().cpu()
+        euclid["length"] += float((w - euclid["last"]).norm())
+        euclid["last"] = w.clone()
+        if info.step % cfg.eval_every and info.distance > cfg.geo.eta:
+            return
+        t = time.perf_counter()
+        points.append(w.clone())
+        rows.append(_row(probe_model, w, w_a, w_b, test, bn, step=info.step, segment=segment, loose=loose))
+        spent[0] += time.perf_counter() - t
+
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + segment)
+    t0 = time.perf_counter()
+    res = connect_segment(model, w_b, train_x, geo_cfg, callbacks=[record], generator=gen, start_step=first)
+    wall = time.perf_counter() - t0 - spent[0]
+    w_end = flat_params(model).cpu()
+    if not rows or rows[-1]["step"] != first + res.steps:
+        points.append(w_end.clone())
+        rows.append(_row(probe_model, w_end, w_a, w_b, test, bn, step=first + res.steps, segment=segment, loose=loose))
+    lengths = cumulative_lengths(probe_model, points, _probe(train_x, cfg.seed), cfg.geo.output_space)
+    for r, length in zip(rows, lengths[1:]):
+        r["segment_path_length"] = length
+    out = checkpoint_path("connect", start["sha256"], a["sha256"], b["sha256"], segment, loose, cfg.geo.model_dump(),
+                          cfg.complete_eps_factor, cfg.seed, data_fingerprint, code_version)
+    end = rows[-1]
+    digest = save_derived(out, model, meta, test_accuracy=end["test_accuracy"], test_loss=end["test_loss"])
+    return ref(out, digest, segment=segment, loose=loose, steps=res.steps, end_step=first + res.steps,
+               stop_reason=res.stop_reason, distance=res.distance, wall_seconds=wall, rows=rows,
+               path_length=lengths[-1], path_length_euclidean=euclid["length"])
+
+
+@task(**CACHED)
+def evaluate_endpoint(network: dict, a: dict, b: dict, cfg: ConnectConfig, data_dir: str | None,
+                      data_fingerprint: str, code_version: str) -> dict:
+    """An endpoint's test accuracy and loss (batch-norm statistics re-estimated like every path point)."""
+    model, _ = open_ref(network)
+    w_a, w_b = flat_params(open_ref(a)[0]).cpu(), flat_params(open_ref(b)[0]).cpu()
+    train_x = split(cfg.dataset, True, data_dir).x
+    return _row(model, flat_params(model).cpu(), w_a, w_b, split(cfg.dataset, False, data_dir), bn_batch(model, train_x),
+                step=0, segment=0, loose=False)
+
+
+@task(**CACHED)
+def linear_path_task(a: dict, b: dict, cfg: ConnectConfig, data_dir: str | None, data_fingerprint: str,
+                     code_version: str) -> dict:
+    """The straight line (1 - α) w_1 + α w_2 at ``cfg.linear_points`` points: accuracy, loss, lengths."""
+    model, _ = open_ref(a)
+    w_a, w_b = flat_params(model).cpu(), flat_params(open_ref(b)[0]).cpu()
+    train_x = split(cfg.dataset, True, data_dir).x
+    test = split(cfg.dataset, False, data_dir)
+    bn = bn_batch(model, train_x)
+    t0 = time.perf_counter()
+    points = linear_path(w_a, w_b, cfg.linear_points)
+    rows = [_row(model, w, w_a, w_b, test, bn, alpha=float(t)) for w, t in zip(points, torch.linspace(0, 1, len(points)))]
+    wall = time.perf_counter() - t0
+    lengths = cumulative_lengths(model, points, _probe(train_x, cfg.seed), cfg.geo.output_space)
+    for r, length in zip(rows, lengths):
+        r["path_length"] = length
+    return {"rows": rows, "path_length": lengths[-1], "path_length_euclidean": float((w_b - w_a).norm()),
+            "wall_seconds": wall}

@@ -1,0 +1,212 @@
+"""Tasks of Algorithm 2 and its baselines: per-task networks, one geodesic stage, one linear-path stage, one
+sequential-SGD stage (plain, L2 pull, EWC), EWC's Fisher consolidation, and evaluation on every task.
+
+Each returns a checkpoint reference with small results (accuracies on every task, wall time, path tables);
+the flow chains them. Stage i only reads task i's training data; test sets are read for evaluation only.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+from prefect import task
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+
+from geodesic_core import (cumulative_lengths, flat_params, linear_path, load_tensors, save_checkpoint, save_tensors,
+                           set_flat_params, train)
+from geodesic_core.config import ContinualConfig
+from geodesic_core.continual import (QuadraticPull, build_scenario_model, continual_geodesic, fisher_diagonal,
+                                     get_scenario, linear_scan, load_task, pca_2d, task_accuracies)
+from geodesic_core.data import Split
+
+from .common import PERSIST, checkpoint_path, default_device, open_ref, ref, save_derived
+
+CACHED = {"cache_policy": INPUTS + TASK_SOURCE - "data_dir", **PERSIST}
+
+
+@functools.lru_cache(maxsize=24)
+def task_split(scenario: str, index: int, train_split: bool, data_dir: str | None, permutation_seed: int) -> Split:
+    """Task ``index`` (0-based) of the scenario, loaded once per process."""
+    spec = get_scenario(scenario).tasks(max(index + 1, 2))[index]
+    return load_task(spec, train_split, data_dir, permutation_seed)
+
+
+def _tests(cfg: ContinualConfig, data_dir: str | None) -> list[Split]:
+    return [task_split(cfg.scenario, j, False, data_dir, cfg.permutation_seed) for j in range(cfg.n_tasks())]
+
+
+def _train_split(cfg: ContinualConfig, index: int, data_dir: str | None) -> Split:
+    return task_split(cfg.scenario, index, True, data_dir, cfg.permutation_seed)
+
+
+def _accs(model, cfg: ContinualConfig, data_dir: str | None) -> list[float]:
+    return task_accuracies(model, _tests(cfg, data_dir))
+
+
+def _meta(cfg: ContinualConfig, **extra) -> dict:
+    s = get_scenario(cfg.scenario)
+    return {"model": cfg.model_name(), "num_classes": s.num_classes, "in_channels": s.in_channels,
+            "image_size": s.image_size, "dataset": s.name, **extra}
+
+
+@task(**CACHED)
+def train_task_network(index: int, cfg: ContinualConfig, data_dir: str | None, data_fingerprint: str,
+                       code_version: str) -> dict:
+    """Algorithm 2 line 1/4: a freshly initialized network trained on task ``index`` alone (initialization from
+    ``cfg.seed``, shared by all tasks unless ``cfg.shared_init`` is off; data order from ``cfg.seed + index``)."""
+    seed = cfg.seed + index
+    init = cfg.seed if cfg.shared_init else seed
+    model = build_scenario_model(get_scenario(cfg.scenario), cfg.model, init).to(default_device())
+    t0 = time.perf_counter()
+    train(model, _train_split(cfg, index, data_dir), cfg.train.model_copy(update={"seed": seed}))
+    wall = time.perf_counter() - t0
+    accs = _accs(model, cfg, data_dir)
+    out = checkpoint_path("task", index, cfg.model_dump(), data_fingerprint, code_version)
+    digest = save_checkpoint(out, model.cpu(), _meta(cfg, task=index, test_accuracy=accs[index]))
+    return ref(out, digest, index=index, accuracies=accs, wall_seconds=wall)
+
+
+@task(**CACHED)
+def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConfig, data_dir: str | None,
+                   data_fingerprint: str, code_version: str) -> dict:
+    """Algorithm 2 line 7: Geo(w_i, g^i, w_{1:i-1}, s) under task i's metric; the end point is w_{1:i}.
+
+    Along the way the test accuracy on tasks 1..i is recorded every ``cfg.eval_every`` steps; the straight
+    line between the same endpoints is scanned for comparison; both paths are projected on their first two
+    principal components (paper Fig. 5A/B).
+    """
+    model, meta = open_ref(current)
+    prev, _ = open_ref(previous)
+    w_start, w_prev = flat_params(model), flat_params(prev)
+    tests = _tests(cfg, data_dir)[: index + 1]
+    pool = _train_split(cfg, index, data_dir).x
+    rows, points, spent = [], [w_start.cpu()], [0.0]
+    euclid = {"length": 0.0, "last": w_start.clone()}
+
+    def record(info):
+        euclid["length"] += float((info.weights - euclid["last"]).norm())
+        euclid["last"] = info.weights.detach().clone()
+        if info.step % cfg.eval_every:
+            return
+        t = time.perf_counter()
+        accs = task_accuracies(model, tests)
+        rows.append({"stage": index + 1, "step": info.step, "distance": info.distance,
+                     **{f"acc_task_{j + 1}": a for j, a in enumerate(accs)}})
+        points.append(info.weights.detach().cpu().clone())
+        spent[0] += time.perf_counter() - t
+
+    rows.append({"stage": index + 1, "step": 0, "distance": float((w_prev - w_start).norm()),
+                 **{f"acc_task_{j + 1}": a for j, a in enumerate(task_accuracies(model, tests))}})
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + index)
+    t0 = time.perf_counter()
+    res = continual_geodesic(model, prev, pool, cfg.geo.model_copy(update={"seed": cfg.seed}), callbacks=[record],
+                             generator=gen)
+    wall = time.perf_counter() - t0 - spent[0]
+    w_end = flat_params(model)
+    if rows[-1]["step"] != res.steps:
+        rows.append({"stage": index + 1, "step": res.steps, "distance": res.distance,
+                     **{f"acc_task_{j + 1}": a for j, a in enumerate(task_accuracies(model, tests))}})
+        points.append(w_end.cpu().clone())
+
+    # the straight line between the same endpoints, for the plots and the length comparison
+    scan_model = open_ref(current)[0]
+
+    def measure(w):
+        set_flat_params(scan_model, w.to(flat_params(scan_model)))
+        return task_accuracies(scan_model, tests)
+
+    line_points = [w.cpu() for w in linear_path(w_start, w_prev, cfg.linear_points)]
+    line_values, _ = linear_scan(line_points, measure)
+    alphas = torch.linspace(0, 1, cfg.linear_points)
+    probe = pool[torch.randperm(pool.shape[0], generator=gen)[: cfg.geo.metric_batch * 4]]
+    # both paths measured the same way: S(γ) on one fixed probe batch through the recorded points (the
+    # per-step lengths on each step's own batch overstate it: the anchor concentrates its change there)
+    geo_len = cumulative_lengths(model, points, probe, cfg.geo.output_space)
+    lin_len = cumulative_lengths(model, line_points, probe, cfg.geo.output_space)
+    coords = pca_2d(torch.stack(points + line_points))
+    for r, c, length in zip(rows, coords[: len(points)], geo_len):
+        r["pc1"], r["pc2"], r["path_length"] = float(c[0]), float(c[1]), length
+    line_rows = [{"stage": index + 1, "alpha": float(a), **{f"acc_task_{j + 1}": v for j, v in enumerate(vals)},
+                  "path_length": length, "pc1": float(c[0]), "pc2": float(c[1])}
+                 for a, vals, c, length in zip(alphas, line_values, coords[len(points):], lin_len)]
+    set_flat_params(model, w_end.to(flat_params(model)))
+    accs = _accs(model, cfg, data_dir)
+    out = checkpoint_path("continual-geodesic", current["sha256"], previous["sha256"], index, cfg.geo.model_dump(),
+                          cfg.seed, data_fingerprint, code_version)
+    digest = save_derived(out, model, meta, task=index, test_accuracy=accs[index])
+    return ref(out, digest, index=index, accuracies=accs, wall_seconds=wall, steps=res.steps,
+               stop_reason=res.stop_reason, distance=res.distance, path_rows=rows, line_rows=line_rows,
+               path_length=geo_len[-1], path_length_euclidean=euclid["length"], line_path_length=lin_len[-1],
+               line_path_length_euclidean=float((w_prev - w_start).norm()))
+
+
+@task(**CACHED)
+def linear_stage(current: dict, previous: dict, index: int, cfg: ContinualConfig, data_dir: str | None,
+                 data_fingerprint: str, code_version: str) -> dict:
+    """Baseline: the best point (highest minimum accuracy over tasks 1..i, an oracle on the test sets) on the
+    straight line between w_i and the previous linear-baseline network."""
+    model, meta = open_ref(current)
+    prev, _ = open_ref(previous)
+    tests = _tests(cfg, data_dir)[: index + 1]
+    w_start, w_prev = flat_params(model), flat_params(prev)
+
+    def measure(w):
+        set_flat_params(model, w)
+        return task_accuracies(model, tests)
+
+    t0 = time.perf_counter()
+    values, best = linear_scan(linear_path(w_start, w_prev, cfg.linear_points), measure)
+    alpha = best / (cfg.linear_points - 1)
+    set_flat_params(model, torch.lerp(w_start, w_prev, alpha))
+    wall = time.perf_counter() - t0
+    accs = _accs(model, cfg, data_dir)
+    out = checkpoint_path("continual-linear", current["sha256"], previous["sha256"], index, cfg.linear_points,
+                          data_fingerprint, code_version)
+    digest = save_derived(out, model, meta, task=index, test_accuracy=accs[index])
+    return ref(out, digest, index=index, accuracies=accs, wall_seconds=wall, alpha=alpha)
+
+
+@task(**CACHED)
+def sequential_stage(method: str, previous: dict, index: int, pull: dict | None, cfg: ContinualConfig,
+                     data_dir: str | None, data_fingerprint: str, code_version: str) -> dict:
+    """Baselines: SGD on task i from w_{1:i-1} (``sgd``), plus (λ/2)|w - w_{1:i-1}|^2 (``l2``), or plus the
+    EWC penalty held in ``pull`` (``ewc``)."""
+    model, meta = open_ref(previous)
+    penalty = None
+    if method == "l2":
+        penalty = QuadraticPull.empty(cfg.l2_strength, flat_params(model).numel()).add(flat_params(model).cpu())
+    elif method == "ewc":
+        if pull is None:
+            raise ValueError("the ewc stage needs the consolidated Fisher penalty of the earlier tasks")
+        penalty = QuadraticPull.from_state(cfg.ewc_strength, load_tensors(pull["path"])[0])
+    t0 = time.perf_counter()
+    train(model, _train_split(cfg, index, data_dir), cfg.train.model_copy(update={"seed": cfg.seed + index}),
+          penalty=penalty)
+    wall = time.perf_counter() - t0
+    accs = _accs(model, cfg, data_dir)
+    out = checkpoint_path(f"continual-{method}", previous["sha256"], pull and pull["sha256"], index,
+                          cfg.train.model_dump(), cfg.l2_strength if method == "l2" else cfg.ewc_strength,
+                          cfg.seed, data_fingerprint, code_version)
+    digest = save_derived(out, model, meta, task=index, test_accuracy=accs[index])
+    return ref(out, digest, index=index, accuracies=accs, wall_seconds=wall)
+
+
+@task(**CACHED)
+def consolidate_fisher(network: dict, index: int, pull: dict | None, cfg: ContinualConfig, data_dir: str | None,
+                       data_fingerprint: str, code_version: str) -> dict:
+    """EWC at the end of task i: add (w - w*_i)^T diag(F_i) (w - w*_i) to the penalty, F_i the diagonal Fisher
+    of the network on ``cfg.fisher_samples`` inputs of task i (task i's data, available at that time)."""
+    model, _ = open_ref(network)
+    w = flat_params(model).cpu()
+    previous = (QuadraticPull.from_state(cfg.ewc_strength, load_tensors(pull["path"])[0]) if pull
+                else QuadraticPull.empty(cfg.ewc_strength, w.numel()))
+    x = _train_split(cfg, index, data_dir).x[: cfg.fisher_samples]
+    t0 = time.perf_counter()
+    fisher = fisher_diagonal(model, x).cpu()
+    wall = time.perf_counter() - t0
+    out = checkpoint_path("ewc-pull", network["sha256"], pull and pull["sha256"], index, cfg.fisher_samples,
+                          code_version).with_suffix(".tensors.pt")
+    digest = save_tensors(out, previous.add(w, fisher).state(), {"tasks": index + 1})
+    return ref(out, digest, index=index, wall_seconds=wall)

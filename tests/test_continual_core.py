@@ -1,0 +1,171 @@
+"""Continual-learning core: scenarios, the EWC Fisher and penalties, the metrics, and the geodesic stage on real
+permuted-MNIST data."""
+
+import copy
+
+import pytest
+import torch
+
+from geodesic_core import InputError, flat_params, train
+from geodesic_core.config import ContinualConfig, GeoConfig, TrainConfig
+from geodesic_core.continual import (QuadraticPull, average_accuracy, backward_transfer, build_scenario_model,
+                                     check_scenario_name, continual_geodesic, fisher_diagonal, get_scenario,
+                                     linear_scan, load_task, pca_2d, task_accuracies)
+from geodesic_core.data import Split
+from geodesic_core.metric import linear_path
+
+from conftest import tiny_mlp
+
+
+def test_scenarios_and_their_tasks(data_dir):
+    s = get_scenario("permuted-mnist")
+    tasks = s.tasks(3)
+    assert [t.permutation for t in tasks] == [0, 1, 2] and all(t.label_offset == 0 for t in tasks)
+    a, b = (load_task(t, False, data_dir) for t in tasks[:2])
+    assert torch.equal(a.y, b.y) and not torch.equal(a.x, b.x)  # same labels, permuted pixels
+    assert torch.allclose(a.x.flatten(1).sort(1).values, b.x.flatten(1).sort(1).values)
+    mf = get_scenario("mnist_fashion")
+    fashion = load_task(mf.tasks(2)[1], False, data_dir)
+    assert fashion.y.min() == 10 and fashion.y.max() == 19  # the second task's classes of the shared head
+    out = build_scenario_model(mf)(fashion.x[:2])
+    assert out.shape == (2, 20)
+
+
+@pytest.mark.parametrize("bad,match", [("cifar", "valid scenarios: mnist_fashion, permuted_mnist")])
+def test_unknown_scenario_lists_valid_ones(bad, match):
+    with pytest.raises(InputError, match=match):
+        check_scenario_name(bad)
+
+
+def test_task_count_is_checked():
+    with pytest.raises(InputError, match="at least 2 tasks"):
+        get_scenario("permuted_mnist").tasks(1)
+    with pytest.raises(InputError, match="has 2 tasks"):
+        get_scenario("mnist_fashion").tasks(3)
+    with pytest.raises(ValueError, match="at least 2 tasks"):
+        ContinualConfig(tasks=1)
+    with pytest.raises(ValueError, match="has 2 tasks"):
+        ContinualConfig(scenario="mnist_fashion", tasks=3)
+    with pytest.raises(ValueError, match="valid methods"):
+        ContinualConfig(methods=["geodesic", "replay"])
+    assert ContinualConfig().n_tasks() == 5 and ContinualConfig(scenario="mnist_fashion").n_tasks() == 2
+
+
+def test_fisher_diagonal_matches_a_per_example_per_class_loop():
+    model = tiny_mlp()
+    x = torch.randn(9, 6, generator=torch.Generator().manual_seed(3))
+    fisher = fisher_diagonal(model, x, batch_size=4)
+    ref = torch.zeros_like(fisher, dtype=torch.float64)
+    for xi in x:
+        logp = torch.log_softmax(model(xi.unsqueeze(0)).squeeze(0), -1)
+        for y in range(logp.numel()):
+            g = torch.autograd.grad(logp[y], list(model.parameters()), retain_graph=True)
+            ref += logp[y].exp().item() * torch.cat([t.reshape(-1) for t in g]).double() ** 2
+    torch.testing.assert_close(fisher.double(), ref / x.shape[0], rtol=1e-4, atol=1e-8)
+
+
+def test_quadratic_pull_is_the_sum_of_per_task_penalties_and_its_gradient():
+    model = tiny_mlp()
+    n = flat_params(model).numel()
+    gen = torch.Generator().manual_seed(0)
+    anchors = [torch.randn(n, generator=gen) for _ in range(3)]
+    fishers = [torch.rand(n, generator=gen) for _ in range(3)]
+    pull = QuadraticPull.empty(2.5, n)
+    for w, f in zip(anchors, fishers):
+        pull = pull.add(w, f)
+    w = torch.cat([p.reshape(-1) for p in model.parameters()])
+    explicit = sum(0.5 * 2.5 * (f * (w - a) ** 2).sum() for a, f in zip(anchors, fishers))
+    value = pull(model)
+    torch.testing.assert_close(value, explicit, rtol=1e-5, atol=1e-4)
+    g = torch.autograd.grad(value, list(model.parameters()))
+    g_flat = torch.cat([t.reshape(-1) for t in g])
+    torch.testing.assert_close(g_flat, 2.5 * sum(f * (w - a) for a, f in zip(anchors, fishers)).detach(),
+                               rtol=1e-4, atol=1e-4)
+    same = QuadraticPull.from_state(2.5, pull.state())
+    torch.testing.assert_close(same(model), value)
+    l2 = QuadraticPull.empty(0.1, n).add(anchors[0])
+    torch.testing.assert_close(l2(model), 0.05 * ((w - anchors[0]) ** 2).sum(), rtol=1e-5, atol=1e-4)
+    with pytest.raises(InputError, match=">= 0"):
+        QuadraticPull.empty(-1.0, n)
+
+
+def test_average_accuracy_and_backward_transfer():
+    r = [[90.0, 10.0, 12.0], [80.0, 95.0, 11.0], [70.0, 85.0, 97.0]]
+    assert average_accuracy(r[-1]) == pytest.approx((70 + 85 + 97) / 3)
+    assert backward_transfer(r) == pytest.approx(((70 - 90) + (85 - 95)) / 2)
+
+
+def test_linear_scan_picks_the_best_minimum():
+    pts = linear_path(torch.zeros(2), torch.ones(2), 5)
+    values, best = linear_scan(pts, lambda w: [float(100 * w[0]), float(100 * (1 - w[0]))])
+    assert best == 2 and values[best] == [50.0, 50.0]
+
+
+def test_pca_2d_recovers_a_planar_path():
+    gen = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(50, 2, generator=gen))[0].T  # (2, 50) orthonormal
+    coords = torch.randn(12, 2, generator=gen) * torch.tensor([3.0, 1.0])
+    proj = pca_2d(coords @ basis + 5.0)
+    # distances between points are preserved by the projection on the plane they span
+    torch.testing.assert_close(torch.cdist(proj, proj), torch.cdist(coords, coords), rtol=1e-4, atol=1e-4)
+
+
+def _subset(s: Split, n: int) -> Split:
+    return Split(s.x[:n], s.y[:n])
+
+
+@pytest.fixture(scope="module")
+def two_tasks(data_dir):
+    """Two permuted-MNIST tasks: networks trained on 10k examples each, and the test sets (5k examples)."""
+    tasks = get_scenario("permuted_mnist").tasks(2)
+    trains = [_subset(load_task(t, True, data_dir), 10_000) for t in tasks]
+    tests = [_subset(load_task(t, False, data_dir), 5_000) for t in tasks]
+    nets = []
+    for i, tr in enumerate(trains):
+        m = build_scenario_model(get_scenario("permuted_mnist"), seed=i)
+        train(m, tr, TrainConfig(epochs=2, lr=0.05, seed=i), device=torch.device("cpu"))
+        nets.append(m)
+    return nets, trains, tests
+
+
+def test_ewc_keeps_task_1_where_sgd_forgets_it(two_tasks):
+    """Kirkpatrick et al. (2017), Fig. 2A: after SGD on task 2 the task-1 accuracy collapses; with the EWC
+    penalty from task 1's Fisher it stays high while task 2 is still learned. With λ = 0 EWC is SGD exactly."""
+    nets, trains, tests = two_tasks
+    w1 = nets[0]
+    fisher = fisher_diagonal(w1, trains[0].x[:200])
+    cfg = TrainConfig(epochs=3, lr=0.1, seed=5)
+    runs = {}
+    for name, strength in [("sgd", None), ("ewc0", 0.0), ("ewc", 100.0)]:
+        m = copy.deepcopy(w1)
+        pull = None if strength is None else QuadraticPull.empty(strength, fisher.numel()).add(flat_params(w1), fisher)
+        train(m, trains[1], cfg, penalty=pull, device=torch.device("cpu"))
+        runs[name] = (m, task_accuracies(m, tests))
+    assert torch.equal(flat_params(runs["sgd"][0]), flat_params(runs["ewc0"][0]))
+    sgd, ewc = runs["sgd"][1], runs["ewc"][1]
+    assert sgd[0] < 80.0 and ewc[0] > sgd[0] + 10.0  # SGD forgets task 1; EWC keeps most of it
+    assert ewc[1] > 90.0  # and still learns task 2
+
+
+def test_geodesic_stage_reaches_a_network_good_on_both_tasks(two_tasks):
+    """Algorithm 2 on two tasks: from w_2 toward w_1 under task 2's metric; task 1 comes back while task 2 is
+    kept, and the end point beats the best point of the straight line between the same networks."""
+    nets, trains, tests = two_tasks
+    w1, w2 = nets
+    start = task_accuracies(w2, tests)
+    assert start[0] < 30.0 < 90.0 < start[1]
+    model = copy.deepcopy(w2)
+    cfg = GeoConfig(eta=0.1, anchor=1.0, max_steps=300, patience=50, metric_batch=128, solver="cg", cg_iters=10)
+    seen = []
+    res = continual_geodesic(model, w1, trains[1].x, cfg, callbacks=[lambda i: seen.append(i.distance)])
+    end = task_accuracies(model, tests)
+    assert res.steps == len(seen) and seen[-1] < 0.6 * seen[0]
+    assert end[0] > start[0] + 50.0 and end[1] > start[1] - 4.0
+    probe = copy.deepcopy(w2)
+
+    def measure(w):
+        torch.nn.utils.vector_to_parameters(w, probe.parameters())
+        return task_accuracies(probe, tests)
+
+    values, best = linear_scan(linear_path(flat_params(w2), flat_params(w1), 11), measure)
+    assert min(end) > min(values[best]) + 5.0

@@ -1,0 +1,131 @@
+"""The continual flow end to end on a tiny configuration, in a Prefect test harness with a local MLflow."""
+
+import pandas as pd
+import pytest
+
+from flows.cli import main
+
+TINY = ["--tasks", "3", "--train.epochs", "1", "--geo.max-steps", "12", "--eval-every", "4", "--fisher-samples",
+        "64", "--linear-points", "5"]
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GEODESIC_OUTPUT_DIR", str(tmp_path / "outputs"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: tmp_path / "results"}):
+        yield tmp_path
+
+
+def test_flow_tracks_every_method_and_resumes_from_cache(harness, workdir, data_dir, monkeypatch, capsys):
+    assert main(["continual", "--data-dir", data_dir, *TINY]) == 0
+    out = capsys.readouterr().out
+    assert all(m in out for m in ("geodesic", "linear", "sgd", "l2", "ewc"))
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("geodesic-continual")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("geodesic.role") == "parent"]
+    children = {r.data.params["method"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert len(parents) == 1 and sorted(children) == ["ewc", "geodesic", "l2", "linear", "sgd"]
+    for method, r in children.items():
+        p, m = r.data.params, r.data.metrics
+        assert p["scenario"] == "permuted_mnist" and p["tasks"] == "3"
+        accs = [m[f"acc_task_{j}"] for j in (1, 2, 3)]
+        assert all(0 <= a <= 100 for a in accs) and m["avg_accuracy"] == pytest.approx(sum(accs) / 3)
+        assert m["wall_seconds"] > 0 and "bwt" in m
+        arts = {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert "accuracy_matrix.parquet" in arts and "checkpoints" in arts
+        matrix = pd.read_parquet(client.download_artifacts(r.info.run_id, "accuracy_matrix.parquet",
+                                                           str(workdir / method)))
+        assert list(matrix.columns) == ["after_task", "task_1", "task_2", "task_3"] and len(matrix) == 3
+        assert matrix.iloc[-1, 1:].tolist() == pytest.approx(accs)
+        bwt = ((matrix.iloc[2, 1] - matrix.iloc[0, 1]) + (matrix.iloc[2, 2] - matrix.iloc[1, 2])) / 2
+        assert m["bwt"] == pytest.approx(bwt)
+    first_rows = {tuple(pd.read_parquet(client.download_artifacts(r.info.run_id, "accuracy_matrix.parquet",
+                                                                   str(workdir / f"{k}-1"))).iloc[0, 1:])
+                  for k, r in children.items()}
+    assert len(first_rows) == 1  # every method starts from the same task-1 network
+    geo = children["geodesic"]
+    arts = {a.path for a in client.list_artifacts(geo.info.run_id)}
+    assert {"path_metrics.parquet", "linear_path_metrics.parquet", "accuracy_along_paths_task2.png",
+            "accuracy_along_paths_task3.png", "pca_paths_task3.png"} <= arts
+    path = pd.read_parquet(client.download_artifacts(geo.info.run_id, "path_metrics.parquet", str(workdir)))
+    assert {"stage", "step", "distance", "path_length", "acc_task_1", "acc_task_2", "acc_task_3", "pc1",
+            "pc2"} <= set(path.columns)
+    for _, stage in path.groupby("stage"):
+        assert stage["step"].iloc[0] == 0 and stage["path_length"].is_monotonic_increasing
+    assert path[path.stage == 2]["acc_task_3"].isna().all()  # stage 2 only evaluates tasks 1, 2
+    assert geo.data.metrics["steps"] > 0 and geo.data.metrics["path_length"] > 0
+
+    # a second run with the same parameters recomputes nothing
+    def boom(*a, **k):
+        raise AssertionError("a cached task ran again")
+
+    for name in ("train", "continual_geodesic", "fisher_diagonal", "linear_scan"):
+        monkeypatch.setattr(f"tasks.continual.{name}", boom)
+    assert main(["continual", "--data-dir", data_dir, *TINY]) == 0
+
+
+def test_mnist_to_fashion_with_a_shared_20_way_head(harness, workdir, data_dir):
+    args = ["continual", "--data-dir", data_dir, "--scenario", "mnist-fashion", "--train.epochs", "1",
+            "--geo.max-steps", "6", "--eval-every", "3", "--methods", "geodesic", "--methods", "sgd",
+            "--linear-points", "3"]
+    assert main(args) == 0
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("geodesic-continual")
+    children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(r.data.params["method"] for r in children) == ["geodesic", "sgd"]
+    for r in children:
+        assert r.data.params["scenario"] == "mnist_fashion" and r.data.params["tasks"] == "2"
+        assert {"acc_task_1", "acc_task_2"} <= set(r.data.metrics) and "acc_task_3" not in r.data.metrics
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--tasks", "1"], "at least 2 tasks"),
+    (["--tasks", "0"], "at least 2 tasks"),
+    (["--scenario", "split-cifar"], "valid scenarios: mnist_fashion, permuted_mnist"),
+    (["--scenario", "mnist-fashion", "--tasks", "3"], "has 2 tasks"),
+    (["--model", "resnet18"], "valid models"),
+    (["--methods", "replay"], "valid methods"),
+    (["--geo.eta", "-0.1"], "--geo.eta"),
+    (["--train.epochs", "0"], "--train.epochs"),
+    (["--ewc-strength", "-1"], "--ewc-strength"),
+])
+def test_bad_input_fails_before_any_work(tmp_path, monkeypatch, data_dir, capsys, args, match):
+    monkeypatch.chdir(tmp_path)
+    assert main(["continual", "--data-dir", data_dir, *args]) == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "outputs").exists()
+
+
+def test_missing_data_names_the_fix(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["continual", "--data-dir", str(tmp_path / "none")]) == 2
+    assert "GEODESIC_DATA_DIR" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_methods_cache_key_ignores_the_other_methods_settings():
+    from flows.continual import _for_method
+    from geodesic_core.config import ContinualConfig
+
+    a = ContinualConfig(ewc_strength=10, geo={"eta": 0.1})
+    b = ContinualConfig(ewc_strength=500, methods=["geodesic", "ewc"])
+    assert _for_method(a, "sgd") == _for_method(b, "sgd") and _for_method(a) == _for_method(b)
+    assert _for_method(a, "ewc") != _for_method(b, "ewc")
+    assert _for_method(a, "geodesic") != _for_method(b, "geodesic")
