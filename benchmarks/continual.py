@@ -12,31 +12,17 @@ Every `geodesic continual` option is accepted:
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from flows.cli import build_parser, config_from_args, run_local  # noqa: E402
+from _flowrun import run_fresh  # noqa: E402
 from geodesic_core.config import ContinualConfig  # noqa: E402
 
 
 def main(argv: list[str]) -> None:
-    args = build_parser().parse_args(["continual", *argv])
-    params = config_from_args(ContinualConfig, args)
-    from flows.continual import EXPERIMENT, continual_flow
-
-    data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else None
-    with tempfile.TemporaryDirectory() as tmp:
-        os.chdir(tmp)
-        os.environ["GEODESIC_OUTPUT_DIR"] = str(Path(tmp) / "outputs")
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-        t0 = time.perf_counter()
-        summary = run_local(continual_flow, params, data_dir=data_dir, experiment=EXPERIMENT, workers=args.workers)
-        total = time.perf_counter() - t0
+    params, summary, total = run_fresh("continual", argv, ContinualConfig, "flows.continual", "continual_flow")
     k = params.n_tasks()
     print(f"\n{params.scenario}, {k} tasks, model {params.model_name()}, "
           f"training {params.train.epochs} epochs per task; flow wall time {total:.0f} s\n")

@@ -213,6 +213,11 @@ def cmd_connect(args: argparse.Namespace) -> int:
     print_table(summary, ["method", "endpoint_a_accuracy", "endpoint_b_accuracy", "path_min_test_accuracy",
                           "path_mean_test_accuracy", "path_length", "path_length_euclidean", "final_distance_ratio",
                           "wall_seconds"])
+    geo = next((r for r in summary if r["method"] == "geodesic"), None)
+    if geo and geo["final_distance_ratio"] > 0:
+        print(f"\nthe geodesic did not reach w_2: it stopped {100 * geo['final_distance_ratio']:.1f}% of the distance "
+              f"short ({geo['stop_reasons']}). Rerun with --complete (the looser completion step) or a larger "
+              f"--max-segments to finish the connection.")
     return 0
 
 
@@ -231,27 +236,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p, TrainConfig)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("sparsify", help="Algorithm 1: sparsify a network along geodesics (Prefect flow + MLflow)")
-    p.add_argument("--data-dir", default=None, help=data_help)
-    p.add_argument("--experiment", default=None, help="MLflow experiment (default: geodesic-sparsify)")
-    p.add_argument("--workers", type=int, default=2, help="task-runner threads (levels run concurrently)")
-    add_config_options(p, SparsifyConfig)
-    p.set_defaults(func=cmd_sparsify)
-
-    p = sub.add_parser("continual", help="Algorithm 2: learn k tasks in sequence along geodesics (Prefect flow + MLflow)")
-    p.add_argument("--data-dir", default=None, help=data_help)
-    p.add_argument("--experiment", default=None, help="MLflow experiment (default: geodesic-continual)")
-    p.add_argument("--workers", type=int, default=2, help="task-runner threads (per-task networks and methods run "
-                                                          "concurrently)")
-    add_config_options(p, ContinualConfig)
-    p.set_defaults(func=cmd_continual)
-
-    p = sub.add_parser("connect", help="Algorithm 3: connect two trained networks by a geodesic (Prefect flow + MLflow)")
-    p.add_argument("--data-dir", default=None, help=data_help)
-    p.add_argument("--experiment", default=None, help="MLflow experiment (default: geodesic-connect)")
-    p.add_argument("--workers", type=int, default=2, help="task-runner threads (the endpoints train concurrently)")
-    add_config_options(p, ConnectConfig)
-    p.set_defaults(func=cmd_connect)
+    flows = [("sparsify", "Algorithm 1: sparsify a network along geodesics", SparsifyConfig, cmd_sparsify,
+              "levels run concurrently"),
+             ("continual", "Algorithm 2: learn k tasks in sequence along geodesics", ContinualConfig, cmd_continual,
+              "per-task networks and methods run concurrently"),
+             ("connect", "Algorithm 3: connect two trained networks by a geodesic", ConnectConfig, cmd_connect,
+              "the endpoints train concurrently")]
+    for name, what, cfg, func, concurrency in flows:
+        p = sub.add_parser(name, help=f"{what} (Prefect flow + MLflow)")
+        p.add_argument("--data-dir", default=None, help=data_help)
+        p.add_argument("--experiment", default=None, help=f"MLflow experiment (default: geodesic-{name})")
+        p.add_argument("--workers", type=int, default=2, help=f"task-runner threads ({concurrency})")
+        add_config_options(p, cfg)
+        p.set_defaults(func=func)
     return parser
 
 

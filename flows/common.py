@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from contextlib import contextmanager
+from typing import Iterable, Iterator
+
+from tasks.tracking import fail_parent_run
 
 
 def raise_first_failure(futures: Iterable) -> None:
@@ -14,3 +17,13 @@ def raise_first_failure(futures: Iterable) -> None:
     for f in futures:
         if f.state.is_failed() and "Upstream task run" not in (f.state.message or ""):
             f.result()  # raises the task's exception
+
+
+@contextmanager
+def closing_parent_on_failure(parent: dict) -> Iterator[dict]:
+    """A crash inside closes the MLflow parent run as FAILED (with the error) instead of leaving it RUNNING."""
+    try:
+        yield parent
+    except BaseException as exc:
+        fail_parent_run(parent, f"{type(exc).__name__}: {exc}")
+        raise

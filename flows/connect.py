@@ -14,12 +14,13 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from geodesic_core.config import ConnectConfig
 from geodesic_core.data import get_spec, resolve_data_dir
+from flows.common import closing_parent_on_failure
 from tasks.common import code_version
 from tasks.connect import connect_segment_task, evaluate_endpoint, linear_path_task
 from tasks.data import fingerprint_data
 from tasks.plots import chord_view, connect_accuracy_plot
 from tasks.summaries import connect_rows
-from tasks.tracking import fail_parent_run, finish_parent_run, log_connect_runs, start_parent_run
+from tasks.tracking import finish_parent_run, log_connect_runs, start_parent_run
 from tasks.training import check_endpoints, given_checkpoint, train_network
 
 EXPERIMENT = "geodesic-connect"
@@ -35,11 +36,8 @@ def connect_flow(params: ConnectConfig = ConnectConfig(), data_dir: str | None =
     fingerprint = fingerprint_data(params.dataset, data_dir)
     parent = start_parent_run(experiment, params.model_dump(), fingerprint, version, str(flow_run.get_id()),
                               f"connect-{params.model}-{params.dataset}")
-    try:
+    with closing_parent_on_failure(parent):
         return _connect(params, parent, data_dir, fingerprint, version, log)
-    except BaseException as exc:
-        fail_parent_run(parent, f"{type(exc).__name__}: {exc}")
-        raise
 
 
 def _connect(params: ConnectConfig, parent: dict, data_dir: str, fingerprint: str, version: str, log) -> list[dict]:

@@ -15,13 +15,13 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from geodesic_core.config import ContinualConfig
 from geodesic_core.continual import get_scenario
 from geodesic_core.data import resolve_data_dir
-from flows.common import raise_first_failure
+from flows.common import closing_parent_on_failure, raise_first_failure
 from tasks.common import code_version
 from tasks.continual import (consolidate_fisher, geodesic_stage, linear_stage, sequential_stage,
                              train_task_network)
 from tasks.data import fingerprint_data
 from tasks.summaries import continual_row
-from tasks.tracking import fail_parent_run, finish_parent_run, log_continual_runs, start_parent_run
+from tasks.tracking import finish_parent_run, log_continual_runs, start_parent_run
 from tasks.plots import accuracy_matrix_plot
 
 EXPERIMENT = "geodesic-continual"
@@ -47,11 +47,8 @@ def continual_flow(params: ContinualConfig = ContinualConfig(), data_dir: str | 
     fingerprint = "+".join(fingerprint_data(d, data_dir) for d in scenario.datasets)
     parent = start_parent_run(experiment, params.model_dump(), fingerprint, version, str(flow_run.get_id()),
                               f"continual-{params.scenario}-{params.n_tasks()}")
-    try:
+    with closing_parent_on_failure(parent):
         return _learn_sequence(params, parent, data_dir, fingerprint, version, log)
-    except BaseException as exc:
-        fail_parent_run(parent, f"{type(exc).__name__}: {exc}")
-        raise
 
 
 def _learn_sequence(params: ContinualConfig, parent: dict, data_dir: str, fingerprint: str, version: str,

@@ -16,12 +16,13 @@ from geodesic_core.config import FinetuneConfig, SparsifyConfig, TrainConfig
 from geodesic_core.data import get_spec, resolve_data_dir
 from geodesic_core.sparsify import stage_sparsities
 from tasks.baselines import finetune_baseline, oneshot_baseline
+from flows.common import closing_parent_on_failure
 from tasks.common import code_version
 from tasks.data import fingerprint_data
 from tasks.geodesic import final_projection, geodesic_segment
 from tasks.plots import accuracy_vs_level
 from tasks.summaries import baseline_row, geodesic_row, label
-from tasks.tracking import fail_parent_run, finish_parent_run, log_level_runs, start_parent_run
+from tasks.tracking import finish_parent_run, log_level_runs, start_parent_run
 from tasks.training import given_checkpoint, train_network
 
 EXPERIMENT = "geodesic-sparsify"
@@ -57,7 +58,7 @@ def sparsify_flow(params: SparsifyConfig = SparsifyConfig(), data_dir: str | Non
     fingerprint = fingerprint_data(params.dataset, data_dir)
     parent = start_parent_run(experiment, params.model_dump(), fingerprint, version, str(flow_run.get_id()),
                               f"sparsify-{params.model}-{params.dataset}")
-    try:  # a crash closes the parent run as FAILED instead of leaving it RUNNING
+    with closing_parent_on_failure(parent):
         if params.checkpoint:
             dense = given_checkpoint(params.checkpoint, params.model, spec.num_classes)
         else:
@@ -65,9 +66,6 @@ def sparsify_flow(params: SparsifyConfig = SparsifyConfig(), data_dir: str | Non
                                   data_dir, fingerprint, version)
         log.info("dense network: %.2f%% test accuracy", dense["test_accuracy"])
         return _sparsify_levels(params, parent, dense, data_dir, fingerprint, version)
-    except BaseException as exc:
-        fail_parent_run(parent, f"{type(exc).__name__}: {exc}")
-        raise
 
 
 def _sparsify_levels(params: SparsifyConfig, parent: dict, dense: dict, data_dir: str, fingerprint: str,

@@ -12,6 +12,24 @@ class _Config(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class _ModelOnDataset(_Config):
+    """A config naming a registered ``model`` and ``dataset`` (an unknown name lists the valid ones)."""
+
+    @field_validator("model", check_fields=False)
+    @classmethod
+    def _check_model(cls, v: str) -> str:
+        from .models import check_model_name
+
+        return check_model_name(v)
+
+    @field_validator("dataset", check_fields=False)
+    @classmethod
+    def _check_dataset(cls, v: str) -> str:
+        from .data import check_dataset_name
+
+        return check_dataset_name(v)
+
+
 class TrainConfig(_Config):
     """Supervised training: SGD with momentum and weight decay under a learning-rate schedule."""
 
@@ -74,7 +92,7 @@ class FinetuneConfig(_Config):
                            seed=seed)
 
 
-class SparsifyConfig(_Config):
+class SparsifyConfig(_ModelOnDataset):
     """Algorithm 1 on one dense network at several sparsity levels, with its baselines.
 
     ``sparsity``: target levels in percent, each in (0, 100), no duplicates. ``stages``: K stages of the
@@ -112,20 +130,6 @@ class SparsifyConfig(_Config):
         if len(set(v)) != len(v):
             raise ValueError(f"sparsity levels must not repeat, got {v}")
         return sorted(v)
-
-    @field_validator("model")
-    @classmethod
-    def _check_model(cls, v: str) -> str:
-        from .models import check_model_name
-
-        return check_model_name(v)
-
-    @field_validator("dataset")
-    @classmethod
-    def _check_dataset(cls, v: str) -> str:
-        from .data import check_dataset_name
-
-        return check_dataset_name(v)
 
     def levels(self) -> list[float]:
         return [float(self.n_filters)] if self.structured else list(self.sparsity)
@@ -217,7 +221,7 @@ class ContinualConfig(_Config):
         return self.model or SCENARIOS[self.scenario].model
 
 
-class ConnectConfig(_Config):
+class ConnectConfig(_ModelOnDataset):
     """Algorithm 3: connect two trained networks of one architecture by a geodesic, and compare it with the
     straight line between them.
 
@@ -226,7 +230,9 @@ class ConnectConfig(_Config):
     cached segments of ``geo.max_steps`` steps, at most ``max_segments`` of them. ``complete``: when the
     traversal stalls (oscillation) before reaching w_2, continue it with the anchor off and the trust region
     ``complete_eps_factor`` times larger (a looser, still geodesic step) until w_2 is reached; off, the path
-    ends where it stalled and the run reports how far it got (``final_distance_ratio``). ``eval_every``: steps
+    ends where it stalled and the run reports how far it got (``final_distance_ratio``). ``geo.anchor``: weight
+    of the output correction toward the straight line between the endpoints' outputs (0: the plain
+    algorithm). ``eval_every``: steps
     between test-set evaluations along the geodesic; ``linear_points``: points on the straight line.
     """
 
@@ -241,23 +247,9 @@ class ConnectConfig(_Config):
     complete_eps_factor: float = Field(10.0, ge=1.0)
     eval_every: PositiveInt = 50
     linear_points: int = Field(21, ge=3)
-    geo: GeoConfig = Field(default_factory=lambda: GeoConfig(eta=0.1, anchor=0.0, max_steps=500, patience=50,
+    geo: GeoConfig = Field(default_factory=lambda: GeoConfig(eta=0.1, anchor=1.0, max_steps=500, patience=50,
                                                              metric_batch=256, solver="cg", cg_iters=10))
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=5, lr=0.05))
-
-    @field_validator("model")
-    @classmethod
-    def _check_model(cls, v: str) -> str:
-        from .models import check_model_name
-
-        return check_model_name(v)
-
-    @field_validator("dataset")
-    @classmethod
-    def _check_dataset(cls, v: str) -> str:
-        from .data import check_dataset_name
-
-        return check_dataset_name(v)
 
     @model_validator(mode="after")
     def _check_endpoints(self) -> "ConnectConfig":

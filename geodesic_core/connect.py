@@ -33,14 +33,45 @@ def check_same_architecture(meta_a: dict, meta_b: dict, path_a: str = "a", path_
                          f"connect two networks of one model trained on one dataset")
 
 
+class InterpolatedOutputs(nn.Module):
+    """The straight line in output space between two networks, f_t(x) = (1 - t) f_a(x) + t f_b(x): the anchor
+    of the traversal between two modes. ``t`` follows the traversal's progress (set by `connect_segment`)."""
+
+    def __init__(self, net_a: nn.Module, net_b: nn.Module):
+        super().__init__()
+        self.net_a, self.net_b = net_a.requires_grad_(False), net_b.requires_grad_(False)
+        self.t = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (1.0 - self.t) * self.net_a(x) + self.t * self.net_b(x)
+
+
 def connect_segment(model: nn.Module, w_b: torch.Tensor, pool: torch.Tensor, cfg: GeoConfig, *,
+                    anchor: InterpolatedOutputs | None = None, total_distance: float | None = None,
                     callbacks: Sequence[Callable[[StepInfo], None]] = (), generator: torch.Generator | None = None,
                     start_step: int = 0) -> GeoResult:
     """One segment of Geo(w_1, g, w_2): up to ``cfg.max_steps`` exact Geo steps (eq. 6-7) from the model's
     weights toward ``w_b (n,)`` under g on batches of ``pool (P, C, H, W)`` (the task's inputs). The model
-    ends at the segment's end; ``start_step`` continues the step count of earlier segments."""
-    return geo(model, FixedTarget(w_b.to(flat_params(model))), pool, cfg, callbacks=callbacks, generator=generator,
-               start_step=start_step)
+    ends at the segment's end; ``start_step`` continues the step count of earlier segments.
+
+    With ``anchor`` (and ``cfg.anchor > 0``) each step's output correction pulls toward f_t, the output-space
+    interpolation of the two endpoints at the traversal's progress t = 1 - |w - w_b| / ``total_distance``:
+    the functions along the path follow the straight line between the endpoints' functions (an ensemble of
+    the two at every t, which classifies as well as either) instead of drifting off it.
+    """
+    callbacks = list(callbacks)
+    if anchor is not None:
+        if not total_distance:
+            raise InputError("the interpolating anchor needs the distance between the endpoints")
+
+        def track(info: StepInfo) -> None:
+            anchor.t = min(1.0, max(0.0, 1.0 - float((info.weights - w_b.to(info.weights)).norm()) / total_distance))
+
+        anchor.t = min(1.0, max(0.0, 1.0 - float((flat_params(model) - w_b.to(flat_params(model))).norm())
+                                / total_distance))
+        callbacks.insert(0, track)
+    return geo(model, FixedTarget(w_b.to(flat_params(model))), pool, cfg, anchor=anchor, callbacks=callbacks,
+               generator=generator, start_step=start_step)
 
 
 def evaluate_point(model: nn.Module, w: torch.Tensor, test: Split, bn_inputs: torch.Tensor | None) -> tuple[float, float]:

@@ -15,7 +15,8 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from geodesic_core import cumulative_lengths, flat_params, linear_path
 from geodesic_core.config import ConnectConfig
-from geodesic_core.connect import bn_batch, chord_coordinates, connect_segment, distance_ratio, evaluate_point
+from geodesic_core.connect import (InterpolatedOutputs, bn_batch, chord_coordinates, connect_segment, distance_ratio,
+                                   evaluate_point)
 
 from .common import PERSIST, checkpoint_path, open_ref, ref, save_derived, split
 
@@ -41,10 +42,13 @@ def connect_segment_task(start: dict, a: dict, b: dict, segment: int, loose: boo
     (with ``loose``: the completion settings, anchor off and a ``cfg.complete_eps_factor`` times larger trust
     region). Returns the end checkpoint with its stop reason, the evaluated points and the segment's lengths."""
     model, meta = open_ref(start)
-    w_a, w_b = flat_params(open_ref(a)[0]).cpu(), flat_params(open_ref(b)[0]).cpu()
+    net_a, net_b = open_ref(a)[0], open_ref(b)[0]
+    w_a, w_b = flat_params(net_a).cpu(), flat_params(net_b).cpu()
+    anchor = InterpolatedOutputs(net_a, net_b) if cfg.geo.anchor > 0 and not loose else None
     geo_cfg = cfg.geo.model_copy(update={"seed": cfg.seed + segment})
     if loose:
-        geo_cfg = geo_cfg.model_copy(update={"anchor": 0.0, "distill_steps": 0, "eps": geo_cfg.eps * cfg.complete_eps_factor})
+        geo_cfg = geo_cfg.model_copy(update={"anchor": 0.0, "distill_steps": 0,
+                                             "eps": geo_cfg.eps * cfg.complete_eps_factor})
     train_x = split(cfg.dataset, True, data_dir).x
     test = split(cfg.dataset, False, data_dir)
     probe_model, _ = open_ref(start)
@@ -66,7 +70,8 @@ def connect_segment_task(start: dict, a: dict, b: dict, segment: int, loose: boo
 
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + segment)
     t0 = time.perf_counter()
-    res = connect_segment(model, w_b, train_x, geo_cfg, callbacks=[record], generator=gen, start_step=first)
+    res = connect_segment(model, w_b, train_x, geo_cfg, anchor=anchor, total_distance=float((w_b - w_a).norm()),
+                          callbacks=[record], generator=gen, start_step=first)
     wall = time.perf_counter() - t0 - spent[0]
     w_end = flat_params(model).cpu()
     if not rows or rows[-1]["step"] != first + res.steps:

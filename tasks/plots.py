@@ -10,6 +10,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def _save(fig, path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def accuracy_along_path(rows: list[dict], title: str) -> Callable:
     """Test accuracy (left) and sparsity (right) against the geodesic step (paper Figure 4B)."""
 
@@ -23,9 +29,7 @@ def accuracy_along_path(rows: list[dict], title: str) -> Callable:
         ax2.plot(steps, [100 * r["sparsity"] for r in rows], "--", color="tab:gray", label="sparsity")
         ax2.set_ylabel("sparsity (%)")
         ax.set_title(title)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        _save(fig, path)
 
     return draw
 
@@ -43,9 +47,7 @@ def accuracy_vs_level(summary: list[dict], xlabel: str, title: str) -> Callable:
         ax.set_title(title)
         ax.legend()
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        _save(fig, path)
 
     return draw
 
@@ -72,9 +74,7 @@ def accuracy_along_paths(path_rows: list[dict], line_rows: list[dict], title: st
         ax.set_title(title)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        _save(fig, path)
 
     return draw
 
@@ -93,9 +93,7 @@ def pca_paths(path_rows: list[dict], line_rows: list[dict], title: str) -> Calla
         ax.set_ylabel("PC 2")
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        _save(fig, path)
 
     return draw
 
@@ -112,9 +110,7 @@ def accuracy_matrix_plot(summary: list[dict], k: int) -> Callable:
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(summary))], [r["method"] for r in summary])
         ax.set_ylabel("test accuracy after the last task (%)")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        _save(fig, path)
 
     return draw
 
@@ -134,9 +130,7 @@ def connect_accuracy_plot(tables: dict[str, list[dict]], params) -> Callable:
         ax.set_title(f"{params.model} on {params.dataset}: paths between two modes", fontsize=9)
         ax.legend()
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        _save(fig, path)
 
     return draw
 
@@ -155,8 +149,6 @@ def chord_view(tables: dict[str, list[dict]]) -> Callable:
         ax.set_xlabel("along w_2 - w_1")
         ax.set_ylabel("distance from the straight line")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        _save(fig, path)
 
     return draw

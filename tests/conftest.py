@@ -44,3 +44,24 @@ def tiny(request):
     if request.param == "mlp":
         return tiny_mlp(), torch.randn(7, 6, generator=gen)
     return tiny_cnn_bn(), torch.randn(5, 2, 4, 4, generator=gen)
+
+
+@pytest.fixture(scope="module")
+def harness():
+    """A Prefect test server for the flow tests of one module."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A fresh working directory: outputs, MLflow SQLite file and Prefect results all under ``tmp_path``."""
+    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GEODESIC_OUTPUT_DIR", str(tmp_path / "outputs"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: tmp_path / "results"}):
+        yield tmp_path

@@ -9,25 +9,6 @@ TINY = ["--tasks", "3", "--train.epochs", "1", "--geo.max-steps", "12", "--eval-
         "64", "--linear-points", "5"]
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("GEODESIC_OUTPUT_DIR", str(tmp_path / "outputs"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: tmp_path / "results"}):
-        yield tmp_path
-
-
 def test_flow_tracks_every_method_and_resumes_from_cache(harness, workdir, data_dir, monkeypatch, capsys):
     assert main(["continual", "--data-dir", data_dir, *TINY]) == 0
     out = capsys.readouterr().out

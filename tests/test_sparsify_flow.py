@@ -9,25 +9,6 @@ TINY = ["--sparsity", "90", "--sparsity", "60", "--stages", "2", "--geo.max-step
         "--finetune.epochs", "1", "--eval-every", "4"]
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("GEODESIC_OUTPUT_DIR", str(tmp_path / "outputs"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: tmp_path / "results"}):
-        yield tmp_path
-
-
 def _runs(tmp_path):
     from mlflow import MlflowClient
 

@@ -1,0 +1,36 @@
+"""Run one of the project's flows on the embedded defaults in a fresh temporary working directory (nothing
+cached, so every time is measured) and return its summary rows."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def run_fresh(command: str, argv: list[str], config_cls, flow_module: str, flow_name: str):
+    """Parse ``argv`` as `geodesic <command>` options, run the flow, return (params, summary, seconds)."""
+    import importlib
+
+    from flows.cli import build_parser, config_from_args, run_local
+
+    args = build_parser().parse_args([command, *argv])
+    params = config_from_args(config_cls, args)
+    module = importlib.import_module(flow_module)
+    data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else None
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        os.environ["GEODESIC_OUTPUT_DIR"] = str(Path(tmp) / "outputs")
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        t0 = time.perf_counter()
+        try:
+            summary = run_local(getattr(module, flow_name), params, data_dir=data_dir, experiment=module.EXPERIMENT,
+                                workers=args.workers)
+        finally:
+            os.chdir(cwd)
+    return params, summary, time.perf_counter() - t0

@@ -1,0 +1,183 @@
+"""Mode connectivity: the core pieces, the geodesic between two real MNIST networks, and the flow."""
+
+import copy
+
+import pandas as pd
+import pytest
+import torch
+
+from flows.cli import main
+from geodesic_core import InputError, build_model, flat_params, save_checkpoint, train
+from geodesic_core.config import ConnectConfig, GeoConfig, TrainConfig
+from geodesic_core.connect import (InterpolatedOutputs, bn_batch, chord_coordinates, check_same_architecture,
+                                   connect_segment, distance_ratio, evaluate_point)
+from geodesic_core.data import Split, load_split
+from geodesic_core.metric import linear_path
+
+from conftest import tiny_cnn_bn, tiny_mlp
+
+
+def test_chord_coordinates_and_distance_ratio():
+    w_a, w_b = torch.zeros(3), torch.tensor([4.0, 0.0, 0.0])
+    assert chord_coordinates(torch.tensor([1.0, 2.0, 0.0]), w_a, w_b) == pytest.approx((1.0, 2.0))
+    assert chord_coordinates(w_b, w_a, w_b) == pytest.approx((4.0, 0.0))
+    assert distance_ratio(w_a, w_a, w_b) == 1.0 and distance_ratio(w_b, w_a, w_b) == 0.0
+    with pytest.raises(InputError, match="same network"):
+        chord_coordinates(w_a, w_a, w_a)
+
+
+def test_interpolated_outputs_run_from_one_network_to_the_other():
+    a, b = tiny_mlp(0), tiny_mlp(1)
+    x = torch.randn(4, 6)
+    f = InterpolatedOutputs(copy.deepcopy(a), copy.deepcopy(b))
+    torch.testing.assert_close(f(x), a(x))
+    f.t = 1.0
+    torch.testing.assert_close(f(x), b(x))
+    f.t = 0.25
+    torch.testing.assert_close(f(x), 0.75 * a(x) + 0.25 * b(x))
+
+
+def test_endpoints_of_different_architectures_are_refused():
+    meta = {"model": "lenet300", "num_classes": 10, "in_channels": 1, "image_size": 28}
+    check_same_architecture(meta, dict(meta))
+    with pytest.raises(InputError, match="not the same architecture.*model: 'lenet300' vs 'cnn'"):
+        check_same_architecture(meta, {**meta, "model": "cnn"})
+    with pytest.raises(InputError, match="num_classes: 10 vs 100"):
+        check_same_architecture(meta, {**meta, "num_classes": 100})
+    with pytest.raises(ValueError, match="both --checkpoint-a and --checkpoint-b"):
+        ConnectConfig(checkpoint_a="a.pt")
+    with pytest.raises(ValueError, match="different seeds"):
+        ConnectConfig(seed=3, seed_b=3)
+
+
+def test_points_of_batch_norm_networks_are_evaluated_with_their_own_statistics():
+    model = tiny_cnn_bn()
+    assert bn_batch(tiny_mlp(), torch.randn(5, 6)) is None
+    x = torch.randn(64, 2, 4, 4) * 3 + 1
+    test = Split(x[:16], torch.zeros(16, dtype=torch.long))
+    w = flat_params(model)
+    stale = copy.deepcopy(model.state_dict())
+    evaluate_point(model, w, test, bn_batch(model, x))
+    bn = model[1]
+    assert not torch.allclose(bn.running_mean, stale["1.running_mean"])
+    torch.testing.assert_close(bn.running_mean, model[0](x).mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def two_modes(data_dir):
+    tr, te = load_split("mnist", True, data_dir), load_split("mnist", False, data_dir)
+    tr, te = Split(tr.x[:10_000], tr.y[:10_000]), Split(te.x[:5_000], te.y[:5_000])
+    nets = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        m = build_model("lenet300", 10, 1, 28)
+        train(m, tr, TrainConfig(epochs=2, lr=0.05, seed=seed), device=torch.device("cpu"))
+        nets.append(m)
+    return nets, tr, te
+
+
+def test_geodesic_between_two_modes_stays_near_the_weaker_endpoint(two_modes):
+    """Algorithm 3 on two MNIST networks: the traversal reaches w_2 exactly, and its lowest accuracy is within
+    1 point of the weaker endpoint while the straight line dips lower."""
+    (a, b), tr, te = two_modes
+    w_a, w_b = flat_params(a), flat_params(b)
+    probe = copy.deepcopy(a)
+    ends = [evaluate_point(probe, w, te, None)[0] for w in (w_a, w_b)]
+    line = [evaluate_point(probe, w, te, None)[0] for w in linear_path(w_a, w_b, 11)]
+    model, accs = copy.deepcopy(a), []
+    cfg = GeoConfig(eta=0.1, anchor=1.0, max_steps=1000, patience=50, metric_batch=128, solver="cg", cg_iters=10)
+    res = connect_segment(model, w_b, tr.x, cfg, anchor=InterpolatedOutputs(copy.deepcopy(a), copy.deepcopy(b)),
+                          total_distance=float((w_b - w_a).norm()),
+                          callbacks=[lambda i: accs.append(evaluate_point(probe, i.weights, te, None)[0])
+                                     if i.step % 20 == 0 else None])
+    assert res.stop_reason == "reached" and torch.equal(flat_params(model), w_b)
+    assert min(accs) > min(ends) - 1.0
+    assert min(line) < min(accs) - 1.0
+
+
+TINY = ["--train.epochs", "1", "--geo.max-steps", "60", "--eval-every", "20", "--linear-points", "5"]
+
+
+def _children(workdir):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("geodesic-connect")
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
+    latest = next(r for r in runs if r.data.tags.get("geodesic.role") == "parent").info.run_id
+    return client, {r.data.params["method"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == latest}
+
+
+def test_flow_connects_tracks_both_paths_and_resumes(harness, workdir, data_dir, monkeypatch, capsys):
+    assert main(["connect", "--data-dir", data_dir, *TINY]) == 0
+    assert "geodesic" in capsys.readouterr().out
+    client, children = _children(workdir)
+    assert sorted(children) == ["geodesic", "linear"]
+    keys = {"endpoint_a_accuracy", "endpoint_b_accuracy", "path_min_test_accuracy", "path_mean_test_accuracy",
+            "path_length", "path_length_euclidean", "final_distance_ratio", "wall_seconds"}
+    for method, r in children.items():
+        m = r.data.metrics
+        assert keys <= set(m) and m["final_distance_ratio"] == 0.0
+        assert m["path_min_test_accuracy"] <= min(m["endpoint_a_accuracy"], m["endpoint_b_accuracy"]) + 1e-9
+        arts = {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert {"path_metrics.parquet", "accuracy_along_paths.png", "paths_2d.png"} <= arts
+        df = pd.read_parquet(client.download_artifacts(r.info.run_id, "path_metrics.parquet", str(workdir / method)))
+        assert {"test_accuracy", "test_loss", "chord_x", "chord_y", "distance_ratio", "path_length"} <= set(df.columns)
+        assert df["path_length"].is_monotonic_increasing and df["distance_ratio"].iloc[-1] == 0.0
+    ends = children["linear"].data.metrics
+    assert children["geodesic"].data.metrics["endpoint_a_accuracy"] == ends["endpoint_a_accuracy"]
+
+    def boom(*a, **k):
+        raise AssertionError("a cached task ran again")
+
+    monkeypatch.setattr("tasks.connect.connect_segment", boom)
+    monkeypatch.setattr("tasks.training.train_and_save", boom)
+    assert main(["connect", "--data-dir", data_dir, *TINY]) == 0
+
+
+def test_a_stalled_traversal_is_completed_or_reported(harness, workdir, data_dir, monkeypatch, capsys):
+    """A traversal that stalls (oscillation) is continued with the looser completion step (anchor off, larger
+    trust region) until it reaches w_2; with --no-complete the run ends there and reports how far it got."""
+    import tasks.connect as tc
+
+    real = tc.connect_segment
+    calls = []
+
+    def stalling(model, w_b, pool, cfg, **kw):
+        calls.append(cfg.anchor)
+        if cfg.anchor > 0:  # the anchored traversal "stalls" after a few steps
+            res = real(model, w_b, pool, cfg.model_copy(update={"max_steps": 5}), **kw)
+            return res._replace(stop_reason="oscillation")
+        return real(model, w_b, pool, cfg, **kw)
+
+    monkeypatch.setattr(tc, "connect_segment", stalling)
+    args = ["connect", "--data-dir", data_dir, "--train.epochs", "1", "--geo.max-steps", "400", "--eval-every", "50",
+            "--linear-points", "3"]
+    assert main([*args, "--no-complete"]) == 0
+    _, children = _children(workdir)
+    assert 0.0 < children["geodesic"].data.metrics["final_distance_ratio"] < 1.0 and calls == [1.0]
+    out = capsys.readouterr().out
+    assert "did not reach w_2" in out and "oscillation" in out and "--complete" in out
+    assert main([*args, "--complete"]) == 0
+    _, children = _children(workdir)
+    assert calls[-1] == 0.0 and children["geodesic"].data.metrics["final_distance_ratio"] == 0.0
+    assert children["geodesic"].data.metrics["completion_steps"] > 0
+
+
+def test_bad_endpoints_fail_before_any_work(tmp_path, monkeypatch, data_dir, capsys):
+    monkeypatch.chdir(tmp_path)
+    meta = {"model": "lenet300", "num_classes": 10, "in_channels": 1, "image_size": 28, "test_accuracy": 0.0}
+    save_checkpoint(tmp_path / "a.pt", build_model("lenet300", 10, 1, 28), meta)
+    save_checkpoint(tmp_path / "c.pt", build_model("cnn", 10, 1, 28), {**meta, "model": "cnn"})
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    cases = [(["--checkpoint-a", str(tmp_path / "a.pt"), "--checkpoint-b", str(tmp_path / "c.pt")], "'cnn' network"),
+             (["--checkpoint-a", str(tmp_path / "a.pt")], "both --checkpoint-a and --checkpoint-b"),
+             (["--checkpoint-a", str(tmp_path / "a.pt"), "--checkpoint-b", str(tmp_path / "junk.pt")],
+              "could not be loaded safely"),
+             (["--checkpoint-a", str(tmp_path / "a.pt"), "--checkpoint-b", str(tmp_path / "none.pt")], "does not exist"),
+             (["--seed-b", "0"], "different seeds"),
+             (["--model", "resnet18"], "valid models")]
+    for args, match in cases:
+        assert main(["connect", "--data-dir", data_dir, *args]) == 2
+        assert match in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "outputs").exists()
