@@ -18,7 +18,8 @@ from geodesic_core import (cumulative_lengths, flat_params, linear_path, load_te
                            set_flat_params, train)
 from geodesic_core.config import ContinualConfig
 from geodesic_core.continual import (QuadraticPull, build_scenario_model, continual_geodesic, fisher_diagonal,
-                                     get_scenario, linear_scan, load_task, pca_2d, task_accuracies)
+                                     get_scenario, linear_scan, load_task, pca_2d, task_accuracies,
+                                     task_view)
 from geodesic_core.data import Split
 
 from .common import PERSIST, checkpoint_path, default_device, open_ref, ref, save_derived
@@ -33,6 +34,10 @@ def task_split(scenario: str, index: int, train_split: bool, data_dir: str | Non
     return load_task(spec, train_split, data_dir, permutation_seed)
 
 
+def _spec(cfg: ContinualConfig, index: int):
+    return get_scenario(cfg.scenario).tasks(cfg.n_tasks())[index]
+
+
 def _tests(cfg: ContinualConfig, data_dir: str | None) -> list[Split]:
     return [task_split(cfg.scenario, j, False, data_dir, cfg.permutation_seed) for j in range(cfg.n_tasks())]
 
@@ -42,7 +47,7 @@ def _train_split(cfg: ContinualConfig, index: int, data_dir: str | None) -> Spli
 
 
 def _accs(model, cfg: ContinualConfig, data_dir: str | None) -> list[float]:
-    return task_accuracies(model, _tests(cfg, data_dir))
+    return task_accuracies(model, _tests(cfg, data_dir), get_scenario(cfg.scenario).tasks(cfg.n_tasks()))
 
 
 def _meta(cfg: ContinualConfig, **extra) -> dict:
@@ -60,7 +65,8 @@ def train_task_network(index: int, cfg: ContinualConfig, data_dir: str | None, d
     init = cfg.seed if cfg.shared_init else seed
     model = build_scenario_model(get_scenario(cfg.scenario), cfg.model, init).to(default_device())
     t0 = time.perf_counter()
-    train(model, _train_split(cfg, index, data_dir), cfg.train.model_copy(update={"seed": seed}))
+    train(task_view(model, _spec(cfg, index)), _train_split(cfg, index, data_dir),
+          cfg.train.model_copy(update={"seed": seed}))
     wall = time.perf_counter() - t0
     accs = _accs(model, cfg, data_dir)
     out = checkpoint_path("task", index, cfg.model_dump(), data_fingerprint, code_version)
@@ -81,6 +87,7 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
     prev, _ = open_ref(previous)
     w_start, w_prev = flat_params(model), flat_params(prev)
     tests = _tests(cfg, data_dir)[: index + 1]
+    specs = get_scenario(cfg.scenario).tasks(cfg.n_tasks())[: index + 1]
     pool = _train_split(cfg, index, data_dir).x
     rows, points, spent = [], [w_start.cpu()], [0.0]
     euclid = {"length": 0.0, "last": w_start.clone()}
@@ -91,23 +98,23 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
         if info.step % cfg.eval_every:
             return
         t = time.perf_counter()
-        accs = task_accuracies(model, tests)
+        accs = task_accuracies(model, tests, specs)
         rows.append({"stage": index + 1, "step": info.step, "distance": info.distance,
                      **{f"acc_task_{j + 1}": a for j, a in enumerate(accs)}})
         points.append(info.weights.detach().cpu().clone())
         spent[0] += time.perf_counter() - t
 
     rows.append({"stage": index + 1, "step": 0, "distance": float((w_prev - w_start).norm()),
-                 **{f"acc_task_{j + 1}": a for j, a in enumerate(task_accuracies(model, tests))}})
+                 **{f"acc_task_{j + 1}": a for j, a in enumerate(task_accuracies(model, tests, specs))}})
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + index)
     t0 = time.perf_counter()
-    res = continual_geodesic(model, prev, pool, cfg.geo.model_copy(update={"seed": cfg.seed}), callbacks=[record],
-                             generator=gen)
+    res = continual_geodesic(model, prev, pool, cfg.geo.model_copy(update={"seed": cfg.seed}), task=specs[index],
+                             callbacks=[record], generator=gen)
     wall = time.perf_counter() - t0 - spent[0]
     w_end = flat_params(model)
     if rows[-1]["step"] != res.steps:
         rows.append({"stage": index + 1, "step": res.steps, "distance": res.distance,
-                     **{f"acc_task_{j + 1}": a for j, a in enumerate(task_accuracies(model, tests))}})
+                     **{f"acc_task_{j + 1}": a for j, a in enumerate(task_accuracies(model, tests, specs))}})
         points.append(w_end.cpu().clone())
 
     # the straight line between the same endpoints, for the plots and the length comparison
@@ -115,7 +122,7 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
 
     def measure(w):
         set_flat_params(scan_model, w.to(flat_params(scan_model)))
-        return task_accuracies(scan_model, tests)
+        return task_accuracies(scan_model, tests, specs)
 
     line_points = [w.cpu() for w in linear_path(w_start, w_prev, cfg.linear_points)]
     line_values, _ = linear_scan(line_points, measure)
@@ -123,8 +130,9 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
     probe = pool[torch.randperm(pool.shape[0], generator=gen)[: cfg.geo.metric_batch * 4]]
     # both paths measured the same way: S(γ) on one fixed probe batch through the recorded points (the
     # per-step lengths on each step's own batch overstate it: the anchor concentrates its change there)
-    geo_len = cumulative_lengths(model, points, probe, cfg.geo.output_space)
-    lin_len = cumulative_lengths(model, line_points, probe, cfg.geo.output_space)
+    view = task_view(model, specs[index])  # lengths under g^i: task i's outputs
+    geo_len = cumulative_lengths(view, points, probe, cfg.geo.output_space)
+    lin_len = cumulative_lengths(view, line_points, probe, cfg.geo.output_space)
     coords = pca_2d(torch.stack(points + line_points))
     for r, c, length in zip(rows, coords[: len(points)], geo_len):
         r["pc1"], r["pc2"], r["path_length"] = float(c[0]), float(c[1]), length
@@ -150,11 +158,12 @@ def linear_stage(current: dict, previous: dict, index: int, cfg: ContinualConfig
     model, meta = open_ref(current)
     prev, _ = open_ref(previous)
     tests = _tests(cfg, data_dir)[: index + 1]
+    specs = get_scenario(cfg.scenario).tasks(cfg.n_tasks())[: index + 1]
     w_start, w_prev = flat_params(model), flat_params(prev)
 
     def measure(w):
         set_flat_params(model, w)
-        return task_accuracies(model, tests)
+        return task_accuracies(model, tests, specs)
 
     t0 = time.perf_counter()
     values, best = linear_scan(linear_path(w_start, w_prev, cfg.linear_points), measure)
@@ -182,7 +191,8 @@ def sequential_stage(method: str, previous: dict, index: int, pull: dict | None,
             raise ValueError("the ewc stage needs the consolidated Fisher penalty of the earlier tasks")
         penalty = QuadraticPull.from_state(cfg.ewc_strength, load_tensors(pull["path"])[0])
     t0 = time.perf_counter()
-    train(model, _train_split(cfg, index, data_dir), cfg.train.model_copy(update={"seed": cfg.seed + index}),
+    train(task_view(model, _spec(cfg, index)), _train_split(cfg, index, data_dir),
+          cfg.train.model_copy(update={"seed": cfg.seed + index}),
           penalty=penalty)
     wall = time.perf_counter() - t0
     accs = _accs(model, cfg, data_dir)
@@ -204,7 +214,7 @@ def consolidate_fisher(network: dict, index: int, pull: dict | None, cfg: Contin
                 else QuadraticPull.empty(cfg.ewc_strength, w.numel()))
     x = _train_split(cfg, index, data_dir).x[: cfg.fisher_samples]
     t0 = time.perf_counter()
-    fisher = fisher_diagonal(model, x).cpu()
+    fisher = fisher_diagonal(task_view(model, _spec(cfg, index)), x).cpu()
     wall = time.perf_counter() - t0
     out = checkpoint_path("ewc-pull", network["sha256"], pull and pull["sha256"], index, cfg.fisher_samples,
                           code_version).with_suffix(".tensors.pt")

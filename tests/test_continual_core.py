@@ -10,7 +10,8 @@ from geodesic_core import InputError, flat_params, train
 from geodesic_core.config import ContinualConfig, GeoConfig, TrainConfig
 from geodesic_core.continual import (QuadraticPull, average_accuracy, backward_transfer, build_scenario_model,
                                      check_scenario_name, continual_geodesic, fisher_diagonal, get_scenario,
-                                     linear_scan, load_task, pca_2d, task_accuracies)
+                                     linear_scan, load_task, pca_2d, task_accuracies,
+                                     task_view)
 from geodesic_core.data import Split
 from geodesic_core.metric import linear_path
 
@@ -26,9 +27,12 @@ def test_scenarios_and_their_tasks(data_dir):
     assert torch.allclose(a.x.flatten(1).sort(1).values, b.x.flatten(1).sort(1).values)
     mf = get_scenario("mnist_fashion")
     fashion = load_task(mf.tasks(2)[1], False, data_dir)
-    assert fashion.y.min() == 10 and fashion.y.max() == 19  # the second task's classes of the shared head
-    out = build_scenario_model(mf)(fashion.x[:2])
-    assert out.shape == (2, 20)
+    assert fashion.y.min() == 0 and fashion.y.max() == 9 and mf.tasks(2)[1].head == (10, 20)
+    net = build_scenario_model(mf)
+    assert net(fashion.x[:2]).shape == (2, 20)
+    view = task_view(net, mf.tasks(2)[1])  # the second task's head: outputs 10-19, the same parameters
+    torch.testing.assert_close(view(fashion.x[:2]), net(fashion.x[:2])[:, 10:])
+    assert [p.data_ptr() for p in view.parameters()] == [p.data_ptr() for p in net.parameters()]
 
 
 @pytest.mark.parametrize("bad,match", [("cifar", "valid scenarios: mnist_fashion, permuted_mnist")])
