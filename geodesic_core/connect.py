@@ -107,7 +107,3 @@ def bn_batch(model: nn.Module, x: torch.Tensor, n: int = 2000) -> torch.Tensor |
     from .train import has_batchnorm
 
     return x[:n] if has_batchnorm(model) else None
-
-
-def flat_copy(model: nn.Module) -> torch.Tensor:
-    return flat_params(model).cpu().clone()

@@ -25,7 +25,6 @@ never predicts a digit, and nothing in task 2's data asks it to).
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -37,7 +36,7 @@ from .config import GeoConfig
 from .data import Split, check_data_files, load_split
 from .errors import InputError
 from .geo import GeoResult, StepInfo, geo
-from .metric import FUNC_LOCK, eval_mode, flat_params, set_flat_params
+from .metric import FUNC_LOCK, eval_mode, flat_params
 from .models import build_model
 from .targets import FixedTarget
 from .train import evaluate
@@ -268,10 +267,3 @@ def backward_transfer(matrix: Sequence[Sequence[float]]) -> float:
     after learning task i. Negative values are forgetting, in accuracy points."""
     k = len(matrix)
     return float(sum(matrix[k - 1][j] - matrix[j][j] for j in range(k - 1)) / (k - 1))
-
-
-def clone_with(model: nn.Module, w: torch.Tensor) -> nn.Module:
-    """A copy of ``model`` holding the flat weights ``w``."""
-    out = copy.deepcopy(model)
-    set_flat_params(out, w)
-    return out

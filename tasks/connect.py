@@ -7,6 +7,7 @@ Euclidean length, and place every point in the 2-D chord view (along w_2 - w_1, 
 
 from __future__ import annotations
 
+import copy
 import time
 
 import torch
@@ -51,7 +52,7 @@ def connect_segment_task(start: dict, a: dict, b: dict, segment: int, loose: boo
                                              "eps": geo_cfg.eps * cfg.complete_eps_factor})
     train_x = split(cfg.dataset, True, data_dir).x
     test = split(cfg.dataset, False, data_dir)
-    probe_model, _ = open_ref(start)
+    probe_model = copy.deepcopy(model)  # evaluates points without disturbing the traversal
     bn = bn_batch(model, train_x)
     w0 = flat_params(model).cpu()
     first = int(start.get("end_step", 0))

@@ -34,8 +34,8 @@ def task_split(scenario: str, index: int, train_split: bool, data_dir: str | Non
     return load_task(spec, train_split, data_dir, permutation_seed)
 
 
-def _spec(cfg: ContinualConfig, index: int):
-    return get_scenario(cfg.scenario).tasks(cfg.n_tasks())[index]
+def _specs(cfg: ContinualConfig):
+    return get_scenario(cfg.scenario).tasks(cfg.n_tasks())
 
 
 def _tests(cfg: ContinualConfig, data_dir: str | None) -> list[Split]:
@@ -47,7 +47,7 @@ def _train_split(cfg: ContinualConfig, index: int, data_dir: str | None) -> Spli
 
 
 def _accs(model, cfg: ContinualConfig, data_dir: str | None) -> list[float]:
-    return task_accuracies(model, _tests(cfg, data_dir), get_scenario(cfg.scenario).tasks(cfg.n_tasks()))
+    return task_accuracies(model, _tests(cfg, data_dir), _specs(cfg))
 
 
 def _meta(cfg: ContinualConfig, **extra) -> dict:
@@ -65,7 +65,7 @@ def train_task_network(index: int, cfg: ContinualConfig, data_dir: str | None, d
     init = cfg.seed if cfg.shared_init else seed
     model = build_scenario_model(get_scenario(cfg.scenario), cfg.model, init).to(default_device())
     t0 = time.perf_counter()
-    train(task_view(model, _spec(cfg, index)), _train_split(cfg, index, data_dir),
+    train(task_view(model, _specs(cfg)[index]), _train_split(cfg, index, data_dir),
           cfg.train.model_copy(update={"seed": seed}))
     wall = time.perf_counter() - t0
     accs = _accs(model, cfg, data_dir)
@@ -87,7 +87,7 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
     prev, _ = open_ref(previous)
     w_start, w_prev = flat_params(model), flat_params(prev)
     tests = _tests(cfg, data_dir)[: index + 1]
-    specs = get_scenario(cfg.scenario).tasks(cfg.n_tasks())[: index + 1]
+    specs = _specs(cfg)[: index + 1]
     pool = _train_split(cfg, index, data_dir).x
     rows, points, spent = [], [w_start.cpu()], [0.0]
     euclid = {"length": 0.0, "last": w_start.clone()}
@@ -118,7 +118,7 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
         points.append(w_end.cpu().clone())
 
     # the straight line between the same endpoints, for the plots and the length comparison
-    scan_model = open_ref(current)[0]
+    scan_model = prev  # its weights were only needed as the target
 
     def measure(w):
         set_flat_params(scan_model, w.to(flat_params(scan_model)))
@@ -139,8 +139,7 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
     line_rows = [{"stage": index + 1, "alpha": float(a), **{f"acc_task_{j + 1}": v for j, v in enumerate(vals)},
                   "path_length": length, "pc1": float(c[0]), "pc2": float(c[1])}
                  for a, vals, c, length in zip(alphas, line_values, coords[len(points):], lin_len)]
-    set_flat_params(model, w_end.to(flat_params(model)))
-    accs = _accs(model, cfg, data_dir)
+    accs = _accs(model, cfg, data_dir)  # cumulative_lengths restored the end weights
     out = checkpoint_path("continual-geodesic", current["sha256"], previous["sha256"], index, cfg.geo.model_dump(),
                           cfg.seed, data_fingerprint, code_version)
     digest = save_derived(out, model, meta, task=index, test_accuracy=accs[index])
@@ -158,7 +157,7 @@ def linear_stage(current: dict, previous: dict, index: int, cfg: ContinualConfig
     model, meta = open_ref(current)
     prev, _ = open_ref(previous)
     tests = _tests(cfg, data_dir)[: index + 1]
-    specs = get_scenario(cfg.scenario).tasks(cfg.n_tasks())[: index + 1]
+    specs = _specs(cfg)[: index + 1]
     w_start, w_prev = flat_params(model), flat_params(prev)
 
     def measure(w):
@@ -191,7 +190,7 @@ def sequential_stage(method: str, previous: dict, index: int, pull: dict | None,
             raise ValueError("the ewc stage needs the consolidated Fisher penalty of the earlier tasks")
         penalty = QuadraticPull.from_state(cfg.ewc_strength, load_tensors(pull["path"])[0])
     t0 = time.perf_counter()
-    train(task_view(model, _spec(cfg, index)), _train_split(cfg, index, data_dir),
+    train(task_view(model, _specs(cfg)[index]), _train_split(cfg, index, data_dir),
           cfg.train.model_copy(update={"seed": cfg.seed + index}),
           penalty=penalty)
     wall = time.perf_counter() - t0
@@ -214,7 +213,7 @@ def consolidate_fisher(network: dict, index: int, pull: dict | None, cfg: Contin
                 else QuadraticPull.empty(cfg.ewc_strength, w.numel()))
     x = _train_split(cfg, index, data_dir).x[: cfg.fisher_samples]
     t0 = time.perf_counter()
-    fisher = fisher_diagonal(task_view(model, _spec(cfg, index)), x).cpu()
+    fisher = fisher_diagonal(task_view(model, _specs(cfg)[index]), x).cpu()
     wall = time.perf_counter() - t0
     out = checkpoint_path("ewc-pull", network["sha256"], pull and pull["sha256"], index, cfg.fisher_samples,
                           code_version).with_suffix(".tensors.pt")
