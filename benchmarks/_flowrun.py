@@ -16,7 +16,7 @@ def run_fresh(command: str, argv: list[str], config_cls, flow_module: str, flow_
     """Parse ``argv`` as `geodesic <command>` options, run the flow, return (params, summary, seconds)."""
     import importlib
 
-    from flows.cli import build_parser, config_from_args, run_local
+    from flows.cli import build_parser, config_from_args, run_local, runner_from_args
 
     args = build_parser().parse_args([command, *argv])
     params = config_from_args(config_cls, args)
@@ -30,7 +30,7 @@ def run_fresh(command: str, argv: list[str], config_cls, flow_module: str, flow_
         t0 = time.perf_counter()
         try:
             summary = run_local(getattr(module, flow_name), params, data_dir=data_dir, experiment=module.EXPERIMENT,
-                                workers=args.workers)
+                                runner=runner_from_args(args))
         finally:
             os.chdir(cwd)
     return params, summary, time.perf_counter() - t0

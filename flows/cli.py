@@ -133,23 +133,32 @@ def preflight(params: SparsifyConfig, data_dir: str | None) -> None:
         FilterTarget(model, params.layer, params.n_filters)
 
 
-def run_local(flow_fn, params, *, data_dir: str | None, experiment: str, workers: int, return_state: bool = False):
+def run_local(flow_fn, params, *, data_dir: str | None, experiment: str, runner=None, return_state: bool = False):
     """Run a flow on the embedded defaults: Prefect's ephemeral mode unless PREFECT_API_URL is set, MLflow
-    on ./mlflow.db unless MLFLOW_TRACKING_URI is set, results persisted under the output directory."""
+    on ./mlflow.db unless MLFLOW_TRACKING_URI is set, results persisted under the output directory, tasks on
+    ``runner`` (a `RunnerConfig`; default: the environment's settings, else a 2-thread pool)."""
+    from flows.common import RunnerConfig
     from tasks.common import output_dir
+
+    task_runner = (runner or RunnerConfig.from_env()).build()  # a missing prefect-dask fails here, first
 
     for k, v in QUIET_ENV.items():
         os.environ.setdefault(k, v)
     os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(output_dir() / "prefect-results"))
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.task_runners import ThreadPoolTaskRunner
 
     from tasks.tracking import check_tracking_reachable
 
     check_tracking_reachable()
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        return flow_fn.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))(
+        return flow_fn.with_options(task_runner=task_runner)(
             params, data_dir=data_dir, experiment=experiment, return_state=return_state)
+
+
+def runner_from_args(args: argparse.Namespace):
+    from flows.common import RunnerConfig
+
+    return RunnerConfig.from_env(task_runner=args.task_runner, workers=args.workers, dask_address=args.dask_address)
 
 
 def print_table(rows: list[dict], columns: Sequence[str]) -> None:
@@ -171,7 +180,7 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
     from flows.sparsify import EXPERIMENT, sparsify_flow
 
     summary = run_local(sparsify_flow, params, data_dir=args.data_dir, experiment=args.experiment or EXPERIMENT,
-                        workers=args.workers)
+                        runner=runner_from_args(args))
     print()
     print_table(summary, ["method", "level", "test_accuracy", "sparsity", "wall_seconds", "steps",
                           "path_min_test_accuracy", "path_length"])
@@ -186,7 +195,7 @@ def cmd_continual(args: argparse.Namespace) -> int:
     from flows.continual import EXPERIMENT, continual_flow
 
     summary = run_local(continual_flow, params, data_dir=args.data_dir, experiment=args.experiment or EXPERIMENT,
-                        workers=args.workers)
+                        runner=runner_from_args(args))
     print()
     k = params.n_tasks()
     print_table(summary, ["method", *[f"acc_task_{j + 1}" for j in range(k)], "avg_accuracy", "bwt", "wall_seconds"])
@@ -208,7 +217,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
     from flows.connect import EXPERIMENT, connect_flow
 
     summary = run_local(connect_flow, params, data_dir=args.data_dir, experiment=args.experiment or EXPERIMENT,
-                        workers=args.workers)
+                        runner=runner_from_args(args))
     print()
     print_table(summary, ["method", "endpoint_a_accuracy", "endpoint_b_accuracy", "path_min_test_accuracy",
                           "path_mean_test_accuracy", "path_length", "path_length_euclidean", "final_distance_ratio",
@@ -218,6 +227,22 @@ def cmd_connect(args: argparse.Namespace) -> int:
         print(f"\nthe geodesic did not reach w_2: it stopped {100 * geo['final_distance_ratio']:.1f}% of the distance "
               f"short ({geo['stop_reasons']}). Rerun with --complete (the looser completion step) or a larger "
               f"--max-segments to finish the connection.")
+    return 0
+
+
+def cmd_data_updated(args: argparse.Namespace) -> int:
+    from tasks.data import announce_data_update
+
+    for k, v in QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+    names = [check_dataset_name(d) for d in args.dataset]  # every name checked before any event is sent
+    for name in names:
+        check_data_files(name, args.data_dir)
+    for name in names:
+        r = announce_data_update.fn(name, args.data_dir, args.force)
+        state = ("changed: event sent" if r["emitted"] else "unchanged: no event" if r["previous"]
+                 else "first check: fingerprint recorded, no event (--force sends one)")
+        print(f"{name}: {state} (fingerprint {r['fingerprint'][:12]})")
     return 0
 
 
@@ -246,9 +271,23 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=f"{what} (Prefect flow + MLflow)")
         p.add_argument("--data-dir", default=None, help=data_help)
         p.add_argument("--experiment", default=None, help=f"MLflow experiment (default: geodesic-{name})")
-        p.add_argument("--workers", type=int, default=2, help=f"task-runner threads ({concurrency})")
+        p.add_argument("--task-runner", choices=["thread", "dask"], default=None,
+                       help="where tasks run: Prefect's thread pool (default) or Dask worker processes "
+                            "(needs prefect-dask); env GEODESIC_TASK_RUNNER")
+        p.add_argument("--workers", type=int, default=None,
+                       help=f"threads, or local Dask worker processes (default 2; {concurrency}); env GEODESIC_WORKERS")
+        p.add_argument("--dask-address", default=None,
+                       help="scheduler of an existing Dask cluster, tcp://host:8786 (default: start a local one); "
+                            "env GEODESIC_DASK_ADDRESS")
         add_config_options(p, cfg)
         p.set_defaults(func=func)
+
+    p = sub.add_parser("data-updated", help="emit geodesic.dataset.updated for datasets whose files changed "
+                                            "(for cron; the deployments' triggers rerun the flows)")
+    p.add_argument("--dataset", action="append", required=True, help="dataset to check (repeat for several)")
+    p.add_argument("--data-dir", default=None, help=data_help)
+    p.add_argument("--force", action="store_true", help="emit even if the fingerprint did not change")
+    p.set_defaults(func=cmd_data_updated)
     return parser
 
 

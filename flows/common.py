@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Literal
 
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError
+
+from geodesic_core import InputError
 from tasks.tracking import fail_parent_run
 
 
@@ -27,3 +32,57 @@ def closing_parent_on_failure(parent: dict) -> Iterator[dict]:
     except BaseException as exc:
         fail_parent_run(parent, f"{type(exc).__name__}: {exc}")
         raise
+
+
+# --- task runner: the thread pool on one machine, or Dask across machines ------------------------------------
+TASK_RUNNER_ENV, WORKERS_ENV, DASK_ADDRESS_ENV = "GEODESIC_TASK_RUNNER", "GEODESIC_WORKERS", "GEODESIC_DASK_ADDRESS"
+
+
+class RunnerConfig(BaseModel):
+    """Where a flow's tasks run. ``task_runner``: ``thread`` (Prefect's thread pool in the flow's process, the
+    default) or ``dask`` (`prefect-dask`: the tasks run in Dask worker processes). ``workers``: threads of the
+    pool, or worker processes of the local Dask cluster started when no ``dask_address`` is given.
+    ``dask_address``: scheduler of an existing Dask cluster (``tcp://host:8786``), for several machines.
+
+    The same names are CLI options (``--task-runner``, ``--workers``, ``--dask-address``) and environment
+    settings (``GEODESIC_TASK_RUNNER``, ``GEODESIC_WORKERS``, ``GEODESIC_DASK_ADDRESS``) that a deployment
+    sets through its job variables; the flows read them when they are imported.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task_runner: Literal["thread", "dask"] = "thread"
+    workers: PositiveInt = 2
+    dask_address: str | None = None
+
+    @classmethod
+    def from_env(cls, **override) -> "RunnerConfig":
+        env = {"task_runner": os.environ.get(TASK_RUNNER_ENV), "workers": os.environ.get(WORKERS_ENV),
+               "dask_address": os.environ.get(DASK_ADDRESS_ENV)}
+        return cls(**{k: v for k, v in {**env, **override}.items() if v not in (None, "")})
+
+    def build(self):
+        """The Prefect task runner these settings describe."""
+        if self.task_runner == "thread":
+            return ThreadPoolTaskRunner(max_workers=self.workers)
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError:
+            raise InputError("the dask task runner needs prefect-dask: pip install 'weight-space-geodesics[dask]'") \
+                from None
+        if self.dask_address:
+            return DaskTaskRunner(address=self.dask_address)
+        # one thread per worker process (Dask sets OMP_NUM_THREADS=1 in them); the scheduler, the workers and
+        # the dashboard listen on 127.0.0.1 only
+        return DaskTaskRunner(cluster_kwargs={"n_workers": self.workers, "threads_per_worker": 1,
+                                              "processes": True, "host": "127.0.0.1",
+                                              "dashboard_address": None})
+
+
+def default_task_runner():
+    """The task runner of the flow decorators: the environment's settings, else a 2-thread pool."""
+    try:
+        return RunnerConfig.from_env().build()
+    except ValidationError as exc:
+        raise InputError(f"bad task-runner setting in the environment ({TASK_RUNNER_ENV}, {WORKERS_ENV}, "
+                         f"{DASK_ADDRESS_ENV}): {exc.errors()[0]['msg']}") from None

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from geodesic_core.config import ConnectConfig
 from geodesic_core.data import get_spec, resolve_data_dir
-from flows.common import closing_parent_on_failure
+from flows.common import closing_parent_on_failure, default_task_runner
 from tasks.common import code_version
 from tasks.connect import connect_segment_task, evaluate_endpoint, linear_path_task
 from tasks.data import fingerprint_data
@@ -26,7 +25,7 @@ from tasks.training import check_endpoints, given_checkpoint, train_network
 EXPERIMENT = "geodesic-connect"
 
 
-@flow(name="connect", task_runner=ThreadPoolTaskRunner(max_workers=2))
+@flow(name="connect", task_runner=default_task_runner())
 def connect_flow(params: ConnectConfig = ConnectConfig(), data_dir: str | None = None,
                  experiment: str = EXPERIMENT) -> list[dict]:
     """Connect two networks of ``params.model`` on ``params.dataset`` by a geodesic (Alg. 3)."""

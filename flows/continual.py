@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from geodesic_core.config import ContinualConfig
 from geodesic_core.continual import get_scenario
 from geodesic_core.data import resolve_data_dir
-from flows.common import closing_parent_on_failure, raise_first_failure
+from flows.common import closing_parent_on_failure, default_task_runner, raise_first_failure
 from tasks.common import code_version
 from tasks.continual import (consolidate_fisher, geodesic_stage, linear_stage, sequential_stage,
                              train_task_network)
@@ -36,7 +35,7 @@ def _for_method(params: ContinualConfig, method: str | None = None) -> Continual
     return ContinualConfig(**{k: getattr(params, k) for k in keep}, methods=[method] if method else ["geodesic"])
 
 
-@flow(name="continual", task_runner=ThreadPoolTaskRunner(max_workers=2))
+@flow(name="continual", task_runner=default_task_runner())
 def continual_flow(params: ContinualConfig = ContinualConfig(), data_dir: str | None = None,
                    experiment: str = EXPERIMENT) -> list[dict]:
     """Learn ``params.n_tasks()`` tasks of ``params.scenario`` in sequence without forgetting (Alg. 2)."""

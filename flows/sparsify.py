@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from geodesic_core.config import FinetuneConfig, SparsifyConfig, TrainConfig
 from geodesic_core.data import get_spec, resolve_data_dir
 from geodesic_core.sparsify import stage_sparsities
 from tasks.baselines import finetune_baseline, oneshot_baseline
-from flows.common import closing_parent_on_failure
+from flows.common import closing_parent_on_failure, default_task_runner
 from tasks.common import code_version
 from tasks.data import fingerprint_data
 from tasks.geodesic import final_projection, geodesic_segment
@@ -45,7 +44,7 @@ def _stage_levels(params: SparsifyConfig, level: float) -> list[float]:
     return stage_sparsities(level, params.stages)
 
 
-@flow(name="sparsify", task_runner=ThreadPoolTaskRunner(max_workers=2))
+@flow(name="sparsify", task_runner=default_task_runner())
 def sparsify_flow(params: SparsifyConfig = SparsifyConfig(), data_dir: str | None = None,
                   experiment: str = EXPERIMENT) -> list[dict]:
     """Sparsify one dense network at every level of ``params.sparsity`` by traversing geodesics (Alg. 1)."""

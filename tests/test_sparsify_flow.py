@@ -141,3 +141,52 @@ def test_a_crash_closes_the_parent_run_as_failed(harness, workdir, data_dir, mon
     parent = [r for r in runs if r.data.tags.get("geodesic.role") == "parent"]
     assert len(parent) == 1 and parent[0].info.status == "FAILED"
     assert "injected failure" in parent[0].data.tags["error"]
+
+
+NUMBERS = ("method", "level", "test_accuracy", "sparsity", "steps", "path_min_test_accuracy", "path_length")
+
+
+def test_a_dask_cluster_of_two_worker_processes_gives_the_thread_pools_numbers(harness, workdir, data_dir,
+                                                                               monkeypatch):
+    """The same small run on the default thread pool and on a local Dask cluster of 2 worker processes. Dask
+    runs torch with one intra-op thread per worker (OMP_NUM_THREADS=1); the thread-pool run does the same
+    here, so every float sum is taken in the same order and the numbers must agree to the last bit."""
+    import torch
+
+    from flows.cli import build_parser, config_from_args, run_local
+    from flows.common import RunnerConfig
+    from flows.sparsify import sparsify_flow
+    from geodesic_core.config import SparsifyConfig
+
+    args = build_parser().parse_args(["sparsify", *TINY, "--no-finetune.equal-time"])  # equal time: not repeatable
+    params = config_from_args(SparsifyConfig, args)
+    rows = {}
+    threads = torch.get_num_threads()
+    for runner in ("thread", "dask"):
+        out = workdir / runner
+        monkeypatch.setenv("GEODESIC_OUTPUT_DIR", str(out))  # nothing cached between the two runs
+        monkeypatch.setenv("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(out / "results"))
+        torch.set_num_threads(1 if runner == "thread" else threads)
+        try:
+            summary = run_local(sparsify_flow, params, data_dir=data_dir, experiment=f"runner-{runner}",
+                                runner=RunnerConfig(task_runner=runner, workers=2))
+        finally:
+            torch.set_num_threads(threads)
+        rows[runner] = sorted(({k: r.get(k) for k in NUMBERS} for r in summary), key=lambda r: (r["level"], r["method"]))
+    assert len(rows["thread"]) == 2 * 3
+    assert rows["dask"] == rows["thread"]
+
+
+def test_task_runner_settings_are_validated(monkeypatch, capsys, tmp_path, data_dir):
+    from flows.common import RunnerConfig
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["sparsify", "--data-dir", data_dir, "--workers", "0"]) == 2
+    assert "--workers" in capsys.readouterr().err
+    monkeypatch.setenv("GEODESIC_TASK_RUNNER", "spark")
+    with pytest.raises(Exception, match="'thread' or 'dask'"):
+        RunnerConfig.from_env()
+    monkeypatch.setenv("GEODESIC_TASK_RUNNER", "dask")
+    monkeypatch.setenv("GEODESIC_DASK_ADDRESS", "tcp://10.0.0.5:8786")
+    assert RunnerConfig.from_env().build().address == "tcp://10.0.0.5:8786"
+    assert not (tmp_path / "outputs").exists()
