@@ -1,77 +1,168 @@
-"""Orchestration overhead of the sparsify flow: wall time through Prefect + MLflow against the compute tasks.
+"""Orchestration overhead: the sparsify flow through Prefect + MLflow against the same core functions called
+directly, side by side in one process.
 
-Runs the flow once (one worker thread, fresh output folder, so nothing is cached) and reads the task runs
-back from the Prefect API. Overhead = flow-run wall time minus the time spent in the compute tasks
-(training, geodesic segments, projection, baselines, data fingerprint), as a fraction of the flow-run wall
-time; the Prefect server's start (ephemeral mode) is reported separately since it is paid once per process.
+* ``direct``: Algorithm 1 and its baselines as a plain script would run them: the dense network trained in
+  memory, then for every level the stages (`geodesic_stage`), the final projection, the one-shot and
+  prune + fine-tune baselines (fixed budget and equal time), with the same evaluation along the path; no
+  checkpoints, no Prefect, no MLflow.
+* ``flow``: `geodesic sparsify` with the same parameters on the embedded defaults (Prefect's ephemeral
+  server, MLflow on SQLite, checkpoints, cache keys, plots, artifacts), in a fresh folder so nothing is
+  cached, with ``--workers`` task-runner threads: 1 runs the levels one after another as ``direct`` does, 2
+  (the default of `geodesic sparsify`) runs two levels side by side, each on half the cores.
 
-    python benchmarks/overhead.py --data-dir ../shared/data [--sparsity 90 --sparsity 98]
+``direct`` runs in a thread of its own that ends before the flow starts, as a separate script would: PyTorch
+keeps an OpenMP thread team per calling thread, and a team left behind would slow the flow's threads (see
+`flows.common.ComputeThreadPoolTaskRunner`).
+
+Overhead = flow wall / direct wall − 1, reported with and without the ephemeral server's start (paid once
+per process; zero against a running server). Both orders of the two runs are measured (``--repeats``) to
+average out warm-up.
+
+    python benchmarks/overhead.py --data-dir ../shared/data [--sparsity 90 --sparsity 98] [--repeats 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import os
+import sys
 import tempfile
 import time
 import warnings
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 warnings.filterwarnings("ignore")
-COMPUTE = ("train_network", "geodesic_segment", "final_projection", "oneshot_baseline", "finetune_baseline",
-           "fingerprint_data", "given_checkpoint")
 
 
-async def _task_times(flow_run_id) -> dict[str, float]:
+def direct(params, data_dir: str) -> tuple[float, list[dict]]:
+    """The flow's computation, in memory, by the core functions; returns (seconds, rows)."""
+    import torch
+
+    from geodesic_core import build_model, evaluate, flat_params, param_slices, sparsity
+    from geodesic_core.data import get_spec, load_split
+    from geodesic_core.sparsify import geodesic_stage, project_to_level, prune_finetune
+    from geodesic_core.train import train
+    from flows.sparsify import _stage_levels
+    from tasks.geodesic import _path_recorder
+
+    t0 = time.perf_counter()
+    spec = get_spec(params.dataset)
+    train_split, test = load_split(params.dataset, True, data_dir), load_split(params.dataset, False, data_dir)
+    torch.manual_seed(params.seed)
+    dense = build_model(params.model, spec.num_classes, spec.in_channels, spec.image_size)
+    train(dense, train_split, params.train.model_copy(update={"seed": params.seed}), augment=spec.augment)
+    evaluate(dense, test)
+    dense.requires_grad_(False)
+    rows = []
+    geo_cfg = params.geo.model_copy(update={"seed": params.seed})
+    for level in params.levels():
+        model = copy.deepcopy(dense).requires_grad_(True)
+        slices = param_slices(model)
+        path: list[dict] = []
+        record, spent = _path_recorder(model, slices, test, params.eval_every, path)
+        start, geo_seconds = 0, 0.0
+        for k, stage_level in enumerate(_stage_levels(params, level)):
+            t = time.perf_counter()
+            spent[0] = 0.0
+            res = geodesic_stage(model, slices, stage_level, train_split.x, geo_cfg, refresh_every=params.refresh_every,
+                                 scope=params.scope, anchor=dense, callbacks=[record], start_step=start, stage=k)
+            geo_seconds += time.perf_counter() - t - spent[0]
+            evaluate(model, test)
+            start += res.steps
+        project_to_level(model, level, scope=params.scope)
+        acc, _ = evaluate(model, test)
+        rows.append({"method": "geodesic", "level": level, "test_accuracy": acc,
+                     "sparsity": sparsity(flat_params(model), slices)})
+        oneshot = copy.deepcopy(dense)
+        project_to_level(oneshot, level, scope=params.scope)
+        rows.append({"method": "oneshot", "level": level, "test_accuracy": evaluate(oneshot, test)[0]})
+        budgets = [None, geo_seconds] if params.finetune.equal_time else [None]
+        for budget in budgets:
+            ft = copy.deepcopy(dense).requires_grad_(True)
+            epochs = params.finetune.epochs if budget is None else 10_000
+            prune_finetune(ft, level, train_split, params.finetune.train_config(params.seed, epochs),
+                           scope=params.scope, budget_seconds=budget, augment=spec.augment)
+            rows.append({"method": "finetune" if budget is None else "finetune (equal time)", "level": level,
+                         "test_accuracy": evaluate(ft, test)[0]})
+    return time.perf_counter() - t0, rows
+
+
+async def _flow_run_seconds(flow_run_id) -> float:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter
 
     async with get_client() as client:
-        runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-                                           task_run_filter=TaskRunFilter(), limit=200)
-        flow = await client.read_flow_run(flow_run_id)
-    out: dict[str, float] = {"__flow__": flow.total_run_time.total_seconds()}
-    for r in runs:
-        name = r.name.rsplit("-", 1)[0]
-        out[name] = out.get(name, 0.0) + r.total_run_time.total_seconds()
-    return out
+        return (await client.read_flow_run(flow_run_id)).total_run_time.total_seconds()
+
+
+def through_flow(params, data_dir: str, workers: int) -> tuple[float, float, list[dict]]:
+    """The flow on the embedded defaults in a fresh folder; returns (process seconds, flow-run seconds, rows)."""
+    from flows.cli import run_local
+    from flows.common import RunnerConfig
+    from flows.sparsify import sparsify_flow
+    from tasks.common import split
+
+    split.cache_clear()  # the flow loads its data itself, as a fresh process would
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="geodesic-overhead-") as work:
+        os.chdir(work)
+        os.environ["GEODESIC_OUTPUT_DIR"] = os.path.join(work, "outputs")
+        os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = os.path.join(work, "outputs", "prefect-results")
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        try:
+            t0 = time.perf_counter()
+            state = run_local(sparsify_flow, params, data_dir=data_dir, experiment="overhead",
+                              runner=RunnerConfig(workers=workers), return_state=True)
+            total = time.perf_counter() - t0
+            if not state.is_completed():
+                raise SystemExit(f"the flow run did not complete: {state}")
+            rows = state.result()
+            flow_seconds = asyncio.run(_flow_run_seconds(state.state_details.flow_run_id))
+        finally:
+            os.chdir(cwd)
+    return total, flow_seconds, rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--sparsity", type=float, action="append")
+    ap.add_argument("--sparsity", type=float, action="append", help="levels (default: the flow's 50, 90, 98)")
+    ap.add_argument("--repeats", type=int, default=1, help="pairs of runs, alternating which goes first")
+    ap.add_argument("--workers", type=int, default=1, help="task-runner threads of the flow (default 1)")
     args = ap.parse_args()
+    from flows.cli import QUIET_ENV
+    from flows.common import in_fresh_thread
+    from geodesic_core.config import SparsifyConfig
     from geodesic_core.data import resolve_data_dir
 
-    data_dir = str(resolve_data_dir(args.data_dir))  # before leaving the current directory
-    work = tempfile.mkdtemp(prefix="geodesic-overhead-")
-    os.chdir(work)
-    os.environ["GEODESIC_OUTPUT_DIR"] = os.path.join(work, "outputs")
-    from flows.cli import run_local  # sets the quiet, local defaults
-    from flows.sparsify import sparsify_flow
-    from geodesic_core.config import SparsifyConfig
-
-    params = SparsifyConfig(sparsity=args.sparsity or [90.0, 98.0])
-    t0 = time.perf_counter()
-    state = run_local(sparsify_flow.with_options(), params, data_dir=data_dir, experiment="overhead",
-                      workers=1, return_state=True)
-    total = time.perf_counter() - t0
-    if not state.is_completed():
-        raise SystemExit(f"the flow run did not complete: {state}")
-    times = asyncio.run(_task_times(state.state_details.flow_run_id))
-    flow_wall = times.pop("__flow__")
-    compute = sum(v for k, v in times.items() if k in COMPUTE)
-    tracking = sum(v for k, v in times.items() if k not in COMPUTE)
-    print(f"process wall {total:.1f} s; flow run {flow_wall:.1f} s (server start and teardown "
-          f"{total - flow_wall:.1f} s, once per process)")
-    for k, v in sorted(times.items(), key=lambda kv: -kv[1]):
-        print(f"  {k:22s} {v:8.2f} s")
-    print(f"compute tasks {compute:.1f} s, tracking tasks {tracking:.1f} s, "
-          f"orchestration between tasks {flow_wall - compute - tracking:.1f} s")
-    print(f"overhead inside the flow run: {(flow_wall - compute) / flow_wall:.1%} "
-          f"(of which MLflow tracking {tracking / flow_wall:.1%}); including server start: "
-          f"{(total - compute) / total:.1%}")
+    for k, v in QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+    data_dir = str(resolve_data_dir(args.data_dir))
+    params = SparsifyConfig(**({"sparsity": args.sparsity} if args.sparsity else {}))
+    results = []
+    for r in range(args.repeats):
+        order = ("direct", "flow") if r % 2 == 0 else ("flow", "direct")
+        got = {}
+        for which in order:
+            got[which] = (in_fresh_thread(direct, params, data_dir) if which == "direct"
+                          else through_flow(params, data_dir, args.workers))
+        (d, d_rows), (f_total, f_run, f_rows) = got["direct"], got["flow"]
+        results.append((d, f_total, f_run))
+        print(f"pair {r + 1} ({' then '.join(order)}): direct {d:.1f} s; flow {f_total:.1f} s in the process, "
+              f"{f_run:.1f} s as the flow run (without the ephemeral server's start and stop)")
+        for row in d_rows:
+            flow_row = next(x for x in f_rows if x["level"] == row["level"] and x["method"].startswith(
+                row["method"].split(" ")[0]) and (("equal" in row["method"]) == (x.get("budget") == "equal_time")))
+            print(f"   {row['method']:22s} {row['level']:5g}%  test accuracy: direct {row['test_accuracy']:6.2f}, "
+                  f"flow {flow_row['test_accuracy']:6.2f}")
+    d = sum(r[0] for r in results) / len(results)
+    f_total = sum(r[1] for r in results) / len(results)
+    f_run = sum(r[2] for r in results) / len(results)
+    print(f"\nmean over {len(results)} pair(s): direct {d:.1f} s, flow run {f_run:.1f} s, whole process {f_total:.1f} s")
+    print(f"overhead of Prefect + MLflow + checkpoints: {f_run / d - 1:+.1%} of the direct time "
+          f"(flow run), {f_total / d - 1:+.1%} including the ephemeral server's start and stop")
 
 
 if __name__ == "__main__":

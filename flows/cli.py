@@ -176,7 +176,9 @@ def _fmt(v) -> str:
 
 def cmd_sparsify(args: argparse.Namespace) -> int:
     params = config_from_args(SparsifyConfig, args)
-    preflight(params, args.data_dir)
+    from flows.common import in_fresh_thread
+
+    in_fresh_thread(preflight, params, args.data_dir)  # (see in_fresh_thread: no PyTorch thread team left behind)
     from flows.sparsify import EXPERIMENT, sparsify_flow
 
     summary = run_local(sparsify_flow, params, data_dir=args.data_dir, experiment=args.experiment or EXPERIMENT,
@@ -202,18 +204,25 @@ def cmd_continual(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_connect(args: argparse.Namespace) -> int:
+def check_endpoints_given(params: ConnectConfig) -> None:
+    """Both given endpoints load safely, are the requested model, and match each other."""
     from geodesic_core import load_model
     from geodesic_core.connect import check_same_architecture
     from geodesic_core.data import get_spec
 
-    params = config_from_args(ConnectConfig, args)
-    check_data_files(params.dataset, args.data_dir)
-    if params.checkpoint_a:  # both load safely, are the requested model, and match each other
+    if params.checkpoint_a:
         n = get_spec(params.dataset).num_classes
         metas = [load_model(p, expect_model=params.model, expect_num_classes=n)[1]
                  for p in (params.checkpoint_a, params.checkpoint_b)]
         check_same_architecture(*metas, params.checkpoint_a, params.checkpoint_b)
+
+
+def cmd_connect(args: argparse.Namespace) -> int:
+    from flows.common import in_fresh_thread
+
+    params = config_from_args(ConnectConfig, args)
+    check_data_files(params.dataset, args.data_dir)
+    in_fresh_thread(check_endpoints_given, params)
     from flows.connect import EXPERIMENT, connect_flow
 
     summary = run_local(connect_flow, params, data_dir=args.data_dir, experiment=args.experiment or EXPERIMENT,

@@ -41,12 +41,12 @@ def connect_flow(params: ConnectConfig = ConnectConfig(), data_dir: str | None =
 
 def _connect(params: ConnectConfig, parent: dict, data_dir: str, fingerprint: str, version: str, log) -> list[dict]:
     common = (data_dir, fingerprint, version)
-    # --- the endpoints: trained concurrently, or given -------------------------------------------------------
+    # --- the endpoints: trained concurrently, or given (every compute task is submitted: it runs in a
+    # task-runner thread, never in the flow's own) -------------------------------------------------------------
     if params.checkpoint_a:
         n = get_spec(params.dataset).num_classes
-        a = given_checkpoint(params.checkpoint_a, params.model, n)
-        b = given_checkpoint(params.checkpoint_b, params.model, n)
-        check_endpoints(a, b)
+        a, b = (given_checkpoint.submit(p, params.model, n).result() for p in (params.checkpoint_a, params.checkpoint_b))
+        check_endpoints.submit(a, b).result()
     else:
         futures = [train_network.submit(params.model, params.dataset, params.train.model_copy(update={"seed": s}),
                                         data_dir, fingerprint, version) for s in (params.seed, params.seed_b)]
@@ -57,7 +57,7 @@ def _connect(params: ConnectConfig, parent: dict, data_dir: str, fingerprint: st
     # --- the geodesic, segment after segment, until it reaches w_2 ----------------------------------------
     segments, start, loose = [], a, False
     for s in range(params.max_segments):
-        seg = connect_segment_task(start, a, b, s, loose, params, *common)
+        seg = connect_segment_task.submit(start, a, b, s, loose, params, *common).result()
         segments.append(seg)
         log.info("segment %d%s: %d steps, %s, %.1f%% of the way left", s, " (completion)" if loose else "",
                  seg["steps"], seg["stop_reason"], 100 * seg["rows"][-1]["distance_ratio"])

@@ -59,10 +59,11 @@ def sparsify_flow(params: SparsifyConfig = SparsifyConfig(), data_dir: str | Non
                               f"sparsify-{params.model}-{params.dataset}")
     with closing_parent_on_failure(parent):
         if params.checkpoint:
-            dense = given_checkpoint(params.checkpoint, params.model, spec.num_classes)
-        else:
-            dense = train_network(params.model, params.dataset, params.train.model_copy(update={"seed": params.seed}),
-                                  data_dir, fingerprint, version)
+            dense = given_checkpoint.submit(params.checkpoint, params.model, spec.num_classes).result()
+        else:  # every compute task is submitted: it runs in a task-runner thread, never in the flow's own
+            dense = train_network.submit(params.model, params.dataset,
+                                         params.train.model_copy(update={"seed": params.seed}), data_dir, fingerprint,
+                                         version).result()
         log.info("dense network: %.2f%% test accuracy", dense["test_accuracy"])
         return _sparsify_levels(params, parent, dense, data_dir, fingerprint, version)
 

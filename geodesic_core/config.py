@@ -3,9 +3,39 @@ MLflow params (``--batch-size`` <-> ``batch_size``)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
+
+
+def _one_of(names: Callable[[], Iterable[str]]) -> Callable[[dict], None]:
+    """JSON-schema hint for a registry name: the Prefect UI offers the registered names as a list and the API
+    rejects any other before a run is created (the validators below give the CLI's messages)."""
+
+    def hint(schema: dict) -> None:
+        branches = [b for b in schema.get("anyOf", [schema]) if b.get("type", "string") == "string"]
+        for b in branches:
+            b["enum"] = sorted(names())
+
+    return hint
+
+
+def _models():
+    from .models import MODELS
+
+    return MODELS
+
+
+def _datasets():
+    from .data import DATASETS
+
+    return DATASETS
+
+
+def _scenarios():
+    from .continual import SCENARIOS
+
+    return SCENARIOS
 
 
 class _Config(BaseModel):
@@ -102,9 +132,11 @@ class SparsifyConfig(_ModelOnDataset):
     network instead of training one. ``eval_every``: test-set evaluation period along the path (steps).
     """
 
-    model: str = "lenet300"
-    dataset: str = "mnist"
-    sparsity: list[float] = Field(default_factory=lambda: [50.0, 90.0, 98.0])
+    model: str = Field("lenet300", json_schema_extra=_one_of(_models))
+    dataset: str = Field("mnist", json_schema_extra=_one_of(_datasets))
+    sparsity: list[float] = Field(default_factory=lambda: [50.0, 90.0, 98.0], json_schema_extra={
+        "items": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 100}, "minItems": 1,
+        "uniqueItems": True})
     scope: Literal["global", "layer"] = "global"
     structured: bool = False
     layer: str = "features.0"
@@ -153,10 +185,11 @@ class ContinualConfig(_Config):
     concurrently); off: network i starts from seed + i.
     """
 
-    scenario: str = "permuted_mnist"
+    scenario: str = Field("permuted_mnist", json_schema_extra=_one_of(_scenarios))
     tasks: int | None = Field(None, ge=2)
-    model: str | None = None
-    methods: list[str] = Field(default_factory=lambda: list(CONTINUAL_METHODS))
+    model: str | None = Field(None, json_schema_extra=_one_of(_models))
+    methods: list[str] = Field(default_factory=lambda: list(CONTINUAL_METHODS), json_schema_extra={
+        "items": {"type": "string", "enum": list(CONTINUAL_METHODS)}, "minItems": 1, "uniqueItems": True})
     permutation_seed: int = 0
     shared_init: bool = False
     l2_strength: float = Field(0.01, ge=0.0)
@@ -236,8 +269,8 @@ class ConnectConfig(_ModelOnDataset):
     between test-set evaluations along the geodesic; ``linear_points``: points on the straight line.
     """
 
-    model: str = "lenet300"
-    dataset: str = "mnist"
+    model: str = Field("lenet300", json_schema_extra=_one_of(_models))
+    dataset: str = Field("mnist", json_schema_extra=_one_of(_datasets))
     seed: int = 0
     seed_b: int = 1
     checkpoint_a: str | None = None

@@ -81,7 +81,9 @@ def _cg(op_apply: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters
 
 class _Distiller:
     """First-order corrector: SGD (momentum 0.9) on (1/B) sum_i |f(x_i; w) - y*(x_i)|^2 over fresh batches,
-    updating only the weights the target leaves free. Momentum persists across Geo steps."""
+    updating only the weights the target leaves free. Momentum persists across Geo steps. Each SGD step is
+    at most η long (the Geo step's own length): with large outputs (a CNN's logits) the gradient is large and
+    an unbounded step at a learning rate tuned for a small network diverges."""
 
     def __init__(self, model, anchor, pool, cfg: GeoConfig, target, gen):
         self.model, self.anchor, self.pool, self.cfg, self.target, self.gen = model, anchor, pool, cfg, target, gen
@@ -107,7 +109,12 @@ class _Distiller:
             if mask is not None:
                 g = g * mask
             self.buf = g if self.buf is None else 0.9 * self.buf + g
-            w = w - self.cfg.distill_lr * self.buf
+            step = self.cfg.distill_lr * self.buf
+            norm = float(step.norm())
+            if norm > self.cfg.eta:
+                step = step * (self.cfg.eta / norm)
+                self.buf = step / self.cfg.distill_lr  # the momentum carries the bounded step, not the raw one
+            w = w - step
         return w
 
 

@@ -129,6 +129,15 @@ def test_deployment_runs_on_a_worker_and_a_data_update_triggers_a_rerun(tmp_path
         procs.start("worker", str(BIN / "prefect"), "worker", "start", "--pool", dep["work_pool"]["name"], "--type",
                     "process", cwd=tmp_path)
 
+        # invalid parameters are rejected by the API before a run exists (the UI shows the same error)
+        for bad in ({"sparsity": [100.0]}, {"sparsity": [90.0, 90.0]}, {"model": "resnet18"},
+                    {"geo": {"eta": 0}}):
+            out = subprocess.run([str(BIN / "prefect"), "deployment", "run", "sparsify/sparsify", "--params",
+                                  json.dumps({"params": {**TINY, **bad}})], cwd=ROOT, env=env, capture_output=True,
+                                 text=True, timeout=120)
+            assert out.returncode != 0 and "validation" in (out.stdout + out.stderr).lower(), (bad, out.stdout[-2000:])
+        assert _flow_runs(env, "sparsify") == []
+
         # a run with parameters, as the UI creates it
         _cli(env, str(BIN / "prefect"), "deployment", "run", "sparsify/sparsify", "--params",
              json.dumps({"params": {**TINY, "seed": 1}}), "--watch", "--watch-timeout", "400", timeout=450)

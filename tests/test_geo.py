@@ -133,3 +133,18 @@ def test_distillation_corrector_reduces_drift_and_respects_target_zeros():
         with torch.no_grad():
             drift[steps] = float((model(pool) - y0).pow(2).mean())
     assert drift[10] < 0.5 * drift[0]
+
+
+def test_distiller_steps_are_bounded_by_eta():
+    """A distillation learning rate far too large for the network must not blow the path up: each corrector
+    step is at most η long, so a Geo step (η) plus s distill steps moves at most (1 + s) η."""
+    model = tiny_mlp(0)
+    w0 = flat_params(model)
+    cfg = GeoConfig(eta=0.05, max_steps=5, metric_batch=16, anchor=0.0, distill_steps=3, distill_lr=1e4, patience=100)
+    seen = []
+    geo(model, FixedTarget(flat_params(tiny_mlp(1))), _pool(), cfg, callbacks=[lambda i: seen.append(i.weights.clone())])
+    prev = w0
+    for w in seen:
+        assert torch.isfinite(w).all()
+        assert float((w - prev).norm()) <= (1 + cfg.distill_steps) * cfg.eta + 1e-5
+        prev = w

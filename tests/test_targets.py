@@ -76,6 +76,11 @@ def test_filter_projection_zeroes_whole_filters():
     rest = torch.ones_like(w, dtype=torch.bool)
     rest[sl["features.0.weight"].start:sl["features.0.bias"].stop] = False
     assert torch.equal(pw[rest], w[rest])
+    # the anchor and the distiller may move every weight except those of the zeroed filters
+    expected = torch.ones_like(w, dtype=torch.bool)
+    expected[sl["features.0.weight"].start:sl["features.0.weight"].stop].view(64, -1)[zero] = False
+    expected[sl["features.0.bias"].start:sl["features.0.bias"].stop][zero] = False
+    assert torch.equal(t.free_mask(pw), expected) and int((~expected).sum()) == 50 * (W.shape[1] + 1)
     with pytest.raises(InputError, match="conv layers"):
         FilterTarget(model, "classifier", 5)
     with pytest.raises(InputError, match="n_filters"):
