@@ -39,7 +39,6 @@ warnings.filterwarnings("ignore")
 
 def direct(params, data_dir: str) -> tuple[float, list[dict]]:
     """The flow's computation, in memory, by the core functions; returns (seconds, rows)."""
-    import torch
 
     from geodesic_core import build_model, evaluate, flat_params, param_slices, sparsity
     from geodesic_core.data import get_spec, load_split
@@ -51,8 +50,7 @@ def direct(params, data_dir: str) -> tuple[float, list[dict]]:
     t0 = time.perf_counter()
     spec = get_spec(params.dataset)
     train_split, test = load_split(params.dataset, True, data_dir), load_split(params.dataset, False, data_dir)
-    torch.manual_seed(params.seed)
-    dense = build_model(params.model, spec.num_classes, spec.in_channels, spec.image_size)
+    dense = build_model(params.model, spec.num_classes, spec.in_channels, spec.image_size, seed=params.seed)
     train(dense, train_split, params.train.model_copy(update={"seed": params.seed}), augment=spec.augment)
     evaluate(dense, test)
     dense.requires_grad_(False)

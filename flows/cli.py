@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import typing
+from pathlib import Path
 from typing import Literal, Sequence
 
 from pydantic import BaseModel, ValidationError
@@ -137,22 +138,35 @@ def run_local(flow_fn, params, *, data_dir: str | None, experiment: str, runner=
     """Run a flow on the embedded defaults: Prefect's ephemeral mode unless PREFECT_API_URL is set, MLflow
     on ./mlflow.db unless MLFLOW_TRACKING_URI is set, results persisted under the output directory, tasks on
     ``runner`` (a `RunnerConfig`; default: the environment's settings, else a 2-thread pool)."""
-    from flows.common import RunnerConfig
-    from tasks.common import output_dir
-
-    task_runner = (runner or RunnerConfig.from_env()).build()  # a missing prefect-dask fails here, first
-
-    for k, v in QUIET_ENV.items():
-        os.environ.setdefault(k, v)
-    os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(output_dir() / "prefect-results"))
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
+    from flows.common import RunnerConfig
+    from tasks.common import output_dir
     from tasks.tracking import check_tracking_reachable
 
-    check_tracking_reachable()
+    task_runner = (runner or RunnerConfig.from_env()).build()  # a missing prefect-dask fails here, first
+    for k, v in QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+    check_tracking_reachable()  # before anything is written
+    trust_local_paths(params, data_dir)
+    os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(output_dir() / "prefect-results"))
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         return flow_fn.with_options(task_runner=task_runner)(
             params, data_dir=data_dir, experiment=experiment, return_state=return_state)
+
+
+def trust_local_paths(params, data_dir: str | None) -> None:
+    """The local user's own paths are the configured roots of this process: ``--data-dir`` is the data root
+    and the folders of the checkpoints named on the command line may be read (see `confine_paths`)."""
+    from flows.common import ALLOWED_ROOTS_ENV
+    from geodesic_core.data import resolve_data_dir
+
+    if data_dir:
+        os.environ[DATA_DIR_ENV] = str(resolve_data_dir(data_dir))
+    folders = [str(Path(p).expanduser().resolve().parent) for p in
+               (getattr(params, k, None) for k in ("checkpoint", "checkpoint_a", "checkpoint_b")) if p]
+    if folders:
+        os.environ[ALLOWED_ROOTS_ENV] = os.pathsep.join(filter(None, [os.environ.get(ALLOWED_ROOTS_ENV), *folders]))
 
 
 def runner_from_args(args: argparse.Namespace):

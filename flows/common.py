@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterable, Iterator, Literal
 
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -128,3 +129,38 @@ def default_task_runner():
     except ValidationError as exc:
         raise InputError(f"bad task-runner setting in the environment ({TASK_RUNNER_ENV}, {WORKERS_ENV}, "
                          f"{DASK_ADDRESS_ENV}): {exc.errors()[0]['msg']}") from None
+
+
+# --- paths from parameters stay inside the configured roots ---------------------------------------------------
+ALLOWED_ROOTS_ENV = "GEODESIC_ALLOWED_ROOTS"
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def confine_paths(data_dir: str | None, checkpoints: Iterable[str | None] = ()) -> str:
+    """Check the paths a flow takes from its parameters before any work; return the resolved data root.
+
+    A flow run may be created by anyone who can reach the Prefect UI, so its parameters cannot point it at
+    arbitrary files of the worker. ``data_dir`` must lie inside the configured data root
+    (``$GEODESIC_DATA_DIR``, when set); a checkpoint, after symlinks and ``..`` are resolved, inside the data
+    root, the output root (``$GEODESIC_OUTPUT_DIR``, default ``./outputs``) or a folder listed in
+    ``$GEODESIC_ALLOWED_ROOTS`` (``os.pathsep``-separated; the CLI adds the folders of the checkpoints its
+    own user names).
+    """
+    from geodesic_core.data import DATA_DIR_ENV, resolve_data_dir
+    from tasks.common import output_dir
+
+    configured = os.environ.get(DATA_DIR_ENV)
+    root = resolve_data_dir(data_dir)
+    if data_dir and configured and not _inside(root, Path(configured).expanduser().resolve()):
+        raise InputError(f"data_dir {data_dir!r} is outside the configured data root {configured} "
+                         f"(${DATA_DIR_ENV}); give a folder inside it, or leave data_dir empty to use it")
+    roots = [root, output_dir()] + [Path(p).expanduser().resolve()
+                                    for p in os.environ.get(ALLOWED_ROOTS_ENV, "").split(os.pathsep) if p]
+    for ck in checkpoints:
+        if ck and not any(_inside(Path(ck).expanduser().resolve(), r) for r in roots):
+            raise InputError(f"checkpoint {ck!r} is outside the folders a flow may read ({', '.join(map(str, roots))}); "
+                             f"copy it under the output root or add its folder to ${ALLOWED_ROOTS_ENV}")
+    return str(root)

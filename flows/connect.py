@@ -12,8 +12,8 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from geodesic_core.config import ConnectConfig
-from geodesic_core.data import get_spec, resolve_data_dir
-from flows.common import closing_parent_on_failure, default_task_runner
+from geodesic_core.data import get_spec
+from flows.common import closing_parent_on_failure, confine_paths, default_task_runner
 from tasks.common import code_version
 from tasks.connect import connect_segment_task, evaluate_endpoint, linear_path_task
 from tasks.data import fingerprint_data
@@ -29,8 +29,8 @@ EXPERIMENT = "geodesic-connect"
 def connect_flow(params: ConnectConfig = ConnectConfig(), data_dir: str | None = None,
                  experiment: str = EXPERIMENT) -> list[dict]:
     """Connect two networks of ``params.model`` on ``params.dataset`` by a geodesic (Alg. 3)."""
+    data_dir = confine_paths(data_dir, [params.checkpoint_a, params.checkpoint_b])  # first: inside the roots
     log = get_run_logger()
-    data_dir = str(resolve_data_dir(data_dir))
     version = code_version()
     fingerprint = fingerprint_data(params.dataset, data_dir)
     parent = start_parent_run(experiment, params.model_dump(), fingerprint, version, str(flow_run.get_id()),

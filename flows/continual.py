@@ -13,8 +13,7 @@ from prefect.runtime import flow_run
 
 from geodesic_core.config import ContinualConfig
 from geodesic_core.continual import get_scenario
-from geodesic_core.data import resolve_data_dir
-from flows.common import closing_parent_on_failure, default_task_runner, raise_first_failure
+from flows.common import closing_parent_on_failure, confine_paths, default_task_runner, raise_first_failure
 from tasks.common import code_version
 from tasks.continual import (consolidate_fisher, geodesic_stage, linear_stage, sequential_stage,
                              train_task_network)
@@ -39,8 +38,8 @@ def _for_method(params: ContinualConfig, method: str | None = None) -> Continual
 def continual_flow(params: ContinualConfig = ContinualConfig(), data_dir: str | None = None,
                    experiment: str = EXPERIMENT) -> list[dict]:
     """Learn ``params.n_tasks()`` tasks of ``params.scenario`` in sequence without forgetting (Alg. 2)."""
+    data_dir = confine_paths(data_dir, ())  # first: inside the roots
     log = get_run_logger()
-    data_dir = str(resolve_data_dir(data_dir))
     version = code_version()
     scenario = get_scenario(params.scenario)
     fingerprint = "+".join(fingerprint_data(d, data_dir) for d in scenario.datasets)

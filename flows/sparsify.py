@@ -12,10 +12,10 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from geodesic_core.config import FinetuneConfig, SparsifyConfig, TrainConfig
-from geodesic_core.data import get_spec, resolve_data_dir
+from geodesic_core.data import get_spec
 from geodesic_core.sparsify import stage_sparsities
 from tasks.baselines import finetune_baseline, oneshot_baseline
-from flows.common import closing_parent_on_failure, default_task_runner
+from flows.common import closing_parent_on_failure, confine_paths, default_task_runner
 from tasks.common import code_version
 from tasks.data import fingerprint_data
 from tasks.geodesic import final_projection, geodesic_segment
@@ -48,8 +48,8 @@ def _stage_levels(params: SparsifyConfig, level: float) -> list[float]:
 def sparsify_flow(params: SparsifyConfig = SparsifyConfig(), data_dir: str | None = None,
                   experiment: str = EXPERIMENT) -> list[dict]:
     """Sparsify one dense network at every level of ``params.sparsity`` by traversing geodesics (Alg. 1)."""
+    data_dir = confine_paths(data_dir, [params.checkpoint])  # first: inside the roots
     log = get_run_logger()
-    data_dir = str(resolve_data_dir(data_dir))
     spec = get_spec(params.dataset)
     version = code_version()
 

@@ -122,8 +122,8 @@ def load_task(task: TaskSpec, train: bool, data_dir=None, permutation_seed: int 
 
 def build_scenario_model(scenario: Scenario, model: str | None = None, seed: int = 0) -> nn.Module:
     """A freshly initialized network (from ``seed``) with the scenario's input shape and shared head."""
-    torch.manual_seed(seed)
-    return build_model(model or scenario.model, scenario.num_classes, scenario.in_channels, scenario.image_size)
+    return build_model(model or scenario.model, scenario.num_classes, scenario.in_channels, scenario.image_size,
+                       seed=seed)
 
 
 class HeadView(nn.Module):

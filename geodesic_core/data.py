@@ -128,6 +128,19 @@ def get_spec(name: str) -> DatasetSpec:
     return DATASETS[check_dataset_name(name)]
 
 
+def _check_idx(path: Path) -> None:
+    """An idx file (MNIST family) is 4 magic bytes (0, 0, type 0x08 = uint8, ndim), ndim big-endian uint32
+    sizes, then prod(sizes) bytes: anything else is truncated or corrupt."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+        ndim = head[3] if len(head) == 4 and head[:3] == b"\x00\x00\x08" else 0
+        dims = np.frombuffer(fh.read(4 * ndim), dtype=">u4") if 0 < ndim <= 4 else np.array([])
+    expected = 4 + 4 * ndim + int(np.prod(dims.astype(np.int64))) if len(dims) == ndim and ndim else -1
+    if path.stat().st_size != expected:
+        raise InputError(f"dataset file {path} is truncated or corrupt ({path.stat().st_size} bytes, its header "
+                         f"says {expected if expected > 0 else 'nothing readable'}); copy it again from the source")
+
+
 def check_data_files(name: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
     """Check that every file of the dataset exists under the data root; return their paths.
 
@@ -145,6 +158,9 @@ def check_data_files(name: str, data_dir: str | os.PathLike | None = None) -> li
             f"holding them in torchvision's layout with --data-dir or the {DATA_DIR_ENV} environment variable "
             f"(e.g. {DATA_DIR_ENV}=../shared/data)."
         )
+    for path in paths:  # the idx files say their own size: a truncated or padded one is caught before any work
+        if path.name.endswith("-ubyte"):
+            _check_idx(path)
     return paths
 
 

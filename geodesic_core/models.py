@@ -10,6 +10,7 @@ References:
 
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 import torch
@@ -158,6 +159,19 @@ def check_model_name(name: str) -> str:
     return name
 
 
-def build_model(name: str, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    """Build a registered model for inputs ``(N, in_channels, image_size, image_size)``."""
-    return MODELS[check_model_name(name)](num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+_INIT_LOCK = threading.Lock()
+
+
+def build_model(name: str, num_classes: int, in_channels: int, image_size: int, seed: int | None = None) -> nn.Module:
+    """Build a registered model for inputs ``(N, in_channels, image_size, image_size)``.
+
+    ``seed``: initialize from this seed, under a lock and on a forked copy of PyTorch's global generator, so
+    that two networks built at once in two threads each get exactly their seed's initialization (with
+    ``torch.manual_seed`` then ``build_model`` the two threads would draw from each other's stream).
+    """
+    builder = MODELS[check_model_name(name)]
+    if seed is None:
+        return builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size)

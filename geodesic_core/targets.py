@@ -142,15 +142,6 @@ class SparseTarget:
         return self._cached
 
     def free_mask(self, w_a: torch.Tensor) -> torch.Tensor:
-        """False on the weights and bias of the filters the target zeroes: the output anchor may not revive them."""
-        free = torch.ones_like(w_a, dtype=torch.bool)
-        idx = self.filters_to_zero(w_a)
-        free[self._w.start:self._w.stop].view(self._w.shape)[idx] = False
-        if self._b is not None:
-            free[self._b.start:self._b.stop][idx] = False
-        return free
-
-    def free_mask(self, w_a: torch.Tensor) -> torch.Tensor:
         """True where the target leaves the weight free (not pruned): the output anchor may act there."""
         return ~prunable_mask(self.slices, w_a.device) | (w_a != 0)
 

@@ -177,15 +177,16 @@ def train_and_save(model_name: str, dataset: str, cfg: TrainConfig, out: str, da
     dataset = check_dataset_name(dataset)
     check_data_files(dataset, data_dir)
     spec = get_spec(dataset)
-    torch.manual_seed(cfg.seed)
-    model = build_model(model_name, spec.num_classes, spec.in_channels, spec.image_size)
+    model = build_model(model_name, spec.num_classes, spec.in_channels, spec.image_size, seed=cfg.seed)
     train_split = load_split(dataset, True, data_dir, task, permutation_seed)
     test_split = load_split(dataset, False, data_dir, task, permutation_seed)
+    t0 = time.perf_counter()
     train(model, train_split, cfg, augment=spec.augment, device=device, callbacks=callbacks)
+    train_seconds = time.perf_counter() - t0
     acc, loss = evaluate(model, test_split)
     meta = {"model": model_name, "dataset": dataset, "num_classes": spec.num_classes,
             "in_channels": spec.in_channels, "image_size": spec.image_size, "task": task,
-            "permutation_seed": permutation_seed, "test_accuracy": acc, "test_loss": loss,
+            "permutation_seed": permutation_seed, "test_accuracy": acc, "test_loss": loss, "train_seconds": train_seconds,
             **{f"train_{k}": v for k, v in cfg.model_dump().items()}}
     meta["sha256"] = save_checkpoint(out, model.cpu(), meta)
     return meta

@@ -11,21 +11,23 @@ from geodesic_core import evaluate, flat_params, param_slices, sparsity
 from geodesic_core.config import SparsifyConfig
 from geodesic_core.sparsify import project_to_level, prune_finetune
 
-from .common import PERSIST, checkpoint_path, open_ref, ref, save_derived, spec, split
+from .common import PERSIST, checkpoint_path, finished, open_ref, save_result, spec, split
 
 @task(cache_policy=INPUTS + TASK_SOURCE - "data_dir", **PERSIST)
 def oneshot_baseline(dense: dict, level: float, cfg: SparsifyConfig, data_dir: str | None, data_fingerprint: str,
                      code_version: str) -> dict:
     """proj(w_dense, H_p) in one shot, evaluated on the test set."""
+    out = checkpoint_path("oneshot", dense["sha256"], level, cfg.scope, cfg.structured, code_version)
+    if (done := finished(out)) is not None:
+        return done
     model, meta = open_ref(dense)
     t0 = time.perf_counter()
     project_to_level(model, level, structured=cfg.structured, layer=cfg.layer, scope=cfg.scope)
     wall = time.perf_counter() - t0
     acc, loss = evaluate(model, split(cfg.dataset, False, data_dir))
-    out = checkpoint_path("oneshot", dense["sha256"], level, cfg.scope, cfg.structured, code_version)
-    digest = save_derived(out, model, meta, test_accuracy=acc, test_loss=loss)
-    return ref(out, digest, method="oneshot", level=level, test_accuracy=acc, test_loss=loss, wall_seconds=wall,
-               sparsity=sparsity(flat_params(model), param_slices(model)), steps=0)
+    return save_result(out, model, meta, dict(method="oneshot", level=level, test_accuracy=acc, test_loss=loss,
+                                              wall_seconds=wall, sparsity=sparsity(flat_params(model),
+                                                                                    param_slices(model)), steps=0))
 
 
 @task(cache_policy=INPUTS + TASK_SOURCE - "data_dir", **PERSIST)
@@ -33,6 +35,11 @@ def finetune_baseline(dense: dict, level: float, cfg: SparsifyConfig, budget_sec
                       data_dir: str | None, data_fingerprint: str, code_version: str) -> dict:
     """Magnitude pruning, then masked SGD fine-tuning for ``cfg.finetune.epochs`` epochs, or (with
     ``budget_seconds``) for that much wall time: the equal-compute comparison with the geodesic."""
+    method = "finetune" if budget_seconds is None else "finetune_equal_time"
+    out = checkpoint_path(method, dense["sha256"], level, cfg.model_dump(), budget_seconds, data_fingerprint,
+                          code_version)
+    if (done := finished(out)) is not None:
+        return done
     model, meta = open_ref(dense)
     epochs = cfg.finetune.epochs if budget_seconds is None else 10_000
     _, wall, steps = prune_finetune(model, level, split(cfg.dataset, True, data_dir),
@@ -40,9 +47,6 @@ def finetune_baseline(dense: dict, level: float, cfg: SparsifyConfig, budget_sec
                                     layer=cfg.layer, scope=cfg.scope, budget_seconds=budget_seconds,
                                     augment=spec(cfg.dataset).augment)
     acc, loss = evaluate(model, split(cfg.dataset, False, data_dir))
-    method = "finetune" if budget_seconds is None else "finetune_equal_time"
-    out = checkpoint_path(method, dense["sha256"], level, cfg.model_dump(), budget_seconds, data_fingerprint,
-                          code_version)
-    digest = save_derived(out, model, meta, test_accuracy=acc, test_loss=loss)
-    return ref(out, digest, method=method, level=level, test_accuracy=acc, test_loss=loss, wall_seconds=wall,
-               sparsity=sparsity(flat_params(model), param_slices(model)), steps=steps)
+    return save_result(out, model, meta, dict(method=method, level=level, test_accuracy=acc, test_loss=loss,
+                                              wall_seconds=wall, sparsity=sparsity(flat_params(model),
+                                                                                    param_slices(model)), steps=steps))

@@ -77,6 +77,34 @@ def save_derived(out: Path, model, parent_meta: dict, **extra: Any) -> str:
     return save_checkpoint(out, model.cpu(), {**meta, **extra})
 
 
+def save_result(out: Path, model, parent_meta: dict, result: dict, **extra: Any) -> dict:
+    """Save a task's network with the task's result in its metadata (see `finished`); return the reference."""
+    top = {k: result[k] for k in ("test_accuracy", "test_loss") if k in result}  # as every checkpoint records
+    digest = save_derived(out, model, parent_meta, **{**top, **extra}, result=result)
+    return ref(out, digest, **result)
+
+
+def finished(out: Path, result_from_meta=None) -> dict | None:
+    """The reference an earlier attempt of the same task left in ``out``, or None.
+
+    A run killed after a task wrote its checkpoint but before Prefect recorded the task's result would
+    otherwise compute the same checkpoint again on resume: the checkpoint's path is a hash of everything the
+    task depends on, so a file there that loads (content hash verified) is that task's finished output, and
+    its metadata holds the task's result. A damaged file is ignored and overwritten.
+    """
+    from geodesic_core import InputError
+    from geodesic_core.checkpoint import load_checkpoint, load_tensors
+
+    if not out.is_file():
+        return None
+    try:
+        _, meta = (load_tensors if out.name.endswith(".tensors.pt") else load_checkpoint)(out)
+    except InputError:
+        return None
+    result = result_from_meta(meta) if result_from_meta else meta.get("result")
+    return None if result is None else ref(out, meta["sha256"], **result)
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -19,7 +19,7 @@ from geodesic_core.config import ConnectConfig
 from geodesic_core.connect import (InterpolatedOutputs, bn_batch, chord_coordinates, connect_segment, distance_ratio,
                                    evaluate_point)
 
-from .common import PERSIST, checkpoint_path, open_ref, ref, save_derived, split
+from .common import PERSIST, checkpoint_path, finished, open_ref, save_result, split
 
 CACHED = {"cache_policy": INPUTS + TASK_SOURCE - "data_dir", **PERSIST}
 PROBE = 1024  # inputs of the fixed probe batch the path lengths are measured on
@@ -42,6 +42,10 @@ def connect_segment_task(start: dict, a: dict, b: dict, segment: int, loose: boo
     """Segment ``segment`` of Geo(w_1, g, w_2) from checkpoint ``start``: up to ``cfg.geo.max_steps`` steps
     (with ``loose``: the completion settings, anchor off and a ``cfg.complete_eps_factor`` times larger trust
     region). Returns the end checkpoint with its stop reason, the evaluated points and the segment's lengths."""
+    out = checkpoint_path("connect", start["sha256"], a["sha256"], b["sha256"], segment, loose, cfg.geo.model_dump(),
+                          cfg.complete_eps_factor, cfg.seed, data_fingerprint, code_version)
+    if (done := finished(out)) is not None:
+        return done
     model, meta = open_ref(start)
     net_a, net_b = open_ref(a)[0], open_ref(b)[0]
     w_a, w_b = flat_params(net_a).cpu(), flat_params(net_b).cpu()
@@ -81,13 +85,11 @@ def connect_segment_task(start: dict, a: dict, b: dict, segment: int, loose: boo
     lengths = cumulative_lengths(probe_model, points, _probe(train_x, cfg.seed), cfg.geo.output_space)
     for r, length in zip(rows, lengths[1:]):
         r["segment_path_length"] = length
-    out = checkpoint_path("connect", start["sha256"], a["sha256"], b["sha256"], segment, loose, cfg.geo.model_dump(),
-                          cfg.complete_eps_factor, cfg.seed, data_fingerprint, code_version)
     end = rows[-1]
-    digest = save_derived(out, model, meta, test_accuracy=end["test_accuracy"], test_loss=end["test_loss"])
-    return ref(out, digest, segment=segment, loose=loose, steps=res.steps, end_step=first + res.steps,
-               stop_reason=res.stop_reason, distance=res.distance, wall_seconds=wall, rows=rows,
-               path_length=lengths[-1], path_length_euclidean=euclid["length"])
+    return save_result(out, model, meta, dict(
+        segment=segment, loose=loose, steps=res.steps, end_step=first + res.steps, stop_reason=res.stop_reason,
+        distance=res.distance, wall_seconds=wall, rows=rows, path_length=lengths[-1],
+        path_length_euclidean=euclid["length"]), test_accuracy=end["test_accuracy"], test_loss=end["test_loss"])
 
 
 @task(**CACHED)

@@ -22,7 +22,7 @@ from geodesic_core.continual import (QuadraticPull, build_scenario_model, contin
                                      task_view)
 from geodesic_core.data import Split
 
-from .common import PERSIST, checkpoint_path, default_device, open_ref, ref, save_derived
+from .common import PERSIST, checkpoint_path, default_device, finished, open_ref, ref, save_result
 
 CACHED = {"cache_policy": INPUTS + TASK_SOURCE - "data_dir", **PERSIST}
 
@@ -61,6 +61,9 @@ def train_task_network(index: int, cfg: ContinualConfig, data_dir: str | None, d
                        code_version: str) -> dict:
     """Algorithm 2 line 1/4: a freshly initialized network trained on task ``index`` alone (initialization from
     ``cfg.seed``, shared by all tasks unless ``cfg.shared_init`` is off; data order from ``cfg.seed + index``)."""
+    out = checkpoint_path("task", index, cfg.model_dump(), data_fingerprint, code_version)
+    if (done := finished(out)) is not None:
+        return done
     seed = cfg.seed + index
     init = cfg.seed if cfg.shared_init else seed
     model = build_scenario_model(get_scenario(cfg.scenario), cfg.model, init).to(default_device())
@@ -69,9 +72,9 @@ def train_task_network(index: int, cfg: ContinualConfig, data_dir: str | None, d
           cfg.train.model_copy(update={"seed": seed}))
     wall = time.perf_counter() - t0
     accs = _accs(model, cfg, data_dir)
-    out = checkpoint_path("task", index, cfg.model_dump(), data_fingerprint, code_version)
-    digest = save_checkpoint(out, model.cpu(), _meta(cfg, task=index, test_accuracy=accs[index]))
-    return ref(out, digest, index=index, accuracies=accs, wall_seconds=wall)
+    result = dict(index=index, accuracies=accs, wall_seconds=wall)
+    digest = save_checkpoint(out, model.cpu(), _meta(cfg, task=index, test_accuracy=accs[index], result=result))
+    return ref(out, digest, **result)
 
 
 @task(**CACHED)
@@ -83,6 +86,10 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
     line between the same endpoints is scanned for comparison; both paths are projected on their first two
     principal components (paper Fig. 5A/B).
     """
+    out = checkpoint_path("continual-geodesic", current["sha256"], previous["sha256"], index, cfg.geo.model_dump(),
+                          cfg.seed, data_fingerprint, code_version)
+    if (done := finished(out)) is not None:
+        return done
     model, meta = open_ref(current)
     prev, _ = open_ref(previous)
     w_start, w_prev = flat_params(model), flat_params(prev)
@@ -140,13 +147,11 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
                   "path_length": length, "pc1": float(c[0]), "pc2": float(c[1])}
                  for a, vals, c, length in zip(alphas, line_values, coords[len(points):], lin_len)]
     accs = _accs(model, cfg, data_dir)  # cumulative_lengths restored the end weights
-    out = checkpoint_path("continual-geodesic", current["sha256"], previous["sha256"], index, cfg.geo.model_dump(),
-                          cfg.seed, data_fingerprint, code_version)
-    digest = save_derived(out, model, meta, task=index, test_accuracy=accs[index])
-    return ref(out, digest, index=index, accuracies=accs, wall_seconds=wall, steps=res.steps,
-               stop_reason=res.stop_reason, distance=res.distance, path_rows=rows, line_rows=line_rows,
-               path_length=geo_len[-1], path_length_euclidean=euclid["length"], line_path_length=lin_len[-1],
-               line_path_length_euclidean=float((w_prev - w_start).norm()))
+    return save_result(out, model, meta, dict(
+        index=index, accuracies=accs, wall_seconds=wall, steps=res.steps, stop_reason=res.stop_reason,
+        distance=res.distance, path_rows=rows, line_rows=line_rows, path_length=geo_len[-1],
+        path_length_euclidean=euclid["length"], line_path_length=lin_len[-1],
+        line_path_length_euclidean=float((w_prev - w_start).norm())), task=index, test_accuracy=accs[index])
 
 
 @task(**CACHED)
@@ -154,6 +159,10 @@ def linear_stage(current: dict, previous: dict, index: int, cfg: ContinualConfig
                  data_fingerprint: str, code_version: str) -> dict:
     """Baseline: the best point (highest minimum accuracy over tasks 1..i, an oracle on the test sets) on the
     straight line between w_i and the previous linear-baseline network."""
+    out = checkpoint_path("continual-linear", current["sha256"], previous["sha256"], index, cfg.linear_points,
+                          data_fingerprint, code_version)
+    if (done := finished(out)) is not None:
+        return done
     model, meta = open_ref(current)
     prev, _ = open_ref(previous)
     tests = _tests(cfg, data_dir)[: index + 1]
@@ -170,10 +179,8 @@ def linear_stage(current: dict, previous: dict, index: int, cfg: ContinualConfig
     set_flat_params(model, torch.lerp(w_start, w_prev, alpha))
     wall = time.perf_counter() - t0
     accs = _accs(model, cfg, data_dir)
-    out = checkpoint_path("continual-linear", current["sha256"], previous["sha256"], index, cfg.linear_points,
-                          data_fingerprint, code_version)
-    digest = save_derived(out, model, meta, task=index, test_accuracy=accs[index])
-    return ref(out, digest, index=index, accuracies=accs, wall_seconds=wall, alpha=alpha)
+    return save_result(out, model, meta, dict(index=index, accuracies=accs, wall_seconds=wall, alpha=alpha),
+                       task=index, test_accuracy=accs[index])
 
 
 @task(**CACHED)
@@ -181,6 +188,11 @@ def sequential_stage(method: str, previous: dict, index: int, pull: dict | None,
                      data_dir: str | None, data_fingerprint: str, code_version: str) -> dict:
     """Baselines: SGD on task i from w_{1:i-1} (``sgd``), plus (λ/2)|w - w_{1:i-1}|^2 (``l2``), or plus the
     EWC penalty held in ``pull`` (``ewc``)."""
+    out = checkpoint_path(f"continual-{method}", previous["sha256"], pull and pull["sha256"], index,
+                          cfg.train.model_dump(), cfg.l2_strength if method == "l2" else cfg.ewc_strength,
+                          cfg.seed, data_fingerprint, code_version)
+    if (done := finished(out)) is not None:
+        return done
     model, meta = open_ref(previous)
     penalty = None
     if method == "l2":
@@ -195,11 +207,8 @@ def sequential_stage(method: str, previous: dict, index: int, pull: dict | None,
           penalty=penalty)
     wall = time.perf_counter() - t0
     accs = _accs(model, cfg, data_dir)
-    out = checkpoint_path(f"continual-{method}", previous["sha256"], pull and pull["sha256"], index,
-                          cfg.train.model_dump(), cfg.l2_strength if method == "l2" else cfg.ewc_strength,
-                          cfg.seed, data_fingerprint, code_version)
-    digest = save_derived(out, model, meta, task=index, test_accuracy=accs[index])
-    return ref(out, digest, index=index, accuracies=accs, wall_seconds=wall)
+    return save_result(out, model, meta, dict(index=index, accuracies=accs, wall_seconds=wall), task=index,
+                       test_accuracy=accs[index])
 
 
 @task(**CACHED)
@@ -207,6 +216,10 @@ def consolidate_fisher(network: dict, index: int, pull: dict | None, cfg: Contin
                        data_fingerprint: str, code_version: str) -> dict:
     """EWC at the end of task i: add (w - w*_i)^T diag(F_i) (w - w*_i) to the penalty, F_i the diagonal Fisher
     of the network on ``cfg.fisher_samples`` inputs of task i (task i's data, available at that time)."""
+    out = checkpoint_path("ewc-pull", network["sha256"], pull and pull["sha256"], index, cfg.fisher_samples,
+                          code_version).with_suffix(".tensors.pt")
+    if (done := finished(out)) is not None:
+        return done
     model, _ = open_ref(network)
     w = flat_params(model).cpu()
     previous = (QuadraticPull.from_state(cfg.ewc_strength, load_tensors(pull["path"])[0]) if pull
@@ -215,7 +228,6 @@ def consolidate_fisher(network: dict, index: int, pull: dict | None, cfg: Contin
     t0 = time.perf_counter()
     fisher = fisher_diagonal(task_view(model, _specs(cfg)[index]), x).cpu()
     wall = time.perf_counter() - t0
-    out = checkpoint_path("ewc-pull", network["sha256"], pull and pull["sha256"], index, cfg.fisher_samples,
-                          code_version).with_suffix(".tensors.pt")
-    digest = save_tensors(out, previous.add(w, fisher).state(), {"tasks": index + 1})
-    return ref(out, digest, index=index, wall_seconds=wall)
+    result = dict(index=index, wall_seconds=wall)
+    digest = save_tensors(out, previous.add(w, fisher).state(), {"tasks": index + 1, "result": result})
+    return ref(out, digest, **result)

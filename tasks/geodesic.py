@@ -11,7 +11,7 @@ from geodesic_core import evaluate, flat_params, param_slices, sparsity
 from geodesic_core.config import SparsifyConfig
 from geodesic_core.sparsify import geodesic_stage, project_to_level, structured_stage
 
-from .common import PERSIST, checkpoint_path, open_ref, ref, save_derived, split
+from .common import PERSIST, checkpoint_path, finished, open_ref, save_result, split
 
 
 def _path_recorder(model, slices, test, every: int, rows: list):
@@ -39,6 +39,10 @@ def geodesic_segment(start: dict, anchor: dict, level: float, stage: int, stage_
     Returns a reference to the stage's end checkpoint with its steps, stop reason, wall time (without the
     evaluation along the path) and the evaluated path points.
     """
+    out = checkpoint_path("geodesic", start["sha256"], level, stage, stage_level, cfg.model_dump(), data_fingerprint,
+                          code_version)
+    if (done := finished(out)) is not None:
+        return done
     model, meta = open_ref(start)
     start_step = int(start.get("end_step", 0))  # steps taken by the earlier stages of this path
     dense, _ = open_ref(anchor)
@@ -61,12 +65,10 @@ def geodesic_segment(start: dict, anchor: dict, level: float, stage: int, stage_
     end_step = start_step + res.steps
     rows.append({"step": end_step, "distance": 0.0, "test_accuracy": acc, "test_loss": loss,
                  "sparsity": sparsity(flat_params(model), slices), "path_length": res.path_length})
-    out = checkpoint_path("geodesic", start["sha256"], level, stage, stage_level, cfg.model_dump(), data_fingerprint,
-                          code_version)
-    digest = save_derived(out, model, meta, test_accuracy=acc, test_loss=loss)
-    return ref(out, digest, stage=stage, stage_level=stage_level, steps=res.steps, end_step=end_step,
-               stop_reason=res.stop_reason, projection_distance=res.distance_before_projection,
-               path_length=res.path_length, wall_seconds=wall, test_accuracy=acc, test_loss=loss, rows=rows)
+    return save_result(out, model, meta, dict(
+        stage=stage, stage_level=stage_level, steps=res.steps, end_step=end_step, stop_reason=res.stop_reason,
+        projection_distance=res.distance_before_projection, path_length=res.path_length, wall_seconds=wall,
+        test_accuracy=acc, test_loss=loss, rows=rows))
 
 
 @task(cache_policy=INPUTS + TASK_SOURCE - "data_dir", **PERSIST)
@@ -74,10 +76,11 @@ def final_projection(end: dict, level: float, cfg: SparsifyConfig, data_dir: str
                      code_version: str) -> dict:
     """Hard projection onto H_p (or the filter target) of the path's end; the reported network has exactly
     the requested zeros. Returns its reference with test accuracy, loss and measured sparsity."""
+    out = checkpoint_path("final", end["sha256"], level, cfg.scope, cfg.structured, code_version)
+    if (done := finished(out)) is not None:
+        return done
     model, meta = open_ref(end)
     project_to_level(model, level, structured=cfg.structured, layer=cfg.layer, scope=cfg.scope)
     acc, loss = evaluate(model, split(cfg.dataset, False, data_dir))
-    out = checkpoint_path("final", end["sha256"], level, cfg.scope, cfg.structured, code_version)
-    digest = save_derived(out, model, meta, test_accuracy=acc, test_loss=loss)
-    return ref(out, digest, test_accuracy=acc, test_loss=loss,
-               sparsity=sparsity(flat_params(model), param_slices(model)))
+    return save_result(out, model, meta, dict(test_accuracy=acc, test_loss=loss,
+                                              sparsity=sparsity(flat_params(model), param_slices(model))))

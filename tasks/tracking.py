@@ -62,13 +62,25 @@ def experiment_id(name: str) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
-def check_tracking_reachable() -> None:
-    """Fail early, before any work, when the tracking server cannot be reached."""
+def check_tracking_reachable(timeout: float = 5.0) -> None:
+    """Fail early, before any work and before any run is created, when the tracking server cannot be reached.
+
+    An HTTP server is asked for ``/health`` once, with a short timeout (MLflow's own client would retry for
+    minutes); a database URI is opened with one query.
+    """
+    import urllib.request
+
+    uri = tracking_uri()
     try:
-        _client().search_experiments(max_results=1)
-    except Exception as exc:
-        raise RuntimeError(f"MLflow tracking at {tracking_uri()} cannot be reached ({type(exc).__name__}: "
-                           f"{str(exc)[:200]}); start the server or unset MLFLOW_TRACKING_URI to track locally") from exc
+        if uri.startswith(("http://", "https://")):
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+                if r.status != 200:
+                    raise ConnectionError(f"/health answered {r.status}")
+        else:
+            _client().search_experiments(max_results=1)
+    except Exception as exc:  # refused, timed out, DNS, HTTP error, database error
+        raise RuntimeError(f"MLflow tracking at {uri} cannot be reached ({type(exc).__name__}: {str(exc)[:200]}); "
+                           f"start the server or unset MLFLOW_TRACKING_URI to track locally") from exc
 
 
 @task(**RETRY)

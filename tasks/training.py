@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
@@ -11,7 +9,7 @@ from geodesic_core import InputError, load_model
 from geodesic_core.config import TrainConfig
 from geodesic_core.train import train_and_save
 
-from .common import PERSIST, checkpoint_path, ref
+from .common import PERSIST, checkpoint_path, finished, ref
 
 
 @task(cache_policy=INPUTS + TASK_SOURCE - "data_dir", **PERSIST)
@@ -19,10 +17,14 @@ def train_network(model: str, dataset: str, train: TrainConfig, data_dir: str | 
                   code_version: str, task_index: int = 0) -> dict:
     """Train ``model`` on ``dataset`` from ``train.seed``; return a reference to its checkpoint."""
     out = checkpoint_path("trained", model, dataset, train.model_dump(), data_fingerprint, code_version, task_index)
-    t0 = time.perf_counter()
+    if (done := finished(out, _trained_result)) is not None:
+        return done
     meta = train_and_save(model, dataset, train, str(out), data_dir, task=task_index)
-    return ref(out, meta["sha256"], test_accuracy=meta["test_accuracy"], test_loss=meta["test_loss"],
-               wall_seconds=time.perf_counter() - t0)
+    return ref(out, meta["sha256"], **_trained_result(meta))
+
+
+def _trained_result(meta: dict) -> dict:
+    return {"test_accuracy": meta["test_accuracy"], "test_loss": meta["test_loss"], "wall_seconds": meta["train_seconds"]}
 
 
 @task

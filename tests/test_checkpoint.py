@@ -100,3 +100,21 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
     with pytest.raises(InputError, match="could not be loaded safely"):
         load_checkpoint(path)
     assert not marker.exists()
+
+
+def test_a_finished_tasks_checkpoint_is_reused_and_a_damaged_one_is_not(tmp_path):
+    """`tasks.common.finished`: the result stored with a task's checkpoint comes back (a run killed after the
+    write resumes without recomputing); a truncated file or one without a result is not taken for finished."""
+    from tasks.common import finished, save_result
+
+    model = build_model("lenet300", 10, 1, 28)
+    out = tmp_path / "geodesic-abc.pt"
+    assert finished(out) is None
+    ref = save_result(out, model, {"model": "lenet300", "num_classes": 10, "in_channels": 1, "image_size": 28},
+                      {"test_accuracy": 97.5, "steps": 12, "rows": [{"step": 0, "distance": float("nan")}]})
+    again = finished(out)
+    assert again["sha256"] == ref["sha256"] and again["steps"] == 12 and again["test_accuracy"] == 97.5
+    out.write_bytes(out.read_bytes()[:1000])
+    assert finished(out) is None
+    save_checkpoint(out, model, {"model": "lenet300", "num_classes": 10, "in_channels": 1, "image_size": 28})
+    assert finished(out) is None  # a checkpoint, but no task recorded a result in it

@@ -193,3 +193,53 @@ def test_task_runner_settings_are_validated(monkeypatch, capsys, tmp_path, data_
     monkeypatch.setenv("GEODESIC_DASK_ADDRESS", "tcp://10.0.0.5:8786")
     assert RunnerConfig.from_env().build().address == "tcp://10.0.0.5:8786"
     assert not (tmp_path / "outputs").exists()
+
+
+class _FlakyClient:
+    """An MLflow client whose metric logging fails ``failures`` times (a tracking server that drops out)."""
+
+    calls = 0
+
+    def __init__(self, real, failures):
+        self._real, self._failures = real, failures
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def log_batch(self, run_id, metrics=(), params=(), tags=()):
+        if metrics:
+            type(self).calls += 1
+            if type(self).calls <= self._failures:
+                raise ConnectionError("tracking server unavailable (injected)")
+        return self._real.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+
+
+def test_tracking_failures_are_retried_and_a_final_failure_loses_no_checkpoint(harness, workdir, data_dir,
+                                                                                monkeypatch):
+    import tasks.tracking as tracking
+
+    real = tracking._client
+    args = ["sparsify", "--data-dir", data_dir, "--sparsity", "90", "--stages", "1", "--geo.max-steps", "6",
+            "--train.epochs", "1", "--finetune.epochs", "1", "--no-finetune.equal-time"]
+    # a server that is down for good: the tracking task fails after its retries, clearly, and the parent
+    # run is closed as FAILED; the computed networks stay on disk
+    _FlakyClient.calls = 0
+    monkeypatch.setattr(tracking, "_client", lambda: _FlakyClient(real(), failures=10**6))
+    with pytest.raises(Exception, match="tracking server unavailable"):
+        main(args)
+    assert _FlakyClient.calls == 1 + 3  # the first try and three retries (with backoff)
+    ckpts = workdir / "outputs" / "checkpoints"
+    finished = {p.name: p.stat().st_mtime_ns for p in ckpts.glob("*.pt")}
+    assert any(n.startswith("final-") for n in finished) and any(n.startswith("geodesic-") for n in finished)
+    _, runs = _runs(workdir)
+    assert [r.info.status for r in runs if r.data.tags.get("geodesic.role") == "parent"] == ["FAILED"]
+    # a server that drops out twice: the retries carry the run through, from the cached computation
+    _FlakyClient.calls = 0
+    monkeypatch.setattr(tracking, "_client", lambda: _FlakyClient(real(), failures=2))
+    assert main(args) == 0
+    assert _FlakyClient.calls > 2
+    assert {p.name: p.stat().st_mtime_ns for p in ckpts.glob("*.pt")} == finished  # nothing recomputed
+    _, runs = _runs(workdir)
+    parents = [r for r in runs if r.data.tags.get("geodesic.role") == "parent" and r.info.status == "FINISHED"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(parents) == 1 and len(children) == 3 and all("test_accuracy" in r.data.metrics for r in children)
