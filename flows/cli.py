@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import typing
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -145,28 +146,45 @@ def run_local(flow_fn, params, *, data_dir: str | None, experiment: str, runner=
     from tasks.tracking import check_tracking_reachable
 
     task_runner = (runner or RunnerConfig.from_env()).build()  # a missing prefect-dask fails here, first
-    for k, v in QUIET_ENV.items():
-        os.environ.setdefault(k, v)
-    check_tracking_reachable()  # before anything is written
-    trust_local_paths(params, data_dir)
-    os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(output_dir() / "prefect-results"))
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    env = {k: os.environ.get(k, v) for k, v in QUIET_ENV.items()}
+    with _environ(env):
+        check_tracking_reachable()  # before anything is written
+    env.update(local_roots(params, data_dir))
+    env["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = (os.environ.get("PREFECT_RESULTS_LOCAL_STORAGE_PATH")
+                                                 or str(output_dir() / "prefect-results"))
+    # set for the run (task threads and Dask worker processes read them), then restored: a process that runs
+    # several flows (tests, benchmarks) does not carry one run's folders into the next
+    with _environ(env), temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         return flow_fn.with_options(task_runner=task_runner)(
             params, data_dir=data_dir, experiment=experiment, return_state=return_state)
 
 
-def trust_local_paths(params, data_dir: str | None) -> None:
-    """The local user's own paths are the configured roots of this process: ``--data-dir`` is the data root
+@contextmanager
+def _environ(values: dict[str, str]):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def local_roots(params, data_dir: str | None) -> dict[str, str]:
+    """The local user's own paths are the configured roots of a local run: ``--data-dir`` is the data root
     and the folders of the checkpoints named on the command line may be read (see `confine_paths`)."""
     from flows.common import ALLOWED_ROOTS_ENV
     from geodesic_core.data import resolve_data_dir
 
-    if data_dir:
-        os.environ[DATA_DIR_ENV] = str(resolve_data_dir(data_dir))
+    env = {DATA_DIR_ENV: str(resolve_data_dir(data_dir))} if data_dir else {}
     folders = [str(Path(p).expanduser().resolve().parent) for p in
                (getattr(params, k, None) for k in ("checkpoint", "checkpoint_a", "checkpoint_b")) if p]
     if folders:
-        os.environ[ALLOWED_ROOTS_ENV] = os.pathsep.join(filter(None, [os.environ.get(ALLOWED_ROOTS_ENV), *folders]))
+        env[ALLOWED_ROOTS_ENV] = os.pathsep.join(filter(None, [os.environ.get(ALLOWED_ROOTS_ENV), *folders]))
+    return env
 
 
 def runner_from_args(args: argparse.Namespace):

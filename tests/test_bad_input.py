@@ -134,3 +134,40 @@ def test_parameters_cannot_point_outside_the_roots(tmp_path, monkeypatch, data_d
     monkeypatch.delenv("GEODESIC_ALLOWED_ROOTS")
     with pytest.raises(InputError, match="outside the folders"):
         sparsify_flow.fn(SparsifyConfig(checkpoint="/etc/passwd"))
+
+
+@pytest.mark.parametrize("problem,match", [
+    ("missing", "does not exist"),
+    ("truncated", "truncated, corrupt"),
+    ("not a checkpoint", "not a checkpoint of this project"),
+    ("nan", "NaN"),
+    ("other class count", "100 classes"),
+])
+def test_a_bad_checkpoint_is_refused_before_any_work(tmp_path, monkeypatch, data_dir, capsys, problem, match):
+    import torch
+
+    from geodesic_core import build_model, save_checkpoint
+
+    meta = {"model": "lenet300", "num_classes": 10, "in_channels": 1, "image_size": 28, "test_accuracy": 98.0}
+    ck = tmp_path / "net.pt"
+    model = build_model("lenet300", 10, 1, 28)
+    if problem == "truncated":
+        save_checkpoint(ck, model, meta)
+        ck.write_bytes(ck.read_bytes()[:2000])
+    elif problem == "not a checkpoint":
+        torch.save({"weights": torch.zeros(3)}, ck)
+    elif problem == "nan":  # written by something else than this project (which refuses to save NaN)
+        save_checkpoint(ck, model, meta)
+        blob = torch.load(ck, weights_only=True)
+        blob["state_dict"]["1.weight"][0, 0] = float("nan")
+        from geodesic_core.checkpoint import state_hash
+
+        blob["sha256"] = state_hash(blob["state_dict"])  # a consistent file: only the values are bad
+        torch.save(blob, ck)
+    elif problem == "other class count":
+        save_checkpoint(ck, build_model("lenet300", 100, 1, 28), {**meta, "num_classes": 100})
+    monkeypatch.chdir(tmp_path)
+    for argv in (["sparsify", "--checkpoint", str(ck)], ["connect", "--checkpoint-a", str(ck), "--checkpoint-b", str(ck)]):
+        assert main([*argv[:1], "--data-dir", data_dir, *argv[1:]]) == 2
+        assert match in capsys.readouterr().err
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "mlflow.db").exists()

@@ -37,9 +37,10 @@ IGNORED = {"wall_seconds"}  # measured times differ between runs, everything els
 
 
 def _env(work: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "GEODESIC_"))}
     env.update({"PYTHONPATH": str(ROOT), "GEODESIC_OUTPUT_DIR": str(work / "outputs"),
                 "PREFECT_HOME": str(work / "prefect-home"), "DO_NOT_TRACK": "1",
+                "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(work / "outputs" / "prefect-results"),
                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true"})
     return env
 
