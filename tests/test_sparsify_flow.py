@@ -243,3 +243,20 @@ def test_tracking_failures_are_retried_and_a_final_failure_loses_no_checkpoint(h
     parents = [r for r in runs if r.data.tags.get("geodesic.role") == "parent" and r.info.status == "FINISHED"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(parents) == 1 and len(children) == 3 and all("test_accuracy" in r.data.metrics for r in children)
+
+
+def test_task_threads_split_the_cores_between_them():
+    """Each worker thread of the default runner gets cores // workers PyTorch threads (see
+    ComputeThreadPoolTaskRunner): this relies on Prefect's executor initializer hook, which a Prefect upgrade
+    could rename; then this test fails instead of the flows silently slowing down."""
+    import os
+
+    import torch
+
+    from flows.common import RunnerConfig
+
+    for workers in (1, 2):
+        runner = RunnerConfig(workers=workers).build()
+        with runner:
+            got = runner._executor.submit(torch.get_num_threads).result()
+        assert got == max(1, (os.cpu_count() or 1) // workers)
