@@ -20,6 +20,7 @@ from prefect.tasks import exponential_backoff
 
 RETRY = {"cache_policy": NO_CACHE, "retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=2), "retry_jitter_factor": 0.2}
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+UI_URL_ENV = "GEODESIC_MLFLOW_UI_URL"  # MLflow's address for people, when workers reach it by another name
 
 
 def tracking_uri() -> str:
@@ -186,7 +187,7 @@ def finish_parent_run(parent: dict, summary_rows: list[dict], plots: dict[str, A
             client.log_artifact(parent["run_id"], str(p))
     client.set_terminated(parent["run_id"], RunStatus.to_string(RunStatus.FINISHED))
     create_table_artifact(key="results", table=summary_rows, description=title)
-    uri = tracking_uri()
+    uri = os.environ.get(UI_URL_ENV) or tracking_uri()  # the address a browser reaches, if the workers' differs
     link = (f"{uri.rstrip('/')}/#/experiments/{parent['experiment_id']}/runs/{parent['run_id']}"
             if uri.startswith("http") else f"{uri} (experiment {parent['experiment_id']}, run {parent['run_id']})")
     create_link_artifact(key="mlflow-run", link=link, description="MLflow parent run of this flow run")

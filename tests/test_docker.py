@@ -78,6 +78,9 @@ def test_compose_services_ports_and_addresses_match():
     worker_env = services["worker"]["environment"]
     assert _default(worker_env["PREFECT_API_URL"]) == f"http://prefect-server:{published['prefect-server']}/api"
     assert _default(worker_env["MLFLOW_TRACKING_URI"]) == f"http://mlflow:{published['mlflow']}"
+    from tasks.tracking import UI_URL_ENV
+
+    assert worker_env[UI_URL_ENV].endswith(f":{published['mlflow']}}}")  # the published port, for browsers
     mlflow_cmd = services["mlflow"]["command"]
     assert f"mlflow:{published['mlflow']}" in mlflow_cmd[mlflow_cmd.index("--allowed-hosts") + 1]
     _, image_env = _dockerfile()
