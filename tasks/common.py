@@ -69,18 +69,14 @@ def open_ref(checkpoint: dict, device: torch.device | None = None):
 ARCH_KEYS = ("model", "num_classes", "in_channels", "image_size", "dataset")
 
 
-def save_derived(out: Path, model, parent_meta: dict, **extra: Any) -> str:
-    """Save a network derived from another (same architecture metadata) atomically; returns its hash."""
+def save_result(out: Path, model, parent_meta: dict, result: dict, **extra: Any) -> dict:
+    """Save a task's network atomically, with the architecture metadata of the network it derives from and
+    the task's result in its metadata (see `finished`); return the reference."""
     from geodesic_core import save_checkpoint
 
-    meta = {k: parent_meta[k] for k in ARCH_KEYS if k in parent_meta}
-    return save_checkpoint(out, model.cpu(), {**meta, **extra})
-
-
-def save_result(out: Path, model, parent_meta: dict, result: dict, **extra: Any) -> dict:
-    """Save a task's network with the task's result in its metadata (see `finished`); return the reference."""
+    arch = {k: parent_meta[k] for k in ARCH_KEYS if k in parent_meta}
     top = {k: result[k] for k in ("test_accuracy", "test_loss") if k in result}  # as every checkpoint records
-    digest = save_derived(out, model, parent_meta, **{**top, **extra}, result=result)
+    digest = save_checkpoint(out, model.cpu(), {**arch, **top, **extra, "result": result})
     return ref(out, digest, **result)
 
 

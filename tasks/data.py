@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from geodesic_core import InputError, dataset_fingerprint
+from geodesic_core.checkpoint import atomic_write
 from geodesic_core.data import check_data_files, check_dataset_name, resolve_data_dir
 from tasks.common import output_dir
 
@@ -39,10 +38,7 @@ def _recorded(path: Path) -> dict:
 
 
 def _record(path: Path, state: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(state, fh, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: fh.write(json.dumps(state, indent=1, sort_keys=True).encode()))
 
 
 async def _send(event) -> None:
