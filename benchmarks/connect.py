@@ -1,8 +1,10 @@
-"""Mode connectivity: the geodesic (Algorithm 3) against the straight line between the same two networks.
+"""Mode connectivity: the geodesic (Algorithm 3) against the straight line between the same two networks and
+the trained quadratic Bezier curve (Garipov et al. 2018), the peer baseline.
 
 Runs the connect flow on the embedded defaults in a fresh temporary working directory (nothing cached) and
 prints a Markdown table: endpoint accuracies, the minimum and mean test accuracy along each path, the
-length under g and the Euclidean length, how far the path ends from w_2, and wall time. Every
+length under g and the Euclidean length, how far the path ends from w_2, and wall time (for the Bezier
+curve: its training time), with the ratio of the geodesic's time to the Bezier curve's training. Every
 `geodesic connect` option is accepted:
 
     python benchmarks/connect.py --data-dir ../shared/data --model lenet300 --dataset mnist
@@ -38,6 +40,11 @@ def main(argv: list[str]) -> None:
     geo = summary[0]
     print(f"\ngeodesic: {geo['steps']} Geo steps ({geo['stop_reasons']}), {geo['completion_steps']} of them "
           f"completion steps")
+    bezier = next((r for r in summary if r["method"] == "bezier"), None)
+    if bezier:
+        print(f"Bezier curve ({params.bezier_train.epochs} epochs): path minimum {bezier['path_min_test_accuracy']:.2f} "
+              f"vs the geodesic's {geo['path_min_test_accuracy']:.2f}; geodesic time / Bezier training time "
+              f"{geo['wall_seconds'] / bezier['wall_seconds']:.2f}")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 Recipe: fingerprint the data -> train the two endpoint networks concurrently (or take two checkpoints) ->
 evaluate the straight line between them -> traverse Geo(w_1, g, w_2) in cached segments until it reaches
-w_2 (continuing a stalled traversal with the looser completion step if ``complete``) -> one MLflow child
-run per path (geodesic, linear) and a summary on the parent run.
+w_2 (continuing a stalled traversal with the looser completion step if ``complete``), and train the peer
+baseline, a quadratic Bezier curve (if ``bezier``) -> one MLflow child run per path (geodesic, linear,
+bezier) and a summary on the parent run.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from geodesic_core.config import ConnectConfig
 from geodesic_core.data import get_spec
 from flows.common import closing_parent_on_failure, confine_paths, default_task_runner
 from tasks.common import code_version
-from tasks.connect import connect_segment_task, evaluate_endpoint, linear_path_task
+from tasks.connect import bezier_curve_task, connect_segment_task, evaluate_endpoint, linear_path_task
 from tasks.data import fingerprint_data
 from tasks.plots import chord_view, connect_accuracy_plot
 from tasks.summaries import connect_rows
@@ -53,6 +54,7 @@ def _connect(params: ConnectConfig, parent: dict, data_dir: str, fingerprint: st
         a, b = (f.result() for f in futures)
     ends = [evaluate_endpoint.submit(w, a, b, params, *common) for w in (a, b)]
     line = linear_path_task.submit(a, b, params, *common)
+    bezier = bezier_curve_task.submit(a, b, params, *common) if params.bezier else None  # the peer baseline
 
     # --- the geodesic, segment after segment, until it reaches w_2 ----------------------------------------
     segments, start, loose = [], a, False
@@ -75,7 +77,7 @@ def _connect(params: ConnectConfig, parent: dict, data_dir: str, fingerprint: st
 
     # --- evaluate and track ---------------------------------------------------------------------------------
     endpoints = [e.result() for e in ends]
-    summary, tables = connect_rows(endpoints, segments, line.result())
+    summary, tables = connect_rows(endpoints, segments, line.result(), bezier and bezier.result())
     log_connect_runs(parent, params, summary, tables, segments[-1]["path"])
     finish_parent_run(parent, summary, {"accuracy_along_paths.png": connect_accuracy_plot(tables, params),
                                         "paths_2d.png": chord_view(tables)},

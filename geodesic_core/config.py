@@ -266,7 +266,9 @@ class ConnectConfig(_ModelOnDataset):
     ends where it stalled and the run reports how far it got (``final_distance_ratio``). ``geo.anchor``: weight
     of the output correction toward the straight line between the endpoints' outputs (0: the plain
     algorithm). ``eval_every``: steps
-    between test-set evaluations along the geodesic; ``linear_points``: points on the straight line.
+    between test-set evaluations along the geodesic; ``linear_points``: points on the straight line (and on
+    the Bezier curve). ``bezier``: also train the peer baseline, the quadratic Bezier curve between the same
+    endpoints (Garipov et al. 2018), with ``bezier_train`` (its epochs are its training cost).
     """
 
     model: str = Field("lenet300", json_schema_extra=_one_of(_models))
@@ -280,6 +282,8 @@ class ConnectConfig(_ModelOnDataset):
     complete_eps_factor: float = Field(10.0, ge=1.0)
     eval_every: PositiveInt = 50
     linear_points: int = Field(21, ge=3)
+    bezier: bool = True
+    bezier_train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=5, lr=0.05))
     geo: GeoConfig = Field(default_factory=lambda: GeoConfig(eta=0.1, anchor=1.0, max_steps=500, patience=50,
                                                              metric_batch=256, solver="cg", cg_iters=10))
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=5, lr=0.05))

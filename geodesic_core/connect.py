@@ -107,3 +107,81 @@ def bn_batch(model: nn.Module, x: torch.Tensor, n: int = 2000) -> torch.Tensor |
     from .train import has_batchnorm
 
     return x[:n] if has_batchnorm(model) else None
+
+
+# --- Peer baseline: a trained quadratic Bezier curve (Garipov et al. 2018) -----------------------------------
+
+class BezierCurve(nn.Module):
+    """The quadratic Bezier curve between two networks of one architecture (Garipov et al. 2018, eq. 3-4):
+
+        φ_θ(t) = (1 − t)² w_1 + 2t(1 − t) θ + t² w_2,   t ∈ [0, 1],
+
+    with the bend θ ``(n,)`` (flat, `flat_params` order) its only trainable parameter, initialized at the
+    chord's midpoint (w_1 + w_2)/2. As a module it is the network at a point of the curve: in training mode
+    every forward call draws t ~ U(0, 1) from its own generator, so training it with the ordinary loop
+    minimizes E_t L(φ_θ(t)), the curve-finding objective; in eval mode it uses ``self.t``. The base network
+    ``model`` is used only as the function (its parameters are replaced through `functional_call`; its
+    batch-norm buffers are updated in training mode and re-estimated per point for evaluation).
+    """
+
+    def __init__(self, model: nn.Module, w_a: torch.Tensor, w_b: torch.Tensor, seed: int = 0):
+        super().__init__()
+        if w_a.shape != w_b.shape or w_a.numel() != flat_params(model).numel():
+            raise InputError(f"the curve's endpoints ({w_a.numel()} and {w_b.numel()} weights) and the network "
+                             f"({flat_params(model).numel()}) must be one architecture")
+        object.__setattr__(self, "base", model)  # not a submodule: its parameters are not the curve's
+        self._shapes = [(k, p.shape) for k, p in model.named_parameters()]
+        self.register_buffer("w_a", w_a.detach().clone())
+        self.register_buffer("w_b", w_b.detach().clone())
+        self.bend = nn.Parameter(0.5 * (self.w_a + self.w_b))
+        self.gen = torch.Generator().manual_seed(seed)
+        self.t = 0.5
+
+    def point(self, t: float) -> torch.Tensor:
+        """φ_θ(t) ``(n,)``: differentiable in θ."""
+        return (1 - t) ** 2 * self.w_a + 2 * t * (1 - t) * self.bend + t ** 2 * self.w_b
+
+    def train(self, mode: bool = True) -> "BezierCurve":
+        super().train(mode)
+        self.base.train(mode)
+        return self
+
+    def _apply(self, fn, recurse=True):
+        self.base._apply(fn, recurse)
+        return super()._apply(fn, recurse)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.func import functional_call
+
+        t = float(torch.rand((), generator=self.gen)) if self.training else self.t
+        flat, params, i = self.point(t), {}, 0
+        for k, shape in self._shapes:
+            n = shape.numel()
+            params[k] = flat[i:i + n].view(shape)
+            i += n
+        return functional_call(self.base, params, (x,))
+
+    def points(self, count: int) -> list[torch.Tensor]:
+        """``count`` points of the curve at equally spaced t (both endpoints included), detached."""
+        with torch.no_grad():
+            return [self.point(float(t)).detach().clone() for t in torch.linspace(0, 1, count)]
+
+    def euclidean_length(self, resolution: int = 1000) -> float:
+        """Euclidean length of the curve, as the polyline through ``resolution`` + 1 points."""
+        with torch.no_grad():
+            pts = torch.stack([self.point(float(t)) for t in torch.linspace(0, 1, resolution + 1)]).double()
+            return float((pts[1:] - pts[:-1]).norm(dim=1).sum())
+
+
+def train_bezier(model: nn.Module, w_a: torch.Tensor, w_b: torch.Tensor, data: Split, cfg, *,
+                 augment: bool = False, callbacks=()) -> BezierCurve:
+    """Fit the bend θ of the Bezier curve between ``w_a`` and ``w_b`` ``(n,)`` by SGD on E_{t~U(0,1)} L(φ_θ(t)),
+    the cross-entropy on ``data`` (Garipov et al. 2018), with the training settings ``cfg`` (a `TrainConfig`:
+    epochs, lr, momentum, weight decay on θ, schedule, seed for the batches and the t draws). ``model`` is a
+    network of the endpoints' architecture; its weights are not used. Returns the trained curve."""
+    from .train import train
+
+    device = next(model.parameters()).device
+    curve = BezierCurve(model, w_a.to(device), w_b.to(device), seed=cfg.seed)
+    train(curve, data, cfg, augment=augment, device=device, callbacks=callbacks)
+    return curve.eval()

@@ -1,6 +1,8 @@
 """Tasks of Algorithm 3: one segment of the geodesic between two networks, and the straight line between them.
 
-Both evaluate their points on the test set (batch-norm statistics re-estimated per point), measure the
+
+The peer baseline, a trained quadratic
+Bezier curve between the same endpoints, is one more task. All evaluate their points on the test set (batch-norm statistics re-estimated per point), measure the
 length under g on one fixed probe batch of the task's inputs (the same batch for both paths) and the
 Euclidean length, and place every point in the 2-D chord view (along w_2 - w_1, distance from the line).
 """
@@ -14,10 +16,11 @@ import torch
 from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from geodesic_core import cumulative_lengths, flat_params, linear_path
+from geodesic_core import cumulative_lengths, flat_params, linear_path, set_flat_params
 from geodesic_core.config import ConnectConfig
 from geodesic_core.connect import (InterpolatedOutputs, bn_batch, chord_coordinates, connect_segment, distance_ratio,
-                                   evaluate_point)
+                                   evaluate_point, train_bezier)
+from geodesic_core.data import get_spec
 
 from .common import PERSIST, checkpoint_path, finished, open_ref, save_result, split
 
@@ -121,3 +124,35 @@ def linear_path_task(a: dict, b: dict, cfg: ConnectConfig, data_dir: str | None,
         r["path_length"] = length
     return {"rows": rows, "path_length": lengths[-1], "path_length_euclidean": float((w_b - w_a).norm()),
             "wall_seconds": wall}
+
+
+@task(**CACHED)
+def bezier_curve_task(a: dict, b: dict, cfg: ConnectConfig, data_dir: str | None, data_fingerprint: str,
+                      code_version: str) -> dict:
+    """Peer baseline (Garipov et al. 2018): train the bend θ of the quadratic Bezier curve between w_1 and w_2
+    for ``cfg.bezier_train.epochs`` epochs on the task's training data, then evaluate the curve at
+    ``cfg.linear_points`` equally spaced t like the straight line. The checkpoint holds θ (a network of the
+    endpoints' architecture); ``wall_seconds`` is the training cost, the evaluation excluded."""
+    out = checkpoint_path("bezier", a["sha256"], b["sha256"], cfg.bezier_train.model_dump(), data_fingerprint,
+                          code_version)
+    if (done := finished(out)) is not None:
+        return done
+    model, meta = open_ref(a)
+    w_a, w_b = flat_params(model).cpu(), flat_params(open_ref(b)[0]).cpu()
+    train_data = split(cfg.dataset, True, data_dir)
+    test = split(cfg.dataset, False, data_dir)
+    probe_model = copy.deepcopy(model)
+    t0 = time.perf_counter()
+    curve = train_bezier(model, w_a, w_b, train_data, cfg.bezier_train, augment=get_spec(cfg.dataset).augment)
+    wall = time.perf_counter() - t0
+    points = [w.cpu() for w in curve.points(cfg.linear_points)]
+    bn = bn_batch(probe_model, train_data.x)
+    rows = [_row(probe_model, w, w_a, w_b, test, bn, t=float(t))
+            for w, t in zip(points, torch.linspace(0, 1, len(points)))]
+    lengths = cumulative_lengths(probe_model, points, _probe(train_data.x, cfg.seed), cfg.geo.output_space)
+    for r, length in zip(rows, lengths):
+        r["path_length"] = length
+    set_flat_params(probe_model, curve.bend.detach().to(flat_params(probe_model)))
+    return save_result(out, probe_model, meta, dict(rows=rows, path_length=lengths[-1],
+                                                    path_length_euclidean=curve.euclidean_length(),
+                                                    wall_seconds=wall), role="bezier bend")

@@ -116,14 +116,16 @@ def accuracy_matrix_plot(summary: list[dict], k: int) -> Callable:
 
 
 def connect_accuracy_plot(tables: dict[str, list[dict]], params) -> Callable:
-    """Test accuracy along the geodesic and the straight line, against the position along the chord
+    """Test accuracy along the geodesic, the straight line (and the Bezier curve, if trained), against the position along the chord
     w_1 -> w_2 (0 at w_1, 1 at w_2) (paper Figure 7)."""
 
     def draw(path):
         fig, ax = plt.subplots(figsize=(6, 4))
         chord = tables["linear"][-1]["chord_x"] or 1.0
-        for name, style in (("geodesic", "o-"), ("linear", "s--")):
-            rows = tables[name]
+        for name, style in (("geodesic", "o-"), ("linear", "s--"), ("bezier", "^:")):
+            rows = tables.get(name)
+            if rows is None:
+                continue
             ax.plot([r["chord_x"] / chord for r in rows], [r["test_accuracy"] for r in rows], style, ms=3, label=name)
         ax.set_xlabel("position along the chord w_1 -> w_2")
         ax.set_ylabel("test accuracy (%)")
@@ -136,12 +138,14 @@ def connect_accuracy_plot(tables: dict[str, list[dict]], params) -> Callable:
 
 
 def chord_view(tables: dict[str, list[dict]]) -> Callable:
-    """Both paths in the plane of (coordinate along w_2 - w_1, distance from the straight line)."""
+    """The paths in the plane of (coordinate along w_2 - w_1, distance from the straight line)."""
 
     def draw(path):
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        for name, style in (("geodesic", "o-"), ("linear", "s--")):
-            rows = tables[name]
+        for name, style in (("geodesic", "o-"), ("linear", "s--"), ("bezier", "^:")):
+            rows = tables.get(name)
+            if rows is None:
+                continue
             sc = ax.scatter([r["chord_x"] for r in rows], [r["chord_y"] for r in rows],
                             c=[r["test_accuracy"] for r in rows], cmap="viridis", s=14, zorder=3)
             ax.plot([r["chord_x"] for r in rows], [r["chord_y"] for r in rows], style[1:], lw=1, label=name)

@@ -69,8 +69,9 @@ def continual_row(method: str, params, trained: list[dict], results: list[dict],
     return row, matrix
 
 
-def connect_rows(endpoints: list[dict], segments: list[dict], line: dict) -> tuple[list[dict], dict[str, list[dict]]]:
-    """Summary rows (geodesic, linear) and path tables of a mode-connectivity run. The geodesic's table starts
+def connect_rows(endpoints: list[dict], segments: list[dict], line: dict, bezier: dict | None = None
+                 ) -> tuple[list[dict], dict[str, list[dict]]]:
+    """Summary rows (geodesic, linear, and bezier if trained) and path tables of a mode-connectivity run. The geodesic's table starts
     at w_1; its path length is cumulative over the segments. Path minimum and mean are over the evaluated
     points, endpoints included."""
     start = {**endpoints[0], "path_length": 0.0}
@@ -92,7 +93,11 @@ def connect_rows(endpoints: list[dict], segments: list[dict], line: dict) -> tup
            "wall_seconds": sum(s["wall_seconds"] for s in segments), "steps": segments[-1]["end_step"],
            "completion_steps": sum(s["steps"] for s in segments if s["loose"]),
            "stop_reasons": ",".join(s["stop_reason"] for s in segments)}
-    lin = {"method": "linear", **ends, **stats(line["rows"]), "path_length": line["path_length"],
-           "path_length_euclidean": line["path_length_euclidean"], "final_distance_ratio": 0.0,
-           "wall_seconds": line["wall_seconds"]}
-    return [geo, lin], {"geodesic": geo_rows, "linear": line["rows"]}
+    summary, tables = [geo], {"geodesic": geo_rows}
+    for name, other in (("linear", line), ("bezier", bezier)):
+        if other is not None:
+            summary.append({"method": name, **ends, **stats(other["rows"]), "path_length": other["path_length"],
+                            "path_length_euclidean": other["path_length_euclidean"], "final_distance_ratio": 0.0,
+                            "wall_seconds": other["wall_seconds"]})
+            tables[name] = other["rows"]
+    return summary, tables

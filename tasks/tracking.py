@@ -226,7 +226,7 @@ def log_continual_runs(parent: dict, params, entries: list[tuple[dict, list[list
 @task(**RETRY)
 def log_connect_runs(parent: dict, params, summary: list[dict], tables: dict[str, list[dict]],
                      geodesic_checkpoint: str) -> list[str]:
-    """One child run per path (``geodesic``, ``linear``): endpoint and path accuracies, lengths under g and
+    """One child run per path (``geodesic``, ``linear``, ``bezier`` if trained): endpoint and path accuracies, lengths under g and
     Euclidean, ``final_distance_ratio``, wall time; ``path_metrics.parquet`` and the plots."""
     from .plots import chord_view, connect_accuracy_plot
 

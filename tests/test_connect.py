@@ -9,8 +9,9 @@ import torch
 from flows.cli import main
 from geodesic_core import InputError, build_model, flat_params, save_checkpoint, train
 from geodesic_core.config import ConnectConfig, GeoConfig, TrainConfig
-from geodesic_core.connect import (InterpolatedOutputs, bn_batch, chord_coordinates, check_same_architecture,
-                                   connect_segment, distance_ratio, evaluate_point)
+from geodesic_core.connect import (BezierCurve, InterpolatedOutputs, bn_batch, chord_coordinates,
+                                   check_same_architecture, connect_segment, distance_ratio, evaluate_point,
+                                   train_bezier)
 from geodesic_core.data import Split, load_split
 from geodesic_core.metric import linear_path
 
@@ -95,7 +96,52 @@ def test_geodesic_between_two_modes_stays_near_the_weaker_endpoint(two_modes):
     assert min(line) < min(accs) - 1.0
 
 
-TINY = ["--train.epochs", "1", "--geo.max-steps", "60", "--eval-every", "20", "--linear-points", "5"]
+def test_bezier_curve_is_the_quadratic_between_the_endpoints_and_trains_its_bend_only():
+    """φ_θ(t) = (1-t)² w_1 + 2t(1-t) θ + t² w_2, θ at the chord's midpoint to start; the module is the network at
+    φ_θ(t); the gradient reaching θ is 2t(1-t) times the network's gradient at φ_θ(t) (the chain rule the
+    curve-finding objective rests on); the base network's parameters are not the curve's."""
+    a, b = tiny_mlp(0), tiny_mlp(1)
+    w_a, w_b = flat_params(a), flat_params(b)
+    curve = BezierCurve(copy.deepcopy(a), w_a, w_b, seed=0).eval()
+    assert [p.shape for p in curve.parameters()] == [w_a.shape]
+    torch.testing.assert_close(curve.point(0.0), w_a)
+    torch.testing.assert_close(curve.point(1.0), w_b)
+    torch.testing.assert_close(curve.point(0.5), 0.5 * (w_a + w_b))  # straight line until trained
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    curve.t = 0.3
+    with torch.no_grad():
+        curve.bend += 0.1 * torch.randn_like(curve.bend)
+    probe = copy.deepcopy(a)
+    from geodesic_core.metric import set_flat_params
+
+    set_flat_params(probe, curve.point(0.3).detach())
+    torch.testing.assert_close(curve(x), probe(x))
+    torch.nn.functional.cross_entropy(curve(x), y).backward()
+    torch.nn.functional.cross_entropy(probe(x), y).backward()
+    g = torch.cat([p.grad.reshape(-1) for p in probe.parameters()])
+    torch.testing.assert_close(curve.bend.grad, 2 * 0.3 * 0.7 * g)
+    with pytest.raises(InputError, match="one architecture"):
+        BezierCurve(copy.deepcopy(a), w_a, torch.zeros(3))
+
+
+def test_trained_bezier_curve_stays_high_where_the_straight_line_dips(two_modes):
+    """Garipov et al. 2018, as published: training the bend on E_t L(φ_θ(t)) gives a curve between two modes
+    whose accuracy stays near the endpoints' all along, while the straight line between them dips."""
+    (a, b), tr, te = two_modes
+    w_a, w_b = flat_params(a), flat_params(b)
+    probe = copy.deepcopy(a)
+    line = [evaluate_point(probe, w, te, None)[0] for w in linear_path(w_a, w_b, 11)]
+    ends = [line[0], line[-1]]
+    curve = train_bezier(copy.deepcopy(a), w_a, w_b, tr, TrainConfig(epochs=10, lr=0.05, seed=0))
+    along = [evaluate_point(probe, w, te, None)[0] for w in curve.points(11)]
+    assert along[0] == ends[0] and along[-1] == ends[1]
+    assert min(along) > min(ends) - 1.0
+    assert min(line) < min(along) - 1.0
+    assert curve.euclidean_length() > float((w_b - w_a).norm())
+
+
+TINY = ["--train.epochs", "1", "--bezier-train.epochs", "1", "--geo.max-steps", "60", "--eval-every", "20",
+        "--linear-points", "5"]
 
 
 def _children(workdir):
@@ -108,11 +154,11 @@ def _children(workdir):
     return client, {r.data.params["method"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == latest}
 
 
-def test_flow_connects_tracks_both_paths_and_resumes(harness, workdir, data_dir, monkeypatch, capsys):
+def test_flow_connects_tracks_every_path_and_resumes(harness, workdir, data_dir, monkeypatch, capsys):
     assert main(["connect", "--data-dir", data_dir, *TINY]) == 0
     assert "geodesic" in capsys.readouterr().out
     client, children = _children(workdir)
-    assert sorted(children) == ["geodesic", "linear"]
+    assert sorted(children) == ["bezier", "geodesic", "linear"]
     keys = {"endpoint_a_accuracy", "endpoint_b_accuracy", "path_min_test_accuracy", "path_mean_test_accuracy",
             "path_length", "path_length_euclidean", "final_distance_ratio", "wall_seconds"}
     for method, r in children.items():
@@ -131,6 +177,7 @@ def test_flow_connects_tracks_both_paths_and_resumes(harness, workdir, data_dir,
         raise AssertionError("a cached task ran again")
 
     monkeypatch.setattr("tasks.connect.connect_segment", boom)
+    monkeypatch.setattr("tasks.connect.train_bezier", boom)
     monkeypatch.setattr("tasks.training.train_and_save", boom)
     assert main(["connect", "--data-dir", data_dir, *TINY]) == 0
 
@@ -152,7 +199,7 @@ def test_a_stalled_traversal_is_completed_or_reported(harness, workdir, data_dir
 
     monkeypatch.setattr(tc, "connect_segment", stalling)
     args = ["connect", "--data-dir", data_dir, "--train.epochs", "1", "--geo.max-steps", "400", "--eval-every", "50",
-            "--linear-points", "3"]
+            "--linear-points", "3", "--no-bezier"]
     assert main([*args, "--no-complete"]) == 0
     _, children = _children(workdir)
     assert 0.0 < children["geodesic"].data.metrics["final_distance_ratio"] < 1.0 and calls == [1.0]

@@ -20,8 +20,8 @@ FLOWS = {
                  "--train.epochs", "1", "--finetune.epochs", "1", "--no-finetune.equal-time"],
     "continual": ["--tasks", "2", "--methods", "geodesic", "--methods", "sgd", "--methods", "ewc", "--train.epochs", "1",
                   "--geo.max-steps", "12", "--eval-every", "4", "--fisher-samples", "200", "--linear-points", "5"],
-    "connect": ["--train.epochs", "1", "--geo.max-steps", "30", "--max-segments", "3", "--eval-every", "10",
-                "--linear-points", "5"],
+    "connect": ["--train.epochs", "1", "--bezier-train.epochs", "1", "--geo.max-steps", "30", "--max-segments", "3",
+                "--eval-every", "10", "--linear-points", "5"],
 }
 # where to kill: a log line the run has printed, or a checkpoint kind it has written
 KILL_POINTS = [
