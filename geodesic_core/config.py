@@ -77,12 +77,14 @@ class GeoConfig(_Config):
 
     ``beta``, ``eps``: eq. 6 (trade-off and trust region theta^T theta <= eps). ``eta``: step length of eq. 7.
     ``metric_batch``: N inputs over which g = (1/N) sum_i J_i^T J_i is averaged, redrawn every step.
-    ``output_space``: network outputs f in g (logits or softmax probabilities).
-    ``anchor``: weight of the Gauss-Newton correction toward the start network's outputs after each step
+    ``output_space``: network outputs f in g and in the anchor (logits, or softmax probabilities of
+    logits / ``temperature``: T > 1 softens the probabilities, so the metric tolerates the larger logit changes
+    of confident predictions that do not change what the network predicts, while T = 1 ignores them almost
+    entirely). ``anchor``: weight of the Gauss-Newton correction toward the start network's outputs after each step
     (0 turns it off: the plain algorithm). ``distill_steps``: first-order corrector steps after each Geo step
     (SGD, momentum 0.9, lr ``distill_lr``) on fresh batches of ``distill_batch`` inputs, minimizing the
-    squared output distance to the anchor with the weights the target leaves free. ``patience``: steps without a new minimum distance to the target
-    before the oscillation criterion stops the traversal.
+    squared output distance to the anchor with the weights the target leaves free. ``patience``: steps without
+    a new minimum distance to the target before the oscillation criterion stops the traversal.
     """
 
     beta: PositiveFloat = 1.0
@@ -91,6 +93,7 @@ class GeoConfig(_Config):
     max_steps: PositiveInt = 200
     metric_batch: PositiveInt = 64
     output_space: Literal["logits", "softmax"] = "logits"
+    temperature: PositiveFloat = 1.0
     solver: Literal["exact", "cg"] = "exact"
     cg_iters: PositiveInt = 20
     anchor: float = Field(0.5, ge=0.0, le=1.0)
@@ -100,6 +103,13 @@ class GeoConfig(_Config):
     distill_batch: PositiveInt = 128
     patience: PositiveInt = 50
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_temperature(self) -> "GeoConfig":
+        if self.temperature != 1.0 and self.output_space != "softmax":
+            raise ValueError(f"a temperature ({self.temperature}) only applies to the softmax output space; "
+                             f"add --geo.output-space softmax or drop --geo.temperature")
+        return self
 
 
 class FinetuneConfig(_Config):
@@ -176,7 +186,9 @@ class ContinualConfig(_Config):
 
     ``model``: the network (default: the scenario's, lenet300 for permuted MNIST, cnn for MNIST -> Fashion).
     ``train``: training of every per-task network w_i, and of each later task for the sequential baselines.
-    ``geo``: each traversal Geo(w_i, g^i, w_{1:i-1}, s) (``geo.max_steps`` = s). ``methods``: which of
+    ``geo``: each traversal Geo(w_i, g^i, w_{1:i-1}, s) (``geo.max_steps`` = s; by default g^i and the anchor
+    on softmax(f / 10), which tolerates logit changes that do not change task i's predictions). ``methods``:
+    which of
     geodesic, linear, sgd, l2, ewc to run. ``l2_strength``, ``ewc_strength``: λ of the L2 pull and of EWC;
     ``fisher_samples``: task inputs over which EWC's diagonal Fisher is averaged. ``linear_points``: points on
     each straight line scanned. ``eval_every``: steps between evaluations along each geodesic.
@@ -199,7 +211,8 @@ class ContinualConfig(_Config):
     eval_every: PositiveInt = 100
     seed: int = 0
     geo: GeoConfig = Field(default_factory=lambda: GeoConfig(eta=0.1, anchor=1.0, max_steps=4000, patience=50,
-                                                             metric_batch=256, solver="cg", cg_iters=10))
+                                                             metric_batch=256, solver="cg", cg_iters=10,
+                                                             output_space="softmax", temperature=10.0))
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=5, lr=0.05))
 
     @field_validator("tasks", mode="before")

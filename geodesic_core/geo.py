@@ -27,7 +27,7 @@ from torch import nn
 
 from .config import GeoConfig
 from .errors import InputError, NonFiniteError
-from .metric import MetricOperator, eval_mode, flat_params, output_fn, pushforward, set_flat_params
+from .metric import MetricOperator, eval_mode, flat_params, output_fn, pushforward, set_flat_params, tempered
 from .solve import GramFactor, _check_qp_args, _solve_exact, _solve_lanczos
 from .targets import Target
 
@@ -149,6 +149,9 @@ def geo(model: nn.Module, target: Target, pool: torch.Tensor, cfg: GeoConfig, *,
         import copy
 
         anchor = copy.deepcopy(model).requires_grad_(False)
+    # softmax of logits / T: the metric, the anchor and the corrector all see the tempered network (same weights)
+    model = tempered(model, cfg.temperature)
+    anchor = tempered(anchor, cfg.temperature) if anchor is not None else None
     n_batch = min(cfg.metric_batch, pool.shape[0])
     distiller = _Distiller(model, anchor, pool, cfg, target, gen) if cfg.distill_steps else None
     best, last_improve, total = math.inf, start_step, 0.0

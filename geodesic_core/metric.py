@@ -12,6 +12,7 @@ evaluated in eval mode (batch norm with its running statistics), so f(x_i) depen
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from typing import Callable, Iterator, Literal, Sequence
 
@@ -59,6 +60,25 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was)
+
+
+class Tempered(nn.Module):
+    """The network with its logits divided by a temperature T: softmax(f / T) are its softened probabilities.
+    Same parameters in the same order as the network (`flat_params` of both agree)."""
+
+    def __init__(self, model: nn.Module, temperature: float):
+        super().__init__()
+        self.model, self.temperature = model, float(temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) / self.temperature
+
+
+def tempered(model: nn.Module, temperature: float = 1.0) -> nn.Module:
+    """``model`` itself at T = 1, else the network whose outputs are its logits / T (see `Tempered`)."""
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise InputError(f"the temperature must be a positive number, got {temperature}")
+    return model if temperature == 1.0 else Tempered(model, temperature)
 
 
 def output_fn(model: nn.Module, inputs: torch.Tensor, output_space: OutputSpace = "logits"

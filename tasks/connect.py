@@ -1,10 +1,9 @@
-"""Tasks of Algorithm 3: one segment of the geodesic between two networks, and the straight line between them.
+"""Tasks of Algorithm 3: one segment of the geodesic between two networks, the straight line between them, and
+the peer baseline, a trained quadratic Bezier curve between the same endpoints.
 
-
-The peer baseline, a trained quadratic
-Bezier curve between the same endpoints, is one more task. All evaluate their points on the test set (batch-norm statistics re-estimated per point), measure the
-length under g on one fixed probe batch of the task's inputs (the same batch for both paths) and the
-Euclidean length, and place every point in the 2-D chord view (along w_2 - w_1, distance from the line).
+All evaluate their points on the test set (batch-norm statistics re-estimated per point), measure the length
+under g on one fixed probe batch of the task's inputs (the same batch for every path) and the Euclidean
+length, and place every point in the 2-D chord view (along w_2 - w_1, distance from the line).
 """
 
 from __future__ import annotations
@@ -17,9 +16,10 @@ from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from geodesic_core import cumulative_lengths, flat_params, linear_path, set_flat_params
+from geodesic_core.metric import tempered
 from geodesic_core.config import ConnectConfig
-from geodesic_core.connect import (InterpolatedOutputs, bn_batch, chord_coordinates, connect_segment, distance_ratio,
-                                   evaluate_point, train_bezier)
+from geodesic_core.connect import (BezierCurve, InterpolatedOutputs, bn_batch, chord_coordinates, connect_segment,
+                                   distance_ratio, evaluate_point, train_bezier)
 from geodesic_core.data import get_spec
 
 from .common import PERSIST, checkpoint_path, finished, open_ref, save_result, split
@@ -28,8 +28,11 @@ CACHED = {"cache_policy": INPUTS + TASK_SOURCE - "data_dir", **PERSIST}
 PROBE = 1024  # inputs of the fixed probe batch the path lengths are measured on
 
 
-def _probe(x: torch.Tensor, seed: int) -> torch.Tensor:
-    return x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:PROBE]]
+def _lengths(model, points, train_x: torch.Tensor, cfg: ConnectConfig) -> list[float]:
+    """S(γ) through ``points`` under g (the traversal's output space and temperature) on the fixed probe batch
+    of ``PROBE`` training inputs drawn from ``cfg.seed``: the same batch for every path."""
+    probe = train_x[torch.randperm(train_x.shape[0], generator=torch.Generator().manual_seed(cfg.seed))[:PROBE]]
+    return cumulative_lengths(tempered(model, cfg.geo.temperature), points, probe, cfg.geo.output_space)
 
 
 def _row(model, w, w_a, w_b, test, bn, **extra) -> dict:
@@ -85,7 +88,7 @@ def connect_segment_task(start: dict, a: dict, b: dict, segment: int, loose: boo
     if not rows or rows[-1]["step"] != first + res.steps:
         points.append(w_end.clone())
         rows.append(_row(probe_model, w_end, w_a, w_b, test, bn, step=first + res.steps, segment=segment, loose=loose))
-    lengths = cumulative_lengths(probe_model, points, _probe(train_x, cfg.seed), cfg.geo.output_space)
+    lengths = _lengths(probe_model, points, train_x, cfg)
     for r, length in zip(rows, lengths[1:]):
         r["segment_path_length"] = length
     end = rows[-1]
@@ -119,7 +122,7 @@ def linear_path_task(a: dict, b: dict, cfg: ConnectConfig, data_dir: str | None,
     points = linear_path(w_a, w_b, cfg.linear_points)
     rows = [_row(model, w, w_a, w_b, test, bn, alpha=float(t)) for w, t in zip(points, torch.linspace(0, 1, len(points)))]
     wall = time.perf_counter() - t0
-    lengths = cumulative_lengths(model, points, _probe(train_x, cfg.seed), cfg.geo.output_space)
+    lengths = _lengths(model, points, train_x, cfg)
     for r, length in zip(rows, lengths):
         r["path_length"] = length
     return {"rows": rows, "path_length": lengths[-1], "path_length_euclidean": float((w_b - w_a).norm()),
@@ -132,27 +135,31 @@ def bezier_curve_task(a: dict, b: dict, cfg: ConnectConfig, data_dir: str | None
     """Peer baseline (Garipov et al. 2018): train the bend θ of the quadratic Bezier curve between w_1 and w_2
     for ``cfg.bezier_train.epochs`` epochs on the task's training data, then evaluate the curve at
     ``cfg.linear_points`` equally spaced t like the straight line. The checkpoint holds θ (a network of the
-    endpoints' architecture); ``wall_seconds`` is the training cost, the evaluation excluded."""
+    endpoints' architecture) and is keyed by the training alone: a rerun with other evaluation settings
+    re-evaluates the trained curve. ``wall_seconds`` is the training cost, the evaluation excluded."""
     out = checkpoint_path("bezier", a["sha256"], b["sha256"], cfg.bezier_train.model_dump(), data_fingerprint,
                           code_version)
-    if (done := finished(out)) is not None:
-        return done
     model, meta = open_ref(a)
     w_a, w_b = flat_params(model).cpu(), flat_params(open_ref(b)[0]).cpu()
     train_data = split(cfg.dataset, True, data_dir)
     test = split(cfg.dataset, False, data_dir)
     probe_model = copy.deepcopy(model)
-    t0 = time.perf_counter()
-    curve = train_bezier(model, w_a, w_b, train_data, cfg.bezier_train, augment=get_spec(cfg.dataset).augment)
-    wall = time.perf_counter() - t0
+    if (trained := finished(out)) is None:
+        t0 = time.perf_counter()
+        curve = train_bezier(model, w_a, w_b, train_data, cfg.bezier_train, augment=get_spec(cfg.dataset).augment)
+        wall = time.perf_counter() - t0
+        set_flat_params(probe_model, curve.bend.detach().to(flat_params(probe_model)))
+        trained = save_result(out, probe_model, meta, dict(train_seconds=wall), role="bezier bend")
+    else:  # trained by an earlier run (or attempt): only the evaluation is redone
+        curve = BezierCurve(model, w_a.to(flat_params(model)), w_b.to(flat_params(model)))
+        with torch.no_grad():
+            curve.bend.copy_(flat_params(open_ref(trained)[0]))
     points = [w.cpu() for w in curve.points(cfg.linear_points)]
     bn = bn_batch(probe_model, train_data.x)
     rows = [_row(probe_model, w, w_a, w_b, test, bn, t=float(t))
             for w, t in zip(points, torch.linspace(0, 1, len(points)))]
-    lengths = cumulative_lengths(probe_model, points, _probe(train_data.x, cfg.seed), cfg.geo.output_space)
+    lengths = _lengths(probe_model, points, train_data.x, cfg)
     for r, length in zip(rows, lengths):
         r["path_length"] = length
-    set_flat_params(probe_model, curve.bend.detach().to(flat_params(probe_model)))
-    return save_result(out, probe_model, meta, dict(rows=rows, path_length=lengths[-1],
-                                                    path_length_euclidean=curve.euclidean_length(),
-                                                    wall_seconds=wall), role="bezier bend")
+    return {"rows": rows, "path_length": lengths[-1], "path_length_euclidean": curve.euclidean_length(),
+            "wall_seconds": trained["train_seconds"], "path": trained["path"], "sha256": trained["sha256"]}

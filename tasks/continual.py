@@ -21,6 +21,7 @@ from geodesic_core.continual import (QuadraticPull, build_scenario_model, contin
                                      get_scenario, linear_scan, load_task, pca_2d, task_accuracies,
                                      task_view)
 from geodesic_core.data import Split
+from geodesic_core.metric import tempered
 
 from .common import PERSIST, checkpoint_path, default_device, finished, open_ref, ref, save_result
 
@@ -137,7 +138,7 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
     probe = pool[torch.randperm(pool.shape[0], generator=gen)[: cfg.geo.metric_batch * 4]]
     # both paths measured the same way: S(γ) on one fixed probe batch through the recorded points (the
     # per-step lengths on each step's own batch overstate it: the anchor concentrates its change there)
-    view = task_view(model, specs[index])  # lengths under g^i: task i's outputs
+    view = tempered(task_view(model, specs[index]), cfg.geo.temperature)  # lengths under g^i: task i's outputs
     geo_len = cumulative_lengths(view, points, probe, cfg.geo.output_space)
     lin_len = cumulative_lengths(view, line_points, probe, cfg.geo.output_space)
     coords = pca_2d(torch.stack(points + line_points))

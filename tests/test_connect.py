@@ -180,6 +180,12 @@ def test_flow_connects_tracks_every_path_and_resumes(harness, workdir, data_dir,
     monkeypatch.setattr("tasks.connect.train_bezier", boom)
     monkeypatch.setattr("tasks.training.train_and_save", boom)
     assert main(["connect", "--data-dir", data_dir, *TINY]) == 0
+    # other evaluation settings: the trained curve (and the geodesic) are evaluated again, never retrained
+    assert main(["connect", "--data-dir", data_dir, *TINY, "--linear-points", "7"]) == 0
+    client, children = _children(workdir)
+    df = pd.read_parquet(client.download_artifacts(children["bezier"].info.run_id, "path_metrics.parquet",
+                                                   str(workdir / "bezier7")))
+    assert len(df) == 7 and df["t"].tolist() == pytest.approx([i / 6 for i in range(7)])
 
 
 def test_a_stalled_traversal_is_completed_or_reported(harness, workdir, data_dir, monkeypatch, capsys):

@@ -111,9 +111,29 @@ def test_mismatched_target_is_rejected():
 def test_config_validation():
     from pydantic import ValidationError
 
-    for bad in ({"eta": 0}, {"eps": -1}, {"beta": 0}, {"max_steps": 0}, {"metric_batch": 0}, {"solver": "x"}):
+    for bad in ({"eta": 0}, {"eps": -1}, {"beta": 0}, {"max_steps": 0}, {"metric_batch": 0}, {"solver": "x"},
+                {"temperature": 0}):
         with pytest.raises(ValidationError):
             GeoConfig(**bad)
+    with pytest.raises(ValidationError, match="only applies to the softmax output space"):
+        GeoConfig(temperature=4.0)
+
+
+def test_temperature_is_the_softmax_of_the_tempered_logits_throughout_the_traversal():
+    """geo(..., output_space=softmax, temperature=T) is the traversal of the network whose logits are divided by
+    T (metric, anchor and corrector alike), step for step, with the same weights."""
+    from geodesic_core.metric import Tempered, tempered
+
+    base = tiny_mlp(0)
+    assert tempered(base, 1.0) is base
+    x = _pool(8)
+    torch.testing.assert_close(tempered(base, 4.0)(x), base(x) / 4.0)
+    w_a = flat_params(tiny_mlp(1)) * 3
+    cfg = GeoConfig(eta=0.05, max_steps=30, metric_batch=16, anchor=1.0, distill_steps=1, output_space="softmax")
+    a, b = tiny_mlp(0), tiny_mlp(0)
+    geo(a, FixedTarget(w_a), _pool(), cfg.model_copy(update={"temperature": 4.0}))
+    geo(Tempered(b, 4.0), FixedTarget(w_a), _pool(), cfg)
+    assert torch.equal(flat_params(a), flat_params(b))
 
 
 def test_distillation_corrector_reduces_drift_and_respects_target_zeros():
