@@ -18,7 +18,7 @@ from .config import GeoConfig
 from .data import Split
 from .errors import InputError
 from .geo import GeoResult, StepInfo, geo
-from .metric import flat_params, set_flat_params
+from .metric import flat_params, param_unflattener, set_flat_params
 from .targets import FixedTarget
 from .train import evaluate, recompute_bn
 
@@ -130,7 +130,7 @@ class BezierCurve(nn.Module):
             raise InputError(f"the curve's endpoints ({w_a.numel()} and {w_b.numel()} weights) and the network "
                              f"({flat_params(model).numel()}) must be one architecture")
         object.__setattr__(self, "base", model)  # not a submodule: its parameters are not the curve's
-        self._shapes = [(k, p.shape) for k, p in model.named_parameters()]
+        self._unflatten = param_unflattener(model)
         self.register_buffer("w_a", w_a.detach().clone())
         self.register_buffer("w_b", w_b.detach().clone())
         self.bend = nn.Parameter(0.5 * (self.w_a + self.w_b))
@@ -154,12 +154,7 @@ class BezierCurve(nn.Module):
         from torch.func import functional_call
 
         t = float(torch.rand((), generator=self.gen)) if self.training else self.t
-        flat, params, i = self.point(t), {}, 0
-        for k, shape in self._shapes:
-            n = shape.numel()
-            params[k] = flat[i:i + n].view(shape)
-            i += n
-        return functional_call(self.base, params, (x,))
+        return functional_call(self.base, self._unflatten(self.point(t)), (x,))
 
     def points(self, count: int) -> list[torch.Tensor]:
         """``count`` points of the curve at equally spaced t (both endpoints included), detached."""

@@ -81,19 +81,25 @@ def tempered(model: nn.Module, temperature: float = 1.0) -> nn.Module:
     return model if temperature == 1.0 else Tempered(model, temperature)
 
 
+def param_unflattener(model: nn.Module) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    """``w_flat (n,) -> {name: view of w shaped like the parameter}`` in `flat_params` order (for
+    `functional_call`; the views keep w's autograd graph)."""
+    names = [k for k, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    sizes = [p.numel() for p in model.parameters()]
+    return lambda w: {k: t.view(s) for k, t, s in zip(names, torch.split(w, sizes), shapes)}
+
+
 def output_fn(model: nn.Module, inputs: torch.Tensor, output_space: OutputSpace = "logits"
               ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``F(w_flat (n,)) -> f(inputs; w) (N, m)`` as a pure function of the flat weight vector."""
     if output_space not in ("logits", "softmax"):
         raise InputError(f"unknown output space {output_space!r}; valid: logits, softmax")
-    names = [k for k, _ in model.named_parameters()]
-    shapes = [p.shape for p in model.parameters()]
-    sizes = [p.numel() for p in model.parameters()]
+    unflatten = param_unflattener(model)
     buffers = dict(model.named_buffers())
 
     def f(w: torch.Tensor) -> torch.Tensor:
-        params = {k: t.view(s) for k, t, s in zip(names, torch.split(w, sizes), shapes)}
-        out = functional_call(model, {**params, **buffers}, (inputs,))
+        out = functional_call(model, {**unflatten(w), **buffers}, (inputs,))
         return out.softmax(-1) if output_space == "softmax" else out
 
     return f

@@ -9,12 +9,15 @@ from torch import nn
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 ROOT = Path(__file__).resolve().parents[1]
+# the README's test command gives a data root relative to where pytest starts; tests change directory
+if os.environ.get("GEODESIC_DATA_DIR"):
+    os.environ["GEODESIC_DATA_DIR"] = str(Path(os.environ["GEODESIC_DATA_DIR"]).resolve())
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> str:
     """The data root CI points at (GEODESIC_DATA_DIR), else the shared copy beside the project."""
-    d = os.environ.get("GEODESIC_DATA_DIR") or str(ROOT.parent / "shared" / "data")
+    d = str(Path(os.environ.get("GEODESIC_DATA_DIR") or ROOT.parent / "shared" / "data").resolve())
     if not (Path(d) / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
         pytest.fail(f"MNIST not found under {d}: set GEODESIC_DATA_DIR to the shared data folder")
     return d
