@@ -1,26 +1,35 @@
 """Cost of the geodesic primitives relative to one SGD step, measured side by side on the same batch.
 
-For ``lenet300`` on MNIST (a trained network, a real batch): one SGD step (forward, backward, momentum
+For a registered model on a dataset (default ``lenet300`` on MNIST; a briefly trained network, a real batch):
+one SGD step (forward, backward, momentum
 update), one metric-vector product g v (one-shot and per product on a `MetricOperator` that reuses one forward pass at w, as the cg solver's iterations do), and one Geo step
 (eq. 6-7) with each solver; plus the exact solver's KKT residual and its agreement with a dense reference
 solve on the same sub-problem restricted to the Gram matrix. Timings are medians over interleaved repeats.
 
     python benchmarks/metric_cost.py --data-dir ../shared/data [--batch 64] [--device cpu|cuda]
+    python benchmarks/metric_cost.py --model vgg16 --dataset cifar10 [--width 0.25] [--depth 20]
 
-Target (issue 2): metric-vector product <= 1.5x an SGD step.
+Target (issue 2): metric-vector product <= 1.5x an SGD step. Batch norm runs in eval mode in every case (the
+SGD step too, so all cases compute the same function); everything is float32. On a GPU the peak memory of
+each case is reported (never an n x n matrix: the exact solver's Gram matrix is N m x N m).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a bare checkout too (a GPU machine)
+
 from geodesic_core import (GeoConfig, GramFactor, SparseTarget, TrainConfig, build_model, flat_params,
                            load_split, metric_vector_product, param_slices, solve_geo_qp, train)
+from geodesic_core.data import get_spec
 from geodesic_core.metric import MetricOperator
 from geodesic_core.solve import _solve_exact
 
@@ -39,12 +48,21 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--cg-iters", type=int, default=20)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--model", default="lenet300")
+    ap.add_argument("--dataset", default="mnist")
+    ap.add_argument("--width", type=float, default=1.0)
+    ap.add_argument("--depth", type=int, default=None)
+    ap.add_argument("--train-batches", type=int, default=150, help="SGD steps before measuring (a trained-ish network)")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
-    tr = load_split("mnist", True, args.data_dir)
-    model = build_model("lenet300", 10, 1, 28)
-    train(model, type(tr)(tr.x[:20000], tr.y[:20000]), TrainConfig(epochs=1), device=device)
+    spec = get_spec(args.dataset)
+    tr = load_split(args.dataset, True, args.data_dir)
+    model = build_model(args.model, spec.num_classes, spec.in_channels, spec.image_size, seed=0, width=args.width,
+                        depth=args.depth)
+    train(model, tr, TrainConfig(epochs=1, precision="float32"), device=device, max_batches=args.train_batches,
+          augment=spec.augment)
+    model.eval()  # batch norm with running statistics, as the metric sees the network
     x, y = tr.x[: args.batch].to(device), tr.y[: args.batch].to(device)
     w = flat_params(model)
     d = SparseTarget(param_slices(model), 90)(w, 0) - w
@@ -70,8 +88,16 @@ def main() -> None:
                                                               cg_iters=args.cg_iters),
     }
     times: dict[str, list[float]] = {k: [] for k in cases}
-    for fn in cases.values():  # warm-up
+    peak: dict[str, float] = {}
+    for name, fn in cases.items():  # warm-up, and each case's peak memory on a GPU
+        if device.type == "cuda":
+            _sync(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            base_mem = torch.cuda.memory_allocated(device)
         fn()
+        if device.type == "cuda":
+            _sync(device)
+            peak[name] = (torch.cuda.max_memory_allocated(device) - base_mem) / 2 ** 30
     for _ in range(args.repeats):
         for name, fn in cases.items():
             _sync(device)
@@ -80,12 +106,15 @@ def main() -> None:
             _sync(device)
             times[name].append(time.perf_counter() - t)
     base = statistics.median(times["sgd_step"])
-    print(f"lenet300 / MNIST, batch {args.batch}, device {device}, {torch.get_num_threads()} threads, "
-          f"median of {args.repeats}")
-    print(f"{'operation':36s} {'median ms':>10s} {'x SGD step':>11s}")
+    n = sum(p.numel() for p in model.parameters())
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    print(f"{args.model} (width {args.width}{f', depth {args.depth}' if args.depth else ''}, {n} weights) / "
+          f"{args.dataset}, batch {args.batch} (N m = {args.batch * spec.num_classes}), {where}, median of "
+          f"{args.repeats}")
+    print(f"{'operation':36s} {'median ms':>10s} {'x SGD step':>11s} {'peak GiB':>9s}")
     for name, ts in times.items():
         med = statistics.median(ts)
-        print(f"{name:36s} {1e3 * med:10.3f} {med / base:11.2f}")
+        print(f"{name:36s} {1e3 * med:10.3f} {med / base:11.2f} {peak.get(name, float('nan')):9.2f}")
 
     # exact solver accuracy: KKT residual of eq. 6 with metric products, and relative step error vs cg
     gf = GramFactor.compute(model, x)

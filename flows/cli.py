@@ -108,11 +108,14 @@ def _format_validation(exc: ValidationError) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     from geodesic_core.train import train_and_save
 
+    from geodesic_core.models import arch_kwargs, build_model
+
     cfg = config_from_args(TrainConfig, args)
-    check_model_name(args.model)
+    arch = arch_kwargs(args.model, args.width, args.depth)
+    build_model(args.model, 10, 3, 32, **arch) if arch else None  # a width that leaves a layer empty: before work
     dataset = check_dataset_name(args.dataset)
     check_data_files(dataset, args.data_dir)
-    meta = train_and_save(args.model, dataset, cfg, args.out, args.data_dir, task=args.task,
+    meta = train_and_save(args.model, dataset, cfg, args.out, args.data_dir, task=args.task, **arch,
                           callbacks=[lambda e: print(f"epoch {e.epoch + 1}/{cfg.epochs}  loss {e.train_loss:.4f}",
                                                      flush=True)])
     print(f"test accuracy {meta['test_accuracy']:.2f}%  loss {meta['test_loss']:.4f}  -> {args.out}")
@@ -129,9 +132,11 @@ def preflight(params: SparsifyConfig, data_dir: str | None) -> None:
     spec = get_spec(params.dataset)
     model = None
     if params.checkpoint:
-        model, _ = load_model(params.checkpoint, expect_model=params.model, expect_num_classes=spec.num_classes)
+        model, _ = load_model(params.checkpoint, expect_model=params.model, expect_num_classes=spec.num_classes,
+                              expect_arch=params.arch())
     if params.structured:
-        model = model or build_model(params.model, spec.num_classes, spec.in_channels, spec.image_size)
+        model = model or build_model(params.model, spec.num_classes, spec.in_channels, spec.image_size,
+                                     **params.arch())
         FilterTarget(model, params.layer, params.n_filters)
 
 
@@ -298,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="registered dataset (mnist, fashion_mnist, permuted_mnist, ...)")
     p.add_argument("--task", type=int, default=0, help="permuted-MNIST task index (0 = plain MNIST)")
     p.add_argument("--out", required=True, help="checkpoint file to write")
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier of vgg11, vgg16, resnet164 (default: 1)")
+    p.add_argument("--depth", type=int, default=None, help="depth of resnet164's family, 9n + 2 (default: 164)")
     p.add_argument("--data-dir", default=None, help=data_help)
     add_config_options(p, TrainConfig)
     p.set_defaults(func=cmd_train)

@@ -46,11 +46,12 @@ def _connect(params: ConnectConfig, parent: dict, data_dir: str, fingerprint: st
     # task-runner thread, never in the flow's own) -------------------------------------------------------------
     if params.checkpoint_a:
         n = get_spec(params.dataset).num_classes
-        a, b = (given_checkpoint.submit(p, params.model, n).result() for p in (params.checkpoint_a, params.checkpoint_b))
+        a, b = (given_checkpoint.submit(p, params.model, n, params.arch()).result() for p in (params.checkpoint_a, params.checkpoint_b))
         check_endpoints.submit(a, b).result()
     else:
         futures = [train_network.submit(params.model, params.dataset, params.train.model_copy(update={"seed": s}),
-                                        data_dir, fingerprint, version) for s in (params.seed, params.seed_b)]
+                                        data_dir, fingerprint, version, arch=params.arch())
+                   for s in (params.seed, params.seed_b)]
         a, b = (f.result() for f in futures)
     ends = [evaluate_endpoint.submit(w, a, b, params, *common) for w in (a, b)]
     line = linear_path_task.submit(a, b, params, *common)

@@ -14,7 +14,7 @@ from prefect.runtime import flow_run
 from geodesic_core.config import FinetuneConfig, SparsifyConfig, TrainConfig
 from geodesic_core.data import get_spec
 from geodesic_core.sparsify import stage_sparsities
-from tasks.baselines import finetune_baseline, oneshot_baseline
+from tasks.baselines import finetune_baseline, oneshot_baseline, prune_train_baseline
 from flows.common import closing_parent_on_failure, confine_paths, default_task_runner
 from tasks.common import code_version
 from tasks.data import fingerprint_data
@@ -34,6 +34,7 @@ def _for_level(params: SparsifyConfig, level: float, finetune: bool = False) -> 
               "checkpoint": None}
     if not finetune:
         update["finetune"] = FinetuneConfig()
+        update["prune_train_epochs"] = SparsifyConfig.model_fields["prune_train_epochs"].default
     return params.model_copy(update=update)
 
 
@@ -59,11 +60,11 @@ def sparsify_flow(params: SparsifyConfig = SparsifyConfig(), data_dir: str | Non
                               f"sparsify-{params.model}-{params.dataset}")
     with closing_parent_on_failure(parent):
         if params.checkpoint:
-            dense = given_checkpoint.submit(params.checkpoint, params.model, spec.num_classes).result()
+            dense = given_checkpoint.submit(params.checkpoint, params.model, spec.num_classes, params.arch()).result()
         else:  # every compute task is submitted: it runs in a task-runner thread, never in the flow's own
             dense = train_network.submit(params.model, params.dataset,
                                          params.train.model_copy(update={"seed": params.seed}), data_dir, fingerprint,
-                                         version).result()
+                                         version, arch=params.arch()).result()
         log.info("dense network: %.2f%% test accuracy", dense["test_accuracy"])
         return _sparsify_levels(params, parent, dense, data_dir, fingerprint, version)
 
@@ -86,6 +87,8 @@ def _sparsify_levels(params: SparsifyConfig, parent: dict, dense: dict, data_dir
                 for lv in levels}
     finetunes = {lv: finetune_baseline.submit(dense, lv, _for_level(params, lv, True), None, data_dir, fingerprint,
                                               version) for lv in levels}
+    cycles = {lv: prune_train_baseline.submit(dense, lv, _for_level(params, lv, True), data_dir, fingerprint, version)
+              for lv in levels} if params.structured and params.prune_train_epochs > 0 else {}
 
     # --- Evaluate and track ---------------------------------------------------------------------------------
     summary = []
@@ -94,6 +97,8 @@ def _sparsify_levels(params: SparsifyConfig, parent: dict, dense: dict, data_dir
         final = finals[level].result()
         geo, path = geodesic_row(dense, segs, final, level)
         baselines = [oneshots[level].result(), finetunes[level].result()]
+        if level in cycles:  # structured: the paper's iterative prune-train cycle
+            baselines.append(cycles[level].result())
         if params.finetune.equal_time:  # fine-tuning for as long as the geodesic took
             baselines.append(finetune_baseline.submit(dense, level, _for_level(params, level, True),
                                                       geo["wall_seconds"], data_dir, fingerprint, version).result())

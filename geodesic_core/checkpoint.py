@@ -128,17 +128,38 @@ def _load_verified(path: str | os.PathLike, fmt: str, what: str) -> tuple[dict[s
     return state, meta
 
 
-def load_model(path: str | os.PathLike, expect_model: str | None = None,
-               expect_num_classes: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the network stored at ``path`` and load its weights; check architecture expectations."""
+def arch_from_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """The architecture options (``width``, ``depth``) a checkpoint records; absent in checkpoints of default
+    networks (and of earlier versions), which are then built at width 1 and the model's own depth."""
+    out: dict[str, Any] = {}
+    if "width" in meta:
+        out["width"] = float(meta["width"])
+    if meta.get("depth") not in (None, ""):
+        out["depth"] = int(meta["depth"])
+    return out
+
+
+def load_model(path: str | os.PathLike, expect_model: str | None = None, expect_num_classes: int | None = None,
+               expect_arch: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the network stored at ``path`` and load its weights; check architecture expectations
+    (``expect_arch``: the width / depth options, as `geodesic_core.models.arch_kwargs` gives them)."""
     state, meta = load_checkpoint(path)
+    if expect_arch is not None and arch_from_meta(meta) != dict(expect_arch):
+        raise InputError(f"checkpoint {path} holds a {meta.get('model')!r} network with options "
+                         f"{arch_from_meta(meta) or 'width 1, default depth'} but {dict(expect_arch) or 'the defaults'} "
+                         f"were requested; pass --width / --depth as the checkpoint was trained")
     if expect_model is not None and meta.get("model") != expect_model:
         raise InputError(f"checkpoint {path} holds a {meta.get('model')!r} network but {expect_model!r} was "
                          f"requested; pass a checkpoint of the same architecture or change --model")
     if expect_num_classes is not None and int(meta.get("num_classes", -1)) != expect_num_classes:
         raise InputError(f"checkpoint {path} has {meta.get('num_classes')} classes, the dataset has "
                          f"{expect_num_classes}; use a checkpoint trained on this dataset")
-    model = build_model(meta["model"], int(meta["num_classes"]), int(meta["in_channels"]), int(meta["image_size"]))
+    model = build_model(meta["model"], int(meta["num_classes"]), int(meta["in_channels"]), int(meta["image_size"]),
+                        **arch_from_meta(meta))
+    if meta.get("compact_layer"):  # a structured export: the network with the removed filters physically gone
+        from .structured import shrink_to
+
+        shrink_to(model, str(meta["compact_layer"]), int(meta["compact_kept"]))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -43,7 +43,27 @@ class _Config(BaseModel):
 
 
 class _ModelOnDataset(_Config):
-    """A config naming a registered ``model`` and ``dataset`` (an unknown name lists the valid ones)."""
+    """A config naming a registered ``model`` and ``dataset`` (an unknown name lists the valid ones), at
+    channel multiplier ``width`` (vgg11, vgg16, resnet164: round(W c) channels per layer; 1 is the paper's
+    network) and, for the pre-activation ResNet, ``depth`` (9n + 2; None: 164)."""
+
+    width: PositiveFloat = 1.0
+    depth: int | None = Field(None, ge=11)
+
+    @model_validator(mode="after")
+    def _check_arch(self) -> "_ModelOnDataset":
+        from .models import arch_kwargs, build_model
+
+        arch_kwargs(self.model, self.width, self.depth)  # a model without the option: a clear error
+        if self.width != 1.0 or self.depth is not None:  # a width or depth that leaves a layer without channels
+            build_model(self.model, 10, 3, 32, width=self.width, depth=self.depth)
+        return self
+
+    def arch(self) -> dict:
+        """``{"width": W, "depth": d}`` where they differ from the defaults (model builder keyword arguments)."""
+        from .models import arch_kwargs
+
+        return arch_kwargs(self.model, self.width, self.depth)
 
     @field_validator("model", check_fields=False)
     @classmethod
@@ -61,15 +81,38 @@ class _ModelOnDataset(_Config):
 
 
 class TrainConfig(_Config):
-    """Supervised training: SGD with momentum and weight decay under a learning-rate schedule."""
+    """Supervised training: SGD with momentum (``nesterov``: Nesterov's) and weight decay under a learning-rate
+    schedule: ``cosine`` (from lr to 0), ``step`` (/10 at 50% and 75%), ``constant``, or ``onecycle`` (linear
+    from lr/25 up to lr over the first 15% of the steps, then linearly down to 0: the fast CIFAR recipe).
+    ``label_smoothing``: ε of the smoothed cross-entropy. ``precision``: ``bf16`` runs the forward and backward
+    passes of training under bfloat16 autocast on a GPU (weights, optimizer state, metric products, Geo steps
+    and evaluation stay float32); on the CPU training is always float32.
+    """
 
     epochs: PositiveInt = 10
     lr: PositiveFloat = 0.05
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = False
     weight_decay: float = Field(1e-4, ge=0.0)
     batch_size: PositiveInt = 128
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    schedule: Literal["cosine", "step", "constant", "onecycle"] = "cosine"
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    precision: Literal["float32", "bf16"] = "bf16"
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_nesterov(self) -> "TrainConfig":
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("Nesterov momentum needs a momentum > 0; set --train.momentum or drop --train.nesterov")
+        return self
+
+
+def cifar_recipe(epochs: int = 30, lr: float = 0.1, seed: int = 0, batch_size: int = 256) -> TrainConfig:
+    """The CIFAR training recipe of the deep-network experiments: Nesterov SGD (momentum 0.9), weight decay
+    5e-4, one-cycle schedule, label smoothing 0.1, batch 256, bf16 autocast on a GPU (random crop + flip come
+    with the dataset, see `geodesic_core.data.DatasetSpec.augment`)."""
+    return TrainConfig(epochs=epochs, lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4, batch_size=batch_size,
+                       schedule="onecycle", label_smoothing=0.1, seed=seed)
 
 
 class GeoConfig(_Config):
@@ -84,7 +127,11 @@ class GeoConfig(_Config):
     (0 turns it off: the plain algorithm). ``distill_steps``: first-order corrector steps after each Geo step
     (SGD, momentum 0.9, lr ``distill_lr``) on fresh batches of ``distill_batch`` inputs, minimizing the
     squared output distance to the anchor with the weights the target leaves free. ``patience``: steps without
-    a new minimum distance to the target before the oscillation criterion stops the traversal.
+    a new minimum distance to the target before the oscillation criterion stops the traversal. ``bn_every``:
+    for networks with batch norm, re-estimate the running statistics at the current weights from ``bn_samples``
+    pool inputs every ``bn_every`` steps, so that g, the anchor and the end network describe the network at w
+    rather than at the start network's statistics (0: keep the start's statistics, the paper as written; no effect
+    on networks without batch norm).
     """
 
     beta: PositiveFloat = 1.0
@@ -102,6 +149,8 @@ class GeoConfig(_Config):
     distill_lr: PositiveFloat = 0.01
     distill_batch: PositiveInt = 128
     patience: PositiveInt = 50
+    bn_every: int = Field(10, ge=0)
+    bn_samples: PositiveInt = 1024
     seed: int = 0
 
     @model_validator(mode="after")
@@ -138,7 +187,10 @@ class SparsifyConfig(_ModelOnDataset):
     ``sparsity``: target levels in percent, each in (0, 100), no duplicates. ``stages``: K stages of the
     sparsity schedule (one cached task each); ``refresh_every``: n_s, steps between re-projections;
     ``geo.max_steps``: s, the step limit of each stage. ``structured``: zero ``n_filters`` whole filters of
-    conv ``layer`` instead (one level; ``sparsity`` is then ignored). ``checkpoint``: start from this dense
+    conv ``layer`` instead (one level; ``sparsity`` is then ignored; the paper's 50 of VGG11's 64 first-layer
+    filters is ``n_filters`` = round(50 W) at width W); the paper's baseline, iterative prune-train, then also
+    runs: one filter removed at a time, each removal followed by ``prune_train_epochs`` epochs of masked SGD with
+    the ``finetune`` settings (0: skip it). ``checkpoint``: start from this dense
     network instead of training one. ``eval_every``: test-set evaluation period along the path (steps).
     """
 
@@ -151,6 +203,7 @@ class SparsifyConfig(_ModelOnDataset):
     structured: bool = False
     layer: str = "features.0"
     n_filters: PositiveInt = 50
+    prune_train_epochs: float = Field(0.5, ge=0.0)
     stages: PositiveInt = 5
     refresh_every: PositiveInt = 10
     eval_every: PositiveInt = 10
@@ -172,6 +225,18 @@ class SparsifyConfig(_ModelOnDataset):
         if len(set(v)) != len(v):
             raise ValueError(f"sparsity levels must not repeat, got {v}")
         return sorted(v)
+
+    @model_validator(mode="after")
+    def _check_structured(self) -> "SparsifyConfig":
+        if self.structured and self.checkpoint is None:  # the layer and the filter count, at this width
+            from .data import get_spec
+            from .models import build_model
+            from .targets import FilterTarget
+
+            spec = get_spec(self.dataset)
+            FilterTarget(build_model(self.model, spec.num_classes, spec.in_channels, spec.image_size, **self.arch()),
+                         self.layer, self.n_filters)
+        return self
 
     def levels(self) -> list[float]:
         return [float(self.n_filters)] if self.structured else list(self.sparsity)

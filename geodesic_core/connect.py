@@ -25,7 +25,7 @@ from .train import evaluate, recompute_bn
 
 def check_same_architecture(meta_a: dict, meta_b: dict, path_a: str = "a", path_b: str = "b") -> None:
     """Both endpoints must be the same registered network with the same input and output shapes."""
-    keys = ("model", "num_classes", "in_channels", "image_size")
+    keys = ("model", "num_classes", "in_channels", "image_size", "width", "depth")
     diff = [k for k in keys if meta_a.get(k) != meta_b.get(k)]
     if diff:
         got = ", ".join(f"{k}: {meta_a.get(k)!r} vs {meta_b.get(k)!r}" for k in diff)
@@ -163,9 +163,13 @@ class BezierCurve(nn.Module):
 
     def euclidean_length(self, resolution: int = 1000) -> float:
         """Euclidean length of the curve, as the polyline through ``resolution`` + 1 points."""
-        with torch.no_grad():
-            pts = torch.stack([self.point(float(t)) for t in torch.linspace(0, 1, resolution + 1)]).double()
-            return float((pts[1:] - pts[:-1]).norm(dim=1).sum())
+        with torch.no_grad():  # one point at a time: the curve of a 15 M-weight network would not fit stacked
+            total, prev = 0.0, self.point(0.0)
+            for t in torch.linspace(0, 1, resolution + 1)[1:]:
+                cur = self.point(float(t))
+                total += float((cur - prev).double().norm())
+                prev = cur
+            return total
 
 
 def train_bezier(model: nn.Module, w_a: torch.Tensor, w_b: torch.Tensor, data: Split, cfg, *,

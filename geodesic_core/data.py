@@ -82,14 +82,48 @@ class _ArrayUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
 
 
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR "python version" file: ``(x (N, 3, 32, 32) uint8, y (N,) int64)``.
+
+    Raises:
+        InputError: the file is truncated, not a pickle of arrays, or not a CIFAR batch (no ``data`` of
+            N x 3072 bytes, or labels that do not match it).
+    """
+    fix = "copy it again from the source (see ../shared/data/README.md)"
+    try:
+        with open(path, "rb") as fh:
+            entry = _ArrayUnpickler(io.BytesIO(fh.read()), encoding="bytes").load()
+    except Exception as exc:
+        raise InputError(f"CIFAR file {path} is truncated or not a pickle of arrays ({type(exc).__name__}: "
+                         f"{str(exc)[:120]}); {fix}") from exc
+    labels = next((entry[k] for k in (b"labels", b"fine_labels") if isinstance(entry, dict) and k in entry), None)
+    data = entry.get(b"data") if isinstance(entry, dict) else None
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 \
+            or labels is None or len(labels) != data.shape[0]:
+        raise InputError(f"CIFAR file {path} is not a CIFAR batch (a dict with 'data' uint8 (N, 3072) and N "
+                         f"labels expected); {fix}")
+    return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+
+
+_CHECKED: dict[tuple[str, int, int], bool] = {}
+
+
+def _check_cifar(path: Path) -> None:
+    """Read a CIFAR file once per (path, size, mtime): a truncated or foreign file fails before any work."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _CHECKED:
+        read_cifar_batch(path)
+        _CHECKED[key] = True
+
+
 def _cifar(folder: str, train_files: tuple[str, ...], test_files: tuple[str, ...], label_key: bytes):
     def load(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         xs, ys = [], []
         for name in train_files if train else test_files:
-            with open(root / folder / name, "rb") as fh:
-                entry = _ArrayUnpickler(io.BytesIO(fh.read()), encoding="bytes").load()
-            xs.append(np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(entry[label_key], dtype=np.int64))
+            x, y = read_cifar_batch(root / folder / name)
+            xs.append(x)
+            ys.append(y)
         return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
     return load
@@ -161,6 +195,8 @@ def check_data_files(name: str, data_dir: str | os.PathLike | None = None) -> li
     for path in paths:  # the idx files say their own size: a truncated or padded one is caught before any work
         if path.name.endswith("-ubyte"):
             _check_idx(path)
+        elif spec.loader.__qualname__.startswith("_cifar") and path.name != "batches.meta":
+            _check_cifar(path)
     return paths
 
 

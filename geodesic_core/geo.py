@@ -30,6 +30,7 @@ from .errors import InputError, NonFiniteError
 from .metric import MetricOperator, eval_mode, flat_params, output_fn, pushforward, set_flat_params, tempered
 from .solve import GramFactor, _check_qp_args, _solve_exact, _solve_lanczos
 from .targets import Target
+from .train import has_batchnorm, recompute_bn
 
 
 class StepInfo(NamedTuple):
@@ -118,6 +119,30 @@ class _Distiller:
         return w
 
 
+def geo_step_passes(cfg: GeoConfig, n_batch: int, n_outputs: int, masked: bool = False) -> int:
+    """Sample-passes of one Geo step: forward passes plus backward-type passes (vjp, jvp), each counted once
+    per input it processes, as the step is implemented in `geo`:
+
+    - exact solver: forward + m batched backward passes for the Gram matrix K = J J^T, the operator's forward,
+      J d and J^T u: N (m + 4);
+    - cg solver: forward, ``cg_iters`` products g v (a jvp and a vjp each), J θ: N (2 + 2 cg_iters);
+    - anchor > 0: the anchor's forward and J^T u (exact) or the damped CG solve (cg: 2 + 2 cg_iters passes),
+      plus one jvp where a sparse or structured target masks the correction;
+    - distill_steps: each an anchor forward, a forward and a backward on ``distill_batch`` inputs, then one
+      jvp for the step's length.
+
+    An SGD epoch is one forward and one backward pass per training sample (2 N_train sample-passes), so
+    ``steps * geo_step_passes(...) / (2 N_train)`` puts a traversal on the epochs axis of its SGD baselines.
+    """
+    n, m = n_batch, n_outputs
+    passes = n * (m + 4) if cfg.solver == "exact" else n * (2 + 2 * cfg.cg_iters)
+    if cfg.anchor > 0:
+        passes += n * (2 if cfg.solver == "exact" else 3 + 2 * cfg.cg_iters) + (n if masked else 0)
+    if cfg.distill_steps:
+        passes += 3 * cfg.distill_steps * cfg.distill_batch + n
+    return passes
+
+
 def geo(model: nn.Module, target: Target, pool: torch.Tensor, cfg: GeoConfig, *,
         anchor: nn.Module | None = None, callbacks: Sequence[Callable[[StepInfo], None]] = (),
         generator: torch.Generator | None = None, start_step: int = 0) -> GeoResult:
@@ -158,7 +183,10 @@ def geo(model: nn.Module, target: Target, pool: torch.Tensor, cfg: GeoConfig, *,
     dist = math.inf
     step = start_step
     stop = "max_steps"
+    refresh_bn = cfg.bn_every > 0 and has_batchnorm(model)
     for step in range(start_step, start_step + cfg.max_steps):
+        if refresh_bn and (step - start_step) % cfg.bn_every == 0:  # the statistics of the network at w
+            recompute_bn(model, pool[torch.randperm(pool.shape[0], generator=gen)[:cfg.bn_samples]])
         w_a = target(w, step).to(w)
         if w_a.shape != w.shape:
             raise InputError(f"target has {w_a.numel()} weights, the network {w.numel()}: not the same architecture")

@@ -1,7 +1,10 @@
 """Model registry: the architectures of the paper's experiments.
 
-``MODELS`` maps a name to a builder ``(num_classes, in_channels, image_size) -> nn.Module``.
-Every model maps a batch ``x: (N, C, H, W)`` to logits ``(N, num_classes)``.
+``MODELS`` maps a name to a builder ``(num_classes, in_channels, image_size, **arch) -> nn.Module``.
+Every model maps a batch ``x: (N, C, H, W)`` to logits ``(N, num_classes)``. The paper's CIFAR networks take
+``width`` W (a channel multiplier: every layer has round(W c) channels, at least 1; W = 0.25 gives VGG11 a first
+layer of 16 filters) and the pre-activation ResNet takes ``depth`` (9n + 2; 164 is the paper's, 20 a CPU-scale
+member of the same family): `ARCH_OPTIONS` says which model takes which.
 
 References:
     LeNet-300-100: LeCun et al. 1998. VGG (CIFAR variant with batch norm): Simonyan & Zisserman 2015.
@@ -10,6 +13,7 @@ References:
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import Callable
 
@@ -54,20 +58,38 @@ _VGG_CFG = {
 }
 
 
+def scaled(channels: int, width: float) -> int:
+    """round(W c) channels of a layer with c channels at width W (the width must leave every layer at least 1)."""
+    out = int(round(channels * width))
+    if out < 1:
+        raise InputError(f"width {width} leaves a layer of {channels} channels without any (round({channels} x "
+                         f"{width}) = 0); use a width above {0.5 / channels:.3g}")
+    return out
+
+
+def _check_width(width: float) -> float:
+    if not (isinstance(width, (int, float)) and math.isfinite(width) and width > 0):
+        raise InputError(f"width must be a positive channel multiplier (e.g. 1, 0.5, 0.25), got {width}")
+    return float(width)
+
+
 class VGG(nn.Module):
-    """CIFAR VGG with batch norm: 3x3 conv-BN-ReLU stacks, 5 max-pools, one linear classifier.
+    """CIFAR VGG with batch norm: 3x3 conv-BN-ReLU stacks, 5 max-pools, one linear classifier; every layer's
+    channel count scaled by ``width`` (see `scaled`).
 
     ``features[0]`` is the first conv layer (the layer whose filters the structured experiment zeroes).
     """
 
-    def __init__(self, cfg: list, num_classes: int, in_channels: int, image_size: int):
+    def __init__(self, cfg: list, num_classes: int, in_channels: int, image_size: int, width: float = 1.0):
         super().__init__()
+        width = _check_width(width)
         layers: list[nn.Module] = []
         c = in_channels
         for v in cfg:
             if v == "M":
                 layers.append(nn.MaxPool2d(2))
             else:
+                v = scaled(v, width)
                 layers += [nn.Conv2d(c, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=False)]
                 c = v
         self.features = nn.Sequential(*layers)
@@ -78,14 +100,14 @@ class VGG(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-def vgg11(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Module:
-    """VGG-11 with batch norm, CIFAR variant."""
-    return VGG(_VGG_CFG["vgg11"], num_classes, in_channels, image_size)
+def vgg11(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, width: float = 1.0) -> nn.Module:
+    """VGG-11 with batch norm, CIFAR variant (9.2 M weights at width 1)."""
+    return VGG(_VGG_CFG["vgg11"], num_classes, in_channels, image_size, width)
 
 
-def vgg16(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Module:
-    """VGG-16 with batch norm, CIFAR variant."""
-    return VGG(_VGG_CFG["vgg16"], num_classes, in_channels, image_size)
+def vgg16(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, width: float = 1.0) -> nn.Module:
+    """VGG-16 with batch norm, CIFAR variant (14.7 M weights at width 1)."""
+    return VGG(_VGG_CFG["vgg16"], num_classes, in_channels, image_size, width)
 
 
 class _PreActBottleneck(nn.Module):
@@ -114,17 +136,21 @@ class _PreActBottleneck(nn.Module):
 
 
 class PreResNet(nn.Module):
-    """Pre-activation bottleneck ResNet for CIFAR; depth = 9n + 2 (n blocks per stage)."""
+    """Pre-activation bottleneck ResNet for CIFAR; depth = 9n + 2 (n blocks per stage); channel counts
+    (16, 32, 64 per stage, x4 in the bottleneck outputs) scaled by ``width``."""
 
-    def __init__(self, depth: int, num_classes: int, in_channels: int):
+    def __init__(self, depth: int, num_classes: int, in_channels: int, width: float = 1.0):
         super().__init__()
-        if (depth - 2) % 9:
-            raise InputError(f"PreResNet depth must be 9n+2 (e.g. 164), got {depth}")
+        width = _check_width(width)
+        if not isinstance(depth, int) or depth < 11 or (depth - 2) % 9:
+            raise InputError(f"the pre-activation ResNet's depth must be 9n + 2 with n >= 1 (11, 20, 29, ..., 164), "
+                             f"got {depth}")
         n = (depth - 2) // 9
-        self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
+        base = scaled(16, width)
+        self.conv1 = nn.Conv2d(in_channels, base, 3, padding=1, bias=False)
         blocks: list[nn.Module] = []
-        in_planes = 16
-        for i, planes in enumerate((16, 32, 64)):
+        in_planes = base
+        for i, planes in enumerate(scaled(c, width) for c in (16, 32, 64)):
             for j in range(n):
                 stride = 2 if (i > 0 and j == 0) else 1
                 blocks.append(_PreActBottleneck(in_planes, planes, stride))
@@ -138,9 +164,11 @@ class PreResNet(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
 
 
-def resnet164(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Module:
-    """Pre-activation bottleneck ResNet-164 (18 blocks per stage), CIFAR variant."""
-    return PreResNet(164, num_classes, in_channels)
+def resnet164(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, width: float = 1.0,
+              depth: int = 164) -> nn.Module:
+    """Pre-activation bottleneck ResNet-164 (18 blocks per stage, 1.7 M weights), CIFAR variant; ``depth``
+    selects another member of the family (20: 2 blocks per stage)."""
+    return PreResNet(depth, num_classes, in_channels, width)
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -150,6 +178,32 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "vgg16": vgg16,
     "resnet164": resnet164,
 }
+
+
+# which architecture options each model takes (beyond num_classes, in_channels, image_size)
+ARCH_OPTIONS: dict[str, tuple[str, ...]] = {"lenet300": (), "cnn": (), "vgg11": ("width",), "vgg16": ("width",),
+                                            "resnet164": ("width", "depth")}
+
+
+def arch_kwargs(name: str, width: float = 1.0, depth: int | None = None) -> dict:
+    """The architecture options for ``name``: ``width`` / ``depth`` where the model takes them (the defaults
+    are left out, so checkpoints and cache keys of default networks stay as they were). An option given to a
+    model that does not take it is an error naming the models that do."""
+    check_model_name(name)
+    takes = ARCH_OPTIONS.get(name, ())
+    out: dict = {}
+    if width != 1.0:
+        _check_width(width)
+        if "width" not in takes:
+            raise InputError(f"model {name!r} has no width option (width {width} given); --width applies to "
+                             f"{', '.join(k for k, v in ARCH_OPTIONS.items() if 'width' in v)}")
+        out["width"] = float(width)
+    if depth is not None:
+        if "depth" not in takes:
+            raise InputError(f"model {name!r} has no depth option (depth {depth} given); --depth applies to "
+                             f"{', '.join(k for k, v in ARCH_OPTIONS.items() if 'depth' in v)}")
+        out["depth"] = int(depth)
+    return out
 
 
 def check_model_name(name: str) -> str:
@@ -162,16 +216,19 @@ def check_model_name(name: str) -> str:
 _INIT_LOCK = threading.Lock()
 
 
-def build_model(name: str, num_classes: int, in_channels: int, image_size: int, seed: int | None = None) -> nn.Module:
-    """Build a registered model for inputs ``(N, in_channels, image_size, image_size)``.
+def build_model(name: str, num_classes: int, in_channels: int, image_size: int, seed: int | None = None,
+                width: float = 1.0, depth: int | None = None) -> nn.Module:
+    """Build a registered model for inputs ``(N, in_channels, image_size, image_size)``, at channel multiplier
+    ``width`` and (pre-activation ResNet) ``depth`` (see `arch_kwargs`).
 
     ``seed``: initialize from this seed, under a lock and on a forked copy of PyTorch's global generator, so
     that two networks built at once in two threads each get exactly their seed's initialization (with
     ``torch.manual_seed`` then ``build_model`` the two threads would draw from each other's stream).
     """
     builder = MODELS[check_model_name(name)]
+    arch = arch_kwargs(name, width, depth)
     if seed is None:
-        return builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+        return builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **arch)
     with _INIT_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+        return builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **arch)

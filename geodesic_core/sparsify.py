@@ -15,6 +15,7 @@ masked fine-tuning (SGD) under a compute budget.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable, Literal, NamedTuple, Sequence
 
@@ -23,6 +24,7 @@ from torch import nn
 
 from .config import GeoConfig, TrainConfig
 from .data import Split
+from .errors import InputError
 from .geo import GeoResult, StepInfo, geo
 from .metric import flat_params, set_flat_params
 from .targets import FilterTarget, ParamSlice, SparseTarget, check_sparsity_percent, param_slices
@@ -105,20 +107,65 @@ def project_to_level(model: nn.Module, level: float, *, structured: bool = False
 def prune_finetune(model: nn.Module, level: float, data: Split, cfg: TrainConfig, *, structured: bool = False,
                    layer: str = "", scope: Literal["global", "layer"] = "global", budget_seconds: float | None = None,
                    max_batches: int | None = None, augment: bool = False,
-                   device: torch.device | None = None) -> tuple[nn.Module, float, int]:
+                   device: torch.device | None = None, callbacks: Sequence[Callable] = ()) -> tuple[nn.Module, float, int]:
     """Baseline: hard projection (`project_to_level`), then masked SGD fine-tuning (pruned weights stay
     exactly zero), in place.
 
     The budget is ``cfg.epochs`` epochs, optionally capped by ``max_batches`` optimizer steps or by
     ``budget_seconds`` of wall time (the equal-compute comparison). The learning-rate schedule spans
-    ``cfg.epochs``, so a budget cut ends the run before the schedule does.
+    ``cfg.epochs``, so a budget cut ends the run before the schedule does. Structured: the removed filters'
+    weights, bias and batch-norm scale and shift all stay zero. ``callbacks`` get each epoch's `EpochInfo`.
 
     Returns:
         (model, wall seconds spent, optimizer steps taken).
     """
     t0 = time.perf_counter()
     project_to_level(model, level, structured=structured, layer=layer, scope=scope)
-    masks = masks_from_zeros(model, param_slices(model))
+    if structured:
+        masks = FilterTarget(model, layer, int(level)).masks(flat_params(model))
+    else:
+        masks = masks_from_zeros(model, param_slices(model))
     steps = train(model, data, cfg, masks=masks, augment=augment, device=device, max_batches=max_batches,
-                  budget_seconds=budget_seconds)
+                  budget_seconds=budget_seconds, callbacks=callbacks)
     return model, time.perf_counter() - t0, steps
+
+
+class CycleInfo(NamedTuple):
+    """After cycle ``cycle`` of iterative prune-train: ``filters`` removed so far, ``epochs`` of SGD so far."""
+
+    cycle: int
+    filters: int
+    epochs: float
+    seconds: float
+
+
+def iterative_prune_train(model: nn.Module, layer: str, n_filters: int, data: Split, cfg: TrainConfig, *,
+                          epochs_per_filter: float, augment: bool = False, device: torch.device | None = None,
+                          callbacks: Sequence[Callable[[CycleInfo], None]] = ()) -> tuple[nn.Module, float]:
+    """The paper's structured baseline (Figure 4C/D): remove one filter at a time and retrain after each.
+
+    Cycle k = 1..``n_filters``: zero the k smallest-norm filters of conv ``layer`` (the ones removed before
+    stay removed: their norm is zero; see `FilterTarget`), then masked SGD on the labels for
+    ``epochs_per_filter`` epochs (``cfg`` with its schedule restarted every cycle; a fraction of an epoch is
+    that fraction of the steps). The model is updated in place; every cycle reports a `CycleInfo`.
+
+    Returns:
+        (model, wall seconds).
+    """
+    if epochs_per_filter <= 0:
+        raise InputError(f"epochs_per_filter must be positive, got {epochs_per_filter}")
+    FilterTarget(model, layer, n_filters)  # checks the layer and the count before any work
+    steps_per_epoch = math.ceil(data.x.shape[0] / cfg.batch_size)
+    per_cycle = max(1, round(epochs_per_filter * steps_per_epoch))
+    cyc_cfg = cfg.model_copy(update={"epochs": math.ceil(per_cycle / steps_per_epoch)})
+    t0, steps = time.perf_counter(), 0
+    for k in range(1, n_filters + 1):
+        target = FilterTarget(model, layer, k)
+        w = target.project(flat_params(model))
+        set_flat_params(model, w)
+        steps += train(model, data, cyc_cfg.model_copy(update={"seed": cfg.seed + k}), masks=target.masks(w),
+                       augment=augment, device=device, max_batches=per_cycle)
+        info = CycleInfo(k, k, steps / steps_per_epoch, time.perf_counter() - t0)
+        for cb in callbacks:
+            cb(info)
+    return model, time.perf_counter() - t0

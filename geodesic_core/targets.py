@@ -146,12 +146,29 @@ class SparseTarget:
         return ~prunable_mask(self.slices, w_a.device) | (w_a != 0)
 
 
+def following_batchnorm(model: nn.Module, layer: str) -> str | None:
+    """The batch-norm layer that normalizes conv ``layer``'s outputs: the module right after it in the network's
+    module order, if that is a batch norm over its output channels (conv-BN-ReLU: ``features.1`` after
+    ``features.0`` in VGG), else None."""
+    names = [k for k, _ in model.named_modules()]
+    mods = dict(model.named_modules())
+    i = names.index(layer)
+    after = [k for k in names[i + 1:] if not any(True for _ in mods[k].children())]  # leaves after the conv
+    if after and isinstance(mods[after[0]], nn.modules.batchnorm._BatchNorm) \
+            and mods[after[0]].num_features == mods[layer].out_channels:
+        return after[0]
+    return None
+
+
 @dataclass
 class FilterTarget:
-    """Structured projection: zero whole output filters (weights and bias) of one conv layer.
+    """Structured projection: remove whole output filters of one conv layer.
 
     ``n_filters`` filters of ``layer`` (a module name such as ``features.0``) with the smallest L2 norm at
-    each refresh are set to zero; every other weight is left unchanged.
+    each refresh are set to zero: their weights and bias, and, where a batch norm normalizes the layer's
+    outputs (conv-BN, see `following_batchnorm`), that channel's scale and shift, so that the channel is
+    exactly zero whatever the batch statistics are and the filter can be removed physically (see
+    `geodesic_core.structured.compact_filters`). Every other weight is left unchanged.
     """
 
     model: nn.Module
@@ -169,24 +186,29 @@ class FilterTarget:
                              f"{', '.join(conv_names)}")
         out_ch = mods[self.layer].out_channels
         if not (0 < self.n_filters < out_ch):
-            raise InputError(f"n_filters must be between 1 and {out_ch - 1} for layer {self.layer!r}, "
-                             f"got {self.n_filters}")
+            raise InputError(f"n_filters must be between 1 and {out_ch - 1} for layer {self.layer!r} "
+                             f"({out_ch} filters), got {self.n_filters}")
         sl = {s.name: s for s in param_slices(self.model)}
         self._w = sl[f"{self.layer}.weight"]
-        self._b = sl.get(f"{self.layer}.bias")
+        self._per_channel = [sl[f"{self.layer}.bias"]] if f"{self.layer}.bias" in sl else []
+        self.batchnorm = following_batchnorm(self.model, self.layer)
+        if self.batchnorm is not None:
+            self._per_channel += [sl[f"{self.batchnorm}.{p}"] for p in ("weight", "bias")
+                                  if f"{self.batchnorm}.{p}" in sl]
 
     def filters_to_zero(self, w: torch.Tensor) -> torch.Tensor:
         weight = w[self._w.start:self._w.stop].view(self._w.shape)
         norms = weight.flatten(1).norm(dim=1)
         return torch.argsort(norms, stable=True)[: self.n_filters]
 
-    def project(self, w: torch.Tensor) -> torch.Tensor:
-        out = w.clone()
-        idx = self.filters_to_zero(w)
-        out[self._w.start:self._w.stop].view(self._w.shape)[idx] = 0.0
-        if self._b is not None:
-            out[self._b.start:self._b.stop][idx] = 0.0
+    def _zero(self, out: torch.Tensor, idx: torch.Tensor, value=0.0) -> torch.Tensor:
+        out[self._w.start:self._w.stop].view(self._w.shape)[idx] = value
+        for s in self._per_channel:
+            out[s.start:s.stop][idx] = value
         return out
+
+    def project(self, w: torch.Tensor) -> torch.Tensor:
+        return self._zero(w.clone(), self.filters_to_zero(w))
 
     def __call__(self, w: torch.Tensor, step: int) -> torch.Tensor:
         if self._cached is None or (self.refresh_every and step - self._at >= self.refresh_every):
@@ -194,10 +216,13 @@ class FilterTarget:
         return self._cached
 
     def free_mask(self, w_a: torch.Tensor) -> torch.Tensor:
-        """False on the weights and bias of the filters the target zeroes: the output anchor may not revive them."""
-        free = torch.ones_like(w_a, dtype=torch.bool)
-        idx = self.filters_to_zero(w_a)
-        free[self._w.start:self._w.stop].view(self._w.shape)[idx] = False
-        if self._b is not None:
-            free[self._b.start:self._b.stop][idx] = False
-        return free
+        """False on everything the target zeroes (the filters' weights and bias, their batch-norm scale and
+        shift): the output anchor and the correctors may not revive them."""
+        return self._zero(torch.ones_like(w_a, dtype=torch.bool), self.filters_to_zero(w_a), False)
+
+    def masks(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{param name: 0/1 mask}`` that keeps the removed filters (as zeroed in ``w``) at zero during masked
+        training (prune + fine-tune, prune-train cycles)."""
+        free = self.free_mask(w).float()
+        return {s.name: free[s.start:s.stop].view(s.shape) for s in param_slices(self.model)
+                if not bool(free[s.start:s.stop].all())}

@@ -42,7 +42,17 @@ def _lr_at(cfg: TrainConfig, epoch_frac: float) -> float:
         return 0.5 * cfg.lr * (1 + math.cos(math.pi * epoch_frac / cfg.epochs))
     if cfg.schedule == "step":  # /10 at 50% and 75% of training
         return cfg.lr * (0.1 ** (int(epoch_frac >= 0.5 * cfg.epochs) + int(epoch_frac >= 0.75 * cfg.epochs)))
+    if cfg.schedule == "onecycle":  # lr/25 -> lr over the first 15%, then linearly to 0
+        frac, peak = epoch_frac / cfg.epochs, 0.15
+        if frac < peak:
+            return cfg.lr * (0.04 + 0.96 * frac / peak)
+        return cfg.lr * max(0.0, (1.0 - frac) / (1.0 - peak))
     return cfg.lr
+
+
+def _channels_last(model: nn.Module, device: torch.device) -> bool:
+    """Conv networks train in channels_last memory format on a GPU (tensor-core friendly convolutions)."""
+    return device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
 def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = False,
@@ -50,13 +60,16 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
           callbacks: Sequence[Callable[[EpochInfo], None]] = (), max_batches: int | None = None,
           budget_seconds: float | None = None, on_step: Callable[[int], bool] | None = None,
           penalty: Callable[[nn.Module], torch.Tensor] | None = None) -> int:
-    """Minimize the mean cross-entropy on ``data`` (plus ``penalty(model)`` if given) with SGD (momentum,
-    weight decay, schedule), in place.
+    """Minimize the mean (label-smoothed) cross-entropy on ``data`` (plus ``penalty(model)`` if given) with SGD
+    (momentum or Nesterov, weight decay, schedule), in place.
 
     Args:
         model: network mapping ``(B, C, H, W)`` to logits ``(B, K)``.
-        data: training split.
+        data: training split (on the CPU, or already resident on ``device``: a GPU then never waits for the
+            host; on a GPU the split is moved there once per call).
         cfg: training settings; ``cfg.seed`` fixes initial shuffling and augmentation (CPU: bit-reproducible).
+            On a GPU, ``cfg.precision == "bf16"`` runs forward and backward under bfloat16 autocast, and conv
+            networks train in channels_last memory format (returned in the default format).
         augment: random crop + flip (CIFAR).
         masks: optional ``{param name: 0/1 tensor}``; masked weights are kept at exactly zero (masked
             fine-tuning of a pruned network).
@@ -71,48 +84,63 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
     """
     device = device or default_device()
     model.to(device).train()
+    cl = _channels_last(model, device)
+    if cl:
+        model.to(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                          nesterov=cfg.nesterov)
     named = dict(model.named_parameters())
     masks = {k: m.to(device) for k, m in (masks or {}).items()}
-    n = data.x.shape[0]
+    xs, ys = (data.x.to(device), data.y.to(device)) if device.type == "cuda" else (data.x, data.y)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.precision == "bf16")
+    n = xs.shape[0]
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     done = 0
     t0 = time.perf_counter()
     out_of_budget = False
-    for epoch in range(cfg.epochs):
-        order = torch.randperm(n, generator=gen)
-        total, count = 0.0, 0
-        for b in range(steps_per_epoch):
-            lr = _lr_at(cfg, epoch + b / steps_per_epoch)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            xb = data.x[idx]
-            if augment:
-                xb = augment_batch(xb, gen)
-            xb, yb = xb.to(device, non_blocking=True), data.y[idx].to(device, non_blocking=True)
-            loss = nn.functional.cross_entropy(model(xb), yb)
-            objective = loss + penalty(model) if penalty is not None else loss
-            opt.zero_grad(set_to_none=True)
-            objective.backward()
-            opt.step()
-            if masks:
-                with torch.no_grad():
-                    for k, m in masks.items():
-                        named[k].mul_(m)
-            total += loss.item() * len(idx)
-            count += len(idx)
-            done += 1
-            out_of_budget = (max_batches is not None and done >= max_batches) or (
-                budget_seconds is not None and time.perf_counter() - t0 >= budget_seconds) or (
-                on_step is not None and bool(on_step(done)))
+    try:
+        for epoch in range(cfg.epochs):
+            order = torch.randperm(n, generator=gen).to(xs.device)
+            total, count = torch.zeros((), device=device), 0
+            for b in range(steps_per_epoch):
+                lr = _lr_at(cfg, epoch + b / steps_per_epoch)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                xb = xs[idx]
+                if augment:
+                    xb = augment_batch(xb, gen)
+                xb, yb = xb.to(device, non_blocking=True), ys[idx].to(device, non_blocking=True)
+                if cl:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                with autocast:
+                    loss = nn.functional.cross_entropy(model(xb), yb, label_smoothing=cfg.label_smoothing)
+                objective = loss + penalty(model) if penalty is not None else loss
+                opt.zero_grad(set_to_none=True)
+                objective.backward()
+                opt.step()
+                if masks:
+                    with torch.no_grad():
+                        for k, m in masks.items():
+                            named[k].mul_(m)
+                total += loss.detach().float() * len(idx)  # no host sync per step
+                count += len(idx)
+                done += 1
+                out_of_budget = (max_batches is not None and done >= max_batches) or (
+                    budget_seconds is not None and time.perf_counter() - t0 >= budget_seconds) or (
+                    on_step is not None and bool(on_step(done)))
+                if out_of_budget:
+                    break
+            if callbacks:
+                mean_loss = float(total) / max(count, 1)
+                for cb in callbacks:
+                    cb(EpochInfo(epoch, mean_loss, lr))
             if out_of_budget:
                 break
-        for cb in callbacks:
-            cb(EpochInfo(epoch, total / max(count, 1), lr))
-        if out_of_budget:
-            break
+    finally:
+        if cl:  # flat-vector views (parameters_to_vector) need the default memory format
+            model.to(memory_format=torch.contiguous_format)
     return done
 
 
@@ -162,7 +190,8 @@ def recompute_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> nn
 
 def train_and_save(model_name: str, dataset: str, cfg: TrainConfig, out: str, data_dir: str | None = None,
                    device: torch.device | None = None, task: int = 0, permutation_seed: int = 0,
-                   callbacks: Sequence[Callable[[EpochInfo], None]] = ()) -> dict:
+                   callbacks: Sequence[Callable[[EpochInfo], None]] = (), width: float = 1.0,
+                   depth: int | None = None) -> dict:
     """Train a registered model on a registered dataset from seed ``cfg.seed``, evaluate it on the test split
     and write the checkpoint atomically to ``out``. Inputs are checked before any work starts.
 
@@ -171,13 +200,14 @@ def train_and_save(model_name: str, dataset: str, cfg: TrainConfig, out: str, da
     """
     from .checkpoint import save_checkpoint
     from .data import check_data_files, get_spec, check_dataset_name
-    from .models import build_model, check_model_name
+    from .models import arch_kwargs, build_model, check_model_name
 
     check_model_name(model_name)
+    arch = arch_kwargs(model_name, width, depth)
     dataset = check_dataset_name(dataset)
     check_data_files(dataset, data_dir)
     spec = get_spec(dataset)
-    model = build_model(model_name, spec.num_classes, spec.in_channels, spec.image_size, seed=cfg.seed)
+    model = build_model(model_name, spec.num_classes, spec.in_channels, spec.image_size, seed=cfg.seed, **arch)
     train_split = load_split(dataset, True, data_dir, task, permutation_seed)
     test_split = load_split(dataset, False, data_dir, task, permutation_seed)
     t0 = time.perf_counter()
@@ -186,7 +216,7 @@ def train_and_save(model_name: str, dataset: str, cfg: TrainConfig, out: str, da
     acc, loss = evaluate(model, test_split)
     meta = {"model": model_name, "dataset": dataset, "num_classes": spec.num_classes,
             "in_channels": spec.in_channels, "image_size": spec.image_size, "task": task,
-            "permutation_seed": permutation_seed, "test_accuracy": acc, "test_loss": loss, "train_seconds": train_seconds,
+            "permutation_seed": permutation_seed, **arch, "test_accuracy": acc, "test_loss": loss, "train_seconds": train_seconds,
             **{f"train_{k}": v for k, v in cfg.model_dump().items()}}
     meta["sha256"] = save_checkpoint(out, model.cpu(), meta)
     return meta

@@ -1,4 +1,5 @@
-"""Baseline tasks on the same dense network: one-shot magnitude projection, prune + masked fine-tune."""
+"""Baseline tasks on the same dense network: one-shot magnitude projection, prune + masked fine-tune, and (for
+structured sparsification) the paper's iterative prune-train cycle."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from geodesic_core import evaluate, flat_params, param_slices, sparsity
 from geodesic_core.config import SparsifyConfig
-from geodesic_core.sparsify import project_to_level, prune_finetune
+from geodesic_core.sparsify import iterative_prune_train, project_to_level, prune_finetune
 
 from .common import PERSIST, checkpoint_path, finished, open_ref, save_result, spec, split
+
 
 @task(cache_policy=INPUTS + TASK_SOURCE - "data_dir", **PERSIST)
 def oneshot_baseline(dense: dict, level: float, cfg: SparsifyConfig, data_dir: str | None, data_fingerprint: str,
@@ -50,3 +52,26 @@ def finetune_baseline(dense: dict, level: float, cfg: SparsifyConfig, budget_sec
     return save_result(out, model, meta, dict(method=method, level=level, test_accuracy=acc, test_loss=loss,
                                               wall_seconds=wall, sparsity=sparsity(flat_params(model),
                                                                                     param_slices(model)), steps=steps))
+
+
+@task(cache_policy=INPUTS + TASK_SOURCE - "data_dir", **PERSIST)
+def prune_train_baseline(dense: dict, level: float, cfg: SparsifyConfig, data_dir: str | None, data_fingerprint: str,
+                         code_version: str) -> dict:
+    """Structured only: remove one filter of ``cfg.layer`` at a time, each removal followed by
+    ``cfg.prune_train_epochs`` epochs of masked SGD (the fine-tuning settings), until ``level`` filters are gone
+    (the paper's baseline in Figure 4C/D). ``steps`` counts the SGD steps of all cycles."""
+    out = checkpoint_path("prune_train", dense["sha256"], level, cfg.model_dump(), data_fingerprint, code_version)
+    if (done := finished(out)) is not None:
+        return done
+    model, meta = open_ref(dense)
+    data = split(cfg.dataset, True, data_dir)
+    cycles: list = []
+    _, wall = iterative_prune_train(model, cfg.layer, int(level), data, cfg.finetune.train_config(cfg.seed),
+                                    epochs_per_filter=cfg.prune_train_epochs, augment=spec(cfg.dataset).augment,
+                                    callbacks=[cycles.append])
+    acc, loss = evaluate(model, split(cfg.dataset, False, data_dir))
+    steps = round(cycles[-1].epochs * -(-data.x.shape[0] // cfg.finetune.batch_size)) if cycles else 0
+    return save_result(out, model, meta, dict(method="prune_train", level=level, test_accuracy=acc, test_loss=loss,
+                                              wall_seconds=wall, sparsity=sparsity(flat_params(model),
+                                                                                    param_slices(model)), steps=steps,
+                                              epochs=cycles[-1].epochs if cycles else 0.0))

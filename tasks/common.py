@@ -66,7 +66,7 @@ def open_ref(checkpoint: dict, device: torch.device | None = None):
     return model.to(device or default_device()), meta
 
 
-ARCH_KEYS = ("model", "num_classes", "in_channels", "image_size", "dataset")
+ARCH_KEYS = ("model", "num_classes", "in_channels", "image_size", "width", "depth", "dataset")
 
 
 def save_result(out: Path, model, parent_meta: dict, result: dict, **extra: Any) -> dict:

@@ -32,6 +32,8 @@ def baseline_row(result: dict, params: SparsifyConfig) -> dict:
         budget = f"{params.finetune.epochs}ep"
     elif method == "finetune_equal_time":
         method, budget = "finetune", "equal_time"
+    elif method == "prune_train":
+        budget = f"{params.prune_train_epochs:g}ep_per_filter"
     return {"method": method, "budget": budget, **{k: result[k] for k in ("level", "steps", *METRIC_KEYS)}}
 
 

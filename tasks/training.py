@@ -14,12 +14,15 @@ from .common import PERSIST, checkpoint_path, finished, ref
 
 @task(cache_policy=INPUTS + TASK_SOURCE - "data_dir", **PERSIST)
 def train_network(model: str, dataset: str, train: TrainConfig, data_dir: str | None, data_fingerprint: str,
-                  code_version: str, task_index: int = 0) -> dict:
-    """Train ``model`` on ``dataset`` from ``train.seed``; return a reference to its checkpoint."""
-    out = checkpoint_path("trained", model, dataset, train.model_dump(), data_fingerprint, code_version, task_index)
+                  code_version: str, task_index: int = 0, arch: dict | None = None) -> dict:
+    """Train ``model`` (with the architecture options ``arch``: width, depth) on ``dataset`` from
+    ``train.seed``; return a reference to its checkpoint."""
+    arch = arch or {}
+    out = checkpoint_path("trained", model, dataset, train.model_dump(), data_fingerprint, code_version, task_index,
+                          *([arch] if arch else []))
     if (done := finished(out, _trained_result)) is not None:
         return done
-    meta = train_and_save(model, dataset, train, str(out), data_dir, task=task_index)
+    meta = train_and_save(model, dataset, train, str(out), data_dir, task=task_index, **arch)
     return ref(out, meta["sha256"], **_trained_result(meta))
 
 
@@ -28,9 +31,10 @@ def _trained_result(meta: dict) -> dict:
 
 
 @task
-def given_checkpoint(path: str, model: str, num_classes: int) -> dict:
-    """Reference to a user-given checkpoint, checked (safe load, content hash, architecture) before use."""
-    _, meta = load_model(path, expect_model=model, expect_num_classes=num_classes)
+def given_checkpoint(path: str, model: str, num_classes: int, arch: dict | None = None) -> dict:
+    """Reference to a user-given checkpoint, checked (safe load, content hash, architecture: model, classes,
+    width and depth) before use."""
+    _, meta = load_model(path, expect_model=model, expect_num_classes=num_classes, expect_arch=arch or {})
     if "test_accuracy" not in meta:
         raise InputError(f"checkpoint {path} has no recorded test accuracy; write it with `geodesic train`")
     return ref(path, meta["sha256"], test_accuracy=meta["test_accuracy"], test_loss=meta.get("test_loss"),

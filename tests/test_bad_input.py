@@ -37,6 +37,20 @@ CASES = [
     ("connect", ["--seed-b", "0"], {"seed_b": 0}, "different seeds"),
     ("connect", ["--geo.max-steps", "0"], {"geo": {"max_steps": 0}}, "greater than 0"),
     ("connect", ["--max-segments", "0"], {"max_segments": 0}, "greater than 0"),
+    # architecture options (width, depth) and the structured filter count at a width
+    ("sparsify", ["--width", "0"], {"width": 0}, "greater than 0"),
+    ("sparsify", ["--width", "0.5"], {"width": 0.5}, "has no width option"),
+    ("sparsify", ["--model", "vgg11", "--dataset", "cifar10", "--width", "0.001"],
+     {"model": "vgg11", "dataset": "cifar10", "width": 0.001}, "without any"),
+    ("sparsify", ["--model", "vgg16", "--dataset", "cifar10", "--depth", "20"],
+     {"model": "vgg16", "dataset": "cifar10", "depth": 20}, "has no depth option"),
+    ("sparsify", ["--model", "vgg11", "--dataset", "cifar10", "--width", "0.25", "--structured", "--n-filters", "16"],
+     {"model": "vgg11", "dataset": "cifar10", "width": 0.25, "structured": True, "n_filters": 16},
+     "between 1 and 15"),
+    ("sparsify", ["--model", "vgg11", "--dataset", "cifar10", "--structured", "--layer", "classifier"],
+     {"model": "vgg11", "dataset": "cifar10", "structured": True, "layer": "classifier"}, "not a conv layer"),
+    ("connect", ["--model", "resnet164", "--dataset", "cifar10", "--depth", "21"],
+     {"model": "resnet164", "dataset": "cifar10", "depth": 21}, "depth must be 9n"),
 ]
 IDS = [f"{f}:{' '.join(a)}" for f, a, _, _ in CASES]
 
@@ -83,6 +97,34 @@ def test_unreachable_tracking_server_fails_fast_and_writes_nothing(tmp_path, mon
     assert time.monotonic() - t0 < 30
     err = capsys.readouterr().err
     assert f"127.0.0.1:{port} cannot be reached" in err and "MLFLOW_TRACKING_URI" in err
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "not-a-pickle", "code", "not-cifar"])
+def test_corrupt_cifar_files_are_refused_before_any_work(tmp_path, monkeypatch, data_dir, capsys, damage):
+    import pickle
+    import shutil
+    from pathlib import Path
+
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    shutil.copytree(Path(data_dir) / "cifar-10-batches-py", folder)
+    f = folder / "data_batch_3"
+    blob = f.read_bytes()
+
+    class Evil:  # a pickle that would run code when loaded
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    f.write_bytes({"truncate": lambda: blob[: len(blob) // 2], "not-a-pickle": lambda: b"hello" * 100,
+                   "code": lambda: pickle.dumps(Evil()),
+                   "not-cifar": lambda: pickle.dumps({b"data": [1, 2, 3], b"labels": [0]})}[damage]())
+    monkeypatch.chdir(tmp_path)
+    code = main(["sparsify", "--model", "vgg11", "--dataset", "cifar10", "--width", "0.125",
+                 "--data-dir", str(tmp_path / "data")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "data_batch_3" in err and ("truncated or not a pickle of arrays" in err or "not a CIFAR batch" in err), err
+    assert "pwned" not in err
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "mlflow.db").exists()
 
 

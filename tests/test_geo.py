@@ -168,3 +168,30 @@ def test_distiller_steps_are_bounded_by_eta():
         assert torch.isfinite(w).all()
         assert float((w - prev).norm()) <= (1 + cfg.distill_steps) * cfg.eta + 1e-5
         prev = w
+
+
+def test_batchnorm_statistics_follow_the_weights_when_asked():
+    """``bn_every``: the running statistics are re-estimated at the current weights (the network the metric and
+    the anchor see is the network at w); 0 keeps the start network's statistics."""
+    import copy
+
+    from conftest import tiny_cnn_bn
+    from geodesic_core import recompute_bn, set_flat_params
+
+    pool = torch.randn(40, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    w_a = flat_params(tiny_cnn_bn(1))
+    start = tiny_cnn_bn(0)
+    frozen, fresh = copy.deepcopy(start), copy.deepcopy(start)
+    cfg = GeoConfig(eta=0.05, max_steps=4, metric_batch=8, anchor=0.0, solver="cg", cg_iters=5, bn_samples=64)
+    geo(frozen, FixedTarget(w_a), pool, cfg.model_copy(update={"bn_every": 0}))
+    assert torch.equal(frozen[1].running_mean, start[1].running_mean)
+    seen = []
+    geo(fresh, FixedTarget(w_a), pool, cfg.model_copy(update={"bn_every": 1}), callbacks=[lambda i: seen.append(
+        i.weights.clone())])
+    # refreshed at the start of the last step: the statistics of the weights after the step before it
+    ref = copy.deepcopy(start)
+    set_flat_params(ref, seen[-2])
+    recompute_bn(ref, pool)
+    assert torch.allclose(fresh[1].running_mean, ref[1].running_mean, atol=1e-6)
+    assert torch.allclose(fresh[1].running_var, ref[1].running_var, atol=1e-6)
+    assert not torch.allclose(fresh[1].running_mean, start[1].running_mean)

@@ -97,22 +97,26 @@ class _nullctx:
 def test_structured_filter_sparsification_runs_end_to_end(harness, workdir, data_dir, capsys):
     args = ["sparsify", "--data-dir", data_dir, "--model", "cnn", "--structured", "--layer", "0", "--n-filters", "8",
             "--stages", "2", "--geo.max-steps", "6", "--train.epochs", "1", "--finetune.epochs", "1",
-            "--no-finetune.equal-time", "--geo.distill-steps", "2"]
+            "--no-finetune.equal-time", "--geo.distill-steps", "2", "--prune-train-epochs", "0.02"]
     assert main(args) == 0
     client, runs = _runs(workdir)
+    cycle = [r for r in runs if r.data.params.get("method") == "prune_train"]  # the paper's structured baseline
+    assert len(cycle) == 1 and cycle[0].data.params["budget"] == "0.02ep_per_filter"
     geo = [r for r in runs if r.data.params.get("method") == "geodesic"]
     assert len(geo) == 1 and geo[0].data.params["target_filters"] == "8.0"
     oneshot = [r for r in runs if r.data.params.get("method") == "oneshot"]
     # a working traversal: at least as good as zeroing the filters in one shot (both ~95-98% here)
     assert geo[0].data.metrics["test_accuracy"] >= oneshot[0].data.metrics["test_accuracy"] - 0.5
-    ckpt_dir = client.download_artifacts(geo[0].info.run_id, "checkpoints", str(workdir / "dl"))
     from pathlib import Path
 
     from geodesic_core import load_model
 
-    model, _ = load_model(next(Path(ckpt_dir).glob("*.pt")))
-    zero = model[0].weight.detach().flatten(1).abs().sum(1) == 0
-    assert int(zero.sum()) == 8 and bool((model[0].bias.detach()[zero] == 0).all())
+    for run in (geo[0], cycle[0]):  # both end with exactly 8 filters removed (weights and bias)
+        ckpt_dir = client.download_artifacts(run.info.run_id, "checkpoints", str(workdir / run.info.run_id))
+        model, meta = load_model(next(Path(ckpt_dir).glob("*.pt")))
+        zero = model[0].weight.detach().flatten(1).abs().sum(1) == 0
+        assert int(zero.sum()) == 8 and bool((model[0].bias.detach()[zero] == 0).all())
+    assert meta["result"]["steps"] == 8 * round(0.02 * 469)  # prune-train: 8 cycles of 0.02 epochs (batch 128)
 
 
 def test_structured_layer_must_be_a_conv(tmp_path, monkeypatch, data_dir, capsys):

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from geodesic_core import set_flat_params
 from geodesic_core import (FilterTarget, InputError, SparseTarget, build_model, flat_params, param_slices,
                            project_sparse, sparsity)
 
@@ -65,22 +66,41 @@ def test_sparse_target_refreshes_every_n_steps():
 
 def test_filter_projection_zeroes_whole_filters():
     model = build_model("vgg11", 10, 3, 32)
+    with torch.no_grad():  # a batch norm with non-trivial scale and shift
+        model.features[1].weight.uniform_(0.5, 1.5)
+        model.features[1].bias.uniform_(0.1, 0.5)
     t = FilterTarget(model, "features.0", 50)
+    assert t.batchnorm == "features.1"
     w = flat_params(model)
     pw = t(w, 0)
     sl = {s.name: s for s in param_slices(model)}
-    W = pw[sl["features.0.weight"].start:sl["features.0.weight"].stop].view(64, -1)
-    b = pw[sl["features.0.bias"].start:sl["features.0.bias"].stop]
+
+    def part(v, name):
+        return v[sl[name].start:sl[name].stop]
+
+    W = part(pw, "features.0.weight").view(64, -1)
     zero = (W == 0).all(1)
-    assert int(zero.sum()) == 50 and torch.equal(zero, b == 0)
+    assert int(zero.sum()) == 50
+    for name in ("features.0.bias", "features.1.weight", "features.1.bias"):  # the whole channel is removed
+        assert torch.equal(zero, part(pw, name) == 0), name
     rest = torch.ones_like(w, dtype=torch.bool)
-    rest[sl["features.0.weight"].start:sl["features.0.bias"].stop] = False
+    rest[sl["features.0.weight"].start:sl["features.1.bias"].stop] = False
     assert torch.equal(pw[rest], w[rest])
-    # the anchor and the distiller may move every weight except those of the zeroed filters
+    # the anchor and the distiller may move every weight except those of the removed filters
     expected = torch.ones_like(w, dtype=torch.bool)
-    expected[sl["features.0.weight"].start:sl["features.0.weight"].stop].view(64, -1)[zero] = False
-    expected[sl["features.0.bias"].start:sl["features.0.bias"].stop][zero] = False
-    assert torch.equal(t.free_mask(pw), expected) and int((~expected).sum()) == 50 * (W.shape[1] + 1)
+    part(expected, "features.0.weight").view(64, -1)[zero] = False
+    for name in ("features.0.bias", "features.1.weight", "features.1.bias"):
+        part(expected, name)[zero] = False
+    assert torch.equal(t.free_mask(pw), expected) and int((~expected).sum()) == 50 * (W.shape[1] + 3)
+    masks = t.masks(pw)
+    assert set(masks) == {"features.0.weight", "features.0.bias", "features.1.weight", "features.1.bias"}
+    # the removed channel is exactly zero after batch norm whatever its statistics
+    model.eval()
+    set_flat_params(model, pw)
+    with torch.no_grad():
+        model.features[1].running_mean.normal_()
+        out = model.features[:3](torch.randn(2, 3, 32, 32))
+    assert float(out[:, zero].abs().max()) == 0.0
     with pytest.raises(InputError, match="conv layers"):
         FilterTarget(model, "classifier", 5)
     with pytest.raises(InputError, match="n_filters"):

@@ -1,0 +1,473 @@
+"""The paper's deep-network experiments on CIFAR-10, start to finish: structured sparsification of VGG11
+(Figure 4C/D) and mode connectivity of VGG16 and the pre-activation ResNet (Figure 7A/B).
+
+Pure PyTorch on `geodesic_core` (no Prefect, no MLflow: it runs on a bare GPU machine with the core's
+dependencies alone). Each experiment writes its results (``<out>/<name>.json``: tables and curves) the moment
+it finishes, so a run stopped by a time limit keeps every finished experiment, and prints Markdown tables:
+
+- structured: test accuracy against update epochs and wall time for the geodesic (a Geo step's forward and
+  backward passes counted as a fraction of an epoch, `geodesic_core.geo.geo_step_passes`), the paper's
+  iterative prune-train baseline (one filter removed per cycle, SGD retraining after each) and one-shot
+  removal + fine-tuning; then the geodesic's end exported as a physically smaller network, with its
+  largest output difference from the masked network.
+- connect: for two networks trained from two seeds, the geodesic (Algorithm 3 with the output anchor and
+  the completion step, as `geodesic connect` runs it), the straight line and the trained quadratic Bezier
+  curve (Garipov et al. 2018): path minimum / mean test accuracy (batch-norm statistics re-estimated at every
+  evaluated point), length under g on one probe batch, Euclidean length, wall time.
+
+Profiles fix the scale: ``cpu`` (VGG at width 1/8, where an epoch takes 13-21 s on 2 cores; the
+pre-activation ResNet at depth 11 and width 1/2; a few epochs each: the whole run in about 25 minutes) and
+``gpu`` (the paper's networks at width 1; training epochs chosen from a measured throughput probe to fit
+``--*-train-seconds``). ``--cache DIR`` keeps trained endpoints (fixed epochs only) for reruns. Every setting
+can be overridden:
+
+    python benchmarks/cifar.py --data-dir ../shared/data --profile cpu
+    python benchmarks/cifar.py --data-dir /tmp/c10 --profile gpu --out results/       # on a GPU
+    python benchmarks/cifar.py --data-dir ../shared/data --experiments structured --width 0.25
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from geodesic_core import (GeoConfig, build_model, cumulative_lengths, evaluate, flat_params, linear_path,  # noqa: E402
+                           load_split, set_flat_params)
+from geodesic_core.config import cifar_recipe  # noqa: E402
+from geodesic_core.connect import (InterpolatedOutputs, bn_batch, connect_segment, distance_ratio,  # noqa: E402
+                                   evaluate_point, train_bezier)
+from geodesic_core.data import Split  # noqa: E402
+from geodesic_core.geo import geo_step_passes  # noqa: E402
+from geodesic_core.sparsify import iterative_prune_train, prune_finetune, structured_stage  # noqa: E402
+from geodesic_core.structured import compact_filters  # noqa: E402
+from geodesic_core.train import default_device, train  # noqa: E402
+
+EXPERIMENTS = ("vgg16-connect", "structured", "resnet-connect")
+
+
+@dataclass
+class Settings:
+    """One run's scale. ``*_train_epochs`` (or, when None, ``*_train_seconds`` through a throughput probe)
+    size the endpoint training; ``geo_steps``: the geodesic's step budget (η = distance / geo_steps)."""
+
+    data_dir: str | None = None
+    out: str = "cifar-results"
+    experiments: tuple[str, ...] = EXPERIMENTS
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    n_train: int | None = None  # a subset (tests); None: all 50 000
+    n_test: int | None = None
+    seeds: tuple[int, int] = (0, 1)
+    lr: float = 0.1
+    batch_size: int = 256
+    # structured (VGG11, Figure 4C/D)
+    width: float = 0.125
+    n_filters: int | None = None  # default round(50 W)
+    structured_train_epochs: int | None = 8
+    structured_train_seconds: float = 60.0
+    stages: int = 5
+    stage_steps: int = 40
+    struct_eta: float | None = None  # default: distance to the target / (stages x stage_steps / 2)
+    distill_steps: int = 5
+    epochs_per_filter: float = 0.25
+    finetune_epochs: int = 3
+    # connect (VGG16 and the pre-activation ResNet, Figure 7A/B)
+    vgg16_width: float | None = None  # default: width
+    resnet_width: float = 0.5
+    resnet_depth: int = 20
+    connect_train_epochs: int | None = 8
+    connect_train_seconds: float = 60.0
+    resnet_train_seconds: float | None = None  # default connect_train_seconds
+    resnet_geo_steps: int | None = None  # default geo_steps
+    resnet_bezier_epochs: int | None = None  # default bezier_epochs
+    geo_steps: int = 150
+    metric_batch: int = 128
+    bezier_epochs: int = 3
+    line_points: int = 11
+    eval_points: int = 12
+    probe: int = 512
+    bn_every: int = 10  # Geo steps between batch-norm re-estimations at the current weights (0: never)
+    struct_bn_every: int | None = None  # default bn_every
+    methods: str = "geodesic,prune-train,oneshot+finetune"  # the structured experiment's methods
+    paths: str = "linear,bezier,geodesic"  # the connect experiments' paths
+    cache: str | None = None  # a folder for trained endpoints (fixed epochs only): reruns reuse them
+    time_limit: float | None = None  # seconds for the whole run; later experiments are skipped past it
+    seed_offset: int = field(default=0)
+
+
+PROFILES = {
+    "cpu": Settings(structured_train_epochs=6, connect_train_epochs=4, resnet_depth=11, stages=5, stage_steps=20,
+                    geo_steps=120, metric_batch=64, bezier_epochs=2, finetune_epochs=3, line_points=9, eval_points=6,
+                    probe=256),
+    "gpu": Settings(width=1.0, resnet_width=1.0, resnet_depth=164, structured_train_epochs=None,
+                    connect_train_epochs=None, structured_train_seconds=40.0, connect_train_seconds=45.0,
+                    resnet_train_seconds=35.0, batch_size=256, stage_steps=40, distill_steps=5, epochs_per_filter=0.5,
+                    finetune_epochs=8, geo_steps=200, metric_batch=128, bezier_epochs=4, line_points=11,
+                    eval_points=10, resnet_geo_steps=80, resnet_bezier_epochs=2),
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _resident(split: Split, device: torch.device, n: int | None) -> Split:
+    x, y = (split.x[:n], split.y[:n]) if n else (split.x, split.y)
+    return Split(x.to(device), y.to(device))
+
+
+def epoch_seconds(model: torch.nn.Module, data: Split, cfg, device: torch.device, steps: int = 20) -> float:
+    """Measured wall time of one training epoch (a throughput probe on a copy of the model: warm-up, then
+    ``steps`` timed steps)."""
+    probe = copy.deepcopy(model)
+    train(probe, data, cfg.model_copy(update={"epochs": 1}), augment=True, device=device, max_batches=10)
+    _sync(device)
+    t = time.perf_counter()
+    train(probe, data, cfg.model_copy(update={"epochs": 1}), augment=True, device=device, max_batches=steps)
+    _sync(device)
+    per_step = (time.perf_counter() - t) / steps
+    return per_step * math.ceil(data.x.shape[0] / cfg.batch_size)
+
+
+def train_endpoint(name: str, arch: dict, seed: int, data: Split, test: Split, s: Settings, epochs: int | None,
+                   seconds: float, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """Train one network with the CIFAR recipe for ``epochs`` (or as many as fit ``seconds``)."""
+    model = build_model(name, 10, 3, 32, seed=seed, **arch).to(device)
+    cfg = cifar_recipe(epochs=1, lr=s.lr, seed=seed, batch_size=s.batch_size)
+    ep_s = None
+    if epochs is None:
+        ep_s = epoch_seconds(model, data, cfg, device)
+        epochs = max(1, int(seconds // ep_s))
+    cached = None
+    if s.cache and ep_s is None:
+        key = "-".join(f"{k}{v}" for k, v in sorted(arch.items()))
+        cached = Path(s.cache) / f"{name}-{key}-seed{seed}-{epochs}ep-{data.x.shape[0]}-lr{s.lr}-b{s.batch_size}.pt"
+    t = time.perf_counter()
+    if cached is not None and cached.is_file():
+        blob = torch.load(cached, map_location=device, weights_only=True)
+        model.load_state_dict(blob["state"])
+        wall = float(blob["train_seconds"])
+    else:
+        train(model, data, cfg.model_copy(update={"epochs": epochs}), augment=True, device=device)
+        _sync(device)
+        wall = time.perf_counter() - t
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"state": model.state_dict(), "train_seconds": wall}, cached)
+    acc, _ = evaluate(model, test)
+    info = {"model": name, **arch, "seed": seed, "epochs": epochs, "train_seconds": wall, "test_accuracy": acc,
+            "probe_epoch_seconds": ep_s, "weights": sum(p.numel() for p in model.parameters())}
+    print(f"  {name} {arch} seed {seed}: {epochs} epochs in {wall:.1f} s -> {acc:.2f}%", flush=True)
+    return model, info
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Structured sparsification (Figure 4C/D)
+# --------------------------------------------------------------------------------------------------------------
+
+def run_structured(s: Settings, train_data: Split, test: Split, device: torch.device) -> dict:
+    width = s.width
+    n_filters = s.n_filters or max(1, round(50 * width))
+    layer = "features.0"
+    n_train = train_data.x.shape[0]
+    dense, info = train_endpoint("vgg11", {"width": width} if width != 1 else {}, s.seeds[0], train_data, test, s,
+                                 s.structured_train_epochs, s.structured_train_seconds, device)
+    dense.requires_grad_(False)
+    dense_acc = info["test_accuracy"]
+    curves: dict[str, list[dict]] = {}
+
+    # --- geodesic: the filters zeroed a few at a time, one structured stage each (as the flow does) -------------
+    model = copy.deepcopy(dense).requires_grad_(True)
+    from geodesic_core.targets import FilterTarget
+
+    start_dist = float((FilterTarget(model, layer, n_filters).project(flat_params(model)) - flat_params(model)).norm())
+    eta = s.struct_eta or start_dist / max(1, s.stages * s.stage_steps / 2)
+    cfg = GeoConfig(eta=eta, max_steps=s.stage_steps, anchor=1.0, patience=s.stage_steps, metric_batch=64,
+                    solver="exact", distill_steps=s.distill_steps, distill_lr=0.003, distill_batch=128,
+                    bn_every=s.bn_every if s.struct_bn_every is None else s.struct_bn_every)
+    per_step = geo_step_passes(cfg, min(64, n_train), 10, masked=True) / (2 * n_train)
+    rows = [{"epochs": 0.0, "seconds": 0.0, "test_accuracy": dense_acc, "filters": 0}]
+    spent, step0 = 0.0, 0
+    for k in range(1, s.stages + 1):
+        level = max(1, round(n_filters * k / s.stages))
+        _sync(device)
+        t = time.perf_counter()
+        res = structured_stage(model, layer, level, train_data.x, cfg, anchor=dense, start_step=step0, stage=k)
+        _sync(device)
+        spent += time.perf_counter() - t
+        step0 += res.steps
+        acc, _ = evaluate(model, test)
+        rows.append({"epochs": step0 * per_step, "seconds": spent, "test_accuracy": acc, "filters": level,
+                     "steps": step0, "stop_reason": res.stop_reason,
+                     "projection_distance": res.distance_before_projection})
+    curves["geodesic"] = rows
+    geo_model = model
+
+    methods = s.methods.split(",")
+    # --- the paper's baseline: remove one filter, retrain, repeat -------------------------------------------------
+    model = copy.deepcopy(dense).requires_grad_(True)
+    ft_cfg = cifar_recipe(epochs=1, lr=0.01, seed=s.seeds[0], batch_size=s.batch_size).model_copy(
+        update={"schedule": "constant", "label_smoothing": 0.0})
+    rows = [{"epochs": 0.0, "seconds": 0.0, "test_accuracy": dense_acc, "filters": 0}]
+    report_every = max(1, n_filters // 10)
+
+    def cycle(ci):
+        if ci.cycle % report_every == 0 or ci.cycle == n_filters:
+            rows.append({"epochs": ci.epochs, "seconds": ci.seconds, "test_accuracy": evaluate(model, test)[0],
+                         "filters": ci.filters})
+
+    if "prune-train" in methods:
+        iterative_prune_train(model, layer, n_filters, train_data, ft_cfg, epochs_per_filter=s.epochs_per_filter,
+                              augment=True, device=device, callbacks=[cycle])
+        curves["prune-train"] = rows
+
+    # --- one-shot removal + fine-tuning ---------------------------------------------------------------------------
+    model = copy.deepcopy(dense).requires_grad_(True)
+    rows = [{"epochs": 0.0, "seconds": 0.0, "test_accuracy": dense_acc, "filters": 0}]
+    t0 = time.perf_counter()
+    from geodesic_core.sparsify import project_to_level
+
+    oneshot = copy.deepcopy(dense)
+    project_to_level(oneshot, n_filters, structured=True, layer=layer)
+    rows.append({"epochs": 0.0, "seconds": 0.0, "test_accuracy": evaluate(oneshot, test)[0], "filters": n_filters})
+
+    def epoch_done(e):
+        rows.append({"epochs": e.epoch + 1.0, "seconds": time.perf_counter() - t0,
+                     "test_accuracy": evaluate(model, test)[0], "filters": n_filters})
+
+    if "oneshot+finetune" in methods:
+        prune_finetune(model, n_filters, train_data, ft_cfg.model_copy(update={"epochs": s.finetune_epochs}),
+                       structured=True, layer=layer, augment=True, device=device, callbacks=[epoch_done])
+        curves["oneshot+finetune"] = rows
+
+    # --- export: the geodesic's end as a physically smaller network -----------------------------------------------
+    small, removed = compact_filters(geo_model, layer)
+    with torch.no_grad():
+        x = test.x[:256]
+        geo_model.eval(), small.eval()
+        diff = float((geo_model(x) - small(x)).abs().max())
+    export = {"filters_removed": removed, "weights_masked": sum(p.numel() for p in geo_model.parameters()),
+              "weights_compact": sum(p.numel() for p in small.parameters()), "max_output_difference": diff,
+              "compact_test_accuracy": evaluate(small, test)[0]}
+    return {"experiment": "structured", "model": "vgg11", "width": width, "layer": layer, "n_filters": n_filters,
+            "dense": info, "geo": {"eta": eta, **cfg.model_dump(), "epochs_per_step": per_step},
+            "epochs_per_filter": s.epochs_per_filter, "finetune_epochs": s.finetune_epochs, "curves": curves,
+            "export": export}
+
+
+def recover_epochs(rows: list[dict], level: float) -> float | None:
+    """Epochs at which a curve first holds ``level`` or more after its filters are all removed."""
+    final = rows[-1]["filters"]
+    hits = [r["epochs"] for r in rows if r["filters"] == final and r["test_accuracy"] >= level]
+    return min(hits) if hits else None
+
+
+def print_structured(r: dict) -> None:
+    dense = r["dense"]["test_accuracy"]
+    print(f"\n### VGG11 (width {r['width']}) on CIFAR-10: {r['n_filters']} of the filters of {r['layer']} removed\n")
+    print(f"dense network: {dense:.2f}% after {r['dense']['epochs']} epochs ({r['dense']['train_seconds']:.0f} s)\n")
+    print("| method | final accuracy | best accuracy | update epochs | epochs to within 1 point of dense | wall s |")
+    print("|---|---|---|---|---|---|")
+    for name, rows in r["curves"].items():
+        rec = recover_epochs(rows, dense - 1.0)
+        print(f"| {name} | {rows[-1]['test_accuracy']:.2f} | {max(x['test_accuracy'] for x in rows[1:]):.2f} | "
+              f"{rows[-1]['epochs']:.2f} | {'not reached' if rec is None else f'{rec:.2f}'} | "
+              f"{rows[-1]['seconds']:.1f} |")
+    e = r["export"]
+    print(f"\nexport: {e['filters_removed']} filters removed physically, {e['weights_masked']} -> "
+          f"{e['weights_compact']} weights, max |output difference| {e['max_output_difference']:.2e}, "
+          f"accuracy {e['compact_test_accuracy']:.2f}%")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Mode connectivity (Figure 7A/B)
+# --------------------------------------------------------------------------------------------------------------
+
+def _path_summary(accs: list[float], lengths: list[float], euclid: float, wall: float, **extra) -> dict:
+    return {"min": min(accs), "mean": sum(accs) / len(accs), "length_g": lengths[-1], "euclidean": euclid,
+            "wall_seconds": wall, "accuracies": accs, **extra}
+
+
+def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Split, device: torch.device,
+                train_seconds: float) -> dict:
+    ends = [train_endpoint(name, arch, seed, train_data, test, s, s.connect_train_epochs, train_seconds, device)
+            for seed in s.seeds]
+    (net_a, info_a), (net_b, info_b) = ends
+    w_a, w_b = flat_params(net_a), flat_params(net_b)
+    dist = float((w_b - w_a).norm())
+    probe_x = train_data.x[torch.randperm(train_data.x.shape[0], generator=torch.Generator().manual_seed(0))[:s.probe]]
+    bn = bn_batch(net_a, train_data.x)
+    viewer = copy.deepcopy(net_a)
+
+    def evaluate_points(points):
+        return [evaluate_point(viewer, w, test, bn)[0] for w in points]
+
+    paths = {}
+    # --- the straight line ---------------------------------------------------------------------------------------
+    t = time.perf_counter()
+    pts = linear_path(w_a, w_b, s.line_points)
+    accs = evaluate_points(pts)
+    paths["linear"] = _path_summary(accs, cumulative_lengths(viewer, pts, probe_x), dist, time.perf_counter() - t)
+    endpoint_acc = (accs[0], accs[-1])  # the endpoints with batch-norm statistics re-estimated, like every point
+
+    # --- the peer baseline: a trained quadratic Bezier curve -------------------------------------------------------
+    wanted = s.paths.split(",")
+    if "bezier" in wanted:
+        bz_cfg = cifar_recipe(epochs=s.bezier_epochs, lr=0.05, seed=s.seeds[0], batch_size=s.batch_size).model_copy(
+            update={"label_smoothing": 0.0})
+        _sync(device)
+        t = time.perf_counter()
+        curve = train_bezier(copy.deepcopy(net_a), w_a, w_b, train_data, bz_cfg, augment=True)
+        _sync(device)
+        bz_wall = time.perf_counter() - t
+        pts = curve.points(s.line_points)
+        paths["bezier"] = _path_summary(evaluate_points(pts), cumulative_lengths(viewer, pts, probe_x),
+                                        curve.euclidean_length(), bz_wall, epochs=s.bezier_epochs)
+    result = {"experiment": "connect", "model": name, **arch, "endpoints": [info_a, info_b],
+              "endpoint_accuracy_bn": endpoint_acc, "distance": dist, "paths": paths}
+    if "geodesic" not in wanted:
+        return result
+
+    # --- the geodesic: Algorithm 3 with the output anchor; the completion step if it stalls ------------------------
+    model = copy.deepcopy(net_a).requires_grad_(True)
+    eta = dist / s.geo_steps
+    cfg = GeoConfig(eta=eta, anchor=1.0, max_steps=(3 * s.geo_steps) // 2, patience=50, metric_batch=s.metric_batch,
+                    solver="cg", cg_iters=10, bn_every=s.bn_every)
+    every = max(1, s.geo_steps // s.eval_points)
+    points, eucl, last = [w_a.clone()], [0.0], [w_a.clone()]
+
+    def record(info):
+        eucl[0] += float((info.weights - last[0]).norm())
+        last[0] = info.weights.clone()
+        if info.step % every == 0:
+            points.append(info.weights.clone())
+
+    anchor = InterpolatedOutputs(copy.deepcopy(net_a), copy.deepcopy(net_b))
+    _sync(device)
+    t = time.perf_counter()
+    res = connect_segment(model, w_b, train_data.x, cfg, anchor=anchor, total_distance=dist, callbacks=[record])
+    steps, stops, completion = res.steps, [res.stop_reason], 0
+    if res.stop_reason != "reached":  # the completion step: anchor off, a 10x looser trust region
+        loose = cfg.model_copy(update={"anchor": 0.0, "eps": cfg.eps * 10, "seed": 1, "max_steps": s.geo_steps})
+        res = connect_segment(model, w_b, train_data.x, loose, callbacks=[record], start_step=steps)
+        completion = res.steps
+        steps += res.steps
+        stops.append(res.stop_reason)
+    _sync(device)
+    geo_wall = time.perf_counter() - t
+    w_end = flat_params(model)
+    if not torch.equal(points[-1], w_end):
+        points.append(w_end)
+    accs = evaluate_points(points)
+    paths["geodesic"] = _path_summary(accs, cumulative_lengths(viewer, points, probe_x), eucl[0], geo_wall,
+                                      steps=steps, completion_steps=completion, stop_reasons=stops, eta=eta,
+                                      end_distance_ratio=distance_ratio(w_end, w_a, w_b))
+    return {**result, "geo": cfg.model_dump()}
+
+
+def print_connect(r: dict) -> None:
+    a, b = r["endpoints"]
+    arch = {k: r[k] for k in ("width", "depth") if k in r}
+    print(f"\n### {r['model']} {arch or ''} on CIFAR-10: seeds {a['seed']} and {b['seed']}, {a['epochs']} / "
+          f"{b['epochs']} epochs ({a['train_seconds']:.0f} / {b['train_seconds']:.0f} s), endpoints "
+          f"{a['test_accuracy']:.2f} / {b['test_accuracy']:.2f}%, |w_2 - w_1| = {r['distance']:.1f}\n")
+    print("| path | min accuracy | mean accuracy | length under g | Euclidean length | wall s |")
+    print("|---|---|---|---|---|---|")
+    for name, p in r["paths"].items():
+        print(f"| {name} | {p['min']:.2f} | {p['mean']:.2f} | {p['length_g']:.2f} | {p['euclidean']:.1f} | "
+              f"{p['wall_seconds']:.1f} |")
+    g = r["paths"].get("geodesic")
+    if g:
+        print(f"\ngeodesic: {g['steps']} steps (η = {g['eta']:.3g}; {g['stop_reasons']}, {g['completion_steps']} "
+              f"completion steps), ends at {g['end_distance_ratio']:.3f} of the distance")
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+def _experiment(name: str, s: Settings, train_data: Split, test: Split, device: torch.device) -> dict:
+    if name == "structured":
+        return run_structured(s, train_data, test, device)
+    if name == "vgg16-connect":
+        w = s.vgg16_width if s.vgg16_width is not None else s.width
+        return run_connect("vgg16", {"width": w} if w != 1 else {}, s, train_data, test, device,
+                           s.connect_train_seconds)
+    arch = {"depth": s.resnet_depth, **({"width": s.resnet_width} if s.resnet_width != 1 else {})}
+    s = replace(s, geo_steps=s.resnet_geo_steps or s.geo_steps, bezier_epochs=s.resnet_bezier_epochs or s.bezier_epochs)
+    return run_connect("resnet164", arch, s, train_data, test, device, s.resnet_train_seconds or s.connect_train_seconds)
+
+
+def run(s: Settings) -> dict[str, dict]:
+    unknown = [e for e in s.experiments if e not in EXPERIMENTS]
+    if unknown:
+        raise SystemExit(f"unknown experiment(s) {unknown}; valid: {', '.join(EXPERIMENTS)}")
+    device = torch.device(s.device)
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.backends.cudnn.benchmark = True
+    # float32 means float32: no TF32 in convolutions and matrix products (metric products, Geo steps,
+    # evaluation); training runs under bf16 autocast regardless
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    t_start = time.perf_counter()
+    train_data = _resident(load_split("cifar10", True, s.data_dir), device, s.n_train)
+    test = _resident(load_split("cifar10", False, s.data_dir), device, s.n_test)
+    print(f"CIFAR-10: {train_data.x.shape[0]} training / {test.x.shape[0]} test images on {device}"
+          f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}", flush=True)
+    results: dict[str, dict] = {}
+    for name in s.experiments:
+        if s.time_limit and time.perf_counter() - t_start > s.time_limit:
+            print(f"\n{name}: skipped (the run's time limit of {s.time_limit:.0f} s is spent)", flush=True)
+            continue
+        t = time.perf_counter()
+        print(f"\n== {name} ==", flush=True)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        try:
+            r = _experiment(name, s, train_data, test, device)
+        except Exception:  # one failed experiment must not cost the others (a GPU run has one try)
+            traceback.print_exc()
+            continue
+        r["wall_seconds"] = time.perf_counter() - t
+        r["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        if device.type == "cuda":
+            r["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+        (out / f"{name}.json").write_text(json.dumps(r, indent=1, default=str))
+        (print_structured if name == "structured" else print_connect)(r)
+        print(f"({name}: {r['wall_seconds']:.0f} s)", flush=True)
+        results[name] = r
+    return results
+
+
+def parse(argv: list[str]) -> Settings:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
+    ap.add_argument("--experiments", default=None, help=f"comma-separated, of {', '.join(EXPERIMENTS)}")
+    for f in Settings.__dataclass_fields__.values():
+        if f.name in ("experiments", "seeds", "seed_offset"):
+            continue
+        kind = {"int | None": int, "float | None": float, "str | None": str, "int": int, "float": float,
+                "str": str}[str(f.type)]
+        ap.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None)
+    args = vars(ap.parse_args(argv))
+    s = PROFILES[args.pop("profile")]
+    exps = args.pop("experiments")
+    if exps:
+        s = replace(s, experiments=tuple(e.strip() for e in exps.split(",")))
+    return replace(s, **{k: v for k, v in args.items() if v is not None})
+
+
+if __name__ == "__main__":
+    settings = parse(sys.argv[1:])
+    print(json.dumps(asdict(settings), default=str))
+    run(settings)

@@ -1,0 +1,212 @@
+"""The deep-network half: width / depth of the paper's CIFAR networks, the CIFAR recipe, the structured
+experiment's pieces (chunked Gram matrix, iterative prune-train, the physically smaller export) and
+`benchmarks/cifar.py` end to end on a few hundred real CIFAR-10 images."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from geodesic_core import (FilterTarget, GeoConfig, InputError, TrainConfig, build_model, flat_params, gram_matrix,
+                           load_model, load_split, save_checkpoint, set_flat_params)
+from geodesic_core.config import ConnectConfig, SparsifyConfig, cifar_recipe
+from geodesic_core.data import Split
+from geodesic_core.geo import geo_step_passes
+from geodesic_core.sparsify import iterative_prune_train, prune_finetune
+from geodesic_core.structured import compact_filters, removed_filters
+from geodesic_core.train import _lr_at, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _convs(model):
+    return [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+def test_width_scales_every_layer_and_depth_selects_the_family_member():
+    full, quarter = build_model("vgg11", 10, 3, 32), build_model("vgg11", 10, 3, 32, width=0.25)
+    assert [c.out_channels for c in _convs(quarter)] == [round(c.out_channels / 4) for c in _convs(full)]
+    assert quarter.features[0].out_channels == 16 and quarter.classifier.in_features == 128
+    assert build_model("vgg16", 10, 3, 32, width=0.5).features[0].out_channels == 32
+    r20 = build_model("resnet164", 10, 3, 32, width=0.5, depth=20)
+    assert len(r20.blocks) == 6 and r20.conv1.out_channels == 8 and r20.fc.in_features == 128
+    assert len(build_model("resnet164", 10, 3, 32).blocks) == 54  # ResNet-164: 18 bottlenecks per stage
+    x = torch.randn(2, 3, 32, 32)
+    for m in (quarter, r20):
+        assert m(x).shape == (2, 10)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"name": "vgg11", "width": 0.0}, "positive channel multiplier"),
+    ({"name": "vgg11", "width": -1.0}, "positive channel multiplier"),
+    ({"name": "vgg11", "width": float("nan")}, "positive channel multiplier"),
+    ({"name": "vgg11", "width": 0.005}, "without any"),
+    ({"name": "lenet300", "width": 0.5}, "no width option"),
+    ({"name": "vgg16", "depth": 20}, "no depth option"),
+    ({"name": "resnet164", "depth": 21}, "9n \\+ 2"),
+    ({"name": "resnet164", "depth": 2}, "9n \\+ 2"),
+])
+def test_bad_architecture_options_are_refused(kwargs, match):
+    name = kwargs.pop("name")
+    with pytest.raises(InputError, match=match):
+        build_model(name, 10, 3, 32, **kwargs)
+
+
+def test_configs_carry_width_and_depth_and_scale_the_filter_count():
+    cfg = SparsifyConfig(model="vgg11", dataset="cifar10", width=0.25, structured=True, n_filters=12)
+    assert cfg.arch() == {"width": 0.25} and cfg.model_dump()["width"] == 0.25
+    assert SparsifyConfig().arch() == {}  # default networks keep their cache keys and checkpoints
+    assert ConnectConfig(model="resnet164", dataset="cifar10", depth=20).arch() == {"depth": 20}
+    with pytest.raises(ValueError, match="between 1 and 15"):
+        SparsifyConfig(model="vgg11", dataset="cifar10", width=0.25, structured=True, n_filters=16)
+
+
+def test_checkpoints_record_the_architecture_options(tmp_path):
+    model = build_model("resnet164", 10, 3, 32, seed=0, width=0.25, depth=11)
+    meta = {"model": "resnet164", "num_classes": 10, "in_channels": 3, "image_size": 32, "width": 0.25, "depth": 11}
+    save_checkpoint(tmp_path / "r.pt", model, meta)
+    loaded, _ = load_model(tmp_path / "r.pt", expect_arch={"width": 0.25, "depth": 11})
+    assert torch.equal(flat_params(loaded), flat_params(model))
+    with pytest.raises(InputError, match="--width / --depth"):
+        load_model(tmp_path / "r.pt", expect_arch={})
+
+
+def test_cifar_recipe_schedule_and_options():
+    cfg = cifar_recipe(epochs=10, lr=0.1)
+    assert cfg.nesterov and cfg.schedule == "onecycle" and cfg.weight_decay == 5e-4 and cfg.precision == "bf16"
+    lrs = [_lr_at(cfg, e) for e in (0.0, 1.5, 5.0, 10.0)]
+    assert math.isclose(lrs[0], 0.004) and math.isclose(lrs[1], 0.1) and 0 < lrs[2] < 0.1 and lrs[3] == 0.0
+    with pytest.raises(ValueError, match="Nesterov"):
+        TrainConfig(nesterov=True, momentum=0.0)
+
+
+@pytest.fixture(scope="module")
+def cifar_small(data_dir) -> tuple[Split, Split]:
+    """A few hundred real CIFAR-10 images (the reconstruction in ../shared/data)."""
+    tr, te = load_split("cifar10", True, data_dir), load_split("cifar10", False, data_dir)
+    assert tr.x.shape == (50000, 3, 32, 32) and te.x.shape == (10000, 3, 32, 32)
+    assert abs(float(tr.x.mean())) < 0.05 and abs(float(tr.x.std()) - 1) < 0.05  # normalized per channel
+    return Split(tr.x[:384].clone(), tr.y[:384].clone()), Split(te.x[:200].clone(), te.y[:200].clone())
+
+
+def test_training_with_the_recipe_learns_on_real_cifar(cifar_small):
+    tr, _ = cifar_small
+    model = build_model("vgg11", 10, 3, 32, seed=0, width=0.125)
+    before = nn.functional.cross_entropy(model.eval()(tr.x), tr.y).item()
+    train(model, tr, cifar_recipe(epochs=6, lr=0.05, batch_size=64), augment=True, device=torch.device("cpu"))
+    after = nn.functional.cross_entropy(model.eval()(tr.x), tr.y).item()
+    assert after < before - 0.2
+
+
+def test_chunked_gram_matrix_equals_the_one_block_gram_matrix():
+    torch.manual_seed(0)
+    model = build_model("vgg11", 10, 3, 32, width=0.0625).eval()
+    x = torch.randn(3, 3, 32, 32)
+    full = gram_matrix(model, x)
+    chunked = gram_matrix(model, x, max_elements=3 * 10 * 9 * 32)  # one output channel at a time in the widest layers
+    assert torch.allclose(full, chunked, rtol=1e-5, atol=1e-6 * float(full.abs().max()))  # float32 blocks
+
+
+def test_geo_step_pass_count_follows_the_implementation():
+    cg = GeoConfig(solver="cg", cg_iters=10, anchor=0.0)
+    assert geo_step_passes(cg, 64, 10) == 64 * 22
+    assert geo_step_passes(cg.model_copy(update={"anchor": 1.0}), 64, 10, masked=True) == 64 * 22 + 64 * 23 + 64
+    ex = GeoConfig(solver="exact", anchor=0.0, distill_steps=5, distill_batch=128)
+    assert geo_step_passes(ex, 64, 10) == 64 * 14 + 3 * 5 * 128 + 64
+
+
+def _with_bn_stats(model):
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.3)
+    return model.eval()
+
+
+def test_compact_export_removes_filters_physically_with_equal_outputs(tmp_path):
+    model = _with_bn_stats(build_model("vgg11", 10, 3, 32, seed=0, width=0.25))
+    target = FilterTarget(model, "features.0", 12)
+    set_flat_params(model, target.project(flat_params(model)))
+    assert removed_filters(model, "features.0").numel() == 12
+    small, removed = compact_filters(model, "features.0")
+    assert removed == 12 and small.features[0].out_channels == 4 and small.features[1].num_features == 4
+    assert all(not m.training for m in small.modules())
+    assert small.features[4].in_channels == 4  # features.3 is the max-pool; the next conv's inputs shrink
+    n_big, n_small = (sum(p.numel() for p in m.parameters()) for m in (model, small))
+    assert n_big - n_small == 12 * (27 + 1 + 2) + 12 * 9 * small.features[4].out_channels
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        assert float((model(x) - small(x)).abs().max()) <= 1e-5
+    meta = {"model": "vgg11", "num_classes": 10, "in_channels": 3, "image_size": 32, "width": 0.25,
+            "compact_layer": "features.0", "compact_kept": 4}
+    save_checkpoint(tmp_path / "small.pt", small, meta)
+    loaded, _ = load_model(tmp_path / "small.pt")
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), small(x))
+    with pytest.raises(InputError, match="no filter"):
+        compact_filters(build_model("vgg11", 10, 3, 32, width=0.25), "features.0")
+    with pytest.raises(InputError, match="nn.Sequential"):
+        compact_filters(build_model("resnet164", 10, 3, 32, depth=11, width=0.25), "conv1")
+
+
+def test_iterative_prune_train_removes_one_filter_per_cycle(cifar_small):
+    tr, _ = cifar_small
+    model = build_model("vgg11", 10, 3, 32, seed=0, width=0.125)
+    cycles = []
+    cfg = cifar_recipe(epochs=1, lr=0.01, batch_size=64).model_copy(update={"schedule": "constant"})
+    iterative_prune_train(model, "features.0", 3, tr, cfg, epochs_per_filter=0.5, device=torch.device("cpu"),
+                          callbacks=[cycles.append])
+    assert [c.filters for c in cycles] == [1, 2, 3]
+    assert [round(c.epochs, 6) for c in cycles] == [0.5, 1.0, 1.5]  # 3 of 6 batches per cycle
+    assert removed_filters(model, "features.0").numel() == 3  # bias and batch norm stayed zero through training
+    one_shot = build_model("vgg11", 10, 3, 32, seed=0, width=0.125)
+    prune_finetune(one_shot, 3, tr, cfg, structured=True, layer="features.0", device=torch.device("cpu"))
+    assert removed_filters(one_shot, "features.0").numel() == 3
+    with pytest.raises(InputError, match="between 1 and 7"):
+        iterative_prune_train(model, "features.0", 8, tr, cfg, epochs_per_filter=0.5)
+
+
+@pytest.mark.slow
+def test_cifar_benchmark_runs_end_to_end(tmp_path, data_dir):
+    """`benchmarks/cifar.py`: both experiments, start to finish, on 512 training images at tiny widths."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import cifar
+
+    s = cifar.parse(["--data-dir", data_dir, "--n-train", "512", "--n-test", "256", "--width", "0.0625",
+                     "--resnet-width", "0.25", "--resnet-depth", "11", "--structured-train-epochs", "1",
+                     "--connect-train-epochs", "1", "--stages", "2", "--stage-steps", "4", "--geo-steps", "8",
+                     "--bezier-epochs", "1", "--finetune-epochs", "1", "--line-points", "3", "--eval-points", "2",
+                     "--probe", "64", "--metric-batch", "32", "--device", "cpu", "--out", str(tmp_path)])
+    results = cifar.run(s)
+    assert set(results) == set(cifar.EXPERIMENTS)
+    st = json.loads((tmp_path / "structured.json").read_text())
+    assert set(st["curves"]) == {"geodesic", "prune-train", "oneshot+finetune"}
+    assert st["export"]["max_output_difference"] <= 1e-5 and st["export"]["filters_removed"] == 3
+    assert st["curves"]["prune-train"][-1]["filters"] == 3
+    for name in ("vgg16-connect", "resnet-connect"):
+        r = json.loads((tmp_path / f"{name}.json").read_text())
+        assert set(r["paths"]) == {"linear", "bezier", "geodesic"}
+        assert r["paths"]["geodesic"]["end_distance_ratio"] < 1e-6  # the path reaches w_2
+        for p in r["paths"].values():
+            assert 0 <= p["min"] <= p["mean"] <= 100 and p["length_g"] > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_training_recipe_bf16_channels_last(cifar_small):
+    tr, _ = cifar_small
+    dev = torch.device("cuda")
+    model = build_model("vgg11", 10, 3, 32, seed=0, width=0.25)
+    train(model, Split(tr.x.to(dev), tr.y.to(dev)), cifar_recipe(epochs=2, batch_size=64), augment=True, device=dev)
+    assert all(p.is_contiguous() for p in model.parameters())  # back in the default format for flat views
+    assert flat_params(model).dtype == torch.float32 and torch.isfinite(flat_params(model)).all()
