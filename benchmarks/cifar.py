@@ -35,7 +35,7 @@ import math
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -49,7 +49,10 @@ from geodesic_core.connect import (InterpolatedOutputs, bn_batch, connect_segmen
                                    evaluate_point, train_bezier)
 from geodesic_core.data import Split  # noqa: E402
 from geodesic_core.geo import geo_step_passes  # noqa: E402
-from geodesic_core.sparsify import iterative_prune_train, prune_finetune, structured_stage  # noqa: E402
+from geodesic_core.checkpoint import atomic_write  # noqa: E402
+from geodesic_core.sparsify import (iterative_prune_train, project_to_level, prune_finetune,  # noqa: E402
+                                    structured_stage)
+from geodesic_core.targets import FilterTarget  # noqa: E402
 from geodesic_core.structured import compact_filters  # noqa: E402
 from geodesic_core.train import default_device, train  # noqa: E402
 
@@ -102,7 +105,6 @@ class Settings:
     paths: str = "linear,bezier,geodesic"  # the connect experiments' paths
     cache: str | None = None  # a folder for trained endpoints (fixed epochs only): reruns reuse them
     time_limit: float | None = None  # seconds for the whole run; later experiments are skipped past it
-    seed_offset: int = field(default=0)
 
 
 PROFILES = {
@@ -163,8 +165,8 @@ def train_endpoint(name: str, arch: dict, seed: int, data: Split, test: Split, s
         _sync(device)
         wall = time.perf_counter() - t
         if cached is not None:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"state": model.state_dict(), "train_seconds": wall}, cached)
+            cached.parent.mkdir(parents=True, exist_ok=True)  # atomic: a killed run leaves no half-written file
+            atomic_write(cached, lambda fh: torch.save({"state": model.state_dict(), "train_seconds": wall}, fh))
     acc, _ = evaluate(model, test)
     info = {"model": name, **arch, "seed": seed, "epochs": epochs, "train_seconds": wall, "test_accuracy": acc,
             "probe_epoch_seconds": ep_s, "weights": sum(p.numel() for p in model.parameters())}
@@ -189,8 +191,6 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
 
     # --- geodesic: the filters zeroed a few at a time, one structured stage each (as the flow does) -------------
     model = copy.deepcopy(dense).requires_grad_(True)
-    from geodesic_core.targets import FilterTarget
-
     start_dist = float((FilterTarget(model, layer, n_filters).project(flat_params(model)) - flat_params(model)).norm())
     eta = s.struct_eta or start_dist / max(1, s.stages * s.stage_steps / 2)
     cfg = GeoConfig(eta=eta, max_steps=s.stage_steps, anchor=1.0, patience=s.stage_steps, metric_batch=64,
@@ -233,20 +233,17 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
         curves["prune-train"] = rows
 
     # --- one-shot removal + fine-tuning ---------------------------------------------------------------------------
-    model = copy.deepcopy(dense).requires_grad_(True)
-    rows = [{"epochs": 0.0, "seconds": 0.0, "test_accuracy": dense_acc, "filters": 0}]
-    t0 = time.perf_counter()
-    from geodesic_core.sparsify import project_to_level
-
-    oneshot = copy.deepcopy(dense)
-    project_to_level(oneshot, n_filters, structured=True, layer=layer)
-    rows.append({"epochs": 0.0, "seconds": 0.0, "test_accuracy": evaluate(oneshot, test)[0], "filters": n_filters})
-
-    def epoch_done(e):
-        rows.append({"epochs": e.epoch + 1.0, "seconds": time.perf_counter() - t0,
-                     "test_accuracy": evaluate(model, test)[0], "filters": n_filters})
-
     if "oneshot+finetune" in methods:
+        model = copy.deepcopy(dense).requires_grad_(True)
+        oneshot = project_to_level(copy.deepcopy(dense), n_filters, structured=True, layer=layer)
+        rows = [{"epochs": 0.0, "seconds": 0.0, "test_accuracy": dense_acc, "filters": 0},
+                {"epochs": 0.0, "seconds": 0.0, "test_accuracy": evaluate(oneshot, test)[0], "filters": n_filters}]
+        t0 = time.perf_counter()
+
+        def epoch_done(e):
+            rows.append({"epochs": e.epoch + 1.0, "seconds": time.perf_counter() - t0,
+                         "test_accuracy": evaluate(model, test)[0], "filters": n_filters})
+
         prune_finetune(model, n_filters, train_data, ft_cfg.model_copy(update={"epochs": s.finetune_epochs}),
                        structured=True, layer=layer, augment=True, device=device, callbacks=[epoch_done])
         curves["oneshot+finetune"] = rows
@@ -454,7 +451,7 @@ def parse(argv: list[str]) -> Settings:
     ap.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
     ap.add_argument("--experiments", default=None, help=f"comma-separated, of {', '.join(EXPERIMENTS)}")
     for f in Settings.__dataclass_fields__.values():
-        if f.name in ("experiments", "seeds", "seed_offset"):
+        if f.name in ("experiments", "seeds"):
             continue
         kind = {"int | None": int, "float | None": float, "str | None": str, "int": int, "float": float,
                 "str": str}[str(f.type)]

@@ -46,6 +46,7 @@ class DatasetSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augment: bool = False  # random crop + horizontal flip during training (CIFAR)
+    check: Callable[[Path], None] | None = None  # validates one file before any work (truncated, corrupt, foreign)
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -129,20 +130,33 @@ def _cifar(folder: str, train_files: tuple[str, ...], test_files: tuple[str, ...
     return load
 
 
+def _check_idx(path: Path) -> None:
+    """An idx file (MNIST family) is 4 magic bytes (0, 0, type 0x08 = uint8, ndim), ndim big-endian uint32
+    sizes, then prod(sizes) bytes: anything else is truncated or corrupt."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+        ndim = head[3] if len(head) == 4 and head[:3] == b"\x00\x00\x08" else 0
+        dims = np.frombuffer(fh.read(4 * ndim), dtype=">u4") if 0 < ndim <= 4 else np.array([])
+    expected = 4 + 4 * ndim + int(np.prod(dims.astype(np.int64))) if len(dims) == ndim and ndim else -1
+    if path.stat().st_size != expected:
+        raise InputError(f"dataset file {path} is truncated or corrupt ({path.stat().st_size} bytes, its header "
+                         f"says {expected if expected > 0 else 'nothing readable'}); copy it again from the source")
+
+
 _MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 _C10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 
 DATASETS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec(10, 1, 28, tuple(f"MNIST/raw/{f}" for f in _MNIST_FILES), _torchvision_idx("MNIST"),
-                         (0.1307,), (0.3081,)),
+                         (0.1307,), (0.3081,), check=_check_idx),
     "fashion_mnist": DatasetSpec(10, 1, 28, tuple(f"FashionMNIST/raw/{f}" for f in _MNIST_FILES),
-                                 _torchvision_idx("FashionMNIST"), (0.2860,), (0.3530,)),
+                                 _torchvision_idx("FashionMNIST"), (0.2860,), (0.3530,), check=_check_idx),
     "cifar10": DatasetSpec(10, 3, 32, tuple(f"cifar-10-batches-py/{f}" for f in (*_C10_TRAIN, "test_batch")),
                            _cifar("cifar-10-batches-py", _C10_TRAIN, ("test_batch",), b"labels"),
-                           (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), augment=True),
+                           (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), augment=True, check=_check_cifar),
     "cifar100": DatasetSpec(100, 3, 32, ("cifar-100-python/train", "cifar-100-python/test"),
                             _cifar("cifar-100-python", ("train",), ("test",), b"fine_labels"),
-                            (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), augment=True),
+                            (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), augment=True, check=_check_cifar),
 }
 # Permuted MNIST: task t applies one fixed pixel permutation (task 0 is plain MNIST), see `load_split`.
 DATASETS["permuted_mnist"] = DATASETS["mnist"]
@@ -162,19 +176,6 @@ def get_spec(name: str) -> DatasetSpec:
     return DATASETS[check_dataset_name(name)]
 
 
-def _check_idx(path: Path) -> None:
-    """An idx file (MNIST family) is 4 magic bytes (0, 0, type 0x08 = uint8, ndim), ndim big-endian uint32
-    sizes, then prod(sizes) bytes: anything else is truncated or corrupt."""
-    with open(path, "rb") as fh:
-        head = fh.read(4)
-        ndim = head[3] if len(head) == 4 and head[:3] == b"\x00\x00\x08" else 0
-        dims = np.frombuffer(fh.read(4 * ndim), dtype=">u4") if 0 < ndim <= 4 else np.array([])
-    expected = 4 + 4 * ndim + int(np.prod(dims.astype(np.int64))) if len(dims) == ndim and ndim else -1
-    if path.stat().st_size != expected:
-        raise InputError(f"dataset file {path} is truncated or corrupt ({path.stat().st_size} bytes, its header "
-                         f"says {expected if expected > 0 else 'nothing readable'}); copy it again from the source")
-
-
 def check_data_files(name: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
     """Check that every file of the dataset exists under the data root; return their paths.
 
@@ -192,11 +193,9 @@ def check_data_files(name: str, data_dir: str | os.PathLike | None = None) -> li
             f"holding them in torchvision's layout with --data-dir or the {DATA_DIR_ENV} environment variable "
             f"(e.g. {DATA_DIR_ENV}=../shared/data)."
         )
-    for path in paths:  # the idx files say their own size: a truncated or padded one is caught before any work
-        if path.name.endswith("-ubyte"):
-            _check_idx(path)
-        elif spec.loader.__qualname__.startswith("_cifar") and path.name != "batches.meta":
-            _check_cifar(path)
+    if spec.check is not None:  # a truncated, padded or foreign file is caught before any work
+        for path in paths:
+            spec.check(path)
     return paths
 
 

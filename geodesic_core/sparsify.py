@@ -141,7 +141,7 @@ class CycleInfo(NamedTuple):
 
 def iterative_prune_train(model: nn.Module, layer: str, n_filters: int, data: Split, cfg: TrainConfig, *,
                           epochs_per_filter: float, augment: bool = False, device: torch.device | None = None,
-                          callbacks: Sequence[Callable[[CycleInfo], None]] = ()) -> tuple[nn.Module, float]:
+                          callbacks: Sequence[Callable[[CycleInfo], None]] = ()) -> tuple[nn.Module, float, int]:
     """The paper's structured baseline (Figure 4C/D): remove one filter at a time and retrain after each.
 
     Cycle k = 1..``n_filters``: zero the k smallest-norm filters of conv ``layer`` (the ones removed before
@@ -150,7 +150,7 @@ def iterative_prune_train(model: nn.Module, layer: str, n_filters: int, data: Sp
     that fraction of the steps). The model is updated in place; every cycle reports a `CycleInfo`.
 
     Returns:
-        (model, wall seconds).
+        (model, wall seconds, SGD steps taken over all cycles).
     """
     if epochs_per_filter <= 0:
         raise InputError(f"epochs_per_filter must be positive, got {epochs_per_filter}")
@@ -168,4 +168,4 @@ def iterative_prune_train(model: nn.Module, layer: str, n_filters: int, data: Sp
         info = CycleInfo(k, k, steps / steps_per_epoch, time.perf_counter() - t0)
         for cb in callbacks:
             cb(info)
-    return model, time.perf_counter() - t0
+    return model, time.perf_counter() - t0, steps

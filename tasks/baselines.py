@@ -66,11 +66,10 @@ def prune_train_baseline(dense: dict, level: float, cfg: SparsifyConfig, data_di
     model, meta = open_ref(dense)
     data = split(cfg.dataset, True, data_dir)
     cycles: list = []
-    _, wall = iterative_prune_train(model, cfg.layer, int(level), data, cfg.finetune.train_config(cfg.seed),
+    _, wall, steps = iterative_prune_train(model, cfg.layer, int(level), data, cfg.finetune.train_config(cfg.seed),
                                     epochs_per_filter=cfg.prune_train_epochs, augment=spec(cfg.dataset).augment,
                                     callbacks=[cycles.append])
     acc, loss = evaluate(model, split(cfg.dataset, False, data_dir))
-    steps = round(cycles[-1].epochs * -(-data.x.shape[0] // cfg.finetune.batch_size)) if cycles else 0
     return save_result(out, model, meta, dict(method="prune_train", level=level, test_accuracy=acc, test_loss=loss,
                                               wall_seconds=wall, sparsity=sparsity(flat_params(model),
                                                                                     param_slices(model)), steps=steps,
