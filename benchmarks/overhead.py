@@ -18,7 +18,12 @@ Overhead = flow wall / direct wall − 1, reported with and without the ephemera
 per process; zero against a running server). Both orders of the two runs are measured (``--repeats``) to
 average out warm-up.
 
+``--live-cost`` measures instead what watching a run costs: the same flow with live reporting on (progress
+lines, Prefect progress artifacts, metric histories sent to MLflow every 5 s) and off (``--progress off
+--no-live-metrics``: the histories then written once at the end), side by side, both orders.
+
     python benchmarks/overhead.py --data-dir ../shared/data [--sparsity 90 --sparsity 98] [--repeats 1]
+    python benchmarks/overhead.py --data-dir ../shared/data --live-cost [--repeats 2]
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ def direct(params, data_dir: str) -> tuple[float, list[dict]]:
     from geodesic_core.train import train
     from flows.sparsify import _stage_levels
     from tasks.geodesic import _path_recorder
+    from tasks.live import Live, ReportConfig
 
     t0 = time.perf_counter()
     spec = get_spec(params.dataset)
@@ -60,7 +66,8 @@ def direct(params, data_dir: str) -> tuple[float, list[dict]]:
         model = copy.deepcopy(dense).requires_grad_(True)
         slices = param_slices(model)
         path: list[dict] = []
-        record, spent = _path_recorder(model, slices, test, params.eval_every, path)
+        silent = Live("direct", cfg=ReportConfig(progress="off", live_metrics=False)).__enter__()
+        record, spent, _ = _path_recorder(model, slices, test, params.eval_every, path, silent)
         start, geo_seconds = 0, 0.0
         for k, stage_level in enumerate(_stage_levels(params, level)):
             t = time.perf_counter()
@@ -95,7 +102,7 @@ async def _flow_run_seconds(flow_run_id) -> float:
         return (await client.read_flow_run(flow_run_id)).total_run_time.total_seconds()
 
 
-def through_flow(params, data_dir: str, workers: int) -> tuple[float, float, list[dict]]:
+def through_flow(params, data_dir: str, workers: int, report=None) -> tuple[float, float, list[dict]]:
     """The flow on the embedded defaults in a fresh folder; returns (process seconds, flow-run seconds, rows)."""
     from flows.cli import run_local
     from flows.common import RunnerConfig
@@ -112,7 +119,7 @@ def through_flow(params, data_dir: str, workers: int) -> tuple[float, float, lis
         try:
             t0 = time.perf_counter()
             state = run_local(sparsify_flow, params, data_dir=data_dir, experiment="overhead",
-                              runner=RunnerConfig(workers=workers), return_state=True)
+                              runner=RunnerConfig(workers=workers), report=report, return_state=True)
             total = time.perf_counter() - t0
             if not state.is_completed():
                 raise SystemExit(f"the flow run did not complete: {state}")
@@ -123,12 +130,32 @@ def through_flow(params, data_dir: str, workers: int) -> tuple[float, float, lis
     return total, flow_seconds, rows
 
 
+def live_cost(params, data_dir: str, workers: int, repeats: int) -> None:
+    """The flow with live reporting on and off, side by side (alternating which runs first)."""
+    from tasks.live import ReportConfig
+
+    settings = {"on": ReportConfig(progress="log", live_metrics=True),
+                "off": ReportConfig(progress="off", live_metrics=False)}
+    times: dict[str, list[float]] = {"on": [], "off": []}
+    for r in range(repeats):
+        for which in (("on", "off") if r % 2 == 0 else ("off", "on")):
+            _, run_seconds, rows = through_flow(params, data_dir, workers, settings[which])
+            times[which].append(run_seconds)
+            geo = [x for x in rows if x["method"] == "geodesic"]
+            print(f"run {r + 1}, live reporting {which:3s}: flow run {run_seconds:.1f} s; geodesic "
+                  + ", ".join(f"{x['level']:g}%: {x['test_accuracy']:.2f}" for x in geo), flush=True)
+    on, off = (sum(times[k]) / len(times[k]) for k in ("on", "off"))
+    print(f"\nmean over {repeats} pair(s): on {on:.1f} s, off {off:.1f} s; live progress and metric logging cost "
+          f"{on / off - 1:+.1%} of the flow run's wall time (target: at most +2%)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--sparsity", type=float, action="append", help="levels (default: the flow's 50, 90, 98)")
     ap.add_argument("--repeats", type=int, default=1, help="pairs of runs, alternating which goes first")
     ap.add_argument("--workers", type=int, default=1, help="task-runner threads of the flow (default 1)")
+    ap.add_argument("--live-cost", action="store_true", help="measure live reporting on against off instead")
     args = ap.parse_args()
     from flows.cli import QUIET_ENV
     from flows.common import in_fresh_thread
@@ -139,6 +166,8 @@ def main() -> None:
         os.environ.setdefault(k, v)
     data_dir = str(resolve_data_dir(args.data_dir))
     params = SparsifyConfig(**({"sparsity": args.sparsity} if args.sparsity else {}))
+    if args.live_cost:
+        return live_cost(params, data_dir, args.workers, args.repeats)
     results = []
     for r in range(args.repeats):
         order = ("direct", "flow") if r % 2 == 0 else ("flow", "direct")

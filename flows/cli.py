@@ -140,10 +140,12 @@ def preflight(params: SparsifyConfig, data_dir: str | None) -> None:
         FilterTarget(model, params.layer, params.n_filters)
 
 
-def run_local(flow_fn, params, *, data_dir: str | None, experiment: str, runner=None, return_state: bool = False):
+def run_local(flow_fn, params, *, data_dir: str | None, experiment: str, runner=None, report=None,
+              return_state: bool = False):
     """Run a flow on the embedded defaults: Prefect's ephemeral mode unless PREFECT_API_URL is set, MLflow
     on ./mlflow.db unless MLFLOW_TRACKING_URI is set, results persisted under the output directory, tasks on
-    ``runner`` (a `RunnerConfig`; default: the environment's settings, else a 2-thread pool)."""
+    ``runner`` (a `RunnerConfig`; default: the environment's settings, else a 2-thread pool), progress and live
+    metrics as ``report`` says (a `ReportConfig`; default: the environment's settings)."""
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     from flows.common import RunnerConfig
@@ -155,6 +157,8 @@ def run_local(flow_fn, params, *, data_dir: str | None, experiment: str, runner=
     with _environ(env):
         check_tracking_reachable()  # before anything is written
     env.update(local_roots(params, data_dir))
+    if report is not None:
+        env.update(report.env())
     env["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = (os.environ.get("PREFECT_RESULTS_LOCAL_STORAGE_PATH")
                                                  or str(output_dir() / "prefect-results"))
     # set for the run (task threads and Dask worker processes read them), then restored: a process that runs
@@ -198,6 +202,17 @@ def runner_from_args(args: argparse.Namespace):
     return RunnerConfig.from_env(task_runner=args.task_runner, workers=args.workers, dask_address=args.dask_address)
 
 
+def report_from_args(args: argparse.Namespace):
+    from tasks.live import ReportConfig
+
+    return ReportConfig.from_env(progress=args.progress, live_metrics=args.live_metrics)
+
+
+def _run_flow(flow_fn, params, args, experiment: str):
+    return run_local(flow_fn, params, data_dir=args.data_dir, experiment=args.experiment or experiment,
+                     runner=runner_from_args(args), report=report_from_args(args))
+
+
 def print_table(rows: list[dict], columns: Sequence[str]) -> None:
     widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
     print("  ".join(c.ljust(widths[c]) for c in columns))
@@ -218,8 +233,7 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
     in_fresh_thread(preflight, params, args.data_dir)  # (see in_fresh_thread: no PyTorch thread team left behind)
     from flows.sparsify import EXPERIMENT, sparsify_flow
 
-    summary = run_local(sparsify_flow, params, data_dir=args.data_dir, experiment=args.experiment or EXPERIMENT,
-                        runner=runner_from_args(args))
+    summary = _run_flow(sparsify_flow, params, args, EXPERIMENT)
     print()
     print_table(summary, ["method", "level", "test_accuracy", "sparsity", "wall_seconds", "steps",
                           "path_min_test_accuracy", "path_length"])
@@ -233,8 +247,7 @@ def cmd_continual(args: argparse.Namespace) -> int:
     check_scenario_data(get_scenario(params.scenario), args.data_dir)
     from flows.continual import EXPERIMENT, continual_flow
 
-    summary = run_local(continual_flow, params, data_dir=args.data_dir, experiment=args.experiment or EXPERIMENT,
-                        runner=runner_from_args(args))
+    summary = _run_flow(continual_flow, params, args, EXPERIMENT)
     print()
     k = params.n_tasks()
     print_table(summary, ["method", *[f"acc_task_{j + 1}" for j in range(k)], "avg_accuracy", "bwt", "wall_seconds"])
@@ -262,8 +275,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
     in_fresh_thread(check_endpoints_given, params)
     from flows.connect import EXPERIMENT, connect_flow
 
-    summary = run_local(connect_flow, params, data_dir=args.data_dir, experiment=args.experiment or EXPERIMENT,
-                        runner=runner_from_args(args))
+    summary = _run_flow(connect_flow, params, args, EXPERIMENT)
     print()
     print_table(summary, ["method", "endpoint_a_accuracy", "endpoint_b_accuracy", "path_min_test_accuracy",
                           "path_mean_test_accuracy", "path_length", "path_length_euclidean", "final_distance_ratio",
@@ -273,6 +285,22 @@ def cmd_connect(args: argparse.Namespace) -> int:
         print(f"\nthe geodesic did not reach w_2: it stopped {100 * geo['final_distance_ratio']:.1f}% of the distance "
               f"short ({geo['stop_reasons']}). Rerun with --complete (the looser completion step) or a larger "
               f"--max-segments to finish the connection.")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """``geodesic runs``: the child runs of an experiment as a table, from `mlflow.search_runs`."""
+    from tasks.tracking import runs_table
+
+    for k, v in QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+    frame = runs_table(args.experiment, latest_only=not args.all)
+    if args.csv:
+        sys.stdout.write(frame.to_csv(index=False))
+    elif frame.empty:
+        print(f"no runs in experiment {args.experiment!r}")
+    else:
+        print(frame.to_string(index=False, na_rep="", float_format=lambda v: f"{v:.4g}"))
     return 0
 
 
@@ -327,8 +355,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dask-address", default=None,
                        help="scheduler of an existing Dask cluster, tcp://host:8786 (default: start a local one); "
                             "env GEODESIC_DASK_ADDRESS")
+        p.add_argument("--progress", choices=["auto", "bar", "log", "off"], default=None,
+                       help="live progress of running tasks: a bar display on a terminal, plain log lines, or "
+                            "off (default auto: bar on a terminal, else log); env GEODESIC_PROGRESS")
+        p.add_argument("--live-metrics", action=argparse.BooleanOptionalAction, default=None,
+                       help="send metric histories to MLflow while tasks run (default on); env "
+                            "GEODESIC_LIVE_METRICS")
         add_config_options(p, cfg)
         p.set_defaults(func=func)
+
+    p = sub.add_parser("runs", help="list the runs of an MLflow experiment: one line per child run (method, "
+                                     "level or scenario, headline metrics, wall time, status)")
+    p.add_argument("--experiment", default="geodesic-sparsify",
+                   help="MLflow experiment (default: geodesic-sparsify; also geodesic-continual, geodesic-connect)")
+    p.add_argument("--csv", action="store_true", help="print CSV instead of a table (for scripts)")
+    p.add_argument("--all", action="store_true", help="every flow run's children (default: the latest flow run's)")
+    p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("data-updated", help="emit geodesic.dataset.updated for datasets whose files changed "
                                             "(for cron; the deployments' triggers rerun the flows)")

@@ -102,7 +102,8 @@ class RunnerConfig(BaseModel):
     def from_env(cls, **override) -> "RunnerConfig":
         env = {"task_runner": os.environ.get(TASK_RUNNER_ENV), "workers": os.environ.get(WORKERS_ENV),
                "dask_address": os.environ.get(DASK_ADDRESS_ENV)}
-        return cls(**{k: v for k, v in {**env, **override}.items() if v not in (None, "")})
+        given = {k: v for k, v in override.items() if v is not None}  # an option not given keeps the env's
+        return cls(**{k: v for k, v in {**env, **given}.items() if v not in (None, "")})
 
     def build(self):
         """The Prefect task runner these settings describe."""

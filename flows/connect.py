@@ -20,7 +20,7 @@ from tasks.connect import bezier_curve_task, connect_segment_task, evaluate_endp
 from tasks.data import fingerprint_data
 from tasks.plots import chord_view, connect_accuracy_plot
 from tasks.summaries import connect_rows
-from tasks.tracking import finish_parent_run, log_connect_runs, start_parent_run
+from tasks.tracking import child_track, finish_parent_run, log_connect_runs, start_parent_run
 from tasks.training import check_endpoints, given_checkpoint, train_network
 
 EXPERIMENT = "geodesic-connect"
@@ -42,6 +42,9 @@ def connect_flow(params: ConnectConfig = ConnectConfig(), data_dir: str | None =
 
 def _connect(params: ConnectConfig, parent: dict, data_dir: str, fingerprint: str, version: str, log) -> list[dict]:
     common = (data_dir, fingerprint, version)
+    settings = params.model_dump()
+    tracks = {m: child_track(parent, f"{m}-{params.model}-{params.dataset}", settings, method=m)
+              for m in ("geodesic", "linear", "bezier")}
     # --- the endpoints: trained concurrently, or given (every compute task is submitted: it runs in a
     # task-runner thread, never in the flow's own) -------------------------------------------------------------
     if params.checkpoint_a:
@@ -50,17 +53,20 @@ def _connect(params: ConnectConfig, parent: dict, data_dir: str, fingerprint: st
         check_endpoints.submit(a, b).result()
     else:
         futures = [train_network.submit(params.model, params.dataset, params.train.model_copy(update={"seed": s}),
-                                        data_dir, fingerprint, version, arch=params.arch())
-                   for s in (params.seed, params.seed_b)]
+                                        data_dir, fingerprint, version, arch=params.arch(),
+                                        track=child_track(parent, f"train-{name}", settings, finish=True,
+                                                          method="train", endpoint=name))
+                   for name, s in (("a", params.seed), ("b", params.seed_b))]
         a, b = (f.result() for f in futures)
     ends = [evaluate_endpoint.submit(w, a, b, params, *common) for w in (a, b)]
-    line = linear_path_task.submit(a, b, params, *common)
-    bezier = bezier_curve_task.submit(a, b, params, *common) if params.bezier else None  # the peer baseline
+    line = linear_path_task.submit(a, b, params, *common, track=tracks["linear"])
+    bezier = (bezier_curve_task.submit(a, b, params, *common, track=tracks["bezier"]) if params.bezier
+              else None)  # the peer baseline
 
     # --- the geodesic, segment after segment, until it reaches w_2 ----------------------------------------
     segments, start, loose = [], a, False
     for s in range(params.max_segments):
-        seg = connect_segment_task.submit(start, a, b, s, loose, params, *common).result()
+        seg = connect_segment_task.submit(start, a, b, s, loose, params, *common, track=tracks["geodesic"]).result()
         segments.append(seg)
         log.info("segment %d%s: %d steps, %s, %.1f%% of the way left", s, " (completion)" if loose else "",
                  seg["steps"], seg["stop_reason"], 100 * seg["rows"][-1]["distance_ratio"])
@@ -79,7 +85,7 @@ def _connect(params: ConnectConfig, parent: dict, data_dir: str, fingerprint: st
     # --- evaluate and track ---------------------------------------------------------------------------------
     endpoints = [e.result() for e in ends]
     summary, tables = connect_rows(endpoints, segments, line.result(), bezier and bezier.result())
-    log_connect_runs(parent, params, summary, tables, segments[-1]["path"])
+    log_connect_runs(tracks, params, summary, tables, segments[-1]["path"])
     finish_parent_run(parent, summary, {"accuracy_along_paths.png": connect_accuracy_plot(tables, params),
                                         "paths_2d.png": chord_view(tables)},
                       f"Mode connectivity: {params.model} on {params.dataset}")

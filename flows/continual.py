@@ -19,7 +19,7 @@ from tasks.continual import (consolidate_fisher, geodesic_stage, linear_stage, s
                              train_task_network)
 from tasks.data import fingerprint_data
 from tasks.summaries import continual_row
-from tasks.tracking import finish_parent_run, log_continual_runs, start_parent_run
+from tasks.tracking import child_track, finish_parent_run, log_continual_runs, start_parent_run
 from tasks.plots import accuracy_matrix_plot
 
 EXPERIMENT = "geodesic-continual"
@@ -53,8 +53,12 @@ def _learn_sequence(params: ContinualConfig, parent: dict, data_dir: str, finger
                     log) -> list[dict]:
     k = params.n_tasks()
     common = (data_dir, fingerprint, version)
+    settings = params.model_dump(exclude={"methods"})
+    tracks = {m: child_track(parent, f"{m}-{params.scenario}-{k}", settings, method=m, tasks=k) for m in params.methods}
     # --- the per-task networks w_1..w_k are independent: trained concurrently ------------------------------
-    nets = [train_task_network.submit(i, _for_method(params), *common) for i in range(k)]
+    nets = [train_task_network.submit(i, _for_method(params), *common,
+                                      track=child_track(parent, f"train-task{i + 1}", settings, finish=True,
+                                                        method="train", task=i + 1)) for i in range(k)]
     cfg = {m: _for_method(params, m) for m in params.methods}
 
     # --- the chains: stage i of each method needs stage i-1 of the same method ----------------------------
@@ -65,11 +69,12 @@ def _learn_sequence(params: ContinualConfig, parent: dict, data_dir: str, finger
     for i in range(1, k):
         for m in params.methods:
             if m == "geodesic":
-                prev[m] = geodesic_stage.submit(nets[i], prev[m], i, cfg[m], *common)
+                prev[m] = geodesic_stage.submit(nets[i], prev[m], i, cfg[m], *common, track=tracks[m])
             elif m == "linear":
-                prev[m] = linear_stage.submit(nets[i], prev[m], i, cfg[m], *common)
+                prev[m] = linear_stage.submit(nets[i], prev[m], i, cfg[m], *common, track=tracks[m])
             else:
-                prev[m] = sequential_stage.submit(m, prev[m], i, pull if m == "ewc" else None, cfg[m], *common)
+                prev[m] = sequential_stage.submit(m, prev[m], i, pull if m == "ewc" else None, cfg[m], *common,
+                                                  track=tracks[m])
             stages[m].append(prev[m])
         if "ewc" in params.methods and i < k - 1:
             pull = consolidate_fisher.submit(prev["ewc"], i, pull, cfg["ewc"], *common)
@@ -87,7 +92,7 @@ def _learn_sequence(params: ContinualConfig, parent: dict, data_dir: str, finger
         log.info("%s: %s (avg %.2f%%)", m, ", ".join(f"{a:.2f}" for a in matrix[-1]), row["avg_accuracy"])
         summary.append(row)
         entries.append((row, matrix, results))
-    log_continual_runs(parent, params, entries)
+    log_continual_runs(tracks, entries)
     finish_parent_run(parent, summary, {"final_accuracy.png": accuracy_matrix_plot(summary, k)},
                       f"Continual learning: {params.scenario}, {k} tasks")
     return summary

@@ -11,7 +11,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from geodesic_core.config import FinetuneConfig, SparsifyConfig, TrainConfig
+from geodesic_core.config import FinetuneConfig, SparsifyConfig
 from geodesic_core.data import get_spec
 from geodesic_core.sparsify import stage_sparsities
 from tasks.baselines import finetune_baseline, oneshot_baseline, prune_train_baseline
@@ -20,8 +20,8 @@ from tasks.common import code_version
 from tasks.data import fingerprint_data
 from tasks.geodesic import final_projection, geodesic_segment
 from tasks.plots import accuracy_vs_level
-from tasks.summaries import baseline_row, geodesic_row, label
-from tasks.tracking import finish_parent_run, log_level_runs, start_parent_run
+from tasks.summaries import baseline_row, child_key, geodesic_row, label
+from tasks.tracking import child_track, finish_parent_run, log_level_runs, start_parent_run
 from tasks.training import given_checkpoint, train_network
 
 EXPERIMENT = "geodesic-sparsify"
@@ -30,12 +30,25 @@ EXPERIMENT = "geodesic-sparsify"
 def _for_level(params: SparsifyConfig, level: float, finetune: bool = False) -> SparsifyConfig:
     """The settings one level's tasks depend on (their cache key): adding a level to the list, or changing the
     dense network's training (its checkpoint hash is a separate input), does not invalidate other levels."""
-    update = {"sparsity": [level] if not params.structured else params.sparsity, "train": TrainConfig(),
+    update = {"sparsity": [level] if not params.structured else params.sparsity, "train": type(params.train)(),
               "checkpoint": None}
     if not finetune:
         update["finetune"] = FinetuneConfig()
         update["prune_train_epochs"] = SparsifyConfig.model_fields["prune_train_epochs"].default
     return params.model_copy(update=update)
+
+
+def _tracks(params: SparsifyConfig, parent: dict, level: float) -> dict[str, dict]:
+    """The MLflow child run of every method at ``level``: its key and params (every setting of the flow, with
+    the level in place of the list of levels)."""
+    settings = params.model_dump(exclude={"sparsity"})
+    budgets = {"geodesic": ("geodesic", "-"), "oneshot": ("oneshot", "-"),
+               "finetune": ("finetune", f"{params.finetune.epochs}ep"),
+               "finetune_equal_time": ("finetune", "equal_time"),
+               "prune_train": ("prune_train", f"{params.prune_train_epochs:g}ep_per_filter")}
+    return {name: child_track(parent, child_key(method, level, budget), settings, method=method, budget=budget,
+                              **{_level_param(params): level})
+            for name, (method, budget) in budgets.items()}
 
 
 def _stage_levels(params: SparsifyConfig, level: float) -> list[float]:
@@ -62,9 +75,11 @@ def sparsify_flow(params: SparsifyConfig = SparsifyConfig(), data_dir: str | Non
         if params.checkpoint:
             dense = given_checkpoint.submit(params.checkpoint, params.model, spec.num_classes, params.arch()).result()
         else:  # every compute task is submitted: it runs in a task-runner thread, never in the flow's own
-            dense = train_network.submit(params.model, params.dataset,
-                                         params.train.model_copy(update={"seed": params.seed}), data_dir, fingerprint,
-                                         version, arch=params.arch()).result()
+            train = params.train.model_copy(update={"seed": params.seed})
+            track = child_track(parent, "train-dense", {"train": train.model_dump()}, finish=True, method="train",
+                                model=params.model, dataset=params.dataset, **params.arch())
+            dense = train_network.submit(params.model, params.dataset, train, data_dir, fingerprint, version,
+                                         arch=params.arch(), track=track).result()
         log.info("dense network: %.2f%% test accuracy", dense["test_accuracy"])
         return _sparsify_levels(params, parent, dense, data_dir, fingerprint, version)
 
@@ -74,20 +89,23 @@ def _sparsify_levels(params: SparsifyConfig, parent: dict, dense: dict, data_dir
     """Compute and track every level (the part of the flow after the dense network exists)."""
     # --- Compute: stage k of every level, then stage k+1 (levels run concurrently) --------------------------
     levels = params.levels()
+    tracks = {level: _tracks(params, parent, level) for level in levels}
     chains = {level: dense for level in levels}
     segments: dict[float, list] = {level: [] for level in levels}
     for k in range(params.stages):
         for level in levels:
             chains[level] = geodesic_segment.submit(chains[level], dense, level, k, _stage_levels(params, level)[k],
-                                                    _for_level(params, level), data_dir, fingerprint, version)
+                                                    _for_level(params, level), data_dir, fingerprint, version,
+                                                    track=tracks[level]["geodesic"])
             segments[level].append(chains[level])
     finals = {lv: final_projection.submit(chains[lv], lv, _for_level(params, lv), data_dir, fingerprint, version)
               for lv in levels}
-    oneshots = {lv: oneshot_baseline.submit(dense, lv, _for_level(params, lv), data_dir, fingerprint, version)
-                for lv in levels}
+    oneshots = {lv: oneshot_baseline.submit(dense, lv, _for_level(params, lv), data_dir, fingerprint, version,
+                                            track=tracks[lv]["oneshot"]) for lv in levels}
     finetunes = {lv: finetune_baseline.submit(dense, lv, _for_level(params, lv, True), None, data_dir, fingerprint,
-                                              version) for lv in levels}
-    cycles = {lv: prune_train_baseline.submit(dense, lv, _for_level(params, lv, True), data_dir, fingerprint, version)
+                                              version, track=tracks[lv]["finetune"]) for lv in levels}
+    cycles = {lv: prune_train_baseline.submit(dense, lv, _for_level(params, lv, True), data_dir, fingerprint, version,
+                                              track=tracks[lv]["prune_train"])
               for lv in levels} if params.structured and params.prune_train_epochs > 0 else {}
 
     # --- Evaluate and track ---------------------------------------------------------------------------------
@@ -101,10 +119,12 @@ def _sparsify_levels(params: SparsifyConfig, parent: dict, dense: dict, data_dir
             baselines.append(cycles[level].result())
         if params.finetune.equal_time:  # fine-tuning for as long as the geodesic took
             baselines.append(finetune_baseline.submit(dense, level, _for_level(params, level, True),
-                                                      geo["wall_seconds"], data_dir, fingerprint, version).result())
-        entries = [(geo, final["path"], path)] + [(baseline_row(b, params), b["path"], None) for b in baselines]
-        log_level_runs(parent, _level_param(params), entries)
-        summary += [{**row, "method": label(row)} for row, _, _ in entries]
+                                                      geo["wall_seconds"], data_dir, fingerprint, version,
+                                                      track=tracks[level]["finetune_equal_time"]).result())
+        entries = [(tracks[level]["geodesic"], geo, final["path"], path)] + [
+            (tracks[level][b["method"]], baseline_row(b, params), b["path"], None) for b in baselines]
+        log_level_runs(entries)
+        summary += [{**row, "method": label(row)} for _, row, _, _ in entries]
     finish_parent_run(parent, summary, {"accuracy_vs_sparsity.png": accuracy_vs_level(
         summary, "filters zeroed" if params.structured else "sparsity (%)", f"{params.model} on {params.dataset}")},
         f"Sparsification of {params.model} on {params.dataset}")

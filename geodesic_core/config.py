@@ -3,9 +3,11 @@ MLflow params (``--batch-size`` <-> ``batch_size``)."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Literal
+import copy
+from typing import Callable, Iterable, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, create_model, field_validator,
+                      model_validator)
 
 
 def _one_of(names: Callable[[], Iterable[str]]) -> Callable[[dict], None]:
@@ -40,6 +42,23 @@ def _scenarios():
 
 class _Config(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+C = TypeVar("C", bound=type[_Config])
+
+
+def with_defaults(base: C, name: str, **defaults) -> C:
+    """A subclass of ``base`` whose fields default to ``defaults``: an application's own defaults for a nested
+    setting (the sparsify flow's ``geo.eta`` is 0.2, GeoConfig's 0.05), held by a class, so that its JSON schema
+    (the Prefect UI's run form), the CLI's help and a run started with no options all read the same numbers."""
+    fields = {}
+    for key, value in defaults.items():
+        info = copy.copy(base.model_fields[key])
+        info.default, info.default_factory = value, None
+        fields[key] = (info.annotation, info)
+    cls = create_model(name, __base__=base, __module__=__name__, **fields)
+    cls.__doc__ = f"{base.__doc__}\n\n    Defaults here: {', '.join(f'{k} = {v}' for k, v in defaults.items())}."
+    return cls
 
 
 class _ModelOnDataset(_Config):
@@ -181,6 +200,19 @@ class FinetuneConfig(_Config):
                            seed=seed)
 
 
+# each application's defaults for its nested settings (one source: the class)
+SparsifyGeoConfig = with_defaults(GeoConfig, "SparsifyGeoConfig", max_steps=150, eta=0.2, anchor=1.0, patience=40,
+                                  distill_steps=20, distill_lr=0.003)
+SparsifyTrainConfig = with_defaults(TrainConfig, "SparsifyTrainConfig", epochs=15, lr=0.05)
+ContinualGeoConfig = with_defaults(GeoConfig, "ContinualGeoConfig", eta=0.1, anchor=1.0, max_steps=4000, patience=50,
+                                   metric_batch=256, solver="cg", cg_iters=10, output_space="softmax",
+                                   temperature=10.0)
+ContinualTrainConfig = with_defaults(TrainConfig, "ContinualTrainConfig", epochs=5, lr=0.05)
+ConnectGeoConfig = with_defaults(GeoConfig, "ConnectGeoConfig", eta=0.1, anchor=1.0, max_steps=500, patience=50,
+                                 metric_batch=256, solver="cg", cg_iters=10)
+ConnectTrainConfig = with_defaults(TrainConfig, "ConnectTrainConfig", epochs=5, lr=0.05)
+
+
 class SparsifyConfig(_ModelOnDataset):
     """Algorithm 1 on one dense network at several sparsity levels, with its baselines.
 
@@ -209,9 +241,8 @@ class SparsifyConfig(_ModelOnDataset):
     eval_every: PositiveInt = 10
     checkpoint: str | None = None
     seed: int = 0
-    geo: GeoConfig = Field(default_factory=lambda: GeoConfig(max_steps=150, eta=0.2, anchor=1.0, patience=40,
-                                                             distill_steps=20, distill_lr=0.003))
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=15, lr=0.05))
+    geo: SparsifyGeoConfig = Field(default_factory=SparsifyGeoConfig)
+    train: SparsifyTrainConfig = Field(default_factory=SparsifyTrainConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
 
     @field_validator("sparsity")
@@ -275,10 +306,8 @@ class ContinualConfig(_Config):
     linear_points: int = Field(21, ge=3)
     eval_every: PositiveInt = 100
     seed: int = 0
-    geo: GeoConfig = Field(default_factory=lambda: GeoConfig(eta=0.1, anchor=1.0, max_steps=4000, patience=50,
-                                                             metric_batch=256, solver="cg", cg_iters=10,
-                                                             output_space="softmax", temperature=10.0))
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=5, lr=0.05))
+    geo: ContinualGeoConfig = Field(default_factory=ContinualGeoConfig)
+    train: ContinualTrainConfig = Field(default_factory=ContinualTrainConfig)
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -361,10 +390,9 @@ class ConnectConfig(_ModelOnDataset):
     eval_every: PositiveInt = 50
     linear_points: int = Field(21, ge=3)
     bezier: bool = True
-    bezier_train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=5, lr=0.05))
-    geo: GeoConfig = Field(default_factory=lambda: GeoConfig(eta=0.1, anchor=1.0, max_steps=500, patience=50,
-                                                             metric_batch=256, solver="cg", cg_iters=10))
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=5, lr=0.05))
+    bezier_train: ConnectTrainConfig = Field(default_factory=ConnectTrainConfig)
+    geo: ConnectGeoConfig = Field(default_factory=ConnectGeoConfig)
+    train: ConnectTrainConfig = Field(default_factory=ConnectTrainConfig)
 
     @model_validator(mode="after")
     def _check_endpoints(self) -> "ConnectConfig":

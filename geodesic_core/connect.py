@@ -173,7 +173,7 @@ class BezierCurve(nn.Module):
 
 
 def train_bezier(model: nn.Module, w_a: torch.Tensor, w_b: torch.Tensor, data: Split, cfg, *,
-                 augment: bool = False, callbacks=()) -> BezierCurve:
+                 augment: bool = False, callbacks=(), step_callbacks=()) -> BezierCurve:
     """Fit the bend θ of the Bezier curve between ``w_a`` and ``w_b`` ``(n,)`` by SGD on E_{t~U(0,1)} L(φ_θ(t)),
     the cross-entropy on ``data`` (Garipov et al. 2018), with the training settings ``cfg`` (a `TrainConfig`:
     epochs, lr, momentum, weight decay on θ, schedule, seed for the batches and the t draws). ``model`` is a
@@ -182,5 +182,5 @@ def train_bezier(model: nn.Module, w_a: torch.Tensor, w_b: torch.Tensor, data: S
 
     device = next(model.parameters()).device
     curve = BezierCurve(model, w_a.to(device), w_b.to(device), seed=cfg.seed)
-    train(curve, data, cfg, augment=augment, device=device, callbacks=callbacks)
+    train(curve, data, cfg, augment=augment, device=device, callbacks=callbacks, step_callbacks=step_callbacks)
     return curve.eval()

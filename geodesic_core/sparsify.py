@@ -107,14 +107,16 @@ def project_to_level(model: nn.Module, level: float, *, structured: bool = False
 def prune_finetune(model: nn.Module, level: float, data: Split, cfg: TrainConfig, *, structured: bool = False,
                    layer: str = "", scope: Literal["global", "layer"] = "global", budget_seconds: float | None = None,
                    max_batches: int | None = None, augment: bool = False,
-                   device: torch.device | None = None, callbacks: Sequence[Callable] = ()) -> tuple[nn.Module, float, int]:
+                   device: torch.device | None = None, callbacks: Sequence[Callable] = (),
+                   step_callbacks: Sequence[Callable] = ()) -> tuple[nn.Module, float, int]:
     """Baseline: hard projection (`project_to_level`), then masked SGD fine-tuning (pruned weights stay
     exactly zero), in place.
 
     The budget is ``cfg.epochs`` epochs, optionally capped by ``max_batches`` optimizer steps or by
     ``budget_seconds`` of wall time (the equal-compute comparison). The learning-rate schedule spans
     ``cfg.epochs``, so a budget cut ends the run before the schedule does. Structured: the removed filters'
-    weights, bias and batch-norm scale and shift all stay zero. ``callbacks`` get each epoch's `EpochInfo`.
+    weights, bias and batch-norm scale and shift all stay zero. ``callbacks`` get each epoch's `EpochInfo`,
+    ``step_callbacks`` each SGD step's `TrainStep`.
 
     Returns:
         (model, wall seconds spent, optimizer steps taken).
@@ -126,7 +128,7 @@ def prune_finetune(model: nn.Module, level: float, data: Split, cfg: TrainConfig
     else:
         masks = masks_from_zeros(model, param_slices(model))
     steps = train(model, data, cfg, masks=masks, augment=augment, device=device, max_batches=max_batches,
-                  budget_seconds=budget_seconds, callbacks=callbacks)
+                  budget_seconds=budget_seconds, callbacks=callbacks, step_callbacks=step_callbacks)
     return model, time.perf_counter() - t0, steps
 
 

@@ -19,6 +19,23 @@ class EpochInfo(NamedTuple):
     lr: float
 
 
+class TrainStep(NamedTuple):
+    """One SGD step, for progress and training curves. ``loss_sum``, ``correct``: 0-d tensors on the training
+    device (the summed loss and the correct predictions over the step's ``count`` inputs; not synced to the
+    host, so a callback that reads them only now and then costs no GPU stall); ``total``: the steps the
+    schedule spans (epochs x steps per epoch; a budget may end training sooner); ``last``: the final step of
+    the last epoch."""
+
+    step: int
+    epoch: int
+    loss: torch.Tensor
+    correct: torch.Tensor
+    count: int
+    lr: float
+    total: int
+    last: bool
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -59,7 +76,8 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
           masks: dict[str, torch.Tensor] | None = None, device: torch.device | None = None,
           callbacks: Sequence[Callable[[EpochInfo], None]] = (), max_batches: int | None = None,
           budget_seconds: float | None = None, on_step: Callable[[int], bool] | None = None,
-          penalty: Callable[[nn.Module], torch.Tensor] | None = None) -> int:
+          penalty: Callable[[nn.Module], torch.Tensor] | None = None,
+          step_callbacks: Sequence[Callable[[TrainStep], None]] = ()) -> int:
     """Minimize the mean (label-smoothed) cross-entropy on ``data`` (plus ``penalty(model)`` if given) with SGD
     (momentum or Nesterov, weight decay, schedule), in place.
 
@@ -78,6 +96,7 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
         on_step: called with the number of steps taken after every step; returning True stops training.
         penalty: a differentiable regularizer of the weights added to every batch's loss (the L2 pull and
             EWC baselines of continual learning).
+        step_callbacks: called with a `TrainStep` after every step (progress, training curves).
 
     Returns:
         the number of optimizer steps taken.
@@ -115,7 +134,8 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
                 if cl:
                     xb = xb.contiguous(memory_format=torch.channels_last)
                 with autocast:
-                    loss = nn.functional.cross_entropy(model(xb), yb, label_smoothing=cfg.label_smoothing)
+                    logits = model(xb)
+                    loss = nn.functional.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
                 objective = loss + penalty(model) if penalty is not None else loss
                 opt.zero_grad(set_to_none=True)
                 objective.backward()
@@ -127,6 +147,12 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
                 total += loss.detach().float() * len(idx)  # no host sync per step
                 count += len(idx)
                 done += 1
+                if step_callbacks:
+                    info = TrainStep(done, epoch, loss.detach().float() * len(idx),
+                                     (logits.detach().argmax(1) == yb).sum(), len(idx), lr,
+                                     cfg.epochs * steps_per_epoch, epoch == cfg.epochs - 1 and b == steps_per_epoch - 1)
+                    for cb in step_callbacks:
+                        cb(info)
                 out_of_budget = (max_batches is not None and done >= max_batches) or (
                     budget_seconds is not None and time.perf_counter() - t0 >= budget_seconds) or (
                     on_step is not None and bool(on_step(done)))
@@ -191,7 +217,7 @@ def recompute_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> nn
 def train_and_save(model_name: str, dataset: str, cfg: TrainConfig, out: str, data_dir: str | None = None,
                    device: torch.device | None = None, task: int = 0, permutation_seed: int = 0,
                    callbacks: Sequence[Callable[[EpochInfo], None]] = (), width: float = 1.0,
-                   depth: int | None = None) -> dict:
+                   depth: int | None = None, step_callbacks: Sequence[Callable[[TrainStep], None]] = ()) -> dict:
     """Train a registered model on a registered dataset from seed ``cfg.seed``, evaluate it on the test split
     and write the checkpoint atomically to ``out``. Inputs are checked before any work starts.
 
@@ -211,7 +237,8 @@ def train_and_save(model_name: str, dataset: str, cfg: TrainConfig, out: str, da
     train_split = load_split(dataset, True, data_dir, task, permutation_seed)
     test_split = load_split(dataset, False, data_dir, task, permutation_seed)
     t0 = time.perf_counter()
-    train(model, train_split, cfg, augment=spec.augment, device=device, callbacks=callbacks)
+    train(model, train_split, cfg, augment=spec.augment, device=device, callbacks=callbacks,
+          step_callbacks=step_callbacks)
     train_seconds = time.perf_counter() - t0
     acc, loss = evaluate(model, test_split)
     meta = {"model": model_name, "dataset": dataset, "num_classes": spec.num_classes,

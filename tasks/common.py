@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from geodesic_core import load_model, load_split
 from geodesic_core.data import Split, get_spec
@@ -23,6 +24,16 @@ CORE_DIR = Path(__file__).resolve().parents[1] / "geodesic_core"
 
 # every cached task uses INPUTS + TASK_SOURCE and gets the code version and data fingerprint as inputs
 PERSIST = {"persist_result": True, "result_serializer": "json"}
+# the cache key of a compute task: its inputs but the data folder (the fingerprint stands for the data) and
+# ``track`` (which MLflow run its live metrics go to: another flow run reuses the result)
+CACHED = {"cache_policy": INPUTS + TASK_SOURCE - "data_dir" - "track", **PERSIST}
+
+
+def percent_sparse(weights: torch.Tensor, slices) -> float:
+    """Sparsity in percent (the unit of ``--sparsity`` and the ``target_sparsity`` param)."""
+    from geodesic_core import sparsity
+
+    return 100.0 * sparsity(weights, slices)
 
 
 @functools.lru_cache(maxsize=1)

@@ -13,7 +13,6 @@ import time
 
 import torch
 from prefect import task
-from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from geodesic_core import cumulative_lengths, flat_params, linear_path, set_flat_params
 from geodesic_core.metric import tempered
@@ -22,9 +21,8 @@ from geodesic_core.connect import (BezierCurve, InterpolatedOutputs, bn_batch, c
                                    distance_ratio, evaluate_point, train_bezier)
 from geodesic_core.data import get_spec
 
-from .common import PERSIST, checkpoint_path, finished, open_ref, save_result, split
-
-CACHED = {"cache_policy": INPUTS + TASK_SOURCE - "data_dir", **PERSIST}
+from .common import CACHED, checkpoint_path, finished, open_ref, save_result, split
+from .live import Live
 PROBE = 1024  # inputs of the fixed probe batch the path lengths are measured on
 
 
@@ -44,10 +42,12 @@ def _row(model, w, w_a, w_b, test, bn, **extra) -> dict:
 
 @task(**CACHED)
 def connect_segment_task(start: dict, a: dict, b: dict, segment: int, loose: bool, cfg: ConnectConfig,
-                         data_dir: str | None, data_fingerprint: str, code_version: str) -> dict:
+                         data_dir: str | None, data_fingerprint: str, code_version: str,
+                         track: dict | None = None) -> dict:
     """Segment ``segment`` of Geo(w_1, g, w_2) from checkpoint ``start``: up to ``cfg.geo.max_steps`` steps
     (with ``loose``: the completion settings, anchor off and a ``cfg.complete_eps_factor`` times larger trust
-    region). Returns the end checkpoint with its stop reason, the evaluated points and the segment's lengths."""
+    region). Returns the end checkpoint with its stop reason, the evaluated points and the segment's lengths.
+    Live metrics go to the child run ``track`` at the geodesic step counted over all segments."""
     out = checkpoint_path("connect", start["sha256"], a["sha256"], b["sha256"], segment, loose, cfg.geo.model_dump(),
                           cfg.complete_eps_factor, cfg.seed, data_fingerprint, code_version)
     if (done := finished(out)) is not None:
@@ -66,7 +66,13 @@ def connect_segment_task(start: dict, a: dict, b: dict, segment: int, loose: boo
     bn = bn_batch(model, train_x)
     w0 = flat_params(model).cpu()
     first = int(start.get("end_step", 0))
+    offset = float(start.get("end_path_length", 0.0))
     points, rows, spent, euclid = [w0], [], [0.0], {"length": 0.0, "last": w0}
+
+    def probe(row: dict) -> dict:
+        live.log(row["step"], {k: row[k] for k in ("test_accuracy", "test_loss", "distance_ratio")})
+        live.advance(live.completed, probe=f"probe {row['test_accuracy']:.2f}%")
+        return row
 
     def record(info):
         w = info.weights.detach().cpu()
@@ -76,24 +82,29 @@ def connect_segment_task(start: dict, a: dict, b: dict, segment: int, loose: boo
             return
         t = time.perf_counter()
         points.append(w.clone())
-        rows.append(_row(probe_model, w, w_a, w_b, test, bn, step=info.step, segment=segment, loose=loose))
+        rows.append(probe(_row(probe_model, w, w_a, w_b, test, bn, step=info.step, segment=segment, loose=loose)))
         spent[0] += time.perf_counter() - t
 
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + segment)
-    t0 = time.perf_counter()
-    res = connect_segment(model, w_b, train_x, geo_cfg, anchor=anchor, total_distance=float((w_b - w_a).norm()),
-                          callbacks=[record], generator=gen, start_step=first)
-    wall = time.perf_counter() - t0 - spent[0]
-    w_end = flat_params(model).cpu()
-    if not rows or rows[-1]["step"] != first + res.steps:
-        points.append(w_end.clone())
-        rows.append(_row(probe_model, w_end, w_a, w_b, test, bn, step=first + res.steps, segment=segment, loose=loose))
+    title = f"geodesic {cfg.model} segment {segment + 1}" + (" (completion)" if loose else "")
+    with Live(title, cfg.geo.max_steps, track, upper_bound=True) as live:
+        t0 = time.perf_counter()
+        res = connect_segment(model, w_b, train_x, geo_cfg, anchor=anchor, total_distance=float((w_b - w_a).norm()),
+                              callbacks=[lambda info: live.geo_step(info, offset), record], generator=gen,
+                              start_step=first)
+        wall = time.perf_counter() - t0 - spent[0]
+        w_end = flat_params(model).cpu()
+        if not rows or rows[-1]["step"] != first + res.steps:
+            points.append(w_end.clone())
+            rows.append(probe(_row(probe_model, w_end, w_a, w_b, test, bn, step=first + res.steps, segment=segment,
+                                   loose=loose)))
     lengths = _lengths(probe_model, points, train_x, cfg)
     for r, length in zip(rows, lengths[1:]):
         r["segment_path_length"] = length
     end = rows[-1]
     return save_result(out, model, meta, dict(
         segment=segment, loose=loose, steps=res.steps, end_step=first + res.steps, stop_reason=res.stop_reason,
+        end_path_length=offset + res.path_length,
         distance=res.distance, wall_seconds=wall, rows=rows, path_length=lengths[-1],
         path_length_euclidean=euclid["length"]), test_accuracy=end["test_accuracy"], test_loss=end["test_loss"])
 
@@ -111,17 +122,21 @@ def evaluate_endpoint(network: dict, a: dict, b: dict, cfg: ConnectConfig, data_
 
 @task(**CACHED)
 def linear_path_task(a: dict, b: dict, cfg: ConnectConfig, data_dir: str | None, data_fingerprint: str,
-                     code_version: str) -> dict:
+                     code_version: str, track: dict | None = None) -> dict:
     """The straight line (1 - α) w_1 + α w_2 at ``cfg.linear_points`` points: accuracy, loss, lengths."""
     model, _ = open_ref(a)
     w_a, w_b = flat_params(model).cpu(), flat_params(open_ref(b)[0]).cpu()
     train_x = split(cfg.dataset, True, data_dir).x
     test = split(cfg.dataset, False, data_dir)
     bn = bn_batch(model, train_x)
-    t0 = time.perf_counter()
-    points = linear_path(w_a, w_b, cfg.linear_points)
-    rows = [_row(model, w, w_a, w_b, test, bn, alpha=float(t)) for w, t in zip(points, torch.linspace(0, 1, len(points)))]
-    wall = time.perf_counter() - t0
+    with Live(f"straight line {cfg.model}", cfg.linear_points, track) as live:
+        t0 = time.perf_counter()
+        points = linear_path(w_a, w_b, cfg.linear_points)
+        rows = []
+        for w, t in zip(points, torch.linspace(0, 1, len(points))):
+            rows.append(_row(model, w, w_a, w_b, test, bn, alpha=float(t)))
+            live.advance(probe=f"acc {rows[-1]['test_accuracy']:.2f}%")
+        wall = time.perf_counter() - t0
     lengths = _lengths(model, points, train_x, cfg)
     for r, length in zip(rows, lengths):
         r["path_length"] = length
@@ -131,7 +146,7 @@ def linear_path_task(a: dict, b: dict, cfg: ConnectConfig, data_dir: str | None,
 
 @task(**CACHED)
 def bezier_curve_task(a: dict, b: dict, cfg: ConnectConfig, data_dir: str | None, data_fingerprint: str,
-                      code_version: str) -> dict:
+                      code_version: str, track: dict | None = None) -> dict:
     """Peer baseline (Garipov et al. 2018): train the bend θ of the quadratic Bezier curve between w_1 and w_2
     for ``cfg.bezier_train.epochs`` epochs on the task's training data, then evaluate the curve at
     ``cfg.linear_points`` equally spaced t like the straight line. The checkpoint holds θ (a network of the
@@ -145,9 +160,11 @@ def bezier_curve_task(a: dict, b: dict, cfg: ConnectConfig, data_dir: str | None
     test = split(cfg.dataset, False, data_dir)
     probe_model = copy.deepcopy(model)
     if (trained := finished(out)) is None:
-        t0 = time.perf_counter()
-        curve = train_bezier(model, w_a, w_b, train_data, cfg.bezier_train, augment=get_spec(cfg.dataset).augment)
-        wall = time.perf_counter() - t0
+        with Live(f"train Bezier curve {cfg.model}", track=track) as live:
+            t0 = time.perf_counter()
+            curve = train_bezier(model, w_a, w_b, train_data, cfg.bezier_train, augment=get_spec(cfg.dataset).augment,
+                                 step_callbacks=[live.train_step])
+            wall = time.perf_counter() - t0
         set_flat_params(probe_model, curve.bend.detach().to(flat_params(probe_model)))
         trained = save_result(out, probe_model, meta, dict(train_seconds=wall), role="bezier bend")
     else:  # trained by an earlier run (or attempt): only the evaluation is redone

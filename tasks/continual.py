@@ -12,7 +12,6 @@ import time
 
 import torch
 from prefect import task
-from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from geodesic_core import (cumulative_lengths, flat_params, linear_path, load_tensors, save_checkpoint, save_tensors,
                            set_flat_params, train)
@@ -23,9 +22,8 @@ from geodesic_core.continual import (QuadraticPull, build_scenario_model, contin
 from geodesic_core.data import Split
 from geodesic_core.metric import tempered
 
-from .common import PERSIST, checkpoint_path, default_device, finished, open_ref, ref, save_result
-
-CACHED = {"cache_policy": INPUTS + TASK_SOURCE - "data_dir", **PERSIST}
+from .common import CACHED, checkpoint_path, default_device, finished, open_ref, ref, save_result
+from .live import Live
 
 
 @functools.lru_cache(maxsize=24)
@@ -59,7 +57,7 @@ def _meta(cfg: ContinualConfig, **extra) -> dict:
 
 @task(**CACHED)
 def train_task_network(index: int, cfg: ContinualConfig, data_dir: str | None, data_fingerprint: str,
-                       code_version: str) -> dict:
+                       code_version: str, track: dict | None = None) -> dict:
     """Algorithm 2 line 1/4: a freshly initialized network trained on task ``index`` alone (initialization from
     ``cfg.seed``, shared by all tasks unless ``cfg.shared_init`` is off; data order from ``cfg.seed + index``)."""
     out = checkpoint_path("task", index, cfg.model_dump(), data_fingerprint, code_version)
@@ -68,11 +66,13 @@ def train_task_network(index: int, cfg: ContinualConfig, data_dir: str | None, d
     seed = cfg.seed + index
     init = cfg.seed if cfg.shared_init else seed
     model = build_scenario_model(get_scenario(cfg.scenario), cfg.model, init).to(default_device())
-    t0 = time.perf_counter()
-    train(task_view(model, _specs(cfg)[index]), _train_split(cfg, index, data_dir),
-          cfg.train.model_copy(update={"seed": seed}))
-    wall = time.perf_counter() - t0
-    accs = _accs(model, cfg, data_dir)
+    with Live(f"train task {index + 1}", track=track) as live:
+        t0 = time.perf_counter()
+        train(task_view(model, _specs(cfg)[index]), _train_split(cfg, index, data_dir),
+              cfg.train.model_copy(update={"seed": seed}), step_callbacks=[live.train_step])
+        wall = time.perf_counter() - t0
+        accs = _accs(model, cfg, data_dir)
+        live.log(int(live.completed), {f"acc_task_{j + 1}": a for j, a in enumerate(accs)})
     result = dict(index=index, accuracies=accs, wall_seconds=wall)
     digest = save_checkpoint(out, model.cpu(), _meta(cfg, task=index, test_accuracy=accs[index], result=result))
     return ref(out, digest, **result)
@@ -80,12 +80,13 @@ def train_task_network(index: int, cfg: ContinualConfig, data_dir: str | None, d
 
 @task(**CACHED)
 def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConfig, data_dir: str | None,
-                   data_fingerprint: str, code_version: str) -> dict:
+                   data_fingerprint: str, code_version: str, track: dict | None = None) -> dict:
     """Algorithm 2 line 7: Geo(w_i, g^i, w_{1:i-1}, s) under task i's metric; the end point is w_{1:i}.
 
     Along the way the test accuracy on tasks 1..i is recorded every ``cfg.eval_every`` steps; the straight
     line between the same endpoints is scanned for comparison; both paths are projected on their first two
-    principal components (paper Fig. 5A/B).
+    principal components (paper Fig. 5A/B). Live metrics (``distance``, ``step_length``, ``path_length``,
+    ``acc_task_j``) go to the child run ``track`` at the geodesic step counted over all stages.
     """
     out = checkpoint_path("continual-geodesic", current["sha256"], previous["sha256"], index, cfg.geo.model_dump(),
                           cfg.seed, data_fingerprint, code_version)
@@ -99,6 +100,15 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
     pool = _train_split(cfg, index, data_dir).x
     rows, points, spent = [], [w_start.cpu()], [0.0]
     euclid = {"length": 0.0, "last": w_start.clone()}
+    # the stage's steps counted after those of the earlier stages (its start, w_i, is a point of its own)
+    first = int(previous["end_step"]) + 1 if "end_step" in previous else 0
+    offset = float(previous.get("end_path_length", 0.0))
+
+    def row(step: int, distance: float) -> dict:
+        accs = {f"acc_task_{j + 1}": a for j, a in enumerate(task_accuracies(model, tests, specs))}
+        live.log(first + step, accs)
+        live.advance(live.completed, probe=f"tasks {', '.join(f'{a:.1f}' for a in accs.values())}%")
+        return {"stage": index + 1, "step": step, "global_step": first + step, "distance": distance, **accs}
 
     def record(info):
         euclid["length"] += float((info.weights - euclid["last"]).norm())
@@ -106,24 +116,22 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
         if info.step % cfg.eval_every:
             return
         t = time.perf_counter()
-        accs = task_accuracies(model, tests, specs)
-        rows.append({"stage": index + 1, "step": info.step, "distance": info.distance,
-                     **{f"acc_task_{j + 1}": a for j, a in enumerate(accs)}})
+        rows.append(row(info.step, info.distance))
         points.append(info.weights.detach().cpu().clone())
         spent[0] += time.perf_counter() - t
 
-    rows.append({"stage": index + 1, "step": 0, "distance": float((w_prev - w_start).norm()),
-                 **{f"acc_task_{j + 1}": a for j, a in enumerate(task_accuracies(model, tests, specs))}})
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + index)
-    t0 = time.perf_counter()
-    res = continual_geodesic(model, prev, pool, cfg.geo.model_copy(update={"seed": cfg.seed}), task=specs[index],
-                             callbacks=[record], generator=gen)
-    wall = time.perf_counter() - t0 - spent[0]
-    w_end = flat_params(model)
-    if rows[-1]["step"] != res.steps:
-        rows.append({"stage": index + 1, "step": res.steps, "distance": res.distance,
-                     **{f"acc_task_{j + 1}": a for j, a in enumerate(task_accuracies(model, tests, specs))}})
-        points.append(w_end.cpu().clone())
+    with Live(f"geodesic to task {index + 1}", cfg.geo.max_steps, track, upper_bound=True) as live:
+        rows.append(row(0, float((w_prev - w_start).norm())))
+        t0 = time.perf_counter()
+        res = continual_geodesic(model, prev, pool, cfg.geo.model_copy(update={"seed": cfg.seed}), task=specs[index],
+                                 callbacks=[lambda info: live.geo_step(
+                                     info._replace(step=first + info.step), offset), record], generator=gen)
+        wall = time.perf_counter() - t0 - spent[0]
+        w_end = flat_params(model)
+        if rows[-1]["step"] != res.steps:
+            rows.append(row(res.steps, res.distance))
+            points.append(w_end.cpu().clone())
 
     # the straight line between the same endpoints, for the plots and the length comparison
     scan_model = prev  # its weights were only needed as the target
@@ -150,6 +158,7 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
     accs = _accs(model, cfg, data_dir)  # cumulative_lengths restored the end weights
     return save_result(out, model, meta, dict(
         index=index, accuracies=accs, wall_seconds=wall, steps=res.steps, stop_reason=res.stop_reason,
+        end_step=first + res.steps, end_path_length=offset + res.path_length,
         distance=res.distance, path_rows=rows, line_rows=line_rows, path_length=geo_len[-1],
         path_length_euclidean=euclid["length"], line_path_length=lin_len[-1],
         line_path_length_euclidean=float((w_prev - w_start).norm())), task=index, test_accuracy=accs[index])
@@ -157,7 +166,7 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
 
 @task(**CACHED)
 def linear_stage(current: dict, previous: dict, index: int, cfg: ContinualConfig, data_dir: str | None,
-                 data_fingerprint: str, code_version: str) -> dict:
+                 data_fingerprint: str, code_version: str, track: dict | None = None) -> dict:
     """Baseline: the best point (highest minimum accuracy over tasks 1..i, an oracle on the test sets) on the
     straight line between w_i and the previous linear-baseline network."""
     out = checkpoint_path("continual-linear", current["sha256"], previous["sha256"], index, cfg.linear_points,
@@ -170,23 +179,27 @@ def linear_stage(current: dict, previous: dict, index: int, cfg: ContinualConfig
     specs = _specs(cfg)[: index + 1]
     w_start, w_prev = flat_params(model), flat_params(prev)
 
-    def measure(w):
-        set_flat_params(model, w)
-        return task_accuracies(model, tests, specs)
+    with Live(f"linear scan, task {index + 1}", cfg.linear_points, track) as live:
+        def measure(w):
+            set_flat_params(model, w)
+            accs = task_accuracies(model, tests, specs)
+            live.advance()
+            return accs
 
-    t0 = time.perf_counter()
-    values, best = linear_scan(linear_path(w_start, w_prev, cfg.linear_points), measure)
-    alpha = best / (cfg.linear_points - 1)
-    set_flat_params(model, torch.lerp(w_start, w_prev, alpha))
-    wall = time.perf_counter() - t0
-    accs = _accs(model, cfg, data_dir)
+        t0 = time.perf_counter()
+        values, best = linear_scan(linear_path(w_start, w_prev, cfg.linear_points), measure)
+        alpha = best / (cfg.linear_points - 1)
+        set_flat_params(model, torch.lerp(w_start, w_prev, alpha))
+        wall = time.perf_counter() - t0
+        accs = _accs(model, cfg, data_dir)
+        live.log(index + 1, {f"acc_task_{j + 1}": a for j, a in enumerate(accs)})
     return save_result(out, model, meta, dict(index=index, accuracies=accs, wall_seconds=wall, alpha=alpha),
                        task=index, test_accuracy=accs[index])
 
 
 @task(**CACHED)
 def sequential_stage(method: str, previous: dict, index: int, pull: dict | None, cfg: ContinualConfig,
-                     data_dir: str | None, data_fingerprint: str, code_version: str) -> dict:
+                     data_dir: str | None, data_fingerprint: str, code_version: str, track: dict | None = None) -> dict:
     """Baselines: SGD on task i from w_{1:i-1} (``sgd``), plus (λ/2)|w - w_{1:i-1}|^2 (``l2``), or plus the
     EWC penalty held in ``pull`` (``ewc``)."""
     out = checkpoint_path(f"continual-{method}", previous["sha256"], pull and pull["sha256"], index,
@@ -202,14 +215,17 @@ def sequential_stage(method: str, previous: dict, index: int, pull: dict | None,
         if pull is None:
             raise ValueError("the ewc stage needs the consolidated Fisher penalty of the earlier tasks")
         penalty = QuadraticPull.from_state(cfg.ewc_strength, load_tensors(pull["path"])[0])
-    t0 = time.perf_counter()
-    train(task_view(model, _specs(cfg)[index]), _train_split(cfg, index, data_dir),
-          cfg.train.model_copy(update={"seed": cfg.seed + index}),
-          penalty=penalty)
-    wall = time.perf_counter() - t0
-    accs = _accs(model, cfg, data_dir)
-    return save_result(out, model, meta, dict(index=index, accuracies=accs, wall_seconds=wall), task=index,
-                       test_accuracy=accs[index])
+    first = int(previous.get("end_sgd_step", 0))  # SGD steps of the earlier stages
+    with Live(f"{method} on task {index + 1}", track=track) as live:
+        t0 = time.perf_counter()
+        steps = train(task_view(model, _specs(cfg)[index]), _train_split(cfg, index, data_dir),
+                      cfg.train.model_copy(update={"seed": cfg.seed + index}), penalty=penalty,
+                      step_callbacks=[lambda s: live.train_step(s, first)])
+        wall = time.perf_counter() - t0
+        accs = _accs(model, cfg, data_dir)
+        live.log(first + steps, {f"acc_task_{j + 1}": a for j, a in enumerate(accs)})
+    return save_result(out, model, meta, dict(index=index, accuracies=accs, wall_seconds=wall,
+                                              end_sgd_step=first + steps), task=index, test_accuracy=accs[index])
 
 
 @task(**CACHED)

@@ -5,36 +5,49 @@ from __future__ import annotations
 import time
 
 from prefect import task
-from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from geodesic_core import evaluate, flat_params, param_slices, sparsity
+from geodesic_core import evaluate, flat_params, param_slices
 from geodesic_core.config import SparsifyConfig
 from geodesic_core.sparsify import geodesic_stage, project_to_level, structured_stage
 
-from .common import PERSIST, checkpoint_path, finished, open_ref, save_result, split
+from .common import CACHED, checkpoint_path, finished, open_ref, percent_sparse, save_result, split
+from .live import Live
 
 
-def _path_recorder(model, slices, test, every: int, rows: list):
-    """Callback: evaluate the test set every ``every`` steps; returns (callback, seconds spent evaluating)."""
-    spent = [0.0]
+PROBE_KEYS = ("test_accuracy", "test_loss", "sparsity")
+
+
+def _path_recorder(model, slices, test, every: int, rows: list, live: Live):
+    """Callback: evaluate the test set every ``every`` steps into ``rows`` and the live metrics; returns
+    (callback, seconds spent evaluating, the last row not yet sent).
+
+    A row goes to the live metrics when the next one is recorded: the stage's last step has two rows (before
+    and after the closing projection) and its metric history keeps the one after, whatever the flush timing."""
+    spent, held = [0.0], []
 
     def record(info):
         if info.step % every and info.distance > 0:
             return
         t = time.perf_counter()
         acc, loss = evaluate(model, test)
-        rows.append({"step": info.step, "distance": info.distance, "test_accuracy": acc, "test_loss": loss,
-                     "sparsity": sparsity(info.weights, slices), "path_length": info.path_length})
+        row = {"step": info.step, "distance": info.distance, "test_accuracy": acc, "test_loss": loss,
+               "sparsity": percent_sparse(info.weights, slices), "path_length": info.path_length}
+        rows.append(row)
+        for r in held:
+            live.log(r["step"], {k: r[k] for k in PROBE_KEYS})
+        held[:] = [row]
+        live.advance(live.completed, probe=f"probe {acc:.2f}%")
         spent[0] += time.perf_counter() - t
 
-    return record, spent
+    return record, spent, held
 
 
-@task(cache_policy=INPUTS + TASK_SOURCE - "data_dir", **PERSIST)
+@task(**CACHED)
 def geodesic_segment(start: dict, anchor: dict, level: float, stage: int, stage_level: float, cfg: SparsifyConfig,
-                     data_dir: str | None, data_fingerprint: str, code_version: str) -> dict:
+                     data_dir: str | None, data_fingerprint: str, code_version: str, track: dict | None = None) -> dict:
     """One stage of Algorithm 1 from checkpoint ``start`` toward H_{stage_level} (or the filter target),
-    ending on it. The outputs of ``anchor`` (the dense network) anchor the path.
+    ending on it. The outputs of ``anchor`` (the dense network) anchor the path. Live metrics go to the child
+    run ``track``.
 
     Returns a reference to the stage's end checkpoint with its steps, stop reason, wall time (without the
     evaluation along the path) and the evaluated path points.
@@ -45,37 +58,45 @@ def geodesic_segment(start: dict, anchor: dict, level: float, stage: int, stage_
         return done
     model, meta = open_ref(start)
     start_step = int(start.get("end_step", 0))  # steps taken by the earlier stages of this path
+    offset = float(start.get("end_path_length", 0.0))  # and their length
     dense, _ = open_ref(anchor)
     dense.requires_grad_(False)
     slices = param_slices(model)
     train_x = split(cfg.dataset, True, data_dir).x
     test = split(cfg.dataset, False, data_dir)
     rows: list[dict] = []
-    record, spent = _path_recorder(model, slices, test, cfg.eval_every, rows)
-    t0 = time.perf_counter()
-    geo_cfg = cfg.geo.model_copy(update={"seed": cfg.seed})
-    if cfg.structured:
-        res = structured_stage(model, cfg.layer, int(stage_level), train_x, geo_cfg, refresh_every=cfg.refresh_every,
-                               anchor=dense, callbacks=[record], start_step=start_step, stage=stage)
-    else:
-        res = geodesic_stage(model, slices, stage_level, train_x, geo_cfg, refresh_every=cfg.refresh_every,
-                             scope=cfg.scope, anchor=dense, callbacks=[record], start_step=start_step, stage=stage)
-    wall = time.perf_counter() - t0 - spent[0]
-    acc, loss = evaluate(model, test)
-    end_step = start_step + res.steps
-    rows.append({"step": end_step, "distance": 0.0, "test_accuracy": acc, "test_loss": loss,
-                 "sparsity": sparsity(flat_params(model), slices), "path_length": res.path_length})
+    what = f"{level:g} filters" if cfg.structured else f"{level:g}%"
+    with Live(f"geodesic {what}, stage {stage + 1}/{cfg.stages}", cfg.geo.max_steps, track, upper_bound=True) as live:
+        record, spent, held = _path_recorder(model, slices, test, cfg.eval_every, rows, live)
+        callbacks = [lambda info: live.geo_step(info, offset), record]
+        t0 = time.perf_counter()
+        geo_cfg = cfg.geo.model_copy(update={"seed": cfg.seed})
+        if cfg.structured:
+            res = structured_stage(model, cfg.layer, int(stage_level), train_x, geo_cfg,
+                                   refresh_every=cfg.refresh_every, anchor=dense, callbacks=callbacks,
+                                   start_step=start_step, stage=stage)
+        else:
+            res = geodesic_stage(model, slices, stage_level, train_x, geo_cfg, refresh_every=cfg.refresh_every,
+                                 scope=cfg.scope, anchor=dense, callbacks=callbacks, start_step=start_step, stage=stage)
+        wall = time.perf_counter() - t0 - spent[0]
+        acc, loss = evaluate(model, test)
+        end_step = start_step + res.steps
+        rows.append({"step": end_step, "distance": 0.0, "test_accuracy": acc, "test_loss": loss,
+                     "sparsity": percent_sparse(flat_params(model), slices), "path_length": res.path_length})
+        for r in held + rows[-1:]:
+            if r["step"] != end_step or r is rows[-1]:
+                live.log(r["step"], {k: r[k] for k in PROBE_KEYS})
     return save_result(out, model, meta, dict(
         stage=stage, stage_level=stage_level, steps=res.steps, end_step=end_step, stop_reason=res.stop_reason,
-        projection_distance=res.distance_before_projection, path_length=res.path_length, wall_seconds=wall,
-        test_accuracy=acc, test_loss=loss, rows=rows))
+        projection_distance=res.distance_before_projection, path_length=res.path_length,
+        end_path_length=offset + res.path_length, wall_seconds=wall, test_accuracy=acc, test_loss=loss, rows=rows))
 
 
-@task(cache_policy=INPUTS + TASK_SOURCE - "data_dir", **PERSIST)
+@task(**CACHED)
 def final_projection(end: dict, level: float, cfg: SparsifyConfig, data_dir: str | None, data_fingerprint: str,
                      code_version: str) -> dict:
     """Hard projection onto H_p (or the filter target) of the path's end; the reported network has exactly
-    the requested zeros. Returns its reference with test accuracy, loss and measured sparsity."""
+    the requested zeros. Returns its reference with test accuracy, loss and measured sparsity (percent)."""
     out = checkpoint_path("final", end["sha256"], level, cfg.scope, cfg.structured, code_version)
     if (done := finished(out)) is not None:
         return done
@@ -83,4 +104,4 @@ def final_projection(end: dict, level: float, cfg: SparsifyConfig, data_dir: str
     project_to_level(model, level, structured=cfg.structured, layer=cfg.layer, scope=cfg.scope)
     acc, loss = evaluate(model, split(cfg.dataset, False, data_dir))
     return save_result(out, model, meta, dict(test_accuracy=acc, test_loss=loss,
-                                              sparsity=sparsity(flat_params(model), param_slices(model))))
+                                              sparsity=percent_sparse(flat_params(model), param_slices(model))))

@@ -26,7 +26,7 @@ def accuracy_along_path(rows: list[dict], title: str) -> Callable:
         ax.set_xlabel("geodesic step")
         ax.set_ylabel("test accuracy (%)")
         ax2 = ax.twinx()
-        ax2.plot(steps, [100 * r["sparsity"] for r in rows], "--", color="tab:gray", label="sparsity")
+        ax2.plot(steps, [r["sparsity"] for r in rows], "--", color="tab:gray", label="sparsity")
         ax2.set_ylabel("sparsity (%)")
         ax.set_title(title)
         _save(fig, path)

@@ -37,8 +37,13 @@ def baseline_row(result: dict, params: SparsifyConfig) -> dict:
     return {"method": method, "budget": budget, **{k: result[k] for k in ("level", "steps", *METRIC_KEYS)}}
 
 
+def child_key(method: str, level: float, budget: str = "-") -> str:
+    """The MLflow child run of a sparsification method at one level (and budget)."""
+    return f"{method}-{level:g}" + ("" if budget == "-" else f"-{budget}")
+
+
 def run_key(row: dict) -> str:
-    return f"{row['method']}-{row['level']:g}" + ("" if row["budget"] == "-" else f"-{row['budget']}")
+    return child_key(row["method"], row["level"], row["budget"])
 
 
 def label(row: dict) -> str:

@@ -57,10 +57,17 @@ def experiment_id(name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    location = None
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        location = (Path.cwd() / "mlartifacts").resolve().as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    return client.create_experiment(name, artifact_location=artifact_location())
+
+
+def artifact_location() -> str | None:
+    """Artifacts of a database store lie beside the database (``mlartifacts/`` in its folder), not in the
+    current folder's ``./mlruns`` (MLflow's default); a tracking server keeps its own setting (None)."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        return (db.parent / "mlartifacts").resolve().as_uri()
+    return None
 
 
 def check_tracking_reachable(timeout: float = 5.0) -> None:
@@ -84,77 +91,138 @@ def check_tracking_reachable(timeout: float = 5.0) -> None:
                            f"start the server or unset MLFLOW_TRACKING_URI to track locally") from exc
 
 
+def log_params_once(client, run_id: str, params: dict) -> None:
+    """Log the params a run does not have yet (MLflow params are write-once; a reopened run keeps its own)."""
+    from mlflow.entities import Param
+
+    have = client.get_run(run_id).data.params
+    new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in have]
+    for i in range(0, len(new), 100):
+        client.log_batch(run_id, params=new[i:i + 100])
+
+
+def child_track(parent: dict, key: str, settings: dict, *, finish: bool = False, **fields: Any) -> dict:
+    """What a task needs to open the child run ``key`` of ``parent`` when it starts (see `tasks.live.Live`):
+    the child's params are the flow's settings, flattened and named as the CLI options (``geo.eta``), plus
+    ``fields`` (method, level, budget, ...), so two flow runs' children compare in MLflow setting by setting.
+    ``finish``: the run belongs to one task, which closes it when it ends (training of a shared network);
+    otherwise the flow's logging task closes it with the method's results."""
+    return {"parent": parent, "key": key, "finish": finish,
+            "params": {**flatten("", settings), **{k: str(v) for k, v in fields.items()}}}
+
+
 @task(**RETRY)
 def start_parent_run(experiment: str, params: dict, data_fingerprint: str, code_version: str,
                      flow_run_id: str, run_name: str) -> dict:
-    """Create the flow's parent run (tags: Prefect flow-run id, git commit, data fingerprint)."""
-    from mlflow.entities import Param
+    """Create the flow's parent run (tags: Prefect flow-run id, git commit, data fingerprint), or continue the
+    unfinished one (RUNNING after a kill, or FAILED) of an earlier flow run with the same settings, data and code:
+    a killed run resumed with the same command continues the same parent and child runs."""
+    from mlflow.entities import RunStatus
+
+    from .common import content_key
 
     client = _client()
     exp_id = experiment_id(experiment)
+    identity = content_key(experiment, params, data_fingerprint, code_version)
     found = client.search_runs([exp_id], f"tags.`prefect.flow_run_id` = '{flow_run_id}' and "
                                          f"tags.`geodesic.role` = 'parent'", max_results=1)
     if found:
         return {"run_id": found[0].info.run_id, "experiment_id": exp_id}
+    unfinished = [r for r in client.search_runs([exp_id], f"tags.`geodesic.run_identity` = '{identity}' and "
+                                                          f"tags.`geodesic.role` = 'parent'",
+                                                order_by=["attributes.start_time DESC"], max_results=5)
+                  if r.info.status != RunStatus.to_string(RunStatus.FINISHED)]
+    if unfinished:
+        run_id = unfinished[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        client.set_tag(run_id, "prefect.flow_run_id", flow_run_id)
+        client.set_tag(run_id, "geodesic.resumed", str(int(unfinished[0].data.tags.get("geodesic.resumed", 0)) + 1))
+        if "error" in unfinished[0].data.tags:
+            client.delete_tag(run_id, "error")
+        return {"run_id": run_id, "experiment_id": exp_id}
     run = client.create_run(exp_id, run_name=run_name, tags={
         "prefect.flow_run_id": flow_run_id, "git_commit": git_commit(), "data_fingerprint": data_fingerprint,
-        "code_version": code_version, "geodesic.role": "parent"})
-    client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in flatten("", params).items()])
+        "code_version": code_version, "geodesic.role": "parent", "geodesic.run_identity": identity})
+    log_params_once(client, run.info.run_id, flatten("", params))
     return {"run_id": run.info.run_id, "experiment_id": exp_id}
 
 
-def log_child_run(parent: dict, key: str, params: dict, metrics: dict, tables: dict[str, list[dict]],
-                  files: list[str], plots: dict[str, Any] | None = None) -> str:
-    """One child run: params, final metrics, Parquet tables, files (checkpoints) and PNG plots.
+def log_child_run(track: dict, metrics: dict, tables: dict[str, list[dict]], files: list[str],
+                  plots: dict[str, Any] | None = None, history: list[tuple[int, dict]] = (),
+                  wall_seconds: float | None = None) -> str:
+    """Complete one child run (opened live by its tasks, or created here when every task was a cache hit):
+    params, final metrics, the metric ``history`` ((step, values) points; steps already logged live are
+    skipped), each table as Parquet with a CSV copy (MLflow's UI previews CSV), files (checkpoints), PNG plots.
+    The run ends FINISHED with MLflow's Duration equal to the method's ``wall_seconds``.
 
     ``plots`` maps a file name to a callable ``(path) -> None`` that draws it.
     """
     import pandas as pd
-    from mlflow.entities import Metric, Param, RunStatus
-    from mlflow.utils.time import get_current_time_millis
+    from mlflow.entities import RunStatus
+
+    from .live import History
 
     client = _client()
+    parent, key = track["parent"], track["key"]
     found = client.search_runs([parent["experiment_id"]], f"tags.`geodesic.key` = '{key}' and "
                                                            f"tags.`mlflow.parentRunId` = '{parent['run_id']}'",
                                max_results=1)
     if found and found[0].info.status == "FINISHED":
         return found[0].info.run_id
-    run_id = found[0].info.run_id if found else client.create_run(
-        parent["experiment_id"], run_name=key,
-        tags={"mlflow.parentRunId": parent["run_id"], "geodesic.key": key}).info.run_id
-    now = get_current_time_millis()
-    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()] if not found else [],
-                     metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None])
+    run = found[0] if found else client.create_run(
+        parent["experiment_id"], run_name=key, tags={"mlflow.parentRunId": parent["run_id"], "geodesic.key": key})
+    run_id = run.info.run_id
+    log_params_once(client, run_id, track.get("params", {}))
+    hist = History(run_id, client)
+    for step, values in history:
+        hist.add(step, values)
+    # the summary at the path's last step: a name with a history (test_accuracy, path_length) keeps one point
+    # per step, and MLflow's run table shows the value at the largest step
+    hist.add(max((step for step, _ in history), default=0), metrics)
+    hist.flush()
     with tempfile.TemporaryDirectory() as tmp:
         for name, rows in tables.items():
-            path = Path(tmp) / name
-            pd.DataFrame(rows).to_parquet(path, index=False)
-            client.log_artifact(run_id, str(path))
+            frame = pd.DataFrame(rows)
+            for path in (Path(tmp) / name, Path(tmp) / Path(name).with_suffix(".csv").name):
+                frame.to_parquet(path, index=False) if path.suffix == ".parquet" else frame.to_csv(path, index=False)
+                client.log_artifact(run_id, str(path))
         for name, draw in (plots or {}).items():
             path = Path(tmp) / name
             draw(path)
             client.log_artifact(run_id, str(path))
     for f in files:
         client.log_artifact(run_id, f, artifact_path="checkpoints")
-    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+    end = run.info.start_time + int(1000 * wall_seconds) if wall_seconds is not None else None
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED), end_time=end)
     return run_id
 
 
+# the histories written from a path table at the end (every evaluated point; with live metrics on, the points
+# already logged are skipped); ``distance`` and ``step_length`` are logged live only, at every step
+HISTORY_KEYS = ("test_accuracy", "test_loss", "sparsity", "path_length")
+
+
+def path_history(rows: list[dict], keys=HISTORY_KEYS) -> list[tuple[int, dict]]:
+    """(step, values) points of a path table, for the metric histories."""
+    return [(int(r["step"]), {k: r[k] for k in keys if k in r}) for r in rows]
+
+
 @task(**RETRY)
-def log_level_runs(parent: dict, level_param: str, entries: list[tuple[dict, str, list[dict] | None]]) -> list[str]:
-    """One child run per method at one level: ``entries`` are (summary row, checkpoint path, path table or
-    None); the geodesic's path table becomes ``path_metrics.parquet`` and ``accuracy_along_path.png``."""
+def log_level_runs(entries: list[tuple[dict, dict, str, list[dict] | None]]) -> list[str]:
+    """One child run per method at one level: ``entries`` are (track, summary row, checkpoint path, path table or
+    None); the geodesic's path table becomes ``path_metrics.parquet`` (and .csv), its metric histories, and
+    ``accuracy_along_path.png``."""
     from .plots import accuracy_along_path
-    from .summaries import GEODESIC_KEYS, METRIC_KEYS, run_key
+    from .summaries import GEODESIC_KEYS, METRIC_KEYS
 
     ids = []
-    for row, ckpt, path_rows in entries:
+    for track, row, ckpt, path_rows in entries:
         keys = METRIC_KEYS + (GEODESIC_KEYS if path_rows else ())
-        params = {"method": row["method"], "budget": row["budget"], level_param: row["level"]}
         tables = {"path_metrics.parquet": path_rows} if path_rows else {}
         plots = ({"accuracy_along_path.png": accuracy_along_path(path_rows, f"geodesic to {row['level']:g}")}
                  if path_rows else None)
-        ids.append(log_child_run(parent, run_key(row), params, {k: row[k] for k in keys}, tables, [ckpt], plots))
+        ids.append(log_child_run(track, {k: row[k] for k in keys}, tables, [ckpt], plots,
+                                 history=path_history(path_rows or []), wall_seconds=row["wall_seconds"]))
     return ids
 
 
@@ -178,56 +246,73 @@ def finish_parent_run(parent: dict, summary_rows: list[dict], plots: dict[str, A
 
     client = _client()
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "results.parquet"
-        pd.DataFrame(summary_rows).to_parquet(path, index=False)
-        client.log_artifact(parent["run_id"], str(path))
+        for path in (Path(tmp) / "results.parquet", Path(tmp) / "results.csv"):
+            frame = pd.DataFrame(summary_rows)
+            frame.to_parquet(path, index=False) if path.suffix == ".parquet" else frame.to_csv(path, index=False)
+            client.log_artifact(parent["run_id"], str(path))
         for name, draw in plots.items():
             p = Path(tmp) / name
             draw(p)
             client.log_artifact(parent["run_id"], str(p))
+    for child in client.search_runs([parent["experiment_id"]], f"tags.`mlflow.parentRunId` = '{parent['run_id']}' "
+                                                                "and attributes.status = 'RUNNING'"):
+        # a child opened by a task of a killed attempt that this run did not need again
+        client.set_terminated(child.info.run_id, RunStatus.to_string(RunStatus.KILLED))
     client.set_terminated(parent["run_id"], RunStatus.to_string(RunStatus.FINISHED))
     create_table_artifact(key="results", table=summary_rows, description=title)
-    uri = os.environ.get(UI_URL_ENV) or tracking_uri()  # the address a browser reaches, if the workers' differs
-    link = (f"{uri.rstrip('/')}/#/experiments/{parent['experiment_id']}/runs/{parent['run_id']}"
-            if uri.startswith("http") else f"{uri} (experiment {parent['experiment_id']}, run {parent['run_id']})")
-    create_link_artifact(key="mlflow-run", link=link, description="MLflow parent run of this flow run")
+    link, how = mlflow_ui_link(parent)
+    create_link_artifact(key="mlflow-run", link=link, description=f"MLflow parent run of this flow run. {how}")
     return parent["run_id"]
 
 
+def mlflow_ui_link(parent: dict) -> tuple[str, str]:
+    """The address of the parent run in MLflow's UI, and how to reach it. A tracking server's own address (or
+    ``$GEODESIC_MLFLOW_UI_URL``, the address people use when the workers reach the server by another name);
+    for a database store, the address of `mlflow ui` started on that store, with the command that starts it."""
+    uri = os.environ.get(UI_URL_ENV) or tracking_uri()
+    path = f"/#/experiments/{parent['experiment_id']}/runs/{parent['run_id']}"
+    if uri.startswith("http"):
+        return uri.rstrip("/") + path, "Open it in a browser."
+    cmd = f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+    return "http://127.0.0.1:5000" + path, f"The runs are in {uri}: start MLflow's UI on it with `{cmd}`, then open the link."
+
+
 @task(**RETRY)
-def log_continual_runs(parent: dict, params, entries: list[tuple[dict, list[list[float]], list[dict]]]) -> list[str]:
-    """One child run per continual method: params ``method``, ``scenario``, ``tasks``; metrics ``acc_task_j``,
-    ``avg_accuracy``, ``bwt``, ``wall_seconds``; ``accuracy_matrix.parquet``; for the geodesic also the path
-    tables and the plots of every stage (accuracy along the geodesic and the straight line, PCA of both)."""
+def log_continual_runs(tracks: dict[str, dict], entries: list[tuple[dict, list[list[float]], list[dict]]]) -> list[str]:
+    """One child run per continual method (``tracks[method]``): metrics ``acc_task_j``, ``avg_accuracy``,
+    ``bwt``, ``wall_seconds``; ``accuracy_matrix.parquet``; for the geodesic also the path tables (and their
+    metric histories at the global geodesic step) and the plots of every stage (accuracy along the geodesic and
+    the straight line, PCA of both)."""
     from .plots import accuracy_along_paths, pca_paths
 
     ids = []
     for row, matrix, results in entries:
-        k = len(matrix)
         metrics = {key: v for key, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         tables = {"accuracy_matrix.parquet": [{"after_task": i + 1, **{f"task_{j + 1}": a for j, a in enumerate(r)}}
                                               for i, r in enumerate(matrix)]}
-        plots = {}
+        plots, history = {}, []
         if row["method"] == "geodesic":
             tables["path_metrics.parquet"] = [r for res in results for r in res["path_rows"]]
             tables["linear_path_metrics.parquet"] = [r for res in results for r in res["line_rows"]]
+            history = path_history([{**r, "step": r["global_step"]} for r in tables["path_metrics.parquet"]],
+                                   [f"acc_task_{j + 1}" for j in range(len(matrix))])
             for res in results:
                 stage = res["index"] + 1
                 plots[f"accuracy_along_paths_task{stage}.png"] = accuracy_along_paths(
                     res["path_rows"], res["line_rows"], f"task {stage}: geodesic vs straight line")
                 plots[f"pca_paths_task{stage}.png"] = pca_paths(res["path_rows"], res["line_rows"],
                                                                 f"task {stage}: paths from w_{stage} to w_1:{stage - 1}")
-        ids.append(log_child_run(parent, f"{row['method']}-{params.scenario}-{k}",
-                                 {"method": row["method"], "scenario": params.scenario, "tasks": k}, metrics, tables,
-                                 [results[-1]["path"]], plots))
+        ids.append(log_child_run(tracks[row["method"]], metrics, tables, [results[-1]["path"]], plots,
+                                 history=history, wall_seconds=row["wall_seconds"]))
     return ids
 
 
 @task(**RETRY)
-def log_connect_runs(parent: dict, params, summary: list[dict], tables: dict[str, list[dict]],
+def log_connect_runs(tracks: dict[str, dict], params, summary: list[dict], tables: dict[str, list[dict]],
                      geodesic_checkpoint: str) -> list[str]:
-    """One child run per path (``geodesic``, ``linear``, ``bezier`` if trained): endpoint and path accuracies, lengths under g and
-    Euclidean, ``final_distance_ratio``, wall time; ``path_metrics.parquet`` and the plots."""
+    """One child run per path (``geodesic``, ``linear``, ``bezier`` if trained; ``tracks[method]``): endpoint
+    and path accuracies, lengths under g and Euclidean, ``final_distance_ratio``, wall time;
+    ``path_metrics.parquet`` (and .csv), the geodesic's metric histories, and the plots."""
     from .plots import chord_view, connect_accuracy_plot
 
     ids = []
@@ -235,7 +320,51 @@ def log_connect_runs(parent: dict, params, summary: list[dict], tables: dict[str
         metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         plots = {"accuracy_along_paths.png": connect_accuracy_plot(tables, params), "paths_2d.png": chord_view(tables)}
         files = [geodesic_checkpoint] if row["method"] == "geodesic" else []
-        ids.append(log_child_run(parent, f"{row['method']}-{params.model}-{params.dataset}",
-                                 {"method": row["method"], "model": params.model, "dataset": params.dataset},
-                                 metrics, {"path_metrics.parquet": tables[row["method"]]}, files, plots))
+        history = path_history(tables["geodesic"], ("test_accuracy", "test_loss", "distance_ratio")) \
+            if row["method"] == "geodesic" else []
+        ids.append(log_child_run(tracks[row["method"]], metrics, {"path_metrics.parquet": tables[row["method"]]},
+                                 files, plots, history=history, wall_seconds=row["wall_seconds"]))
     return ids
+
+
+RUN_COLUMNS = {  # column of `geodesic runs` -> MLflow column (params., metrics., attributes)
+    "method": "params.method", "budget": "params.budget", "level": "params.target_sparsity",
+    "filters": "params.target_filters", "scenario": "params.scenario", "tasks": "params.tasks",
+    "model": "params.model", "dataset": "params.dataset", "test_accuracy": "metrics.test_accuracy",
+    "sparsity": "metrics.sparsity", "path_min_test_accuracy": "metrics.path_min_test_accuracy",
+    "path_mean_test_accuracy": "metrics.path_mean_test_accuracy", "avg_accuracy": "metrics.avg_accuracy",
+    "bwt": "metrics.bwt", "final_distance_ratio": "metrics.final_distance_ratio",
+    "path_length": "metrics.path_length", "wall_seconds": "metrics.wall_seconds", "status": "status",
+}
+
+
+def runs_table(experiment: str, latest_only: bool = True):
+    """The child runs of ``experiment`` (those of its latest flow run, or all), one row per child run: method,
+    level or scenario, the headline metrics, wall time and status; columns no run has are left out."""
+    import mlflow
+    import pandas as pd
+
+    from geodesic_core import InputError
+
+    client = _client()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise InputError(f"no MLflow experiment {experiment!r} at {tracking_uri()}; experiments there: "
+                         f"{', '.join(names) or 'none'} (set MLFLOW_TRACKING_URI or run from the folder of mlflow.db)")
+    mlflow.set_tracking_uri(tracking_uri())
+    runs = mlflow.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+    if runs.empty:
+        return pd.DataFrame(columns=["flow_run", *RUN_COLUMNS])
+    tags = runs.get("tags.geodesic.role", pd.Series(index=runs.index, dtype=object))
+    parents = runs[tags == "parent"]
+    children = runs[runs.get("tags.mlflow.parentRunId", pd.Series(index=runs.index, dtype=object)).notna()]
+    if latest_only and not parents.empty:
+        latest = parents.sort_values("start_time").iloc[-1]["run_id"]
+        children = children[children["tags.mlflow.parentRunId"] == latest]
+    names = dict(zip(parents["run_id"], parents["tags.mlflow.runName"]))
+    out = pd.DataFrame({"flow_run": children["tags.mlflow.parentRunId"].map(lambda r: f"{names.get(r, '?')}:{r[:6]}")})
+    for col, src in RUN_COLUMNS.items():
+        if src in children:
+            out[col] = children[src]
+    return out.dropna(axis=1, how="all").reset_index(drop=True)

@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
+import os
+
 from prefect import task
-from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from geodesic_core import InputError, load_model
 from geodesic_core.config import TrainConfig
 from geodesic_core.train import train_and_save
 
-from .common import PERSIST, checkpoint_path, finished, ref
+from .common import CACHED, checkpoint_path, finished, ref
+from .live import Live
 
 
-@task(cache_policy=INPUTS + TASK_SOURCE - "data_dir", **PERSIST)
+@task(**CACHED)
 def train_network(model: str, dataset: str, train: TrainConfig, data_dir: str | None, data_fingerprint: str,
-                  code_version: str, task_index: int = 0, arch: dict | None = None) -> dict:
+                  code_version: str, task_index: int = 0, arch: dict | None = None, track: dict | None = None) -> dict:
     """Train ``model`` (with the architecture options ``arch``: width, depth) on ``dataset`` from
-    ``train.seed``; return a reference to its checkpoint."""
+    ``train.seed``; return a reference to its checkpoint. The training curve goes to the child run ``track``."""
     arch = arch or {}
     out = checkpoint_path("trained", model, dataset, train.model_dump(), data_fingerprint, code_version, task_index,
                           *([arch] if arch else []))
     if (done := finished(out, _trained_result)) is not None:
         return done
-    meta = train_and_save(model, dataset, train, str(out), data_dir, task=task_index, **arch)
+    written = out.with_name(out.name + ".unlogged")  # visible as finished only once its metrics are sent
+    with Live(f"train {model} on {dataset} (seed {train.seed})", track=track) as live:
+        meta = train_and_save(model, dataset, train, str(written), data_dir, task=task_index, **arch,
+                              step_callbacks=[live.train_step])
+        live.log(int(live.completed), {"test_accuracy": meta["test_accuracy"], "test_loss": meta["test_loss"],
+                                       "wall_seconds": meta["train_seconds"]})
+    os.replace(written, out)
     return ref(out, meta["sha256"], **_trained_result(meta))
 
 

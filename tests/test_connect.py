@@ -151,7 +151,10 @@ def _children(workdir):
     exp = client.get_experiment_by_name("geodesic-connect")
     runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
     latest = next(r for r in runs if r.data.tags.get("geodesic.role") == "parent").info.run_id
-    return client, {r.data.params["method"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == latest}
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == latest]
+    training = [r for r in children if r.data.params["method"] == "train"]  # the endpoints' own runs
+    assert all(r.info.status == "FINISHED" for r in training)
+    return client, {r.data.params["method"]: r for r in children if r.data.params["method"] != "train"}
 
 
 def test_flow_connects_tracks_every_path_and_resumes(harness, workdir, data_dir, monkeypatch, capsys):

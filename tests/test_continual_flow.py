@@ -19,8 +19,11 @@ def test_flow_tracks_every_method_and_resumes_from_cache(harness, workdir, data_
     exp = client.get_experiment_by_name("geodesic-continual")
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("geodesic.role") == "parent"]
-    children = {r.data.params["method"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    children = {r.data.params["method"]: r for r in runs if "mlflow.parentRunId" in r.data.tags
+                and r.data.params["method"] != "train"}
+    training = [r for r in runs if r.data.params.get("method") == "train"]
     assert len(parents) == 1 and sorted(children) == ["ewc", "geodesic", "l2", "linear", "sgd"]
+    assert sorted(r.data.params["task"] for r in training) == ["1", "2", "3"]
     for method, r in children.items():
         p, m = r.data.params, r.data.metrics
         assert p["scenario"] == "permuted_mnist" and p["tasks"] == "3"
@@ -50,6 +53,15 @@ def test_flow_tracks_every_method_and_resumes_from_cache(harness, workdir, data_
         assert stage["step"].iloc[0] == 0 and stage["path_length"].is_monotonic_increasing
     assert path[path.stage == 2]["acc_task_3"].isna().all()  # stage 2 only evaluates tasks 1, 2
     assert geo.data.metrics["steps"] > 0 and geo.data.metrics["path_length"] > 0
+    # the path as metric histories at the geodesic step counted over both stages: one point per step
+    assert {"global_step"} <= set(path.columns) and path["global_step"].is_unique
+    for key in ("acc_task_1", "acc_task_2", "distance", "step_length"):
+        hist = [h.step for h in client.get_metric_history(geo.info.run_id, key)]
+        assert hist and len(hist) == len(set(hist)), key
+    acc3 = {h.step for h in client.get_metric_history(geo.info.run_id, "acc_task_3")}
+    assert acc3 == set(path[path.stage == 3]["global_step"])  # task 3 is evaluated from stage 3 on
+    sgd = {h.step for h in client.get_metric_history(children["sgd"].info.run_id, "train_loss")}
+    assert len(sgd) > 10 and max(sgd) > 469  # the training curves of both stages, at the SGD step
 
     # a second run with the same parameters recomputes nothing
     def boom(*a, **k):
@@ -69,7 +81,8 @@ def test_mnist_to_fashion_with_a_shared_20_way_head(harness, workdir, data_dir):
 
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     exp = client.get_experiment_by_name("geodesic-continual")
-    children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags
+                and r.data.params["method"] != "train"]
     assert sorted(r.data.params["method"] for r in children) == ["geodesic", "sgd"]
     for r in children:
         assert r.data.params["scenario"] == "mnist_fashion" and r.data.params["tasks"] == "2"
@@ -105,7 +118,7 @@ def test_a_methods_cache_key_ignores_the_other_methods_settings():
     from flows.continual import _for_method
     from geodesic_core.config import ContinualConfig
 
-    a = ContinualConfig(ewc_strength=10, geo={"eta": 0.1})
+    a = ContinualConfig(ewc_strength=10, geo={"eta": 0.3})
     b = ContinualConfig(ewc_strength=500, methods=["geodesic", "ewc"])
     assert _for_method(a, "sgd") == _for_method(b, "sgd") and _for_method(a) == _for_method(b)
     assert _for_method(a, "ewc") != _for_method(b, "ewc")

@@ -73,6 +73,27 @@ def _metrics(work: Path) -> dict:
     return {r.info.run_name: {k: v for k, v in r.data.metrics.items() if k not in IGNORED} for r in children}
 
 
+def _histories(work: Path) -> dict:
+    """{child run name: {metric: steps}} of the one parent run in ``work``'s MLflow file, checking that the run
+    (continued after a kill) ended FINISHED with every child FINISHED and no step logged twice."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    parents = [r for r in runs if r.data.tags.get("geodesic.role") == "parent"]
+    assert [p.info.status for p in parents] == ["FINISHED"]  # the killed run's parent, continued
+    out = {}
+    for r in runs:
+        if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id:
+            assert r.info.status == "FINISHED", r.info.run_name
+            out[r.info.run_name] = {}
+            for key in r.data.metrics:
+                steps = [m.step for m in client.get_metric_history(r.info.run_id, key)]
+                assert len(steps) == len(set(steps)), f"{r.info.run_name}: {key} logged twice at a step"
+                out[r.info.run_name][key] = sorted(steps)
+    return out
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, data_dir):
     """One uninterrupted run per flow (computed on first use)."""
@@ -82,7 +103,7 @@ def reference(tmp_path_factory, data_dir):
         if flow not in cache:
             work = tmp_path_factory.mktemp(f"reference-{flow}")
             _finish(_start(flow, work, data_dir, work / "run.log"), work / "run.log")
-            cache[flow] = _metrics(work)
+            cache[flow] = _metrics(work), _histories(work)
         return cache[flow]
 
     return get
@@ -92,13 +113,13 @@ def reference(tmp_path_factory, data_dir):
 def test_the_same_parameters_give_bit_identical_metrics(reference, tmp_path, data_dir):
     work = tmp_path / "again"
     _finish(_start("sparsify", work, data_dir, tmp_path / "again.log"), tmp_path / "again.log")
-    assert _metrics(work) == reference("sparsify")
+    assert _metrics(work) == reference("sparsify")[0]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("flow,point,when", KILL_POINTS, ids=[f"{f}-{p}" for f, p, _ in KILL_POINTS])
 def test_a_killed_run_resumes_from_its_finished_tasks(reference, tmp_path, data_dir, flow, point, when):
-    expected = reference(flow)
+    expected, histories = reference(flow)
     work, ckpts = tmp_path / "run", tmp_path / "run" / "outputs" / "checkpoints"
     first = tmp_path / "first.log"
     proc = _start(flow, work, data_dir, first)
@@ -127,3 +148,5 @@ def test_a_killed_run_resumes_from_its_finished_tasks(reference, tmp_path, data_
     for path in ckpts.glob("*.pt"):  # no half-written checkpoint: each one loads and matches its content hash
         (load_tensors if path.name.endswith(".tensors.pt") else load_checkpoint)(path)
     assert _metrics(work) == expected
+    # the same MLflow runs continued: every metric history has each step once, none lost
+    assert _histories(work) == histories

@@ -1,0 +1,146 @@
+"""What a user sees, checked in a real browser: a Prefect server and an MLflow server on 127.0.0.1 (SQLite, in a
+temporary folder), the README's pool and deploy commands, two small sparsify runs (different ``--geo.eta``)
+tracked there, then headless Chromium (Debian's ``chromium``, driven by Playwright with ``executable_path``)
+screenshots: the sparsify deployment's Custom run form, a flow run's artifacts (progress and results), an
+MLflow child run's metric charts and the Compare view of the two geodesic runs. Prints what it read off the
+pages and where the screenshots are; look at them.
+
+    pip install playwright            # no browser download needed: Chromium comes from the system
+    python benchmarks/ui_check.py --data-dir ../shared/data [--out ui-check] [--chromium /usr/bin/chromium]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def wait_http(url: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            time.sleep(0.5)
+    raise SystemExit(f"{url} did not answer in {timeout} s")
+
+
+def api(url: str, body: dict | None = None):
+    req = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Content-Type": "application/json"}, method="POST" if body is not None else "GET")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--out", default="ui-check")
+    ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    ap.add_argument("--prefect-port", type=int, default=4299)
+    ap.add_argument("--mlflow-port", type=int, default=5099)
+    args = ap.parse_args()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="geodesic-ui-"))
+    prefect_url, mlflow_url = f"http://127.0.0.1:{args.prefect_port}", f"http://127.0.0.1:{args.mlflow_port}"
+    env = {**os.environ, "PREFECT_HOME": str(work / "prefect"), "PREFECT_API_URL": f"{prefect_url}/api",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+           "MLFLOW_TRACKING_URI": mlflow_url, "GEODESIC_DATA_DIR": str(Path(args.data_dir).resolve()),
+           "GEODESIC_OUTPUT_DIR": str(work / "outputs"), "GEODESIC_PROJECT_DIR": str(ROOT),
+           "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(work / "results"), "PYTHONPATH": str(ROOT)}
+    servers = [
+        subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+                          str(args.prefect_port)], env=env, stdout=open(work / "prefect.log", "w"),
+                         stderr=subprocess.STDOUT),
+        subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(args.mlflow_port),
+                          "--backend-store-uri", f"sqlite:///{work / 'mlflow.db'}", "--artifacts-destination",
+                          str(work / "mlartifacts")], env=env, stdout=open(work / "mlflow.log", "w"),
+                         stderr=subprocess.STDOUT)]
+    try:
+        wait_http(f"{prefect_url}/api/health")
+        wait_http(f"{mlflow_url}/health")
+        run = lambda *cmd, cwd=ROOT: subprocess.run(cmd, env=env, cwd=cwd, check=True, capture_output=True, text=True)
+        # the README's commands, as written: the shipped pool, then the GPU process pool on a copy
+        run(str(BIN / "prefect"), "work-pool", "create", "local-process", "--type", "process")
+        run(str(BIN / "prefect"), "--no-prompt", "deploy", "--all")
+        gpu = work / "gpu"
+        shutil.copytree(ROOT, gpu, ignore=shutil.ignore_patterns(".venv", ".git", "outputs", "ui-check", ".c10", ".whl"))
+        run("sed", "-i", r"s/<<: \*local_process/<<: *gpu_process/", "prefect.yaml", cwd=gpu)
+        run(str(BIN / "prefect"), "work-pool", "create", "gpu-process", "--type", "process", cwd=gpu)
+        run(str(BIN / "prefect"), "--no-prompt", "deploy", "--all", cwd=gpu)
+        deployments = api(f"{prefect_url}/api/deployments/filter", {})
+        pools = sorted({(d["name"], d["work_pool_name"]) for d in deployments})
+        print("deployments:", pools)
+        # two small runs that differ in geo.eta, tracked on the servers
+        tiny = ["--sparsity", "90", "--stages", "2", "--geo.max-steps", "12", "--eval-every", "3", "--train.epochs",
+                "1", "--finetune.epochs", "1", "--no-finetune.equal-time", "--progress", "log"]
+        for eta in ("0.2", "0.1"):
+            run(str(BIN / "python"), "-m", "flows.cli", "sparsify", "--data-dir", env["GEODESIC_DATA_DIR"], *tiny,
+                "--geo.eta", eta, cwd=work)
+        shots(args.chromium, out, prefect_url, mlflow_url)
+    finally:
+        for p in servers:
+            p.terminate()
+        for p in servers:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    print(f"screenshots in {out}")
+
+
+def shots(chromium: str, out: Path, prefect_url: str, mlflow_url: str) -> None:
+    from mlflow import MlflowClient
+    from playwright.sync_api import sync_playwright
+
+    deployment = next(d for d in api(f"{prefect_url}/api/deployments/filter", {})
+                      if d["name"] == "sparsify" and d["work_pool_name"] == "local-process")
+    flow_run = api(f"{prefect_url}/api/flow_runs/filter", {"sort": "START_TIME_DESC", "limit": 1})[0]
+    client = MlflowClient(mlflow_url)
+    exp = client.get_experiment_by_name("geodesic-sparsify")
+    geo = [r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == "geodesic-90"]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.goto(f"{prefect_url}/deployments/deployment/{deployment['id']}/run", wait_until="networkidle")
+        page.wait_for_timeout(3000)
+        page.screenshot(path=str(out / "prefect-custom-run-form.png"), full_page=True)
+        body = page.inner_text("body")
+        print("Custom run form mentions:", [w for w in ("Eta", "Max Steps", "Anchor", "Distill Steps", "Epochs")
+                                            if w in body])
+        values = page.eval_on_selector_all("input", "els => els.map(e => [e.name || e.id || '', e.value])")
+        print("form values (first 60):", [v for v in values if v[1]][:60])
+        page.goto(f"{prefect_url}/runs/flow-run/{flow_run['id']}?tab=Artifacts", wait_until="networkidle")
+        page.wait_for_timeout(3000)
+        page.screenshot(path=str(out / "prefect-flow-run-artifacts.png"), full_page=True)
+        print("flow run artifacts page:", page.inner_text("body")[:600].replace("\n", " | "))
+        run_id = geo[0].info.run_id
+        page.goto(f"{mlflow_url}/#/experiments/{exp.experiment_id}/runs/{run_id}/model-metrics",
+                  wait_until="networkidle")
+        page.wait_for_timeout(5000)
+        page.screenshot(path=str(out / "mlflow-geodesic-run-charts.png"), full_page=True)
+        ids = json.dumps([r.info.run_id for r in geo])
+        page.goto(f"{mlflow_url}/#/compare-runs?runs={ids}&experiments={json.dumps([exp.experiment_id])}",
+                  wait_until="networkidle")
+        page.wait_for_timeout(5000)
+        page.screenshot(path=str(out / "mlflow-compare-geodesic-runs.png"), full_page=True)
+        print("compare page mentions geo.eta:", "geo.eta" in page.inner_text("body"))
+        browser.close()
+
+
+if __name__ == "__main__":
+    main()
