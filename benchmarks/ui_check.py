@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -77,14 +78,14 @@ def main() -> None:
         # the README's commands, as written: the shipped pool, then the GPU process pool on a copy
         run(str(BIN / "prefect"), "work-pool", "create", "local-process", "--type", "process")
         run(str(BIN / "prefect"), "--no-prompt", "deploy", "--all")
+        pools = lambda: sorted({(d["name"], d["work_pool_name"]) for d in api(f"{prefect_url}/api/deployments/filter", {})})
+        print("deployed as shipped:", pools())
         gpu = work / "gpu"
         shutil.copytree(ROOT, gpu, ignore=shutil.ignore_patterns(".venv", ".git", "outputs", "ui-check", ".c10", ".whl"))
         run("sed", "-i", r"s/<<: \*local_process/<<: *gpu_process/", "prefect.yaml", cwd=gpu)
         run(str(BIN / "prefect"), "work-pool", "create", "gpu-process", "--type", "process", cwd=gpu)
         run(str(BIN / "prefect"), "--no-prompt", "deploy", "--all", cwd=gpu)
-        deployments = api(f"{prefect_url}/api/deployments/filter", {})
-        pools = sorted({(d["name"], d["work_pool_name"]) for d in deployments})
-        print("deployments:", pools)
+        print("deployed after the README's GPU-pool commands:", pools())
         # two small runs that differ in geo.eta, tracked on the servers
         tiny = ["--sparsity", "90", "--stages", "2", "--geo.max-steps", "12", "--eval-every", "3", "--train.epochs",
                 "1", "--finetune.epochs", "1", "--no-finetune.equal-time", "--progress", "log"]
@@ -108,7 +109,7 @@ def shots(chromium: str, out: Path, prefect_url: str, mlflow_url: str) -> None:
     from playwright.sync_api import sync_playwright
 
     deployment = next(d for d in api(f"{prefect_url}/api/deployments/filter", {})
-                      if d["name"] == "sparsify" and d["work_pool_name"] == "local-process")
+                      if d["name"] == "sparsify")
     flow_run = api(f"{prefect_url}/api/flow_runs/filter", {"sort": "START_TIME_DESC", "limit": 1})[0]
     client = MlflowClient(mlflow_url)
     exp = client.get_experiment_by_name("geodesic-sparsify")
@@ -118,25 +119,48 @@ def shots(chromium: str, out: Path, prefect_url: str, mlflow_url: str) -> None:
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
         page.goto(f"{prefect_url}/deployments/deployment/{deployment['id']}/run", wait_until="networkidle")
         page.wait_for_timeout(3000)
-        page.screenshot(path=str(out / "prefect-custom-run-form.png"), full_page=True)
+        page.screenshot(path=str(out / "prefect-custom-run-form.png"))
+        page.get_by_text("Eta", exact=False).first.scroll_into_view_if_needed()
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(out / "prefect-custom-run-form-geo.png"))
         body = page.inner_text("body")
         print("Custom run form mentions:", [w for w in ("Eta", "Max Steps", "Anchor", "Distill Steps", "Epochs")
                                             if w in body])
         values = page.eval_on_selector_all("input", "els => els.map(e => [e.name || e.id || '', e.value])")
         print("form values (first 60):", [v for v in values if v[1]][:60])
-        page.goto(f"{prefect_url}/runs/flow-run/{flow_run['id']}?tab=Artifacts", wait_until="networkidle")
+        page.goto(f"{prefect_url}/runs/flow-run/{flow_run['id']}", wait_until="networkidle")
+        page.get_by_text("Artifacts", exact=True).first.click()
         page.wait_for_timeout(3000)
-        page.screenshot(path=str(out / "prefect-flow-run-artifacts.png"), full_page=True)
-        print("flow run artifacts page:", page.inner_text("body")[:600].replace("\n", " | "))
+        page.screenshot(path=str(out / "prefect-flow-run-artifacts.png"))
+        print("flow run artifacts tab:", page.inner_text("body")[300:1300].replace("\n", " | "))
+        task_run = next(t for t in api(f"{prefect_url}/api/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run["id"]]}}})
+                        if t["name"].startswith("geodesic_segment"))
+        page.goto(f"{prefect_url}/runs/task-run/{task_run['id']}", wait_until="networkidle")
+        page.get_by_text("Artifacts", exact=True).first.click()
+        page.wait_for_timeout(2000)
+        page.get_by_text("geodesic 90%, stage").first.click()  # the artifact itself: its progress bar
+        page.wait_for_timeout(3000)
+        page.screenshot(path=str(out / "prefect-task-run-progress.png"))
+        print("task run artifacts tab:", page.inner_text("body")[300:1100].replace("\n", " | "))
         run_id = geo[0].info.run_id
-        page.goto(f"{mlflow_url}/#/experiments/{exp.experiment_id}/runs/{run_id}/model-metrics",
-                  wait_until="networkidle")
-        page.wait_for_timeout(5000)
+        page.goto(f"{mlflow_url}/#/experiments/{exp.experiment_id}/runs/{run_id}/model-metrics", wait_until="load")
+        page.wait_for_timeout(8000)  # MLflow's UI keeps polling: the network never goes idle
         page.screenshot(path=str(out / "mlflow-geodesic-run-charts.png"), full_page=True)
+        # the experiment's chart view, filtered to the geodesic child runs of both flow runs: their histories
+        # overlaid against the step
+        query = urllib.parse.quote("attributes.run_name = 'geodesic-90'")
+        page.goto(f"{mlflow_url}/#/experiments/{exp.experiment_id}/runs?compareRunsMode=CHART&searchFilter={query}",
+                  wait_until="load")
+        page.wait_for_timeout(8000)
+        for cell in page.locator('[role=gridcell]:has-text("sparsify-lenet300")').all():  # expand the parents
+            cell.locator("button").first.click()
+            page.wait_for_timeout(1000)
+        page.wait_for_timeout(5000)
+        page.screenshot(path=str(out / "mlflow-runs-chart-view.png"))
         ids = json.dumps([r.info.run_id for r in geo])
         page.goto(f"{mlflow_url}/#/compare-runs?runs={ids}&experiments={json.dumps([exp.experiment_id])}",
-                  wait_until="networkidle")
-        page.wait_for_timeout(5000)
+                  wait_until="load")
+        page.wait_for_timeout(8000)
         page.screenshot(path=str(out / "mlflow-compare-geodesic-runs.png"), full_page=True)
         print("compare page mentions geo.eta:", "geo.eta" in page.inner_text("body"))
         browser.close()

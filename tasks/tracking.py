@@ -1,8 +1,10 @@
 """Tracking tasks: the only code that talks to MLflow (and creates Prefect artifacts).
 
-Tracking URI: ``$MLFLOW_TRACKING_URI``, else a SQLite file ``./mlflow.db`` (absolute path) with artifacts in
-``./mlartifacts``. Runs are addressed by id through `MlflowClient` (thread-safe; no fluent active-run state),
-and child runs are found again by a key tag, so a retried or resumed task never logs a run twice.
+Tracking URI: ``$MLFLOW_TRACKING_URI``, else a SQLite file ``./mlflow.db`` (absolute path); the artifacts of a
+SQLite store lie in ``mlartifacts/`` beside the database. Runs are addressed by id through `MlflowClient`
+(thread-safe; no fluent active-run state). A flow run's parent run is found again by the identity of its
+settings, data and code (a killed run started again continues it), child runs by a key tag under their parent,
+so a retried or resumed task never logs a run twice; `tasks.live` opens the child runs while tasks run.
 """
 
 from __future__ import annotations
