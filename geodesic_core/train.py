@@ -20,17 +20,17 @@ class EpochInfo(NamedTuple):
 
 
 class TrainStep(NamedTuple):
-    """One SGD step, for progress and training curves. ``loss_sum``, ``correct``: 0-d tensors on the training
-    device (the summed loss and the correct predictions over the step's ``count`` inputs; not synced to the
-    host, so a callback that reads them only now and then costs no GPU stall); ``total``: the steps the
+    """One SGD step, for progress and training curves. ``loss``: the batch's mean loss, ``logits`` ``(B, K)`` and
+    ``labels`` ``(B,)``: detached tensors on the training device, not synced to the host (a callback that reads
+    them only now and then costs no GPU stall and no extra work on the other steps); ``total``: the steps the
     schedule spans (epochs x steps per epoch; a budget may end training sooner); ``last``: the final step of
     the last epoch."""
 
     step: int
     epoch: int
     loss: torch.Tensor
-    correct: torch.Tensor
-    count: int
+    logits: torch.Tensor
+    labels: torch.Tensor
     lr: float
     total: int
     last: bool
@@ -148,9 +148,8 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
                 count += len(idx)
                 done += 1
                 if step_callbacks:
-                    info = TrainStep(done, epoch, loss.detach().float() * len(idx),
-                                     (logits.detach().argmax(1) == yb).sum(), len(idx), lr,
-                                     cfg.epochs * steps_per_epoch, epoch == cfg.epochs - 1 and b == steps_per_epoch - 1)
+                    info = TrainStep(done, epoch, loss.detach(), logits.detach(), yb, lr, cfg.epochs * steps_per_epoch,
+                                     epoch == cfg.epochs - 1 and b == steps_per_epoch - 1)
                     for cb in step_callbacks:
                         cb(info)
                 out_of_budget = (max_batches is not None and done >= max_batches) or (

@@ -37,14 +37,16 @@ MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 class ReportConfig(BaseModel):
     """How running tasks report. ``progress``: ``bar`` (a live display on the terminal), ``log`` (a plain line
     every ``log_seconds`` per task), ``off``, or ``auto`` (bar on a terminal, log otherwise). ``live_metrics``:
-    send metric histories to the task's MLflow child run while it runs (every ``flush_seconds``); off, the
-    histories are written when the method's run is logged at the end."""
+    send metric histories to the task's MLflow child run while it runs (every ``flush_seconds``: a batch to a
+    SQLite store costs ~50 ms, so 20 s keeps the cost of watching under 1% of a task); off, the histories are
+    written when the method's run is logged at the end. The Prefect progress artifacts are updated every
+    ``log_seconds``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     progress: Literal["auto", "bar", "log", "off"] = "auto"
     live_metrics: bool = True
-    flush_seconds: PositiveFloat = 5.0
+    flush_seconds: PositiveFloat = 20.0
     log_seconds: PositiveFloat = 30.0
 
     @classmethod
@@ -72,7 +74,8 @@ class ReportConfig(BaseModel):
 # --- the terminal display: one rich Progress per process, shared by the running tasks -------------------------
 class _Display:
     """One `rich.progress.Progress` for every task of the process, started with the first row and stopped with
-    the last. While it runs, Prefect's console log handlers print through its console (above the rows)."""
+    the last: a row per running task; a finished task's row gives way to a line printed above the display.
+    While it runs, Prefect's console log handlers print through its console (above the rows)."""
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -90,7 +93,7 @@ class _Display:
                 self.progress = Progress(TextColumn("{task.description}"), BarColumn(bar_width=24),
                                          MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                                          TimeElapsedColumn(), TimeRemainingColumn(),
-                                         console=Console(stderr=True), refresh_per_second=4, transient=False)
+                                         console=Console(stderr=True), refresh_per_second=4, transient=True)
                 self.progress.start()
                 self._route_prefect_logs(self.progress.console)
             self.rows += 1
@@ -100,11 +103,13 @@ class _Display:
         if self.progress is not None:
             self.progress.update(row, **kwargs)
 
-    def remove(self, row) -> None:
+    def remove(self, row, line: str) -> None:
+        """Take a finished task's row out of the display and print ``line`` above it."""
         with self.lock:
             if self.progress is None:
                 return
-            self.progress.refresh()
+            self.progress.remove_task(row)
+            self.progress.console.print(line, highlight=False, markup=False)
             self.rows -= 1
             if self.rows == 0:
                 self.progress.stop()
@@ -132,6 +137,8 @@ DISPLAY = _Display()
 
 # --- MLflow child runs ---------------------------------------------------------------------------------------
 _children_lock = threading.Lock()
+_opened: dict[tuple[str, str], str] = {}  # (parent run, key) -> child run opened by this process
+_logged: dict[str, dict[str, set[int]]] = {}  # run created by this process -> {metric: steps sent}
 
 
 def open_child_run(track: dict) -> str:
@@ -139,8 +146,11 @@ def open_child_run(track: dict) -> str:
     (params logged once: a run reopened on resume keeps its params). Returns its run id."""
     from .tracking import _client, log_params_once
 
-    client = _client()
     parent = track["parent"]
+    opened = (parent["run_id"], track["key"])
+    if opened in _opened:  # a later task of the same method in this process: the run is open already
+        return _opened[opened]
+    client = _client()
     with _children_lock:  # two tasks of one method starting together create one run
         found = client.search_runs([parent["experiment_id"]], f"tags.`geodesic.key` = '{track['key']}' and "
                                                                f"tags.`mlflow.parentRunId` = '{parent['run_id']}'",
@@ -152,8 +162,17 @@ def open_child_run(track: dict) -> str:
         else:
             run_id = client.create_run(parent["experiment_id"], run_name=track["key"], tags={
                 "mlflow.parentRunId": parent["run_id"], "geodesic.key": track["key"]}).info.run_id
+            _logged[run_id] = {}  # a new run: its history is what this process sends it
     log_params_once(client, run_id, track.get("params", {}))
+    if not track.get("finish"):  # a run its one task closes may be reopened by a rerun of that task
+        _opened[opened] = run_id
     return run_id
+
+
+def forget_parent(run_id: str) -> None:
+    """The parent run ended: a later flow run in this process (one that continues it) opens its children anew."""
+    for opened in [k for k in _opened if k[0] == run_id]:
+        _logged.pop(_opened.pop(opened, ""), None)
 
 
 class History:
@@ -166,7 +185,9 @@ class History:
 
         self.run_id, self.client = run_id, client or _client()
         self.pending: list[tuple[str, float, int, int]] = []  # (key, value, timestamp ms, step)
-        self.seen: dict[str, set[int]] = {}
+        # a run this process created holds only what it sent (no query); another is asked once per metric
+        self.fresh = run_id in _logged
+        self.seen: dict[str, set[int]] = _logged.get(run_id, {})
 
     def add(self, step: int, values: dict[str, float | None]) -> None:
         now = int(time.time() * 1000)
@@ -181,7 +202,7 @@ class History:
         if not self.pending:
             return 0
         for key in {p[0] for p in self.pending} - set(self.seen):
-            self.seen[key] = {m.step for m in self.client.get_metric_history(self.run_id, key)}
+            self.seen[key] = set() if self.fresh else {m.step for m in self.client.get_metric_history(self.run_id, key)}
         latest = {(key, step): (value, ts) for key, value, ts, step in self.pending}  # a later point replaces
         batch, kept = [], set()
         for (key, step), (value, ts) in latest.items():
@@ -202,8 +223,8 @@ class Live:
     """Progress and live metrics of one long task (a context manager).
 
     ``title``: what runs ("geodesic 90%, stage 2/5"); ``total``: the units of work when known (an upper bound
-    for a traversal: ``max_steps``); ``unit``: "step" or "SGD step"; ``track``: ``{"parent": ..., "key": ...,
-    "params": ...}`` naming the MLflow child run the task's metrics belong to (None: progress only).
+    for a traversal: ``max_steps``, with ``upper_bound``); ``track``: ``{"parent": ..., "key": ..., "params": ...}``
+    naming the MLflow child run the task's metrics belong to (None: progress only; see `tasks.tracking.child_track`).
     """
 
     def __init__(self, title: str, total: float | None = None, track: dict | None = None, *,
@@ -253,14 +274,13 @@ class Live:
                 self.completed = self.total
         if self.artifact is not None and exc_type is None:
             self._set_artifact(100.0)
+        state = "failed" if exc_type else "done"
+        line = (f"{self.title}: {state}, {self.completed:g} steps in {time.monotonic() - self.t0:.1f} s"
+                + (f" ({self._status_text()})" if self.status else ""))
         if self.row is not None:
-            DISPLAY.update(self.row, completed=self.completed, total=self.total or self.completed,
-                           status=self._status_text())
-            DISPLAY.remove(self.row)
+            DISPLAY.remove(self.row, line)
         elif self.logger is not None:
-            state = "failed" if exc_type else "done"
-            self.logger.info("%s: %s, %g steps in %.1f s%s", self.title, state, self.completed,
-                             time.monotonic() - self.t0, f" ({self._status_text()})" if self.status else "")
+            self.logger.info("%s", line)
 
     # -- feeding it
     def advance(self, completed: float | None = None, **status: Any) -> None:
@@ -290,28 +310,21 @@ class Live:
         self.log(info.step, {"step_length": info.step_length, "path_length": path_offset + info.path_length})
 
     def train_step(self, info, step_offset: int = 0, every: int = 20, total: bool = True) -> None:
-        """One SGD step (a `geodesic_core.train.TrainStep`); every ``every`` steps the mean training loss and
-        accuracy since the last point become metrics ``train_loss``, ``train_accuracy``, ``lr`` at the SGD step
-        (plus ``step_offset``: the steps of earlier stages). ``total``: show the schedule's length as the total
-        (off for a run cut by a time budget)."""
+        """One SGD step (a `geodesic_core.train.TrainStep`); every ``every`` steps (and at the last) that
+        batch's loss and accuracy become metrics ``train_loss``, ``train_accuracy`` and ``lr`` at the SGD step
+        (plus ``step_offset``: the steps of earlier stages). Other steps cost an integer test. ``total``: show
+        the schedule's length as the total (off for a run cut by a time budget)."""
+        self.completed = info.step
+        if info.step % every and not info.last:
+            return
         if total and self.total is None:
             self.total = info.total
             if self.row is not None:
                 DISPLAY.update(self.row, total=self.total)
-        acc = getattr(self, "_acc", None) or {"loss": 0.0, "correct": 0.0, "count": 0}
-        acc["loss"] += info.loss
-        acc["correct"] += info.correct
-        acc["count"] += info.count
-        self._acc = acc
-        if info.step % every == 0 or info.last:
-            n = max(acc["count"], 1)
-            loss, accuracy = float(acc["loss"]) / n, 100.0 * float(acc["correct"]) / n
-            self._acc = None
-            self.advance(info.step, epoch=f"epoch {info.epoch + 1}", loss=f"loss {loss:.3f}",
-                         acc=f"acc {accuracy:.1f}%")
-            self.log(step_offset + info.step, {"train_loss": loss, "train_accuracy": accuracy, "lr": info.lr})
-        else:
-            self.completed = info.step
+        loss = float(info.loss)
+        accuracy = 100.0 * float((info.logits.argmax(1) == info.labels).float().mean())
+        self.advance(info.step, epoch=f"epoch {info.epoch + 1}", loss=f"loss {loss:.3f}", acc=f"acc {accuracy:.1f}%")
+        self.log(step_offset + info.step, {"train_loss": loss, "train_accuracy": accuracy, "lr": info.lr})
 
     # -- internals
     def _tick(self) -> None:
@@ -323,8 +336,9 @@ class Live:
             self.logger.info("%s: %s  %s", self.title, self._of_total(), self._status_text())
         if now - self.last_flush >= self.cfg.flush_seconds:
             self._flush()
-            if self.artifact is not None and self.total:
-                self._set_artifact(100.0 * min(self.completed / self.total, 1.0))
+        if self.artifact is not None and self.total and now - self.last_artifact >= self.cfg.log_seconds:
+            self.last_artifact = now
+            self._set_artifact(100.0 * min(self.completed / self.total, 1.0))
 
     def _flush(self, final: bool = False) -> None:
         self.last_flush = time.monotonic()

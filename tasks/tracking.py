@@ -233,6 +233,9 @@ def fail_parent_run(parent: dict, error: str) -> None:
     """Close the parent run as FAILED (with the error as a tag) so no run is left RUNNING after a crash."""
     from mlflow.entities import RunStatus
 
+    from .live import forget_parent
+
+    forget_parent(parent["run_id"])
     client = _client()
     client.set_tag(parent["run_id"], "error", error[:4000])
     client.set_terminated(parent["run_id"], RunStatus.to_string(RunStatus.FAILED))
@@ -246,6 +249,8 @@ def finish_parent_run(parent: dict, summary_rows: list[dict], plots: dict[str, A
     from mlflow.entities import RunStatus
     from prefect.artifacts import create_link_artifact, create_table_artifact
 
+    from .live import forget_parent
+
     client = _client()
     with tempfile.TemporaryDirectory() as tmp:
         for path in (Path(tmp) / "results.parquet", Path(tmp) / "results.csv"):
@@ -256,6 +261,7 @@ def finish_parent_run(parent: dict, summary_rows: list[dict], plots: dict[str, A
             p = Path(tmp) / name
             draw(p)
             client.log_artifact(parent["run_id"], str(p))
+    forget_parent(parent["run_id"])
     for child in client.search_runs([parent["experiment_id"]], f"tags.`mlflow.parentRunId` = '{parent['run_id']}' "
                                                                 "and attributes.status = 'RUNNING'"):
         # a child opened by a task of a killed attempt that this run did not need again

@@ -132,7 +132,7 @@ def test_bar_mode_draws_rows_and_prints_prefects_logs_above_them():
         assert DISPLAY.rows == 2 and DISPLAY.progress is not None
         for step in range(1, 11):
             a.advance(distance="d")
-            b.train_step(TrainStep(step, 0, torch.tensor(1.0), torch.tensor(3), 4, 0.1, 10, step == 10), every=5)
+            b.train_step(TrainStep(step, 0, torch.tensor(1.0), torch.eye(4), torch.tensor([0, 1, 2, 0]), 0.1, 10, step == 10), every=5)
         logging.getLogger("prefect.test").info("a log line")
         assert b.total == 10 and b.status["acc"] == "acc 75.0%"
     assert DISPLAY.rows == 0 and DISPLAY.progress is None and DISPLAY.swapped == []
