@@ -1,6 +1,8 @@
 """Runs killed with SIGKILL (real processes) at several points of each flow resume from their finished tasks:
-they recompute no finished task (every checkpoint written before the kill is left untouched) and end with
-exactly the numbers of an uninterrupted run, which itself is repeatable to the bit on the CPU."""
+they recompute no finished task (every checkpoint written before the kill is left untouched), end with
+exactly the numbers of an uninterrupted run (so a run is repeatable to the bit on the CPU), and continue the
+same MLflow runs: every metric history holds each step once, none lost. (A killed endpoint training of the
+connect flow is the sparsify flow's killed training: the same task.)"""
 
 from __future__ import annotations
 
@@ -30,7 +32,6 @@ KILL_POINTS = [
     ("sparsify", "evaluation and baselines", "ckpt:final-*.pt"),
     ("continual", "per-task training", "ckpt:task-*.pt"),
     ("continual", "traversal", "ckpt:continual-geodesic-*.pt"),
-    ("connect", "endpoint training", "ckpt:trained-*.pt"),
     ("connect", "geodesic segment", "ckpt:connect-*.pt"),
 ]
 IGNORED = {"wall_seconds"}  # measured times differ between runs, everything else must not
@@ -107,13 +108,6 @@ def reference(tmp_path_factory, data_dir):
         return cache[flow]
 
     return get
-
-
-@pytest.mark.slow
-def test_the_same_parameters_give_bit_identical_metrics(reference, tmp_path, data_dir):
-    work = tmp_path / "again"
-    _finish(_start("sparsify", work, data_dir, tmp_path / "again.log"), tmp_path / "again.log")
-    assert _metrics(work) == reference("sparsify")[0]
 
 
 @pytest.mark.slow
