@@ -150,3 +150,18 @@ def test_an_option_not_given_keeps_the_environments_setting(monkeypatch):
     assert ReportConfig.from_env(progress=None, live_metrics=None) == ReportConfig(progress="off", live_metrics=False)
     assert ReportConfig.from_env(progress="log", live_metrics=None).progress == "log"
     assert RunnerConfig.from_env(task_runner=None, workers=None, dask_address=None).workers == 3
+
+
+def test_a_users_sqlite_store_keeps_artifacts_beside_it_and_the_link_says_how_to_open_it(tmp_path, monkeypatch):
+    from tasks.tracking import artifact_location, mlflow_ui_link
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'db' / 'runs.db'}")
+    assert artifact_location() == (tmp_path / "db" / "mlartifacts").as_uri()  # not ./mlruns of the current folder
+    link, how = mlflow_ui_link({"experiment_id": "3", "run_id": "abc"})
+    assert link == "http://127.0.0.1:5000/#/experiments/3/runs/abc"
+    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'db' / 'runs.db'}" in how
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
+    assert artifact_location() is None  # a server keeps its own setting
+    monkeypatch.setenv("GEODESIC_MLFLOW_UI_URL", "https://mlflow.example.org")
+    assert mlflow_ui_link({"experiment_id": "3", "run_id": "abc"})[0] == "https://mlflow.example.org/#/experiments/3/runs/abc"
