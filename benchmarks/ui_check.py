@@ -5,7 +5,8 @@ screenshots: the sparsify deployment's Custom run form, a flow run's artifacts (
 MLflow child run's metric charts and the Compare view of the two geodesic runs. Prints what it read off the
 pages and where the screenshots are; look at them.
 
-    pip install playwright            # no browser download needed: Chromium comes from the system
+    pip install -e '.[ui-check]'      # Playwright; no browser download: Chromium comes from the system
+                                      # (Debian: apt-get install chromium)
     python benchmarks/ui_check.py --data-dir ../shared/data [--out ui-check] [--chromium /usr/bin/chromium]
 """
 
