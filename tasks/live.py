@@ -144,7 +144,7 @@ _logged: dict[str, dict[str, set[int]]] = {}  # run created by this process -> {
 def open_child_run(track: dict) -> str:
     """Find or create the child run ``track["key"]`` of the parent run ``track["parent"]`` and mark it RUNNING
     (params logged once: a run reopened on resume keeps its params). Returns its run id."""
-    from .tracking import _client, log_params_once
+    from .tracking import _client, find_or_create_child, log_params_once
 
     parent = track["parent"]
     opened = (parent["run_id"], track["key"])
@@ -152,17 +152,12 @@ def open_child_run(track: dict) -> str:
         return _opened[opened]
     client = _client()
     with _children_lock:  # two tasks of one method starting together create one run
-        found = client.search_runs([parent["experiment_id"]], f"tags.`geodesic.key` = '{track['key']}' and "
-                                                               f"tags.`mlflow.parentRunId` = '{parent['run_id']}'",
-                                   max_results=1)
-        if found:
-            run_id = found[0].info.run_id
-            if found[0].info.status != "RUNNING":
-                client.update_run(run_id, status="RUNNING")
-        else:
-            run_id = client.create_run(parent["experiment_id"], run_name=track["key"], tags={
-                "mlflow.parentRunId": parent["run_id"], "geodesic.key": track["key"]}).info.run_id
+        run, created = find_or_create_child(client, parent, track["key"])
+        run_id = run.info.run_id
+        if created:
             _logged[run_id] = {}  # a new run: its history is what this process sends it
+        elif run.info.status != "RUNNING":
+            client.update_run(run_id, status="RUNNING")
     log_params_once(client, run_id, track.get("params", {}))
     if not track.get("finish"):  # a run its one task closes may be reopened by a rerun of that task
         _opened[opened] = run_id

@@ -149,6 +149,28 @@ def start_parent_run(experiment: str, params: dict, data_fingerprint: str, code_
     return {"run_id": run.info.run_id, "experiment_id": exp_id}
 
 
+def find_or_create_child(client, parent: dict, key: str):
+    """The child run ``key`` of ``parent`` (found by its key tag), created if there is none: (run, created)."""
+    found = client.search_runs([parent["experiment_id"]], f"tags.`geodesic.key` = '{key}' and "
+                                                           f"tags.`mlflow.parentRunId` = '{parent['run_id']}'",
+                               max_results=1)
+    if found:
+        return found[0], False
+    return client.create_run(parent["experiment_id"], run_name=key,
+                             tags={"mlflow.parentRunId": parent["run_id"], "geodesic.key": key}), True
+
+
+def log_table(client, run_id: str, folder: Path, name: str, rows: list[dict]) -> None:
+    """A table as the Parquet artifact ``name`` and a CSV copy beside it (MLflow's UI previews CSV)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    frame.to_parquet(folder / name, index=False)
+    frame.to_csv(folder / Path(name).with_suffix(".csv").name, index=False)
+    for path in (folder / name, folder / Path(name).with_suffix(".csv").name):
+        client.log_artifact(run_id, str(path))
+
+
 def log_child_run(track: dict, metrics: dict, tables: dict[str, list[dict]], files: list[str],
                   plots: dict[str, Any] | None = None, history: list[tuple[int, dict]] = (),
                   wall_seconds: float | None = None) -> str:
@@ -159,20 +181,14 @@ def log_child_run(track: dict, metrics: dict, tables: dict[str, list[dict]], fil
 
     ``plots`` maps a file name to a callable ``(path) -> None`` that draws it.
     """
-    import pandas as pd
     from mlflow.entities import RunStatus
 
     from .live import History
 
     client = _client()
-    parent, key = track["parent"], track["key"]
-    found = client.search_runs([parent["experiment_id"]], f"tags.`geodesic.key` = '{key}' and "
-                                                           f"tags.`mlflow.parentRunId` = '{parent['run_id']}'",
-                               max_results=1)
-    if found and found[0].info.status == "FINISHED":
-        return found[0].info.run_id
-    run = found[0] if found else client.create_run(
-        parent["experiment_id"], run_name=key, tags={"mlflow.parentRunId": parent["run_id"], "geodesic.key": key})
+    run, _ = find_or_create_child(client, track["parent"], track["key"])
+    if run.info.status == "FINISHED":
+        return run.info.run_id
     run_id = run.info.run_id
     log_params_once(client, run_id, track.get("params", {}))
     hist = History(run_id, client)
@@ -184,10 +200,7 @@ def log_child_run(track: dict, metrics: dict, tables: dict[str, list[dict]], fil
     hist.flush()
     with tempfile.TemporaryDirectory() as tmp:
         for name, rows in tables.items():
-            frame = pd.DataFrame(rows)
-            for path in (Path(tmp) / name, Path(tmp) / Path(name).with_suffix(".csv").name):
-                frame.to_parquet(path, index=False) if path.suffix == ".parquet" else frame.to_csv(path, index=False)
-                client.log_artifact(run_id, str(path))
+            log_table(client, run_id, Path(tmp), name, rows)
         for name, draw in (plots or {}).items():
             path = Path(tmp) / name
             draw(path)
@@ -245,7 +258,6 @@ def fail_parent_run(parent: dict, error: str) -> None:
 def finish_parent_run(parent: dict, summary_rows: list[dict], plots: dict[str, Any], title: str) -> str:
     """Log the summary table and plots on the parent run, close it, and publish Prefect artifacts
     (a results table and a link to the MLflow run)."""
-    import pandas as pd
     from mlflow.entities import RunStatus
     from prefect.artifacts import create_link_artifact, create_table_artifact
 
@@ -253,10 +265,7 @@ def finish_parent_run(parent: dict, summary_rows: list[dict], plots: dict[str, A
 
     client = _client()
     with tempfile.TemporaryDirectory() as tmp:
-        for path in (Path(tmp) / "results.parquet", Path(tmp) / "results.csv"):
-            frame = pd.DataFrame(summary_rows)
-            frame.to_parquet(path, index=False) if path.suffix == ".parquet" else frame.to_csv(path, index=False)
-            client.log_artifact(parent["run_id"], str(path))
+        log_table(client, parent["run_id"], Path(tmp), "results.parquet", summary_rows)
         for name, draw in plots.items():
             p = Path(tmp) / name
             draw(p)
