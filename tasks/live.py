@@ -213,6 +213,44 @@ class History:
         return len(batch)
 
 
+# --- what watching costs ---------------------------------------------------------------------------------------
+class ReportingCost:
+    """Wall seconds spent inside `Live`'s calls (progress, artifacts, metric flushes, child-run opening) by all
+    threads of this process, counted once where calls nest: what the task threads lose to live reporting.
+    ``benchmarks/overhead.py --live-cost`` reads it; `reset` before a run, `seconds` after."""
+
+    def __init__(self) -> None:
+        self._lock, self._local = threading.Lock(), threading.local()
+        self.seconds, self.calls = 0.0, 0
+
+    def reset(self) -> None:
+        with self._lock:
+            self.seconds, self.calls = 0.0, 0
+
+    def timed(self, fn):
+        import functools
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            local = self._local
+            if getattr(local, "depth", 0):
+                return fn(*args, **kwargs)
+            local.depth = 1
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                local.depth = 0
+                dt = time.perf_counter() - t
+                with self._lock:
+                    self.seconds += dt
+                    self.calls += 1
+        return wrapper
+
+
+COST = ReportingCost()
+
+
 # --- one long task ---------------------------------------------------------------------------------------------
 class Live:
     """Progress and live metrics of one long task (a context manager).
@@ -235,6 +273,7 @@ class Live:
         self.warned = False
 
     # -- lifecycle
+    @COST.timed
     def __enter__(self) -> "Live":
         now = time.monotonic()
         self.t0 = self.last_flush = self.last_log = self.last_artifact = now
@@ -258,6 +297,7 @@ class Live:
                 self._warn(exc)
         return self
 
+    @COST.timed
     def __exit__(self, exc_type, exc, tb) -> None:
         self._flush(final=True)
         if self.history is not None and self.track.get("finish"):
@@ -278,6 +318,7 @@ class Live:
             self.logger.info("%s", line)
 
     # -- feeding it
+    @COST.timed
     def advance(self, completed: float | None = None, **status: Any) -> None:
         """Progress: ``completed`` units so far (default: one more) and status fields (formatted as given)."""
         self.completed = self.completed + 1 if completed is None else completed
@@ -285,11 +326,13 @@ class Live:
             self.status[k] = _fmt(v)
         self._tick()
 
+    @COST.timed
     def log(self, step: int, values: dict[str, Any]) -> None:
         """Metric points at ``step`` for the child run (buffered)."""
         if self.history is not None:
             self.history.add(step, values)
 
+    @COST.timed
     def geo_step(self, info, path_offset: float = 0.0, start_distance: float | None = None) -> None:
         """One Geo step (a `geodesic_core.geo.StepInfo`): progress, distance and its fraction of the start
         distance, steps per second; metrics ``step_length`` and ``path_length`` (S(γ) so far, plus
@@ -304,6 +347,7 @@ class Live:
         self.log(info.step - 1, {"distance": info.distance})  # the distance before step s is the one after s - 1
         self.log(info.step, {"step_length": info.step_length, "path_length": path_offset + info.path_length})
 
+    @COST.timed
     def train_step(self, info, step_offset: int = 0, every: int = 20, total: bool = True) -> None:
         """One SGD step (a `geodesic_core.train.TrainStep`); every ``every`` steps (and at the last) that
         batch's loss and accuracy become metrics ``train_loss``, ``train_accuracy`` and ``lr`` at the SGD step
