@@ -315,7 +315,7 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
     t = time.perf_counter()
     pts = linear_path(w_a, w_b, s.line_points)
     accs = evaluate_points(pts)
-    paths["linear"] = _path_summary(accs, cumulative_lengths(viewer, pts, probe_x), dist, time.perf_counter() - t)
+    paths["linear"] = _path_summary(accs, cumulative_lengths(viewer, pts, probe_x, bn_inputs=bn), dist, time.perf_counter() - t)
     endpoint_acc = (accs[0], accs[-1])  # the endpoints with batch-norm statistics re-estimated, like every point
 
     # --- the peer baseline: a trained quadratic Bezier curve -------------------------------------------------------
@@ -329,7 +329,7 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
         _sync(device)
         bz_wall = time.perf_counter() - t
         pts = curve.points(s.line_points)
-        paths["bezier"] = _path_summary(evaluate_points(pts), cumulative_lengths(viewer, pts, probe_x),
+        paths["bezier"] = _path_summary(evaluate_points(pts), cumulative_lengths(viewer, pts, probe_x, bn_inputs=bn),
                                         curve.euclidean_length(), bz_wall, epochs=s.bezier_epochs)
     result = {"experiment": "connect", "model": name, **arch, "endpoints": [info_a, info_b],
               "endpoint_accuracy_bn": endpoint_acc, "distance": dist, "paths": paths}
@@ -367,7 +367,7 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
     if not torch.equal(points[-1], w_end):
         points.append(w_end)
     accs = evaluate_points(points)
-    paths["geodesic"] = _path_summary(accs, cumulative_lengths(viewer, points, probe_x), eucl[0], geo_wall,
+    paths["geodesic"] = _path_summary(accs, cumulative_lengths(viewer, points, probe_x, bn_inputs=bn), eucl[0], geo_wall,
                                       steps=steps, completion_steps=completion, stop_reasons=stops, eta=eta,
                                       end_distance_ratio=distance_ratio(w_end, w_a, w_b))
     return {**result, "geo": cfg.model_dump()}

@@ -5,10 +5,18 @@ For every sparsity level, on the same dense network and in one process (no orche
   oneshot         magnitude projection
   finetune_2ep    magnitude pruning + 2 epochs of masked SGD fine-tuning (lr 0.01, momentum 0.9)
   finetune_eq     the same fine-tuning for the geodesic's wall time (equal compute)
+  distill_2ep     the label-free peer: magnitude pruning + 2 epochs of masked SGD toward the dense network's
+                  outputs (½ |f(x; w) - f(x; w_dense)|², lr ``finetune.distill_lr``), no labels read
+  distill_eq      the same distillation for the geodesic's wall time
 and the wall time masked fine-tuning needs to reach the geodesic's accuracy (test set evaluated every 100
 steps, evaluation time excluded), as the ratio geodesic time / fine-tune time at equal accuracy.
 
     python benchmarks/sparsify.py --data-dir ../shared/data --sparsity 90 --sparsity 98 --sparsity 99
+
+Choosing settings: ``--validation 5000`` holds out 5,000 training images (a seeded draw) and reports every
+accuracy on them instead of the test set (the dense network, the geodesic's pool and the peers then see the
+other 55,000); ``--set geo.temperature=4 --set stages=10`` overrides any `SparsifyConfig` field (dotted for
+nested ones); ``--no-peers`` runs the geodesic alone; ``--seed`` the dense network's and the traversal's seed.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import warnings
 import torch
 
 from geodesic_core import evaluate, flat_params, load_split, param_slices, sparsity, train
+from geodesic_core.data import Split
 from geodesic_core.config import SparsifyConfig
 from geodesic_core.models import build_model
 from geodesic_core.sparsify import geodesic_stage, masks_from_zeros, oneshot_prune, stage_sparsities
@@ -38,7 +47,7 @@ def geodesic(dense, slices, level, cfg: SparsifyConfig, pool, test):
     t0, step, path_min = time.perf_counter(), 0, 100.0
     eval_time = 0.0
     for k, p_k in enumerate(stage_sparsities(level, cfg.stages)):
-        res = geodesic_stage(model, slices, p_k, pool, cfg.geo, refresh_every=cfg.refresh_every, scope=cfg.scope,
+        res = geodesic_stage(model, slices, p_k, pool, cfg.geo.model_copy(update={"seed": cfg.seed}), refresh_every=cfg.refresh_every, scope=cfg.scope,
                              anchor=anchor, start_step=step, stage=k)
         step += res.steps
         t = time.perf_counter()
@@ -49,8 +58,9 @@ def geodesic(dense, slices, level, cfg: SparsifyConfig, pool, test):
     return model, wall, step, path_min
 
 
-def finetune_curve(dense, slices, level, cfg: SparsifyConfig, data, test, budget, every=100):
-    """Masked fine-tuning for ``budget`` seconds; returns [(seconds, accuracy)] every ``every`` steps."""
+def finetune_curve(dense, slices, level, cfg: SparsifyConfig, data, test, budget, every=100, distill=False):
+    """Masked fine-tuning (on the labels, or ``distill``: toward the dense network's outputs) for ``budget``
+    seconds; returns [(seconds, accuracy)] every ``every`` steps."""
     model = _copy(dense)
     oneshot_prune(model, slices, level, cfg.scope)
     masks = masks_from_zeros(model, slices)
@@ -64,8 +74,8 @@ def finetune_curve(dense, slices, level, cfg: SparsifyConfig, data, test, budget
         clock["last"] = time.perf_counter()
         return clock["t"] >= budget
 
-    train(model, data, cfg.finetune.train_config(cfg.seed, 10_000), masks=masks, on_step=on_step,
-          device=next(model.parameters()).device)
+    train(model, data, cfg.finetune.train_config(cfg.seed, 10_000, distill), masks=masks, on_step=on_step,
+          device=next(model.parameters()).device, teacher=_copy(dense).requires_grad_(False) if distill else None)
     curve.append((clock["t"], evaluate(model, test)[0]))
     return model, curve
 
@@ -77,14 +87,33 @@ def main() -> None:
     ap.add_argument("--dense-epochs", type=int, default=15)
     ap.add_argument("--match-budget", type=float, default=4.0, help="fine-tune up to this x the geodesic time")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--validation", type=int, default=0, help="hold out this many training images and report "
+                    "accuracies on them instead of the test set (for choosing settings)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a SparsifyConfig field")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-peers", action="store_true", help="the geodesic only (no one-shot, fine-tuning, distill)")
     args = ap.parse_args()
-    cfg = SparsifyConfig(sparsity=args.sparsity or [90.0, 98.0, 99.0])
+    overrides: dict = {"seed": args.seed}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        *path, last = key.split(".")
+        node = overrides
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    cfg = SparsifyConfig(sparsity=args.sparsity or [90.0, 98.0, 99.0], **overrides)
     tr, te = load_split("mnist", True, args.data_dir), load_split("mnist", False, args.data_dir)
+    if args.validation:
+        order = torch.randperm(tr.x.shape[0], generator=torch.Generator().manual_seed(1234))
+        held, kept = order[:args.validation], order[args.validation:]
+        tr, te = Split(tr.x[kept], tr.y[kept]), Split(tr.x[held], tr.y[held])
+        print(f"validation: {args.validation} held-out training images (accuracies below are on them)")
+    print("settings:", {k: v for k, v in overrides.items()})
     torch.manual_seed(cfg.seed)
     dense = build_model("lenet300", 10, 1, 28)
     t0 = time.perf_counter()
     device = torch.device(args.device)
-    train(dense, tr, cfg.train.model_copy(update={"epochs": args.dense_epochs}), device=device)
+    train(dense, tr, cfg.train.model_copy(update={"epochs": args.dense_epochs, "seed": cfg.seed}), device=device)
     print(f"dense lenet300: {evaluate(dense, te)[0]:.2f}% ({time.perf_counter() - t0:.1f} s), device {device}, "
           f"{torch.get_num_threads()} threads; geodesic: {cfg.stages} stages, eta {cfg.geo.eta}, "
           f"anchor {cfg.geo.anchor}, distill {cfg.geo.distill_steps}x lr {cfg.geo.distill_lr}, "
@@ -94,24 +123,32 @@ def main() -> None:
     for level in cfg.sparsity:
         geo_model, geo_wall, steps, path_min = geodesic(dense, slices, level, cfg, tr.x, te)
         geo_acc = evaluate(geo_model, te)[0]
+        if args.no_peers:
+            print(f"| {level:g} | {geo_acc:.2f} | path min {path_min:.2f} | {geo_wall:.1f} s | {steps} steps |",
+                  flush=True)
+            continue
         one = _copy(dense)
         oneshot_prune(one, slices, level, cfg.scope)
-        _, curve = finetune_curve(dense, slices, level, cfg, tr, te, args.match_budget * geo_wall)
         two_ep = 2 * -(-tr.x.shape[0] // cfg.finetune.batch_size)
-        ft2 = next((a for (t, a), n in zip(curve, range(1, 10**9)) if n * 100 >= two_ep), curve[-1][1])
-        eq = [a for t, a in curve if t <= geo_wall * 1.02]
-        ft_eq = eq[-1] if eq else curve[0][1]
-        match = next((t for t, a in curve if a >= geo_acc), None)
-        rows.append((level, geo_acc, path_min, geo_wall, steps, evaluate(one, te)[0], ft2, ft_eq, match,
+        peers = {}
+        for distill in (False, True):
+            _, curve = finetune_curve(dense, slices, level, cfg, tr, te, args.match_budget * geo_wall,
+                                      distill=distill)
+            at2 = next((a for (t, a), n in zip(curve, range(1, 10**9)) if n * 100 >= two_ep), curve[-1][1])
+            eq = [a for t, a in curve if t <= geo_wall * 1.02]
+            peers[distill] = (at2, eq[-1] if eq else curve[0][1], next((t for t, a in curve if a >= geo_acc), None))
+        rows.append((level, geo_acc, path_min, geo_wall, steps, evaluate(one, te)[0], *peers[False], *peers[True][:2],
                      sparsity(flat_params(geo_model), slices)))
+    if args.no_peers:
+        return
     print()
     print("| sparsity | geodesic | path min | geo s | steps | oneshot | finetune 2ep | finetune equal time "
-          "| ft s to match geo | geo/ft time at equal acc | measured sparsity |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for lv, ga, pm, gw, st, oa, f2, fe, m, sp in rows:
+          "| ft s to match geo | geo/ft time at equal acc | distill 2ep | distill equal time | measured sparsity |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for lv, ga, pm, gw, st, oa, f2, fe, m, d2, de, sp in rows:
         ratio = f"{gw / m:.2f}" if m else f"> {args.match_budget:.0f}x: ft never matched"
         print(f"| {lv:g} | {ga:.2f} | {pm:.2f} | {gw:.1f} | {st} | {oa:.2f} | {f2:.2f} | {fe:.2f} | "
-              f"{m if m is None else round(m, 1)} | {ratio} | {sp:.4f} |")
+              f"{m if m is None else round(m, 1)} | {ratio} | {d2:.2f} | {de:.2f} | {sp:.4f} |")
 
 
 if __name__ == "__main__":

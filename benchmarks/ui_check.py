@@ -129,6 +129,17 @@ def shots(chromium: str, out: Path, prefect_url: str, mlflow_url: str) -> None:
                                             if w in body])
         values = page.eval_on_selector_all("input", "els => els.map(e => [e.name || e.id || '', e.value])")
         print("form values (first 60):", [v for v in values if v[1]][:60])
+        # the deep-network settings (width, depth, filter count) and the label-free peer's, on both forms
+        for name in ("sparsify", "connect"):
+            dep = next(d for d in api(f"{prefect_url}/api/deployments/filter", {}) if d["name"] == name)
+            page.goto(f"{prefect_url}/deployments/deployment/{dep['id']}/run", wait_until="networkidle")
+            page.wait_for_timeout(3000)
+            page.get_by_text("Width", exact=True).first.scroll_into_view_if_needed()
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(out / f"prefect-{name}-form-width.png"))
+            body = page.inner_text("body")
+            wanted = ("Width", "Depth", "N Filters", "Distill Lr") if name == "sparsify" else ("Width", "Depth")
+            print(f"{name} form shows:", {w: w in body for w in wanted})
         page.goto(f"{prefect_url}/runs/flow-run/{flow_run['id']}", wait_until="networkidle")
         page.get_by_text("Artifacts", exact=True).first.click()
         page.wait_for_timeout(3000)

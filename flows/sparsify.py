@@ -2,7 +2,8 @@
 
 Recipe: fingerprint the data -> train (or load) the dense network -> for every sparsity level, the stages
 of Algorithm 1 as cached segment tasks, then the final hard projection -> baselines on the same dense
-network (one-shot projection; prune + masked fine-tune for a fixed budget and for the geodesic's wall time)
+network (one-shot projection; prune + masked fine-tune on the labels and prune + distillation without them,
+each for a fixed budget and for the geodesic's wall time)
 -> log one MLflow child run per (method, level) and a summary on the parent run.
 """
 
@@ -45,6 +46,7 @@ def _tracks(params: SparsifyConfig, parent: dict, level: float) -> dict[str, dic
     budgets = {"geodesic": ("geodesic", "-"), "oneshot": ("oneshot", "-"),
                "finetune": ("finetune", f"{params.finetune.epochs}ep"),
                "finetune_equal_time": ("finetune", "equal_time"),
+               "distill": ("distill", f"{params.finetune.epochs}ep"), "distill_equal_time": ("distill", "equal_time"),
                "prune_train": ("prune_train", f"{params.prune_train_epochs:g}ep_per_filter")}
     return {name: child_track(parent, child_key(method, level, budget), settings, method=method, budget=budget,
                               **{_level_param(params): level})
@@ -102,8 +104,10 @@ def _sparsify_levels(params: SparsifyConfig, parent: dict, dense: dict, data_dir
               for lv in levels}
     oneshots = {lv: oneshot_baseline.submit(dense, lv, _for_level(params, lv), data_dir, fingerprint, version,
                                             track=tracks[lv]["oneshot"]) for lv in levels}
-    finetunes = {lv: finetune_baseline.submit(dense, lv, _for_level(params, lv, True), None, data_dir, fingerprint,
-                                              version, track=tracks[lv]["finetune"]) for lv in levels}
+    peers = ["finetune", "distill"] if params.finetune.distill else ["finetune"]  # on the labels; label-free
+    finetunes = {(lv, m): finetune_baseline.submit(dense, lv, _for_level(params, lv, True), None, data_dir, fingerprint,
+                                                   version, track=tracks[lv][m], distill=m == "distill")
+                 for lv in levels for m in peers}
     cycles = {lv: prune_train_baseline.submit(dense, lv, _for_level(params, lv, True), data_dir, fingerprint, version,
                                               track=tracks[lv]["prune_train"])
               for lv in levels} if params.structured and params.prune_train_epochs > 0 else {}
@@ -114,13 +118,13 @@ def _sparsify_levels(params: SparsifyConfig, parent: dict, dense: dict, data_dir
         segs = [s.result() for s in segments[level]]  # first: a failed segment raises its own error here
         final = finals[level].result()
         geo, path = geodesic_row(dense, segs, final, level)
-        baselines = [oneshots[level].result(), finetunes[level].result()]
+        baselines = [oneshots[level].result()] + [finetunes[level, m].result() for m in peers]
         if level in cycles:  # structured: the paper's iterative prune-train cycle
             baselines.append(cycles[level].result())
-        if params.finetune.equal_time:  # fine-tuning for as long as the geodesic took
-            baselines.append(finetune_baseline.submit(dense, level, _for_level(params, level, True),
-                                                      geo["wall_seconds"], data_dir, fingerprint, version,
-                                                      track=tracks[level]["finetune_equal_time"]).result())
+        if params.finetune.equal_time:  # fine-tuning (and distillation) for as long as the geodesic took
+            baselines += [finetune_baseline.submit(  # one after the other: each gets the time, not half the cores
+                dense, level, _for_level(params, level, True), geo["wall_seconds"], data_dir, fingerprint, version,
+                track=tracks[level][f"{m}_equal_time"], distill=m == "distill").result() for m in peers]
         entries = [(tracks[level]["geodesic"], geo, final["path"], path)] + [
             (tracks[level][b["method"]], baseline_row(b, params), b["path"], None) for b in baselines]
         log_level_runs(entries)

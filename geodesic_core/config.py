@@ -165,7 +165,7 @@ class GeoConfig(_Config):
     anchor: float = Field(0.5, ge=0.0, le=1.0)
     anchor_damping: float = Field(1e-3, gt=0.0)
     distill_steps: int = Field(0, ge=0)
-    distill_lr: PositiveFloat = 0.01
+    distill_lr: PositiveFloat = 0.003
     distill_batch: PositiveInt = 128
     patience: PositiveInt = 50
     bn_every: int = Field(10, ge=0)
@@ -181,10 +181,12 @@ class GeoConfig(_Config):
 
 
 class FinetuneConfig(_Config):
-    """The prune + masked fine-tune baseline: SGD on the labels with the pruned weights held at zero.
+    """The prune + masked fine-tune baseline: SGD on the labels with the pruned weights held at zero, and
+    (``distill``) its label-free counterpart, prune + distillation: masked SGD on ½ ‖f(x; w) − f(x; w_dense)‖²
+    over the training inputs at learning rate ``distill_lr``, reading no labels, as the geodesic does.
 
-    It runs twice per level: for ``epochs`` epochs (the fixed-budget baseline of the notes), and for the
-    geodesic's wall time (equal compute), with the same optimizer settings.
+    Each runs twice per level: for ``epochs`` epochs (the fixed-budget baseline of the notes), and for the
+    geodesic's wall time (``equal_time``: equal compute), with the same optimizer settings.
     """
 
     epochs: PositiveInt = 2
@@ -193,11 +195,13 @@ class FinetuneConfig(_Config):
     weight_decay: float = Field(0.0, ge=0.0)
     batch_size: PositiveInt = 128
     equal_time: bool = True
+    distill: bool = True
+    distill_lr: PositiveFloat = 0.003
 
-    def train_config(self, seed: int, epochs: int | None = None) -> TrainConfig:
-        return TrainConfig(epochs=epochs or self.epochs, lr=self.lr, momentum=self.momentum,
-                           weight_decay=self.weight_decay, batch_size=self.batch_size, schedule="constant",
-                           seed=seed)
+    def train_config(self, seed: int, epochs: int | None = None, distill: bool = False) -> TrainConfig:
+        return TrainConfig(epochs=epochs or self.epochs, lr=self.distill_lr if distill else self.lr,
+                           momentum=self.momentum, weight_decay=self.weight_decay, batch_size=self.batch_size,
+                           schedule="constant", seed=seed)
 
 
 # each application's defaults for its nested settings (one source: the class)

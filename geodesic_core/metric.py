@@ -21,6 +21,7 @@ from torch import nn
 from torch.func import functional_call, jvp, vjp
 
 from .errors import InputError, NonFiniteError
+from .train import has_batchnorm, recompute_bn
 
 OutputSpace = Literal["logits", "softmax"]
 
@@ -270,45 +271,60 @@ def gram_matrix(model: nn.Module, inputs: torch.Tensor, output_space: OutputSpac
 
 
 def segment_lengths(model: nn.Module, points: Sequence[torch.Tensor], inputs: torch.Tensor,
-                    output_space: OutputSpace = "logits") -> torch.Tensor:
+                    output_space: OutputSpace = "logits", bn_inputs: torch.Tensor | None = None) -> torch.Tensor:
     """Riemannian length of each segment of a discrete path under g at the segment midpoint.
 
     For points w_0..w_T and Δ_t = w_{t+1} - w_t: ``l_t = sqrt(Δ_t^T g(m_t) Δ_t)`` with m_t the midpoint, and
-    Δ^T g Δ = |J Δ|^2 / N (one jvp per segment). Returns ``(T,)``; the model's weights are restored.
+    Δ^T g Δ = |J Δ|^2 / N (one jvp per segment, batch norm in eval mode). ``bn_inputs (M, ...)``: for a network
+    with batch norm, its running statistics are re-estimated on them at every midpoint first, so that g(m_t)
+    is the metric of the network at m_t rather than of whichever network the buffers came from (as the
+    traversal's ``bn_every`` and the evaluation of every point do). Returns ``(T,)``; the model's weights
+    and buffers are restored.
     """
     w0 = flat_params(model)
+    refresh = bn_inputs is not None and has_batchnorm(model)
+    buffers = {k: b.clone() for k, b in model.named_buffers()} if refresh else {}
     out = []
     try:
-        with eval_mode(model):
-            for a, b in zip(points[:-1], points[1:]):
-                a, b = a.to(w0), b.to(w0)
-                mid = 0.5 * (a + b)
+        for a, b in zip(points[:-1], points[1:]):
+            a, b = a.to(w0), b.to(w0)
+            mid = 0.5 * (a + b)
+            if refresh:
+                with torch.no_grad():
+                    set_flat_params(model, mid)
+                    recompute_bn(model, bn_inputs)
+            with eval_mode(model):
                 f = output_fn(model, inputs, output_space)
                 jd = pushforward(f, mid, b - a)
-                out.append(torch.sqrt((jd.double() ** 2).sum() / inputs.shape[0]))
+            out.append(torch.sqrt((jd.double() ** 2).sum() / inputs.shape[0]))
     finally:
         set_flat_params(model, w0)
+        if buffers:
+            with torch.no_grad():
+                for k, b in model.named_buffers():
+                    b.copy_(buffers[k])
     return torch.stack(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
 def path_length(model: nn.Module, points: Sequence[torch.Tensor], inputs: torch.Tensor,
-                output_space: OutputSpace = "logits") -> float:
+                output_space: OutputSpace = "logits", bn_inputs: torch.Tensor | None = None) -> float:
     """S(γ) of a discrete path under g (eq. 4), as the reparameterization-invariant length sum_t l_t.
 
     Eq. 4 integrates <γ', γ'>_γ; its minimizers are the geodesics, and the length sum_t sqrt(Δ_t^T g Δ_t)
     is the same functional made independent of how many points the path has, so the geodesic and the
     straight line between two networks can be compared directly.
     """
-    return float(segment_lengths(model, points, inputs, output_space).sum())
+    return float(segment_lengths(model, points, inputs, output_space, bn_inputs).sum())
 
 
 def cumulative_lengths(model: nn.Module, points: Sequence[torch.Tensor], inputs: torch.Tensor,
-                       output_space: str = "logits") -> list[float]:
+                       output_space: str = "logits", bn_inputs: torch.Tensor | None = None) -> list[float]:
     """S(γ) from the first point to each point of a discrete path, under g on one fixed batch ``inputs``
-    (segment midpoints, see `segment_lengths`); the model's weights are restored."""
+    (segment midpoints, batch-norm statistics re-estimated there on ``bn_inputs``: see `segment_lengths`);
+    the model's weights and buffers are restored."""
     if len(points) < 2:
         return [0.0] * len(points)
-    seg = segment_lengths(model, list(points), inputs, output_space).double()
+    seg = segment_lengths(model, list(points), inputs, output_space, bn_inputs).double()
     return [0.0] + torch.cumsum(seg, 0).tolist()
 
 

@@ -108,9 +108,12 @@ def prune_finetune(model: nn.Module, level: float, data: Split, cfg: TrainConfig
                    layer: str = "", scope: Literal["global", "layer"] = "global", budget_seconds: float | None = None,
                    max_batches: int | None = None, augment: bool = False,
                    device: torch.device | None = None, callbacks: Sequence[Callable] = (),
-                   step_callbacks: Sequence[Callable] = ()) -> tuple[nn.Module, float, int]:
+                   step_callbacks: Sequence[Callable] = (),
+                   teacher: nn.Module | None = None) -> tuple[nn.Module, float, int]:
     """Baseline: hard projection (`project_to_level`), then masked SGD fine-tuning (pruned weights stay
-    exactly zero), in place.
+    exactly zero), in place. On the labels (cross-entropy), or with ``teacher`` (the dense network) label-free:
+    prune + distillation, masked SGD on ½ mean_x ‖f(x; w) − f(x; w_dense)‖² over the training inputs, the
+    label-free peer of the geodesic (which reads only inputs too).
 
     The budget is ``cfg.epochs`` epochs, optionally capped by ``max_batches`` optimizer steps or by
     ``budget_seconds`` of wall time (the equal-compute comparison). The learning-rate schedule spans
@@ -128,7 +131,7 @@ def prune_finetune(model: nn.Module, level: float, data: Split, cfg: TrainConfig
     else:
         masks = masks_from_zeros(model, param_slices(model))
     steps = train(model, data, cfg, masks=masks, augment=augment, device=device, max_batches=max_batches,
-                  budget_seconds=budget_seconds, callbacks=callbacks, step_callbacks=step_callbacks)
+                  budget_seconds=budget_seconds, callbacks=callbacks, step_callbacks=step_callbacks, teacher=teacher)
     return model, time.perf_counter() - t0, steps
 
 

@@ -77,9 +77,12 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
           callbacks: Sequence[Callable[[EpochInfo], None]] = (), max_batches: int | None = None,
           budget_seconds: float | None = None, on_step: Callable[[int], bool] | None = None,
           penalty: Callable[[nn.Module], torch.Tensor] | None = None,
-          step_callbacks: Sequence[Callable[[TrainStep], None]] = ()) -> int:
+          step_callbacks: Sequence[Callable[[TrainStep], None]] = (),
+          teacher: nn.Module | None = None) -> int:
     """Minimize the mean (label-smoothed) cross-entropy on ``data`` (plus ``penalty(model)`` if given) with SGD
-    (momentum or Nesterov, weight decay, schedule), in place.
+    (momentum or Nesterov, weight decay, schedule), in place. With ``teacher``, label-free distillation
+    instead: minimize ½ mean_x ‖f(x; w) − f_teacher(x)‖² over the training inputs (the teacher in eval mode,
+    the labels unused except to report ``TrainStep``'s accuracy).
 
     Args:
         model: network mapping ``(B, C, H, W)`` to logits ``(B, K)``.
@@ -97,6 +100,7 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
         penalty: a differentiable regularizer of the weights added to every batch's loss (the L2 pull and
             EWC baselines of continual learning).
         step_callbacks: called with a `TrainStep` after every step (progress, training curves).
+        teacher: a network of the same outputs ``(B, K)`` whose outputs the model learns to match (distillation).
 
     Returns:
         the number of optimizer steps taken.
@@ -113,6 +117,8 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
     masks = {k: m.to(device) for k, m in (masks or {}).items()}
     xs, ys = (data.x.to(device), data.y.to(device)) if device.type == "cuda" else (data.x, data.y)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.precision == "bf16")
+    if teacher is not None:
+        teacher.to(device).eval()
     n = xs.shape[0]
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     done = 0
@@ -135,7 +141,12 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
                     xb = xb.contiguous(memory_format=torch.channels_last)
                 with autocast:
                     logits = model(xb)
-                    loss = nn.functional.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+                    if teacher is None:
+                        loss = nn.functional.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+                    else:
+                        with torch.no_grad():
+                            wanted = teacher(xb).float()
+                        loss = 0.5 * (logits.float() - wanted).pow(2).sum(-1).mean()
                 objective = loss + penalty(model) if penalty is not None else loss
                 opt.zero_grad(set_to_none=True)
                 objective.backward()

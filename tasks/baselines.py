@@ -39,25 +39,28 @@ def oneshot_baseline(dense: dict, level: float, cfg: SparsifyConfig, data_dir: s
 
 @task(**CACHED)
 def finetune_baseline(dense: dict, level: float, cfg: SparsifyConfig, budget_seconds: float | None,
-                      data_dir: str | None, data_fingerprint: str, code_version: str, track: dict | None = None) -> dict:
+                      data_dir: str | None, data_fingerprint: str, code_version: str, track: dict | None = None,
+                      distill: bool = False) -> dict:
     """Magnitude pruning, then masked SGD fine-tuning for ``cfg.finetune.epochs`` epochs, or (with
-    ``budget_seconds``) for that much wall time: the equal-compute comparison with the geodesic. The training
-    curve (``train_loss``, ``train_accuracy`` at the SGD step) goes to the child run ``track``."""
-    method = "finetune" if budget_seconds is None else "finetune_equal_time"
+    ``budget_seconds``) for that much wall time: the equal-compute comparison with the geodesic. On the labels,
+    or (``distill``) label-free toward the dense network's outputs (method ``distill``). The training curve
+    (``train_loss``, ``train_accuracy`` at the SGD step) goes to the child run ``track``."""
+    method = ("distill" if distill else "finetune") + ("" if budget_seconds is None else "_equal_time")
     out = checkpoint_path(method, dense["sha256"], level, cfg.model_dump(), budget_seconds, data_fingerprint,
                           code_version)
     if (done := finished(out)) is not None:
         return done
     model, meta = open_ref(dense)
+    teacher = open_ref(dense)[0].requires_grad_(False) if distill else None
     epochs = cfg.finetune.epochs if budget_seconds is None else 10_000
-    title = f"finetune {level:g}" + (f" ({budget_seconds:.0f} s)" if budget_seconds is not None else "")
+    title = f"{method.split('_')[0]} {level:g}" + (f" ({budget_seconds:.0f} s)" if budget_seconds is not None else "")
     with Live(title, track=track) as live:
         _, wall, steps = prune_finetune(model, level, split(cfg.dataset, True, data_dir),
-                                        cfg.finetune.train_config(cfg.seed, epochs), structured=cfg.structured,
-                                        layer=cfg.layer, scope=cfg.scope, budget_seconds=budget_seconds,
-                                        augment=spec(cfg.dataset).augment,
+                                        cfg.finetune.train_config(cfg.seed, epochs, distill),
+                                        structured=cfg.structured, layer=cfg.layer, scope=cfg.scope,
+                                        budget_seconds=budget_seconds, augment=spec(cfg.dataset).augment,
                                         step_callbacks=[live.train_step] if budget_seconds is None else
-                                        [lambda s: live.train_step(s, total=False)])
+                                        [lambda s: live.train_step(s, total=False)], teacher=teacher)
         result = _result(model, method, level, split(cfg.dataset, False, data_dir), wall_seconds=wall, steps=steps)
     return save_result(out, model, meta, result)
 

@@ -28,9 +28,11 @@ PROBE = 1024  # inputs of the fixed probe batch the path lengths are measured on
 
 def _lengths(model, points, train_x: torch.Tensor, cfg: ConnectConfig) -> list[float]:
     """S(γ) through ``points`` under g (the traversal's output space and temperature) on the fixed probe batch
-    of ``PROBE`` training inputs drawn from ``cfg.seed``: the same batch for every path."""
+    of ``PROBE`` training inputs drawn from ``cfg.seed``: the same batch for every path; a batch-norm network's
+    statistics re-estimated at every segment's midpoint (on the inputs every point is evaluated with)."""
     probe = train_x[torch.randperm(train_x.shape[0], generator=torch.Generator().manual_seed(cfg.seed))[:PROBE]]
-    return cumulative_lengths(tempered(model, cfg.geo.temperature), points, probe, cfg.geo.output_space)
+    return cumulative_lengths(tempered(model, cfg.geo.temperature), points, probe, cfg.geo.output_space,
+                              bn_batch(model, train_x))
 
 
 def _row(model, w, w_a, w_b, test, bn, **extra) -> dict:

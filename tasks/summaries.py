@@ -26,12 +26,12 @@ def geodesic_row(dense: dict, segments: list[dict], final: dict, level: float) -
 
 
 def baseline_row(result: dict, params: SparsifyConfig) -> dict:
-    """Summary row of a baseline result; fine-tuning is one method with two budgets."""
+    """Summary row of a baseline result; fine-tuning (and distillation) is one method with two budgets."""
     method, budget = result["method"], "-"
-    if method == "finetune":
+    if method in ("finetune", "distill"):
         budget = f"{params.finetune.epochs}ep"
-    elif method == "finetune_equal_time":
-        method, budget = "finetune", "equal_time"
+    elif method in ("finetune_equal_time", "distill_equal_time"):
+        method, budget = method.removesuffix("_equal_time"), "equal_time"
     elif method == "prune_train":
         budget = f"{params.prune_train_epochs:g}ep_per_filter"
     return {"method": method, "budget": budget, **{k: result[k] for k in ("level", "steps", *METRIC_KEYS)}}

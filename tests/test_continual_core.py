@@ -25,7 +25,10 @@ def test_scenarios_and_their_tasks(data_dir):
     a, b = (load_task(t, False, data_dir) for t in tasks[:2])
     assert torch.equal(a.y, b.y) and not torch.equal(a.x, b.x)  # same labels, permuted pixels
     assert torch.allclose(a.x.flatten(1).sort(1).values, b.x.flatten(1).sort(1).values)
-    mf = get_scenario("mnist_fashion")
+    shared = get_scenario("mnist-fashion")  # the paper's: one 10-way head, no task identity at test time
+    assert [t.head for t in shared.tasks(2)] == [None, None] and build_scenario_model(shared)(a.x[:2]).shape == (2, 10)
+    assert load_task(shared.tasks(2)[1], False, data_dir).y.max() == 9
+    mf = get_scenario("mnist-fashion-heads")
     fashion = load_task(mf.tasks(2)[1], False, data_dir)
     assert fashion.y.min() == 0 and fashion.y.max() == 9 and mf.tasks(2)[1].head == (10, 20)
     net = build_scenario_model(mf)
@@ -35,7 +38,7 @@ def test_scenarios_and_their_tasks(data_dir):
     assert [p.data_ptr() for p in view.parameters()] == [p.data_ptr() for p in net.parameters()]
 
 
-@pytest.mark.parametrize("bad,match", [("cifar", "valid scenarios: mnist_fashion, permuted_mnist")])
+@pytest.mark.parametrize("bad,match", [("cifar", "valid scenarios: mnist_fashion, mnist_fashion_heads, permuted_mnist")])
 def test_unknown_scenario_lists_valid_ones(bad, match):
     with pytest.raises(InputError, match=match):
         check_scenario_name(bad)

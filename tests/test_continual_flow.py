@@ -72,7 +72,7 @@ def test_flow_tracks_every_method_and_resumes_from_cache(harness, workdir, data_
     assert main(["continual", "--data-dir", data_dir, *TINY]) == 0
 
 
-def test_mnist_to_fashion_with_a_shared_20_way_head(harness, workdir, data_dir):
+def test_mnist_to_fashion_with_the_papers_shared_10_way_head(harness, workdir, data_dir):
     args = ["continual", "--data-dir", data_dir, "--scenario", "mnist-fashion", "--train.epochs", "1",
             "--geo.max-steps", "6", "--eval-every", "3", "--methods", "geodesic", "--methods", "sgd",
             "--linear-points", "3"]
@@ -92,7 +92,7 @@ def test_mnist_to_fashion_with_a_shared_20_way_head(harness, workdir, data_dir):
 @pytest.mark.parametrize("args,match", [
     (["--tasks", "1"], "at least 2 tasks"),
     (["--tasks", "0"], "at least 2 tasks"),
-    (["--scenario", "split-cifar"], "valid scenarios: mnist_fashion, permuted_mnist"),
+    (["--scenario", "split-cifar"], "valid scenarios: mnist_fashion, mnist_fashion_heads, permuted_mnist"),
     (["--scenario", "mnist-fashion", "--tasks", "3"], "has 2 tasks"),
     (["--model", "resnet18"], "valid models"),
     (["--methods", "replay"], "valid methods"),

@@ -87,6 +87,35 @@ def test_path_length_of_straight_line(tiny):
     assert len(segment_lengths(model, linear_path(w0, w1, 11), x)) == 10
 
 
+def test_segment_lengths_use_each_midpoints_batch_norm_statistics():
+    """With ``bn_inputs`` a batch-norm network's g(m_t) is that of the network at m_t: its statistics are
+    re-estimated there first, as every evaluated point's are; weights and buffers come back unchanged."""
+    import copy
+
+    from geodesic_core import recompute_bn, set_flat_params
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3))
+    x, bn_x = torch.randn(16, 1, 8, 8), 2.0 + 3.0 * torch.randn(64, 1, 8, 8)
+    recompute_bn(model, bn_x)
+    w0 = flat_params(model)
+    w1 = w0 + 0.5 * torch.randn_like(w0)
+    points = linear_path(w0, w1, 4)
+    buffers = [b.clone() for b in model.buffers()]
+    got = segment_lengths(model, points, x, bn_inputs=bn_x)
+    expected = []
+    for a, b in zip(points[:-1], points[1:]):
+        at_mid = copy.deepcopy(model)
+        set_flat_params(at_mid, 0.5 * (a + b))
+        recompute_bn(at_mid, bn_x)
+        expected.append(segment_lengths(at_mid, [a, b], x)[0])
+    assert torch.allclose(got, torch.stack(expected), rtol=1e-6)
+    assert not torch.allclose(got, segment_lengths(model, points, x), rtol=1e-2)  # one set of statistics differs
+    assert torch.equal(flat_params(model), w0)
+    assert all(torch.equal(b, c) for b, c in zip(model.buffers(), buffers))
+
+
 def test_products_are_safe_from_concurrent_threads(tiny):
     """Flows run levels on a thread pool, each with its own network; torch.func state is process-global."""
     import copy

@@ -25,7 +25,7 @@ def test_flow_tracks_every_method_and_resumes_from_cache(harness, workdir, data_
     parents = [r for r in runs if r.data.tags.get("geodesic.role") == "parent"]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags and r.data.params["method"] != "train"]
     training = [r for r in runs if r.data.params.get("method") == "train"]
-    assert len(parents) == 1 and len(children) == 2 * 4 and len(training) == 1
+    assert len(parents) == 1 and len(children) == 2 * 6 and len(training) == 1
     assert training[0].info.status == "FINISHED" and len(client.get_metric_history(training[0].info.run_id,
                                                                                      "train_loss")) > 5
     tags = parents[0].data.tags
@@ -34,7 +34,7 @@ def test_flow_tracks_every_method_and_resumes_from_cache(harness, workdir, data_
     for r in children:
         p, m = r.data.params, r.data.metrics
         assert r.info.status == "FINISHED"
-        assert p["method"] in ("geodesic", "oneshot", "finetune") and p["target_sparsity"] in ("60.0", "90.0")
+        assert p["method"] in ("geodesic", "oneshot", "finetune", "distill") and p["target_sparsity"] in ("60.0", "90.0")
         assert p["geo.max_steps"] == "8" and p["geo.eta"] == "0.2"  # the settings that produced it
         assert m["sparsity"] == pytest.approx(float(p["target_sparsity"]), abs=1e-3)  # percent, as the target
         # MLflow's Duration is the method's own time
@@ -197,7 +197,7 @@ def test_a_dask_cluster_of_two_worker_processes_gives_the_thread_pools_numbers(h
         finally:
             torch.set_num_threads(threads)
         rows[runner] = sorted(({k: r.get(k) for k in NUMBERS} for r in summary), key=lambda r: (r["level"], r["method"]))
-    assert len(rows["thread"]) == 2 * 3
+    assert len(rows["thread"]) == 2 * 4  # geodesic, oneshot, finetune, distill at 2 levels
     assert rows["dask"] == rows["thread"]
 
 
@@ -241,7 +241,7 @@ def test_tracking_failures_are_retried_and_a_final_failure_loses_no_checkpoint(h
 
     real = tracking._client
     args = ["sparsify", "--data-dir", data_dir, "--sparsity", "90", "--stages", "1", "--geo.max-steps", "6",
-            "--train.epochs", "1", "--finetune.epochs", "1", "--no-finetune.equal-time"]
+            "--train.epochs", "1", "--finetune.epochs", "1", "--no-finetune.equal-time", "--no-finetune.distill"]
     # a server that is down for good: the tracking task fails after its retries, clearly, and the parent
     # run is closed as FAILED; the computed networks stay on disk (live metrics off: only the final logging
     # task's calls are counted; with them on, a failed live flush warns and the compute goes on, see below)
