@@ -134,7 +134,7 @@ def shots(chromium: str, out: Path, prefect_url: str, mlflow_url: str) -> None:
             dep = next(d for d in api(f"{prefect_url}/api/deployments/filter", {}) if d["name"] == name)
             page.goto(f"{prefect_url}/deployments/deployment/{dep['id']}/run", wait_until="networkidle")
             page.wait_for_timeout(3000)
-            page.get_by_text("Width", exact=True).first.scroll_into_view_if_needed()
+            page.get_by_text("Width (Optional)", exact=True).first.scroll_into_view_if_needed()
             page.wait_for_timeout(500)
             page.screenshot(path=str(out / f"prefect-{name}-form-width.png"))
             body = page.inner_text("body")
