@@ -2,8 +2,8 @@
 directly, side by side in one process.
 
 * ``direct``: Algorithm 1 and its baselines as a plain script would run them: the dense network trained in
-  memory, then for every level the stages (`geodesic_stage`), the final projection, the one-shot and
-  prune + fine-tune baselines (fixed budget and equal time), with the same evaluation along the path; no
+  memory, then for every level the stages (`geodesic_stage`), the final projection, the one-shot,
+  prune + fine-tune and prune + distillation baselines (fixed budget and equal time), with the same evaluation along the path; no
   checkpoints, no Prefect, no MLflow.
 * ``flow``: `geodesic sparsify` with the same parameters on the embedded defaults (Prefect's ephemeral
   server, MLflow on SQLite, checkpoints, cache keys, plots, artifacts), in a fresh folder so nothing is
@@ -87,13 +87,16 @@ def direct(params, data_dir: str) -> tuple[float, list[dict]]:
         project_to_level(oneshot, level, scope=params.scope)
         rows.append({"method": "oneshot", "level": level, "test_accuracy": evaluate(oneshot, test)[0]})
         budgets = [None, geo_seconds] if params.finetune.equal_time else [None]
-        for budget in budgets:
-            ft = copy.deepcopy(dense).requires_grad_(True)
-            epochs = params.finetune.epochs if budget is None else 10_000
-            prune_finetune(ft, level, train_split, params.finetune.train_config(params.seed, epochs),
-                           scope=params.scope, budget_seconds=budget, augment=spec.augment)
-            rows.append({"method": "finetune" if budget is None else "finetune (equal time)", "level": level,
-                         "test_accuracy": evaluate(ft, test)[0]})
+        for distill in ([False, True] if params.finetune.distill else [False]):  # on the labels; label-free
+            for budget in budgets:
+                ft = copy.deepcopy(dense).requires_grad_(True)
+                epochs = params.finetune.epochs if budget is None else 10_000
+                prune_finetune(ft, level, train_split, params.finetune.train_config(params.seed, epochs, distill),
+                               scope=params.scope, budget_seconds=budget, augment=spec.augment,
+                               teacher=dense if distill else None)
+                name = "distill" if distill else "finetune"
+                rows.append({"method": name if budget is None else f"{name} (equal time)", "level": level,
+                             "test_accuracy": evaluate(ft, test)[0]})
     return time.perf_counter() - t0, rows
 
 

@@ -35,7 +35,7 @@ def _datasets():
 
 
 def _scenarios():
-    from .continual import SCENARIOS
+    from .scenarios import SCENARIOS
 
     return SCENARIOS
 
@@ -323,7 +323,7 @@ class ContinualConfig(_Config):
     @field_validator("scenario")
     @classmethod
     def _check_scenario(cls, v: str) -> str:
-        from .continual import check_scenario_name
+        from .scenarios import check_scenario_name
 
         return check_scenario_name(v)
 
@@ -346,7 +346,7 @@ class ContinualConfig(_Config):
 
     @model_validator(mode="after")
     def _check_task_count(self) -> "ContinualConfig":
-        from .continual import SCENARIOS
+        from .scenarios import SCENARIOS
 
         limit = SCENARIOS[self.scenario].max_tasks
         if limit is not None and self.tasks is not None and self.tasks > limit:
@@ -355,12 +355,12 @@ class ContinualConfig(_Config):
 
     def n_tasks(self) -> int:
         """k: ``tasks``, or the scenario's default (5 permuted-MNIST tasks; 2 for MNIST -> Fashion-MNIST)."""
-        from .continual import SCENARIOS
+        from .scenarios import SCENARIOS
 
         return self.tasks or SCENARIOS[self.scenario].default_tasks
 
     def model_name(self) -> str:
-        from .continual import SCENARIOS
+        from .scenarios import SCENARIOS
 
         return self.model or SCENARIOS[self.scenario].model
 

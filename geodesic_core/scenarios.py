@@ -1,0 +1,90 @@
+"""The continual-learning scenarios (a registry: a plain dict of `Scenario`) and their tasks.
+
+Owned by continual learning (`geodesic_core.continual` re-exports it) and kept apart from its algorithms so
+that the configs can validate a scenario name without importing them: the core's import graph has no cycle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .data import check_data_files
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task: a dataset, its permuted-MNIST permutation index (0 = none), and the label offset of its
+    classes in the shared head."""
+
+    dataset: str
+    permutation: int = 0
+    label_offset: int = 0
+    head: tuple[int, int] | None = None  # the task's output units [start, stop) in a multi-head network
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}:{self.permutation}" if self.dataset == "permuted_mnist" else self.dataset
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A sequence of tasks learned by one network with one shared output head of ``num_classes`` units."""
+
+    name: str
+    description: str
+    model: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    datasets: tuple[str, ...]
+    max_tasks: int | None = None
+    default_tasks: int = 5
+    heads: bool = False  # one 10-way head per task (outputs 10 i .. 10 i + 9), else one shared head
+
+    def tasks(self, k: int) -> list[TaskSpec]:
+        check_task_count(self, k)
+        if self.name == "permuted_mnist":
+            return [TaskSpec("permuted_mnist", i, 0) for i in range(k)]
+        return [TaskSpec(d, 0, 0, (10 * i, 10 * i + 10) if self.heads else None)
+                for i, d in enumerate(self.datasets[:k])]
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "permuted_mnist": Scenario("permuted_mnist", "k permuted-MNIST tasks, shared 10-way head", "lenet300", 10, 1,
+                               28, ("permuted_mnist",), max_tasks=None, default_tasks=5),
+    "mnist_fashion": Scenario("mnist_fashion", "MNIST then Fashion-MNIST, one shared 10-way head (the paper's)",
+                              "cnn", 10, 1, 28, ("mnist", "fashion_mnist"), max_tasks=2, default_tasks=2),
+    "mnist_fashion_heads": Scenario("mnist_fashion_heads", "MNIST then Fashion-MNIST, two 10-way heads (task "
+                                    "identity given at test time)", "cnn", 20, 1, 28, ("mnist", "fashion_mnist"),
+                                    max_tasks=2, default_tasks=2, heads=True),
+}
+_SCENARIO_ALIASES = {"permuted-mnist": "permuted_mnist", "pmnist": "permuted_mnist", "mnist-fashion": "mnist_fashion",
+                     "mnist-fashion-mnist": "mnist_fashion", "mnist_fashion_mnist": "mnist_fashion",
+                     "mnist-fashion-heads": "mnist_fashion_heads"}
+
+
+def check_scenario_name(name: str) -> str:
+    """Canonical scenario name; an unknown name raises an error that lists the valid ones."""
+    key = _SCENARIO_ALIASES.get(name.lower(), name.lower())
+    if key not in SCENARIOS:
+        raise InputError(f"unknown scenario {name!r}; valid scenarios: {', '.join(sorted(SCENARIOS))}")
+    return key
+
+
+def check_task_count(scenario: Scenario, k: int) -> int:
+    if k < 2:
+        raise InputError(f"continual learning needs at least 2 tasks, got {k}; pass --tasks 2 or more")
+    if scenario.max_tasks is not None and k > scenario.max_tasks:
+        raise InputError(f"scenario {scenario.name!r} has {scenario.max_tasks} tasks, got --tasks {k}")
+    return k
+
+
+def get_scenario(name: str) -> Scenario:
+    return SCENARIOS[check_scenario_name(name)]
+
+
+def check_scenario_data(scenario: Scenario, data_dir=None) -> None:
+    """Every dataset the scenario reads exists under the data root (a clear error otherwise)."""
+    for d in scenario.datasets:
+        check_data_files(d, data_dir)
