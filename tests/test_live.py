@@ -93,7 +93,7 @@ def test_a_run_reports_progress_and_live_metrics_and_lists_its_runs(harness, wor
     arts = asyncio.run(progress())
     titles = {a.description: a.data for a in arts}
     # every long task kept a progress artifact, finished at 100%
-    for title in ("geodesic 90%, stage 1/2", "geodesic 90%, stage 2/2", "oneshot 90", "finetune 90",
+    for title in ("geodesic 90%, stage 1/2", "geodesic 90%, stage 2/2", "oneshot 90", "finetune 90", "distill 90",
                   "train lenet300 on mnist (seed 0)"):
         assert titles.get(title) == 100.0, (title, titles)
 

@@ -114,7 +114,7 @@ class _nullctx:
 def test_structured_filter_sparsification_runs_end_to_end(harness, workdir, data_dir, capsys):
     args = ["sparsify", "--data-dir", data_dir, "--model", "cnn", "--structured", "--layer", "0", "--n-filters", "8",
             "--stages", "2", "--geo.max-steps", "6", "--train.epochs", "1", "--finetune.epochs", "1",
-            "--no-finetune.equal-time", "--geo.distill-steps", "2", "--prune-train-epochs", "0.02"]
+            "--no-finetune.equal-time", "--no-finetune.distill", "--geo.distill-steps", "2", "--prune-train-epochs", "0.02"]
     assert main(args) == 0
     client, runs = _runs(workdir)
     cycle = [r for r in runs if r.data.params.get("method") == "prune_train"]  # the paper's structured baseline
