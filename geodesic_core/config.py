@@ -165,7 +165,7 @@ class GeoConfig(_Config):
     anchor: float = Field(0.5, ge=0.0, le=1.0)
     anchor_damping: float = Field(1e-3, gt=0.0)
     distill_steps: int = Field(0, ge=0)
-    distill_lr: PositiveFloat = 0.003
+    distill_lr: PositiveFloat = 0.01
     distill_batch: PositiveInt = 128
     patience: PositiveInt = 50
     bn_every: int = Field(10, ge=0)
