@@ -47,8 +47,8 @@ def geodesic(dense, slices, level, cfg: SparsifyConfig, pool, test):
     t0, step, path_min = time.perf_counter(), 0, 100.0
     eval_time = 0.0
     for k, p_k in enumerate(stage_sparsities(level, cfg.stages)):
-        res = geodesic_stage(model, slices, p_k, pool, cfg.geo.model_copy(update={"seed": cfg.seed}), refresh_every=cfg.refresh_every, scope=cfg.scope,
-                             anchor=anchor, start_step=step, stage=k)
+        res = geodesic_stage(model, slices, p_k, pool, cfg.geo.model_copy(update={"seed": cfg.seed}),
+                             refresh_every=cfg.refresh_every, scope=cfg.scope, anchor=anchor, start_step=step, stage=k)
         step += res.steps
         t = time.perf_counter()
         path_min = min(path_min, evaluate(model, test)[0])

@@ -3,6 +3,7 @@ structured sparsification) the paper's iterative prune-train cycle."""
 
 from __future__ import annotations
 
+import copy
 import time
 
 from prefect import task
@@ -51,7 +52,7 @@ def finetune_baseline(dense: dict, level: float, cfg: SparsifyConfig, budget_sec
     if (done := finished(out)) is not None:
         return done
     model, meta = open_ref(dense)
-    teacher = open_ref(dense)[0].requires_grad_(False) if distill else None
+    teacher = copy.deepcopy(model).requires_grad_(False) if distill else None  # the dense network, unpruned
     epochs = cfg.finetune.epochs if budget_seconds is None else 10_000
     title = f"{method.split('_')[0]} {level:g}" + (f" ({budget_seconds:.0f} s)" if budget_seconds is not None else "")
     with Live(title, track=track) as live:
