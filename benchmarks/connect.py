@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _flowrun import run_fresh  # noqa: E402
-from geodesic_core.config import ConnectConfig  # noqa: E402
+from geodesic_core.connect import ConnectConfig  # noqa: E402
 
 
 def main(argv: list[str]) -> None:

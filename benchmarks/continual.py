@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _flowrun import run_fresh  # noqa: E402
-from geodesic_core.config import ContinualConfig  # noqa: E402
+from geodesic_core.continual import ContinualConfig  # noqa: E402
 
 
 def main(argv: list[str]) -> None:

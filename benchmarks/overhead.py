@@ -173,7 +173,7 @@ def main() -> None:
     args = ap.parse_args()
     from flows.cli import QUIET_ENV
     from flows.common import in_fresh_thread
-    from geodesic_core.config import SparsifyConfig
+    from geodesic_core.sparsify import SparsifyConfig
     from geodesic_core.data import resolve_data_dir
 
     for k, v in QUIET_ENV.items():

@@ -29,7 +29,7 @@ import torch
 
 from geodesic_core import evaluate, flat_params, load_split, param_slices, sparsity, train
 from geodesic_core.data import Split
-from geodesic_core.config import SparsifyConfig
+from geodesic_core.sparsify import SparsifyConfig
 from geodesic_core.models import build_model
 from geodesic_core.sparsify import geodesic_stage, masks_from_zeros, oneshot_prune, stage_sparsities
 

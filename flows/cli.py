@@ -18,7 +18,10 @@ from typing import Literal, Sequence
 from pydantic import BaseModel, ValidationError
 
 from geodesic_core import InputError, check_data_files, check_dataset_name, check_model_name
-from geodesic_core.config import ConnectConfig, ContinualConfig, SparsifyConfig, TrainConfig
+from geodesic_core.config import TrainConfig
+from geodesic_core.connect import ConnectConfig
+from geodesic_core.continual import ContinualConfig
+from geodesic_core.sparsify import SparsifyConfig
 from geodesic_core.data import DATA_DIR_ENV
 
 QUIET_ENV = {  # telemetry off; analytics off (it caused "database is locked" at server start)
@@ -56,7 +59,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type[BaseModel], pr
             add_config_options(parser, ann, prefix=f"{dest}.", skip=("seed",))  # one --seed for everything
             continue
         default = field.default if field.default_factory is None else field.default_factory()
-        kwargs: dict = {"dest": dest, "default": None, "help": f"(default: {default})"}
+        kwargs: dict = {"dest": dest, "default": None, "help": _HELP.get(name, "") + f"(default: {default})"}
         if typing.get_origin(ann) is Literal:
             kwargs["choices"] = list(args)
         elif ann is bool:
@@ -66,6 +69,10 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type[BaseModel], pr
         else:
             kwargs["type"] = _base_type(next((a for a in args if a is not type(None)), ann) if args else ann)
         group.add_argument(_option(dest) if "." not in dest else "--" + dest.replace("_", "-"), **kwargs)
+
+
+_HELP = {"model": "a registered model, torchvision:<name> or your builder module:callable ",
+         "dataset": "a registered dataset or your loader module:callable "}
 
 
 def _raw_values(cls: type[BaseModel], args: argparse.Namespace, prefix: str = "") -> dict:
@@ -320,6 +327,73 @@ def cmd_data_updated(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inference_ms(model, x, reps: int = 20) -> float:
+    """Median CPU wall time of one forward pass on ``x`` (milliseconds), after warm-up."""
+    import statistics
+    import time
+
+    import torch
+
+    with torch.no_grad():
+        model.eval()
+        for _ in range(3):
+            model(x)
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a sparsified checkpoint compactly (`geodesic_core.export`); print sizes, their ratio, the largest
+    output difference from the masked network and CPU inference times side by side."""
+    import torch
+
+    from flows.common import ALLOWED_ROOTS_ENV, _inside
+    from geodesic_core import load_model
+    from geodesic_core.data import get_spec
+    from geodesic_core.export import export, load_exported_model
+    from tasks.common import output_dir
+
+    out = Path(args.out).expanduser().resolve()
+    roots = [Path.cwd().resolve(), output_dir()] + [Path(p).expanduser().resolve() for p in
+                                                    os.environ.get(ALLOWED_ROOTS_ENV, "").split(os.pathsep) if p]
+    if not any(_inside(out, r) for r in roots):
+        return _fail(f"export target {args.out} is outside the folders an export may write ({', '.join(map(str, roots))}); "
+                     f"write under the working directory or the output root, or add the folder to ${ALLOWED_ROOTS_ENV}")
+    if out.suffix != ".safetensors":
+        return _fail(f"export target {args.out} should end in .safetensors (the file is safetensors)")
+    model, meta = load_model(args.checkpoint)
+    if meta.get("dataset") and (":" in str(meta["dataset"]) or args.data_dir):
+        shape = get_spec(meta["dataset"], args.data_dir).input_shape
+    else:
+        shape = (int(meta["in_channels"]), int(meta["image_size"]), int(meta["image_size"]))
+    report = export(model, meta, out, layer=args.layer)
+    small, _ = load_exported_model(out)
+    torch.manual_seed(0)
+    x = torch.randn(args.batch, *shape)
+    with torch.no_grad():
+        model.eval(), small.eval()
+        y = model(x)
+        diff, scale = float((y - small(x)).abs().max()), max(1.0, float(y.abs().max()))
+    t_dense, t_export = _inference_ms(model, x), _inference_ms(small, x)
+    counts = {e: list(report.encodings.values()).count(e) for e in ("csr", "bitmask", "dense")}
+    what = (f"{report.removed_filters} filters of {report.compact_layer} removed" if report.compact_layer
+            else f"{report.sparsity:.2f}% zeros")
+    print(f"{args.checkpoint}: {meta.get('model')} on {meta.get('dataset', '?')}, {what}")
+    print(f"{'':<18}{'dense':>12}{'export':>12}{'ratio':>9}")
+    print(f"{'size (bytes)':<18}{report.dense_bytes:>12,}{report.export_bytes:>12,}{report.ratio:>8.2f}x")
+    print(f"{'CPU ms / batch ' + str(args.batch):<18}{t_dense:>12.3f}{t_export:>12.3f}{t_dense / t_export:>8.2f}x")
+    print(f"tensors: {counts['csr']} CSR, {counts['bitmask']} bit-mask, {counts['dense']} dense; "
+          f"largest output difference from the masked network {diff:.2e}")
+    print(f"-> {out}")
+    if diff > 1e-5 * scale:
+        return _fail(f"the export's outputs differ from the network's by {diff:.2e}; please report this")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="geodesic", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -327,8 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     data_help = f"data root (default: ${DATA_DIR_ENV}, else ./data)"
 
     p = sub.add_parser("train", help="train a network and save a checkpoint")
-    p.add_argument("--model", required=True, help="registered model (lenet300, cnn, vgg11, vgg16, resnet164)")
-    p.add_argument("--dataset", required=True, help="registered dataset (mnist, fashion_mnist, permuted_mnist, ...)")
+    p.add_argument("--model", required=True, help="registered model (lenet300, cnn, vgg11, vgg16, resnet164), "
+                   "torchvision:<name> (e.g. torchvision:resnet18) or an import path module:callable to your builder")
+    p.add_argument("--dataset", required=True, help="registered dataset (mnist, fashion_mnist, permuted_mnist, ...) or "
+                   "an import path module:callable to your data loader")
     p.add_argument("--task", type=int, default=0, help="permuted-MNIST task index (0 = plain MNIST)")
     p.add_argument("--out", required=True, help="checkpoint file to write")
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier of vgg11, vgg16, resnet164 (default: 1)")
@@ -371,6 +447,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", action="store_true", help="print CSV instead of a table (for scripts)")
     p.add_argument("--all", action="store_true", help="every flow run's children (default: the latest flow run's)")
     p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("export", help="write a sparsified checkpoint compactly (safetensors: CSR or bit-mask per "
+                                      "tensor; structured results physically smaller) and compare sizes and speed")
+    p.add_argument("checkpoint", help="a checkpoint written by `geodesic sparsify` (its outputs/checkpoints/final-*.pt)")
+    p.add_argument("--out", required=True, help="the .safetensors file to write (under the working directory, the "
+                                                "output root or $GEODESIC_ALLOWED_ROOTS)")
+    p.add_argument("--layer", default=None, help="structured: the conv layer whose removed filters go (default: "
+                                                 "the one found)")
+    p.add_argument("--batch", type=int, default=256, help="inputs per forward pass in the CPU timing (default 256)")
+    p.add_argument("--data-dir", default=None, help=data_help)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("data-updated", help="emit geodesic.dataset.updated for datasets whose files changed "
                                             "(for cron; the deployments' triggers rerun the flows)")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from geodesic_core.config import ConnectConfig
+from geodesic_core.connect import ConnectConfig
 from geodesic_core.data import get_spec
 from flows.common import closing_parent_on_failure, confine_paths, default_task_runner
 from tasks.common import code_version
@@ -32,7 +32,7 @@ def connect_flow(params: ConnectConfig = ConnectConfig(), data_dir: str | None =
     """Connect two networks of ``params.model`` on ``params.dataset`` by a geodesic (Alg. 3)."""
     data_dir = confine_paths(data_dir, [params.checkpoint_a, params.checkpoint_b])  # first: inside the roots
     log = get_run_logger()
-    version = code_version()
+    version = code_version(params.model)
     fingerprint = fingerprint_data(params.dataset, data_dir)
     parent = start_parent_run(experiment, params.model_dump(), fingerprint, version, str(flow_run.get_id()),
                               f"connect-{params.model}-{params.dataset}")
@@ -48,7 +48,7 @@ def _connect(params: ConnectConfig, parent: dict, data_dir: str, fingerprint: st
     # --- the endpoints: trained concurrently, or given (every compute task is submitted: it runs in a
     # task-runner thread, never in the flow's own) -------------------------------------------------------------
     if params.checkpoint_a:
-        n = get_spec(params.dataset).num_classes
+        n = get_spec(params.dataset, data_dir).num_classes
         a, b = (given_checkpoint.submit(p, params.model, n, params.arch()).result() for p in (params.checkpoint_a, params.checkpoint_b))
         check_endpoints.submit(a, b).result()
     else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from geodesic_core.config import ContinualConfig
+from geodesic_core.continual import ContinualConfig
 from geodesic_core.continual import get_scenario
 from flows.common import closing_parent_on_failure, confine_paths, default_task_runner, raise_first_failure
 from tasks.common import code_version
@@ -40,7 +40,7 @@ def continual_flow(params: ContinualConfig = ContinualConfig(), data_dir: str | 
     """Learn ``params.n_tasks()`` tasks of ``params.scenario`` in sequence without forgetting (Alg. 2)."""
     data_dir = confine_paths(data_dir, ())  # first: inside the roots
     log = get_run_logger()
-    version = code_version()
+    version = code_version(params.model)
     scenario = get_scenario(params.scenario)
     fingerprint = "+".join(fingerprint_data(d, data_dir) for d in scenario.datasets)
     parent = start_parent_run(experiment, params.model_dump(), fingerprint, version, str(flow_run.get_id()),

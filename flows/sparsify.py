@@ -12,7 +12,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from geodesic_core.config import FinetuneConfig, SparsifyConfig
+from geodesic_core.sparsify import FinetuneConfig, SparsifyConfig
 from geodesic_core.data import get_spec
 from geodesic_core.sparsify import stage_sparsities
 from tasks.baselines import finetune_baseline, oneshot_baseline, prune_train_baseline
@@ -66,8 +66,8 @@ def sparsify_flow(params: SparsifyConfig = SparsifyConfig(), data_dir: str | Non
     """Sparsify one dense network at every level of ``params.sparsity`` by traversing geodesics (Alg. 1)."""
     data_dir = confine_paths(data_dir, [params.checkpoint])  # first: inside the roots
     log = get_run_logger()
-    spec = get_spec(params.dataset)
-    version = code_version()
+    spec = get_spec(params.dataset, data_dir)
+    version = code_version(params.model)
 
     # --- Extract ----------------------------------------------------------------------------------------
     fingerprint = fingerprint_data(params.dataset, data_dir)

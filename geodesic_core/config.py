@@ -10,14 +10,28 @@ from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, 
                       model_validator)
 
 
-def _one_of(names: Callable[[], Iterable[str]]) -> Callable[[dict], None]:
+def _one_of(names: Callable[[], Iterable[str]], user: str = "") -> Callable[[dict], None]:
     """JSON-schema hint for a registry name: the Prefect UI offers the registered names as a list and the API
-    rejects any other before a run is created (the validators below give the CLI's messages)."""
+    rejects any other before a run is created (the validators below give the CLI's messages). With ``user`` (a
+    title), a second branch takes the user's own: an import path ``module:callable`` (and ``torchvision:<name>``
+    for models), checked by pattern here and by import in the validators."""
+    from .plugins import IMPORT_PATH_PATTERN
 
     def hint(schema: dict) -> None:
-        branches = [b for b in schema.get("anyOf", [schema]) if b.get("type", "string") == "string"]
-        for b in branches:
-            b["enum"] = sorted(names())
+        keep = {k: schema.pop(k) for k in ("default", "title", "description") if k in schema}
+        branches = schema.pop("anyOf", None) or [{"type": schema.pop("type", "string")}]
+        listed = [{"type": "string", "enum": sorted(names()), "title": "Registered"}]
+        if user:
+            listed.append({"type": "string", "pattern": IMPORT_PATH_PATTERN, "title": user})
+        others = [b for b in branches if b.get("type", "string") != "string"]
+        schema.clear()
+        schema.update(keep)
+        if len(listed) + len(others) == 1:
+            schema.update(listed[0])
+            schema.pop("title")
+            schema.update(keep)
+        else:
+            schema["anyOf"] = listed + others
 
     return hint
 
@@ -40,6 +54,10 @@ def _scenarios():
     return SCENARIOS
 
 
+_USER_MODEL = "torchvision:<name> or module:callable"
+_USER_DATA = "module:callable"
+
+
 class _Config(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -47,7 +65,7 @@ class _Config(BaseModel):
 C = TypeVar("C", bound=type[_Config])
 
 
-def with_defaults(base: C, name: str, **defaults) -> C:
+def with_defaults(base: C, name: str, module: str, **defaults) -> C:
     """A subclass of ``base`` whose fields default to ``defaults``: an application's own defaults for a nested
     setting (the sparsify flow's ``geo.eta`` is 0.2, GeoConfig's 0.05), held by a class, so that its JSON schema
     (the Prefect UI's run form), the CLI's help and a run started with no options all read the same numbers."""
@@ -56,13 +74,14 @@ def with_defaults(base: C, name: str, **defaults) -> C:
         info = copy.copy(base.model_fields[key])
         info.default, info.default_factory = value, None
         fields[key] = (info.annotation, info)
-    cls = create_model(name, __base__=base, __module__=__name__, **fields)
+    cls = create_model(name, __base__=base, __module__=module, **fields)
     cls.__doc__ = f"{base.__doc__}\n\n    Defaults here: {', '.join(f'{k} = {v}' for k, v in defaults.items())}."
     return cls
 
 
 class _ModelOnDataset(_Config):
-    """A config naming a registered ``model`` and ``dataset`` (an unknown name lists the valid ones), at
+    """A config naming a ``model`` and a ``dataset``: registered names (an unknown name lists the valid ones),
+    ``torchvision:<name>`` or import paths to the user's own (built and run once on the data's shape here), at
     channel multiplier ``width`` (vgg11, vgg16, resnet164: round(W c) channels per layer; 1 is the paper's
     network) and, for the pre-activation ResNet, ``depth`` (9n + 2; None: 164)."""
 
@@ -71,11 +90,18 @@ class _ModelOnDataset(_Config):
 
     @model_validator(mode="after")
     def _check_arch(self) -> "_ModelOnDataset":
-        from .models import arch_kwargs, build_model
+        from .models import MODELS, arch_kwargs, build_model
+        from .plugins import is_import_path
 
         arch_kwargs(self.model, self.width, self.depth)  # a model without the option: a clear error
         if self.width != 1.0 or self.depth is not None:  # a width or depth that leaves a layer without channels
             build_model(self.model, 10, 3, 32, width=self.width, depth=self.depth)
+        if self.model not in MODELS or is_import_path(self.dataset):  # the user's (or torchvision's) network, or
+            from .data import get_spec  # the user's data: built and run once on the data's shape before any work
+            from .models import check_model_output
+
+            spec = get_spec(self.dataset)
+            check_model_output(self.model, spec.num_classes, spec.input_shape, **self.arch())
         return self
 
     def arch(self) -> dict:
@@ -177,231 +203,4 @@ class GeoConfig(_Config):
         if self.temperature != 1.0 and self.output_space != "softmax":
             raise ValueError(f"a temperature ({self.temperature}) only applies to the softmax output space; "
                              f"add --geo.output-space softmax or drop --geo.temperature")
-        return self
-
-
-class FinetuneConfig(_Config):
-    """The prune + masked fine-tune baseline: SGD on the labels with the pruned weights held at zero, and
-    (``distill``) its label-free counterpart, prune + distillation: masked SGD on ½ ‖f(x; w) − f(x; w_dense)‖²
-    over the training inputs at learning rate ``distill_lr``, reading no labels, as the geodesic does.
-
-    Each runs twice per level: for ``epochs`` epochs (the fixed-budget baseline of the notes), and for the
-    geodesic's wall time (``equal_time``: equal compute), with the same optimizer settings.
-    """
-
-    epochs: PositiveInt = 2
-    lr: PositiveFloat = 0.01
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    batch_size: PositiveInt = 128
-    equal_time: bool = True
-    distill: bool = True
-    distill_lr: PositiveFloat = 0.003
-
-    def train_config(self, seed: int, epochs: int | None = None, distill: bool = False) -> TrainConfig:
-        return TrainConfig(epochs=epochs or self.epochs, lr=self.distill_lr if distill else self.lr,
-                           momentum=self.momentum, weight_decay=self.weight_decay, batch_size=self.batch_size,
-                           schedule="constant", seed=seed)
-
-
-# each application's defaults for its nested settings (one source: the class)
-SparsifyGeoConfig = with_defaults(GeoConfig, "SparsifyGeoConfig", max_steps=150, eta=0.2, anchor=1.0, patience=40,
-                                  distill_steps=20, distill_lr=0.003)
-SparsifyTrainConfig = with_defaults(TrainConfig, "SparsifyTrainConfig", epochs=15, lr=0.05)
-ContinualGeoConfig = with_defaults(GeoConfig, "ContinualGeoConfig", eta=0.1, anchor=1.0, max_steps=4000, patience=50,
-                                   metric_batch=256, solver="cg", cg_iters=10, output_space="softmax",
-                                   temperature=10.0)
-ContinualTrainConfig = with_defaults(TrainConfig, "ContinualTrainConfig", epochs=5, lr=0.05)
-ConnectGeoConfig = with_defaults(GeoConfig, "ConnectGeoConfig", eta=0.1, anchor=1.0, max_steps=500, patience=50,
-                                 metric_batch=256, solver="cg", cg_iters=10)
-ConnectTrainConfig = with_defaults(TrainConfig, "ConnectTrainConfig", epochs=5, lr=0.05)
-
-
-class SparsifyConfig(_ModelOnDataset):
-    """Algorithm 1 on one dense network at several sparsity levels, with its baselines.
-
-    ``sparsity``: target levels in percent, each in (0, 100), no duplicates. ``stages``: K stages of the
-    sparsity schedule (one cached task each); ``refresh_every``: n_s, steps between re-projections;
-    ``geo.max_steps``: s, the step limit of each stage. ``structured``: zero ``n_filters`` whole filters of
-    conv ``layer`` instead (one level; ``sparsity`` is then ignored; the paper's 50 of VGG11's 64 first-layer
-    filters is ``n_filters`` = round(50 W) at width W); the paper's baseline, iterative prune-train, then also
-    runs: one filter removed at a time, each removal followed by ``prune_train_epochs`` epochs of masked SGD with
-    the ``finetune`` settings (0: skip it). ``checkpoint``: start from this dense
-    network instead of training one. ``eval_every``: test-set evaluation period along the path (steps).
-    """
-
-    model: str = Field("lenet300", json_schema_extra=_one_of(_models))
-    dataset: str = Field("mnist", json_schema_extra=_one_of(_datasets))
-    sparsity: list[float] = Field(default_factory=lambda: [50.0, 90.0, 98.0], json_schema_extra={
-        "items": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 100}, "minItems": 1,
-        "uniqueItems": True})
-    scope: Literal["global", "layer"] = "global"
-    structured: bool = False
-    layer: str = "features.0"
-    n_filters: PositiveInt = 50
-    prune_train_epochs: float = Field(0.5, ge=0.0)
-    stages: PositiveInt = 5
-    refresh_every: PositiveInt = 10
-    eval_every: PositiveInt = 10
-    checkpoint: str | None = None
-    seed: int = 0
-    geo: SparsifyGeoConfig = Field(default_factory=SparsifyGeoConfig)
-    train: SparsifyTrainConfig = Field(default_factory=SparsifyTrainConfig)
-    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
-
-    @field_validator("sparsity")
-    @classmethod
-    def _check_levels(cls, v: list[float]) -> list[float]:
-        if not v:
-            raise ValueError("give at least one sparsity level, e.g. --sparsity 90")
-        bad = [p for p in v if not (0.0 < p < 100.0)]
-        if bad:
-            raise ValueError(f"sparsity levels must be percentages strictly between 0 and 100, got {bad}")
-        if len(set(v)) != len(v):
-            raise ValueError(f"sparsity levels must not repeat, got {v}")
-        return sorted(v)
-
-    @model_validator(mode="after")
-    def _check_structured(self) -> "SparsifyConfig":
-        if self.structured and self.checkpoint is None:  # the layer and the filter count, at this width
-            from .data import get_spec
-            from .models import build_model
-            from .targets import FilterTarget
-
-            spec = get_spec(self.dataset)
-            FilterTarget(build_model(self.model, spec.num_classes, spec.in_channels, spec.image_size, **self.arch()),
-                         self.layer, self.n_filters)
-        return self
-
-    def levels(self) -> list[float]:
-        return [float(self.n_filters)] if self.structured else list(self.sparsity)
-
-
-CONTINUAL_METHODS = ("geodesic", "linear", "sgd", "l2", "ewc")
-
-
-class ContinualConfig(_Config):
-    """Algorithm 2 on a sequence of ``tasks`` tasks of ``scenario`` (default: 5 for permuted MNIST, 2 for
-    MNIST -> Fashion-MNIST), with its baselines.
-
-    ``model``: the network (default: the scenario's, lenet300 for permuted MNIST, cnn for MNIST -> Fashion).
-    ``train``: training of every per-task network w_i, and of each later task for the sequential baselines.
-    ``geo``: each traversal Geo(w_i, g^i, w_{1:i-1}, s) (``geo.max_steps`` = s; by default g^i and the anchor
-    on softmax(f / 10), which tolerates logit changes that do not change task i's predictions). ``methods``:
-    which of
-    geodesic, linear, sgd, l2, ewc to run. ``l2_strength``, ``ewc_strength``: λ of the L2 pull and of EWC;
-    ``fisher_samples``: task inputs over which EWC's diagonal Fisher is averaged. ``linear_points``: points on
-    each straight line scanned. ``eval_every``: steps between evaluations along each geodesic.
-    ``permutation_seed``: the seed of all permuted-MNIST permutations. ``shared_init``: every per-task network
-    starts from the same random initialization (from ``seed``; the networks stay independent and are trained
-    concurrently); off: network i starts from seed + i.
-    """
-
-    scenario: str = Field("permuted_mnist", json_schema_extra=_one_of(_scenarios))
-    tasks: int | None = Field(None, ge=2)
-    model: str | None = Field(None, json_schema_extra=_one_of(_models))
-    methods: list[str] = Field(default_factory=lambda: list(CONTINUAL_METHODS), json_schema_extra={
-        "items": {"type": "string", "enum": list(CONTINUAL_METHODS)}, "minItems": 1, "uniqueItems": True})
-    permutation_seed: int = 0
-    shared_init: bool = False
-    l2_strength: float = Field(0.01, ge=0.0)
-    ewc_strength: float = Field(100.0, ge=0.0)
-    fisher_samples: PositiveInt = 1000
-    linear_points: int = Field(21, ge=3)
-    eval_every: PositiveInt = 100
-    seed: int = 0
-    geo: ContinualGeoConfig = Field(default_factory=ContinualGeoConfig)
-    train: ContinualTrainConfig = Field(default_factory=ContinualTrainConfig)
-
-    @field_validator("tasks", mode="before")
-    @classmethod
-    def _check_tasks(cls, v):
-        if isinstance(v, int) and v < 2:
-            raise ValueError(f"continual learning needs at least 2 tasks, got {v}; pass --tasks 2 or more")
-        return v
-
-    @field_validator("scenario")
-    @classmethod
-    def _check_scenario(cls, v: str) -> str:
-        from .scenarios import check_scenario_name
-
-        return check_scenario_name(v)
-
-    @field_validator("model")
-    @classmethod
-    def _check_model(cls, v: str | None) -> str | None:
-        from .models import check_model_name
-
-        return None if v is None else check_model_name(v)
-
-    @field_validator("methods")
-    @classmethod
-    def _check_methods(cls, v: list[str]) -> list[str]:
-        bad = [m for m in v if m not in CONTINUAL_METHODS]
-        if bad or not v:
-            raise ValueError(f"unknown method(s) {bad}; valid methods: {', '.join(CONTINUAL_METHODS)}")
-        if len(set(v)) != len(v):
-            raise ValueError(f"methods must not repeat, got {v}")
-        return [m for m in CONTINUAL_METHODS if m in v]
-
-    @model_validator(mode="after")
-    def _check_task_count(self) -> "ContinualConfig":
-        from .scenarios import SCENARIOS
-
-        limit = SCENARIOS[self.scenario].max_tasks
-        if limit is not None and self.tasks is not None and self.tasks > limit:
-            raise ValueError(f"scenario {self.scenario!r} has {limit} tasks, got tasks={self.tasks}")
-        return self
-
-    def n_tasks(self) -> int:
-        """k: ``tasks``, or the scenario's default (5 permuted-MNIST tasks; 2 for MNIST -> Fashion-MNIST)."""
-        from .scenarios import SCENARIOS
-
-        return self.tasks or SCENARIOS[self.scenario].default_tasks
-
-    def model_name(self) -> str:
-        from .scenarios import SCENARIOS
-
-        return self.model or SCENARIOS[self.scenario].model
-
-
-class ConnectConfig(_ModelOnDataset):
-    """Algorithm 3: connect two trained networks of one architecture by a geodesic, and compare it with the
-    straight line between them.
-
-    Endpoints: two networks trained from seeds ``seed`` and ``seed_b`` with ``train``, or the given
-    ``checkpoint_a`` and ``checkpoint_b`` (both or neither). ``geo``: the traversal's Geo steps; it runs in
-    cached segments of ``geo.max_steps`` steps, at most ``max_segments`` of them. ``complete``: when the
-    traversal stalls (oscillation) before reaching w_2, continue it with the anchor off and the trust region
-    ``complete_eps_factor`` times larger (a looser, still geodesic step) until w_2 is reached; off, the path
-    ends where it stalled and the run reports how far it got (``final_distance_ratio``). ``geo.anchor``: weight
-    of the output correction toward the straight line between the endpoints' outputs (0: the plain
-    algorithm). ``eval_every``: steps
-    between test-set evaluations along the geodesic; ``linear_points``: points on the straight line (and on
-    the Bezier curve). ``bezier``: also train the peer baseline, the quadratic Bezier curve between the same
-    endpoints (Garipov et al. 2018), with ``bezier_train`` (its epochs are its training cost).
-    """
-
-    model: str = Field("lenet300", json_schema_extra=_one_of(_models))
-    dataset: str = Field("mnist", json_schema_extra=_one_of(_datasets))
-    seed: int = 0
-    seed_b: int = 1
-    checkpoint_a: str | None = None
-    checkpoint_b: str | None = None
-    max_segments: PositiveInt = 10
-    complete: bool = True
-    complete_eps_factor: float = Field(10.0, ge=1.0)
-    eval_every: PositiveInt = 50
-    linear_points: int = Field(21, ge=3)
-    bezier: bool = True
-    bezier_train: ConnectTrainConfig = Field(default_factory=ConnectTrainConfig)
-    geo: ConnectGeoConfig = Field(default_factory=ConnectGeoConfig)
-    train: ConnectTrainConfig = Field(default_factory=ConnectTrainConfig)
-
-    @model_validator(mode="after")
-    def _check_endpoints(self) -> "ConnectConfig":
-        if (self.checkpoint_a is None) != (self.checkpoint_b is None):
-            raise ValueError("give both --checkpoint-a and --checkpoint-b, or neither (then both are trained)")
-        if self.checkpoint_a is None and self.seed == self.seed_b:
-            raise ValueError(f"the two endpoints need different seeds, got seed = seed_b = {self.seed}")
         return self

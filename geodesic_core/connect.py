@@ -14,13 +14,64 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .config import GeoConfig
+from pydantic import Field, PositiveInt, model_validator
+
+from .config import _USER_DATA, _USER_MODEL, GeoConfig, TrainConfig, _datasets, _ModelOnDataset, _models, _one_of, with_defaults
 from .data import Split
 from .errors import InputError
 from .geo import GeoResult, StepInfo, geo
 from .metric import flat_params, param_unflattener, set_flat_params
 from .targets import FixedTarget
 from .train import evaluate, recompute_bn
+
+
+# --- configuration: the connect flow's settings and its defaults for the nested ones -----------------------
+
+ConnectGeoConfig = with_defaults(GeoConfig, "ConnectGeoConfig", __name__, eta=0.1, anchor=1.0, max_steps=500, patience=50,
+                                 metric_batch=256, solver="cg", cg_iters=10)
+ConnectTrainConfig = with_defaults(TrainConfig, "ConnectTrainConfig", __name__, epochs=5, lr=0.05)
+
+
+class ConnectConfig(_ModelOnDataset):
+    """Algorithm 3: connect two trained networks of one architecture by a geodesic, and compare it with the
+    straight line between them.
+
+    Endpoints: two networks trained from seeds ``seed`` and ``seed_b`` with ``train``, or the given
+    ``checkpoint_a`` and ``checkpoint_b`` (both or neither). ``geo``: the traversal's Geo steps; it runs in
+    cached segments of ``geo.max_steps`` steps, at most ``max_segments`` of them. ``complete``: when the
+    traversal stalls (oscillation) before reaching w_2, continue it with the anchor off and the trust region
+    ``complete_eps_factor`` times larger (a looser, still geodesic step) until w_2 is reached; off, the path
+    ends where it stalled and the run reports how far it got (``final_distance_ratio``). ``geo.anchor``: weight
+    of the output correction toward the straight line between the endpoints' outputs (0: the plain
+    algorithm). ``eval_every``: steps
+    between test-set evaluations along the geodesic; ``linear_points``: points on the straight line (and on
+    the Bezier curve). ``bezier``: also train the peer baseline, the quadratic Bezier curve between the same
+    endpoints (Garipov et al. 2018), with ``bezier_train`` (its epochs are its training cost).
+    """
+
+    model: str = Field("lenet300", json_schema_extra=_one_of(_models, _USER_MODEL))
+    dataset: str = Field("mnist", json_schema_extra=_one_of(_datasets, _USER_DATA))
+    seed: int = 0
+    seed_b: int = 1
+    checkpoint_a: str | None = None
+    checkpoint_b: str | None = None
+    max_segments: PositiveInt = 10
+    complete: bool = True
+    complete_eps_factor: float = Field(10.0, ge=1.0)
+    eval_every: PositiveInt = 50
+    linear_points: int = Field(21, ge=3)
+    bezier: bool = True
+    bezier_train: ConnectTrainConfig = Field(default_factory=ConnectTrainConfig)
+    geo: ConnectGeoConfig = Field(default_factory=ConnectGeoConfig)
+    train: ConnectTrainConfig = Field(default_factory=ConnectTrainConfig)
+
+    @model_validator(mode="after")
+    def _check_endpoints(self) -> "ConnectConfig":
+        if (self.checkpoint_a is None) != (self.checkpoint_b is None):
+            raise ValueError("give both --checkpoint-a and --checkpoint-b, or neither (then both are trained)")
+        if self.checkpoint_a is None and self.seed == self.seed_b:
+            raise ValueError(f"the two endpoints need different seeds, got seed = seed_b = {self.seed}")
+        return self
 
 
 def check_same_architecture(meta_a: dict, meta_b: dict, path_a: str = "a", path_b: str = "b") -> None:

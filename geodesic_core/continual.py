@@ -31,7 +31,10 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .config import GeoConfig
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
+
+from .config import (_USER_DATA, _USER_MODEL, GeoConfig, TrainConfig, _Config, _datasets, _ModelOnDataset, _models,
+                     _one_of, _scenarios, with_defaults)
 from .data import Split, load_split
 from .errors import InputError
 from .geo import GeoResult, StepInfo, geo
@@ -41,6 +44,105 @@ from .scenarios import (SCENARIOS, Scenario, TaskSpec, check_scenario_data, chec
                         check_task_count, get_scenario)
 from .targets import FixedTarget
 from .train import evaluate
+
+
+# --- configuration: the continual flow's settings and its defaults for the nested ones ---------------------
+
+ContinualGeoConfig = with_defaults(GeoConfig, "ContinualGeoConfig", __name__, eta=0.1, anchor=1.0, max_steps=4000, patience=50,
+                                   metric_batch=256, solver="cg", cg_iters=10, output_space="softmax",
+                                   temperature=10.0)
+ContinualTrainConfig = with_defaults(TrainConfig, "ContinualTrainConfig", __name__, epochs=5, lr=0.05)
+
+
+CONTINUAL_METHODS = ("geodesic", "linear", "sgd", "l2", "ewc")
+
+
+class ContinualConfig(_Config):
+    """Algorithm 2 on a sequence of ``tasks`` tasks of ``scenario`` (default: 5 for permuted MNIST, 2 for
+    MNIST -> Fashion-MNIST), with its baselines.
+
+    ``model``: the network (default: the scenario's, lenet300 for permuted MNIST, cnn for MNIST -> Fashion).
+    ``train``: training of every per-task network w_i, and of each later task for the sequential baselines.
+    ``geo``: each traversal Geo(w_i, g^i, w_{1:i-1}, s) (``geo.max_steps`` = s; by default g^i and the anchor
+    on softmax(f / 10), which tolerates logit changes that do not change task i's predictions). ``methods``:
+    which of
+    geodesic, linear, sgd, l2, ewc to run. ``l2_strength``, ``ewc_strength``: λ of the L2 pull and of EWC;
+    ``fisher_samples``: task inputs over which EWC's diagonal Fisher is averaged. ``linear_points``: points on
+    each straight line scanned. ``eval_every``: steps between evaluations along each geodesic.
+    ``permutation_seed``: the seed of all permuted-MNIST permutations. ``shared_init``: every per-task network
+    starts from the same random initialization (from ``seed``; the networks stay independent and are trained
+    concurrently); off: network i starts from seed + i.
+    """
+
+    scenario: str = Field("permuted_mnist", json_schema_extra=_one_of(_scenarios))
+    tasks: int | None = Field(None, ge=2)
+    model: str | None = Field(None, json_schema_extra=_one_of(_models, _USER_MODEL))
+    methods: list[str] = Field(default_factory=lambda: list(CONTINUAL_METHODS), json_schema_extra={
+        "items": {"type": "string", "enum": list(CONTINUAL_METHODS)}, "minItems": 1, "uniqueItems": True})
+    permutation_seed: int = 0
+    shared_init: bool = False
+    l2_strength: float = Field(0.01, ge=0.0)
+    ewc_strength: float = Field(100.0, ge=0.0)
+    fisher_samples: PositiveInt = 1000
+    linear_points: int = Field(21, ge=3)
+    eval_every: PositiveInt = 100
+    seed: int = 0
+    geo: ContinualGeoConfig = Field(default_factory=ContinualGeoConfig)
+    train: ContinualTrainConfig = Field(default_factory=ContinualTrainConfig)
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _check_tasks(cls, v):
+        if isinstance(v, int) and v < 2:
+            raise ValueError(f"continual learning needs at least 2 tasks, got {v}; pass --tasks 2 or more")
+        return v
+
+    @field_validator("scenario")
+    @classmethod
+    def _check_scenario(cls, v: str) -> str:
+        from .scenarios import check_scenario_name
+
+        return check_scenario_name(v)
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, v: str | None) -> str | None:
+        from .models import check_model_name
+
+        return None if v is None else check_model_name(v)
+
+    @field_validator("methods")
+    @classmethod
+    def _check_methods(cls, v: list[str]) -> list[str]:
+        bad = [m for m in v if m not in CONTINUAL_METHODS]
+        if bad or not v:
+            raise ValueError(f"unknown method(s) {bad}; valid methods: {', '.join(CONTINUAL_METHODS)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"methods must not repeat, got {v}")
+        return [m for m in CONTINUAL_METHODS if m in v]
+
+    @model_validator(mode="after")
+    def _check_task_count(self) -> "ContinualConfig":
+        from .models import MODELS, check_model_output
+        from .scenarios import SCENARIOS
+
+        sc = SCENARIOS[self.scenario]
+        if sc.max_tasks is not None and self.tasks is not None and self.tasks > sc.max_tasks:
+            raise ValueError(f"scenario {self.scenario!r} has {sc.max_tasks} tasks, got tasks={self.tasks}")
+        if self.model is not None and self.model not in MODELS:  # torchvision's or the user's: run once first
+            check_model_output(self.model, sc.num_classes, (sc.in_channels, sc.image_size, sc.image_size))
+        return self
+
+    def n_tasks(self) -> int:
+        """k: ``tasks``, or the scenario's default (5 permuted-MNIST tasks; 2 for MNIST -> Fashion-MNIST)."""
+        from .scenarios import SCENARIOS
+
+        return self.tasks or SCENARIOS[self.scenario].default_tasks
+
+    def model_name(self) -> str:
+        from .scenarios import SCENARIOS
+
+        return self.model or SCENARIOS[self.scenario].model
 
 
 def load_task(task: TaskSpec, train: bool, data_dir=None, permutation_seed: int = 0) -> Split:

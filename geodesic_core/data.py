@@ -7,6 +7,9 @@ restricted unpickler (numpy arrays, lists, dicts only) and without checksum chec
 these machines is a reconstruction whose checksums differ from the originals.
 
 The data root comes from ``--data-dir`` or the ``GEODESIC_DATA_DIR`` environment variable.
+
+Wherever a dataset name is accepted, an import path ``package.module:callable`` to the user's own data is too
+(see `user_dataset` for what the callable returns and what is checked before any work).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .plugins import accepts, check_signature, colon_hint, is_import_path, load_callable, source_hash
 
 DATA_DIR_ENV = "GEODESIC_DATA_DIR"
 
@@ -47,6 +51,12 @@ class DatasetSpec:
     std: tuple[float, ...]
     augment: bool = False  # random crop + horizontal flip during training (CIFAR)
     check: Callable[[Path], None] | None = None  # validates one file before any work (truncated, corrupt, foreign)
+    sample_shape: tuple[int, ...] | None = None  # one input's shape where it is not (C, H, W) images (user data)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one input: ``(C, H, W)``, or the user data's own (e.g. ``(D,)`` for feature vectors)."""
+        return self.sample_shape or (self.in_channels, self.image_size, self.image_size)
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -165,15 +175,170 @@ ALIASES = {"fashionmnist": "fashion_mnist", "fmnist": "fashion_mnist", "permuted
 
 
 def check_dataset_name(name: str) -> str:
-    """Canonical dataset name; an unknown name raises an error that lists the valid ones."""
+    """Canonical dataset name, or an import path to the user's data loader (checked to import and to be
+    callable without arguments); an unknown name raises an error that lists the valid ones."""
+    if not isinstance(name, str) or not name:
+        raise InputError(f"a dataset name is a string, got {name!r}; valid datasets: {', '.join(sorted(DATASETS))}")
+    if is_import_path(name):
+        _user_loader(name)
+        return name
     key = ALIASES.get(name.lower(), name.lower())
     if key not in DATASETS:
-        raise InputError(f"unknown dataset {name!r}; valid datasets: {', '.join(sorted(DATASETS))}")
+        raise InputError(f"unknown dataset {name!r}; valid datasets: {', '.join(sorted(DATASETS))}, or an import "
+                         f"path module:callable to your own data (e.g. mypkg.data:load){colon_hint(name)}")
     return key
 
 
-def get_spec(name: str) -> DatasetSpec:
+def get_spec(name: str, data_dir: str | os.PathLike | None = None) -> DatasetSpec:
+    """The dataset's `DatasetSpec`; for the user's data (an import path) this loads and checks it once."""
+    if is_import_path(name):
+        return user_dataset(name, data_dir).spec
     return DATASETS[check_dataset_name(name)]
+
+
+# --- the user's own data --------------------------------------------------------------------------------------
+
+_LOADER_SIGNATURE = ("a callable taking no arguments (or data_dir=) and returning (x_train, y_train, x_test, y_test, "
+                     "num_classes), a dict with those keys, or (train Dataset, test Dataset[, num_classes])")
+
+
+def _user_loader(path: str) -> Callable:
+    fn = load_callable(path, "dataset")
+    check_signature(fn, path, "dataset", _LOADER_SIGNATURE, **({"data_dir": "."} if accepts(fn, "data_dir") else {}))
+    return fn
+
+
+@dataclass(frozen=True)
+class UserData:
+    """The user's data, loaded by an import path and checked: both splits, its spec and its fingerprint."""
+
+    train: Split
+    test: Split
+    spec: DatasetSpec
+    fingerprint: str
+
+
+def _as_tensor(v, what: str, path: str) -> torch.Tensor:
+    if isinstance(v, torch.Tensor):
+        return v.detach().cpu()
+    if isinstance(v, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(v))
+    raise InputError(f"dataset {path!r}: {what} is a {type(v).__name__}; expected a torch tensor or a numpy array "
+                     f"({_LOADER_SIGNATURE})")
+
+
+def _materialize(ds, what: str, path: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every (input, label) pair of a ``torch.utils.data.Dataset``, stacked."""
+    try:
+        n = len(ds)
+        pairs = [ds[i] for i in range(n)]
+        xs = torch.stack([_as_tensor(p[0], f"{what} input", path) for p in pairs])
+        ys = torch.tensor([int(p[1]) for p in pairs])
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"dataset {path!r}: could not read the {what} Dataset as (input tensor, int label) pairs: "
+                         f"{type(exc).__name__}: {str(exc)[:200]}") from exc
+    return xs, ys
+
+
+def _unpack(out, path: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    from torch.utils.data import Dataset
+
+    if isinstance(out, dict):
+        missing = [k for k in ("x_train", "y_train", "x_test", "y_test", "num_classes") if k not in out]
+        if missing:
+            raise InputError(f"dataset {path!r} returned a dict without {missing}; expected {_LOADER_SIGNATURE}")
+        out = (out["x_train"], out["y_train"], out["x_test"], out["y_test"], out["num_classes"])
+    if isinstance(out, (tuple, list)) and len(out) in (2, 3) and all(isinstance(d, Dataset) for d in out[:2]):
+        n = out[2] if len(out) == 3 else len(getattr(out[0], "classes", ()) or ()) or None
+        if n is None:
+            raise InputError(f"dataset {path!r} returned two Datasets without a class count and the train Dataset "
+                             f"has no .classes; return (train, test, num_classes)")
+        (xa, ya), (xb, yb) = _materialize(out[0], "train", path), _materialize(out[1], "test", path)
+        return xa, ya, xb, yb, n
+    if not (isinstance(out, (tuple, list)) and len(out) == 5):
+        raise InputError(f"dataset {path!r} returned a {type(out).__name__}"
+                         f"{f' of {len(out)} items' if isinstance(out, (tuple, list)) else ''}; expected "
+                         f"{_LOADER_SIGNATURE}")
+    xa, ya, xb, yb, n = out
+    return (_as_tensor(xa, "x_train", path), _as_tensor(ya, "y_train", path), _as_tensor(xb, "x_test", path),
+            _as_tensor(yb, "y_test", path), n)
+
+
+def _check_split(x: torch.Tensor, y: torch.Tensor, n: int, which: str, path: str) -> Split:
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise InputError(f"dataset {path!r}: {which} inputs have shape {tuple(x.shape)}; expected (N, C, H, W), "
+                         f"(N, H, W) or (N, D) with N > 0")
+    if y.ndim != 1 or y.shape[0] != x.shape[0]:
+        raise InputError(f"dataset {path!r}: {which} labels have shape {tuple(y.shape)} for {x.shape[0]} inputs; "
+                         f"expected ({x.shape[0]},)")
+    if y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise InputError(f"dataset {path!r}: {which} labels are {y.dtype}; expected integer class indices")
+    if not x.dtype.is_floating_point:
+        raise InputError(f"dataset {path!r}: {which} inputs are {x.dtype}; expected floating-point inputs, "
+                         f"normalized as the model should see them")
+    bad = (y < 0) | (y >= n)
+    if bad.any():
+        raise InputError(f"dataset {path!r}: {which} labels must lie in 0..{n - 1} for num_classes = {n}, found "
+                         f"{int(bad.sum())} outside (min {int(y.min())}, max {int(y.max())}); fix the labels or "
+                         f"the class count")
+    finite = torch.isfinite(x)
+    if not finite.all():
+        raise InputError(f"dataset {path!r}: {which} inputs hold {int((~finite).sum())} NaN or infinite values "
+                         f"(in {int((~finite.reshape(x.shape[0], -1).all(1)).sum())} examples); clean or drop them")
+    if x.ndim == 3:  # (N, H, W): one channel
+        x = x.unsqueeze(1)
+    return Split(x.float().contiguous(), y.long().contiguous())
+
+
+_USER: dict[tuple, UserData] = {}
+
+
+def user_dataset(path: str, data_dir: str | os.PathLike | None = None) -> UserData:
+    """Load and check the user's data behind an import path (once per process, per source and data root).
+
+    The callable takes no arguments (or ``data_dir``, given the resolved data root) and returns
+    ``(x_train, y_train, x_test, y_test, num_classes)`` (tensors or numpy arrays), a dict with those keys, or
+    ``(train Dataset, test Dataset[, num_classes])`` of (input, label) pairs. Inputs are taken as given (no
+    normalization): floating point, shape ``(N, C, H, W)``, ``(N, H, W)`` (one channel added) or ``(N, D)``;
+    labels integer class indices in ``0..num_classes - 1``.
+
+    Raises:
+        InputError: before any work, naming the path: the loader raises, returns another structure, labels
+            outside the class count, NaN or infinite inputs, train and test inputs of different shapes.
+    """
+    fn = _user_loader(path)
+    key = (path, source_hash(path), str(resolve_data_dir(data_dir)))
+    if key in _USER:
+        return _USER[key]
+    try:
+        out = fn(data_dir=str(resolve_data_dir(data_dir))) if accepts(fn, "data_dir") else fn()
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"dataset {path!r} raised {type(exc).__name__} while loading: {str(exc)[:200]}") from exc
+    xa, ya, xb, yb, n = _unpack(out, path)
+    if isinstance(n, torch.Tensor):
+        n = int(n)
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 2:
+        raise InputError(f"dataset {path!r}: num_classes must be an integer >= 2, got {n!r}")
+    n = int(n)
+    train, test = _check_split(xa, ya, n, "train", path), _check_split(xb, yb, n, "test", path)
+    if train.x.shape[1:] != test.x.shape[1:]:
+        raise InputError(f"dataset {path!r}: train inputs are {tuple(train.x.shape[1:])} per example but test "
+                         f"inputs {tuple(test.x.shape[1:])}; they must match")
+    shape = tuple(train.x.shape[1:])
+    images = len(shape) == 3 and shape[1] == shape[2]
+    spec = DatasetSpec(n, shape[0], shape[-1] if images else 1, (), lambda root, train: (None, None), (0.0,), (1.0,),
+                       sample_shape=None if images else shape)
+    h = hashlib.sha256(key[1].encode())
+    for t in (*train, *test):
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        h.update(t.numpy().tobytes())
+    data = UserData(train, test, spec, h.hexdigest())
+    _USER[key] = data
+    return data
 
 
 def check_data_files(name: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
@@ -182,6 +347,9 @@ def check_data_files(name: str, data_dir: str | os.PathLike | None = None) -> li
     Raises:
         InputError: naming the missing files, where they were looked for, and how to point at the data.
     """
+    if is_import_path(name):  # the user's data: loaded and checked (labels, NaN, shapes), no files
+        user_dataset(name, data_dir)
+        return []
     spec = get_spec(name)
     root = resolve_data_dir(data_dir)
     paths = [root / f for f in spec.files]
@@ -219,8 +387,11 @@ def load_split(name: str, train: bool, data_dir: str | os.PathLike | None = None
         permutation_seed: seed from which all permuted-MNIST permutations are drawn.
 
     Returns:
-        ``Split(x (N, C, H, W) float32, y (N,) int64)``.
+        ``Split(x (N, C, H, W) float32, y (N,) int64)`` (the user's data: its inputs as given, see `user_dataset`).
     """
+    if is_import_path(name):
+        data = user_dataset(name, data_dir)
+        return data.train if train else data.test
     key = check_dataset_name(name)
     spec = DATASETS[key]
     check_data_files(key, data_dir)
@@ -240,7 +411,10 @@ def load_split(name: str, train: bool, data_dir: str | os.PathLike | None = None
 
 
 def dataset_fingerprint(name: str, data_dir: str | os.PathLike | None = None) -> str:
-    """SHA-256 over the contents of every file the dataset reads (a data change changes it)."""
+    """SHA-256 over the contents of every file the dataset reads (a data change changes it); for the user's data,
+    over the loader's source and the tensors it returned."""
+    if is_import_path(name):
+        return user_dataset(name, data_dir).fingerprint
     h = hashlib.sha256()
     for path in check_data_files(name, data_dir):
         h.update(path.name.encode())

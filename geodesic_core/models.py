@@ -1,6 +1,10 @@
-"""Model registry: the architectures of the paper's experiments.
+"""Model registry: the architectures of the paper's experiments, torchvision's models, and the user's own.
 
-``MODELS`` maps a name to a builder ``(num_classes, in_channels, image_size, **arch) -> nn.Module``.
+``MODELS`` maps a name to a builder ``(num_classes, in_channels, image_size, **arch) -> nn.Module``. Wherever a
+model name is accepted, two more forms are too: ``torchvision:<name>`` (a torchvision classification model,
+e.g. ``torchvision:resnet18``, randomly initialized, adapted to the dataset's channels, image size and class count,
+see `torchvision_model`) and an import path ``package.module:callable`` to the user's own builder with the same
+signature (see `geodesic_core.plugins`).
 Every model maps a batch ``x: (N, C, H, W)`` to logits ``(N, num_classes)``. The paper's CIFAR networks take
 ``width`` W (a channel multiplier: every layer has round(W c) channels, at least 1; W = 0.25 gives VGG11 a first
 layer of 16 filters) and the pre-activation ResNet takes ``depth`` (9n + 2; 164 is the paper's, 20 a CPU-scale
@@ -13,6 +17,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from typing import Callable
@@ -21,6 +26,9 @@ import torch
 from torch import nn
 
 from .errors import InputError
+from .plugins import check_signature, colon_hint, is_import_path, load_callable
+
+TORCHVISION = "torchvision:"
 
 
 def lenet300(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> nn.Module:
@@ -206,11 +214,105 @@ def arch_kwargs(name: str, width: float = 1.0, depth: int | None = None) -> dict
     return out
 
 
+_BUILDER_SIGNATURE = "a callable (num_classes, in_channels, image_size, **kwargs) -> nn.Module"
+
+
+@functools.lru_cache(maxsize=1)
+def torchvision_models() -> tuple[str, ...]:
+    """The names of torchvision's classification models (``torchvision.models.list_models``)."""
+    import torchvision.models as tvm
+
+    return tuple(sorted(tvm.list_models(module=tvm)))
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, module)
+
+
+def torchvision_model(name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 224) -> nn.Module:
+    """torchvision's classification model ``name``, randomly initialized with ``num_classes`` outputs, adapted to
+    the data: the first convolution takes ``in_channels``; for a ResNet-family stem (``conv1`` + ``maxpool``) on
+    images of at most 64 pixels, the 7x7 stride-2 convolution and the max-pool become one 3x3 stride-1
+    convolution (the usual CIFAR adaptation: the full stem would shrink a 32x32 image to 8x8 before the first
+    block). Networks that cannot run on the image size fail the output check of `check_model_output`."""
+    import torchvision.models as tvm
+
+    if name not in torchvision_models():
+        raise InputError(f"unknown torchvision model {name!r}; torchvision's classification models: "
+                         f"{', '.join(torchvision_models())}")
+    model = tvm.get_model(name, weights=None, num_classes=num_classes)
+    first = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    if first is None:
+        return model
+    conv_name, conv = first
+    small = image_size <= 64 and isinstance(getattr(model, "maxpool", None), nn.MaxPool2d) and conv_name == "conv1"
+    if small:
+        _set_module(model, conv_name, nn.Conv2d(in_channels, conv.out_channels, 3, 1, 1, bias=conv.bias is not None))
+        model.maxpool = nn.Identity()
+    elif conv.in_channels != in_channels:
+        _set_module(model, conv_name, nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                                                conv.padding, conv.dilation, conv.groups, conv.bias is not None))
+    return model
+
+
+def _builder(name: str) -> Callable[..., nn.Module]:
+    if name in MODELS:
+        return MODELS[name]
+    if name.startswith(TORCHVISION):
+        return functools.partial(torchvision_model, name[len(TORCHVISION):])
+    fn = load_callable(name, "model")
+    check_signature(fn, name, "model", _BUILDER_SIGNATURE, num_classes=10, in_channels=1, image_size=28)
+    return fn
+
+
 def check_model_name(name: str) -> str:
-    """Return ``name`` if registered, else raise an error listing the valid names."""
-    if name not in MODELS:
-        raise InputError(f"unknown model {name!r}; valid models: {', '.join(sorted(MODELS))}")
-    return name
+    """Return ``name`` if it is a registered model, ``torchvision:<a torchvision classification model>`` or an
+    import path to a builder that imports and takes (num_classes, in_channels, image_size); else raise an error
+    that lists the valid forms."""
+    if not isinstance(name, str) or not name:
+        raise InputError(f"a model name is a string, got {name!r}; valid models: {', '.join(sorted(MODELS))}")
+    if name in MODELS:
+        return name
+    if name.startswith(TORCHVISION):
+        if name[len(TORCHVISION):] not in torchvision_models():
+            raise InputError(f"unknown torchvision model {name!r}; torchvision's classification models: "
+                             f"{', '.join(torchvision_models())}")
+        return name
+    if is_import_path(name):
+        _builder(name)
+        return name
+    raise InputError(f"unknown model {name!r}; valid models: {', '.join(sorted(MODELS))}, torchvision:<name> "
+                     f"(e.g. torchvision:resnet18), or an import path module:callable to your own builder "
+                     f"(e.g. mypkg.nets:build_net){colon_hint(name)}")
+
+
+def check_model_output(name: str, num_classes: int, input_shape: tuple[int, ...], **arch) -> None:
+    """Build ``name`` for inputs of shape ``input_shape`` (one example, e.g. ``(C, H, W)``) and run two zero
+    inputs through it: it must be an ``nn.Module`` returning finite logits ``(2, num_classes)``. Raises an
+    `InputError` naming the model and what came back, before any work."""
+    in_channels = input_shape[0]
+    image_size = input_shape[-1] if len(input_shape) > 1 else 1
+    try:
+        model = build_model(name, num_classes, in_channels, image_size, seed=0, **arch)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"model {name!r} could not be built for {num_classes} classes, {in_channels} input "
+                         f"channels, image size {image_size}: {type(exc).__name__}: {str(exc)[:200]}") from exc
+    try:
+        with torch.no_grad():
+            model.eval()
+            out = model(torch.zeros(2, *input_shape))
+    except Exception as exc:
+        raise InputError(f"model {name!r} does not run on inputs of shape (N, {', '.join(map(str, input_shape))}): "
+                         f"{type(exc).__name__}: {str(exc)[:200]}") from exc
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise InputError(f"model {name!r} returned {got} for a batch of 2 inputs of shape "
+                         f"{tuple(input_shape)}; expected logits of shape (2, {num_classes}) (N x classes)")
+    if not torch.isfinite(out).all():
+        raise InputError(f"model {name!r} returned non-finite outputs for zero inputs; check its initialization")
 
 
 _INIT_LOCK = threading.Lock()
@@ -218,17 +320,23 @@ _INIT_LOCK = threading.Lock()
 
 def build_model(name: str, num_classes: int, in_channels: int, image_size: int, seed: int | None = None,
                 width: float = 1.0, depth: int | None = None) -> nn.Module:
-    """Build a registered model for inputs ``(N, in_channels, image_size, image_size)``, at channel multiplier
+    """Build a model (a registered name, ``torchvision:<name>`` or an import path, see `check_model_name`) for
+    inputs ``(N, in_channels, image_size, image_size)``, at channel multiplier
     ``width`` and (pre-activation ResNet) ``depth`` (see `arch_kwargs`).
 
     ``seed``: initialize from this seed, under a lock and on a forked copy of PyTorch's global generator, so
     that two networks built at once in two threads each get exactly their seed's initialization (with
     ``torch.manual_seed`` then ``build_model`` the two threads would draw from each other's stream).
     """
-    builder = MODELS[check_model_name(name)]
     arch = arch_kwargs(name, width, depth)
+    builder = _builder(name)
     if seed is None:
-        return builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **arch)
-    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **arch)
+        model = builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **arch)
+    else:
+        with _INIT_LOCK, torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **arch)
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model {name!r} returned a {type(model).__name__}, not an nn.Module; expected "
+                         f"{_BUILDER_SIGNATURE}")
+    return model

@@ -22,13 +22,109 @@ from typing import Callable, Literal, NamedTuple, Sequence
 import torch
 from torch import nn
 
-from .config import GeoConfig, TrainConfig
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
+
+from .config import (_USER_DATA, _USER_MODEL, GeoConfig, TrainConfig, _Config, _datasets, _ModelOnDataset, _models,
+                     _one_of, _scenarios, with_defaults)
 from .data import Split
 from .errors import InputError
 from .geo import GeoResult, StepInfo, geo
 from .metric import flat_params, set_flat_params
 from .targets import FilterTarget, ParamSlice, SparseTarget, check_sparsity_percent, param_slices
 from .train import train
+
+
+# --- configuration: the sparsify flow's settings and its defaults for the nested ones ----------------------
+
+class FinetuneConfig(_Config):
+    """The prune + masked fine-tune baseline: SGD on the labels with the pruned weights held at zero, and
+    (``distill``) its label-free counterpart, prune + distillation: masked SGD on ½ ‖f(x; w) − f(x; w_dense)‖²
+    over the training inputs at learning rate ``distill_lr``, reading no labels, as the geodesic does.
+
+    Each runs twice per level: for ``epochs`` epochs (the fixed-budget baseline of the notes), and for the
+    geodesic's wall time (``equal_time``: equal compute), with the same optimizer settings.
+    """
+
+    epochs: PositiveInt = 2
+    lr: PositiveFloat = 0.01
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    batch_size: PositiveInt = 128
+    equal_time: bool = True
+    distill: bool = True
+    distill_lr: PositiveFloat = 0.003
+
+    def train_config(self, seed: int, epochs: int | None = None, distill: bool = False) -> TrainConfig:
+        return TrainConfig(epochs=epochs or self.epochs, lr=self.distill_lr if distill else self.lr,
+                           momentum=self.momentum, weight_decay=self.weight_decay, batch_size=self.batch_size,
+                           schedule="constant", seed=seed)
+
+
+
+
+SparsifyGeoConfig = with_defaults(GeoConfig, "SparsifyGeoConfig", __name__, max_steps=150, eta=0.2, anchor=1.0, patience=40,
+                                  distill_steps=20, distill_lr=0.003)
+SparsifyTrainConfig = with_defaults(TrainConfig, "SparsifyTrainConfig", __name__, epochs=15, lr=0.05)
+
+
+class SparsifyConfig(_ModelOnDataset):
+    """Algorithm 1 on one dense network at several sparsity levels, with its baselines.
+
+    ``sparsity``: target levels in percent, each in (0, 100), no duplicates. ``stages``: K stages of the
+    sparsity schedule (one cached task each); ``refresh_every``: n_s, steps between re-projections;
+    ``geo.max_steps``: s, the step limit of each stage. ``structured``: zero ``n_filters`` whole filters of
+    conv ``layer`` instead (one level; ``sparsity`` is then ignored; the paper's 50 of VGG11's 64 first-layer
+    filters is ``n_filters`` = round(50 W) at width W); the paper's baseline, iterative prune-train, then also
+    runs: one filter removed at a time, each removal followed by ``prune_train_epochs`` epochs of masked SGD with
+    the ``finetune`` settings (0: skip it). ``checkpoint``: start from this dense
+    network instead of training one. ``eval_every``: test-set evaluation period along the path (steps).
+    """
+
+    model: str = Field("lenet300", json_schema_extra=_one_of(_models, _USER_MODEL))
+    dataset: str = Field("mnist", json_schema_extra=_one_of(_datasets, _USER_DATA))
+    sparsity: list[float] = Field(default_factory=lambda: [50.0, 90.0, 98.0], json_schema_extra={
+        "items": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 100}, "minItems": 1,
+        "uniqueItems": True})
+    scope: Literal["global", "layer"] = "global"
+    structured: bool = False
+    layer: str = "features.0"
+    n_filters: PositiveInt = 50
+    prune_train_epochs: float = Field(0.5, ge=0.0)
+    stages: PositiveInt = 5
+    refresh_every: PositiveInt = 10
+    eval_every: PositiveInt = 10
+    checkpoint: str | None = None
+    seed: int = 0
+    geo: SparsifyGeoConfig = Field(default_factory=SparsifyGeoConfig)
+    train: SparsifyTrainConfig = Field(default_factory=SparsifyTrainConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+
+    @field_validator("sparsity")
+    @classmethod
+    def _check_levels(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("give at least one sparsity level, e.g. --sparsity 90")
+        bad = [p for p in v if not (0.0 < p < 100.0)]
+        if bad:
+            raise ValueError(f"sparsity levels must be percentages strictly between 0 and 100, got {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"sparsity levels must not repeat, got {v}")
+        return sorted(v)
+
+    @model_validator(mode="after")
+    def _check_structured(self) -> "SparsifyConfig":
+        if self.structured and self.checkpoint is None:  # the layer and the filter count, at this width
+            from .data import get_spec
+            from .models import build_model
+            from .targets import FilterTarget
+
+            spec = get_spec(self.dataset)
+            FilterTarget(build_model(self.model, spec.num_classes, spec.in_channels, spec.image_size, **self.arch()),
+                         self.layer, self.n_filters)
+        return self
+
+    def levels(self) -> list[float]:
+        return [float(self.n_filters)] if self.structured else list(self.sparsity)
 
 
 def stage_sparsities(sparsity_percent: float, stages: int) -> list[float]:

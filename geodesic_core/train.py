@@ -86,7 +86,7 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
 
     Args:
         model: network mapping ``(B, C, H, W)`` to logits ``(B, K)``.
-        data: training split (on the CPU, or already resident on ``device``: a GPU then never waits for the
+        data: training split, a `Split` or any ``(x, y)`` pair of tensors (on the CPU, or already resident on ``device``: a GPU then never waits for the
             host; on a GPU the split is moved there once per call).
         cfg: training settings; ``cfg.seed`` fixes initial shuffling and augmentation (CPU: bit-reproducible).
             On a GPU, ``cfg.precision == "bf16"`` runs forward and backward under bfloat16 autocast, and conv
@@ -105,6 +105,7 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
     Returns:
         the number of optimizer steps taken.
     """
+    data = Split(*data)  # a Split or any (x, y) pair of tensors
     device = device or default_device()
     model.to(device).train()
     cl = _channels_last(model, device)
@@ -183,7 +184,9 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Split, batch_size: int = 1000,
              device: torch.device | None = None) -> tuple[float, float]:
-    """Test accuracy in percent and mean cross-entropy loss of ``model`` (eval mode) on ``data``."""
+    """Test accuracy in percent and mean cross-entropy loss of ``model`` (eval mode) on ``data`` (a `Split` or
+    any ``(x (N, ...), y (N,))`` pair of tensors)."""
+    data = Split(*data)
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -228,7 +231,7 @@ def train_and_save(model_name: str, dataset: str, cfg: TrainConfig, out: str, da
                    device: torch.device | None = None, task: int = 0, permutation_seed: int = 0,
                    callbacks: Sequence[Callable[[EpochInfo], None]] = (), width: float = 1.0,
                    depth: int | None = None, step_callbacks: Sequence[Callable[[TrainStep], None]] = ()) -> dict:
-    """Train a registered model on a registered dataset from seed ``cfg.seed``, evaluate it on the test split
+    """Train a model (registered, torchvision's or the user's) on a dataset (registered or the user's) from seed ``cfg.seed``, evaluate it on the test split
     and write the checkpoint atomically to ``out``. Inputs are checked before any work starts.
 
     Returns:
@@ -242,7 +245,7 @@ def train_and_save(model_name: str, dataset: str, cfg: TrainConfig, out: str, da
     arch = arch_kwargs(model_name, width, depth)
     dataset = check_dataset_name(dataset)
     check_data_files(dataset, data_dir)
-    spec = get_spec(dataset)
+    spec = get_spec(dataset, data_dir)
     model = build_model(model_name, spec.num_classes, spec.in_channels, spec.image_size, seed=cfg.seed, **arch)
     train_split = load_split(dataset, True, data_dir, task, permutation_seed)
     test_split = load_split(dataset, False, data_dir, task, permutation_seed)

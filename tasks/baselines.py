@@ -9,7 +9,7 @@ import time
 from prefect import task
 
 from geodesic_core import evaluate, flat_params, param_slices
-from geodesic_core.config import SparsifyConfig
+from geodesic_core.sparsify import SparsifyConfig
 from geodesic_core.sparsify import iterative_prune_train, project_to_level, prune_finetune
 
 from .common import CACHED, checkpoint_path, finished, open_ref, percent_sparse, save_result, spec, split

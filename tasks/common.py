@@ -37,13 +37,22 @@ def percent_sparse(weights: torch.Tensor, slices) -> float:
 
 
 @functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """Content hash of the core's source: a change to the math invalidates every cached result."""
+def _core_version() -> str:
     h = hashlib.sha256()
     for path in sorted(CORE_DIR.rglob("*.py")):
         h.update(path.relative_to(CORE_DIR).as_posix().encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
+
+
+def code_version(*names: str | None) -> str:
+    """Content hash of the core's source, and of the user's own code among ``names`` (models or datasets given
+    as import paths ``module:callable``): a change to the math, or an edit of the user's model file, invalidates
+    every cached result that depends on it. Registry names and ``torchvision:<name>`` add nothing."""
+    from geodesic_core.plugins import is_import_path, source_hash
+
+    user = sorted({source_hash(n) for n in names if is_import_path(n) and not n.startswith("torchvision:")})
+    return _core_version() if not user else content_key(_core_version(), *user)[:16]
 
 
 def output_dir() -> Path:
@@ -122,5 +131,5 @@ def split(dataset: str, train: bool, data_dir: str | None, task: int = 0) -> Spl
     return load_split(dataset, train, data_dir, task)
 
 
-def spec(dataset: str):
-    return get_spec(dataset)
+def spec(dataset: str, data_dir: str | None = None):
+    return get_spec(dataset, data_dir)

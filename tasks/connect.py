@@ -16,7 +16,7 @@ from prefect import task
 
 from geodesic_core import cumulative_lengths, flat_params, linear_path, set_flat_params
 from geodesic_core.metric import tempered
-from geodesic_core.config import ConnectConfig
+from geodesic_core.connect import ConnectConfig
 from geodesic_core.connect import (BezierCurve, InterpolatedOutputs, bn_batch, chord_coordinates, connect_segment,
                                    distance_ratio, evaluate_point, train_bezier)
 from geodesic_core.data import get_spec

@@ -15,7 +15,7 @@ from prefect import task
 
 from geodesic_core import (cumulative_lengths, flat_params, linear_path, load_tensors, save_checkpoint, save_tensors,
                            set_flat_params, train)
-from geodesic_core.config import ContinualConfig
+from geodesic_core.continual import ContinualConfig
 from geodesic_core.continual import (QuadraticPull, build_scenario_model, continual_geodesic, fisher_diagonal,
                                      get_scenario, linear_scan, load_task, pca_2d, task_accuracies,
                                      task_view)

@@ -7,7 +7,7 @@ import time
 from prefect import task
 
 from geodesic_core import evaluate, flat_params, param_slices
-from geodesic_core.config import SparsifyConfig
+from geodesic_core.sparsify import SparsifyConfig
 from geodesic_core.sparsify import geodesic_stage, project_to_level, structured_stage
 
 from .common import CACHED, checkpoint_path, finished, open_ref, percent_sparse, save_result, split

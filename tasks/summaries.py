@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from geodesic_core.config import SparsifyConfig
+from geodesic_core.sparsify import SparsifyConfig
 
 METRIC_KEYS = ("test_accuracy", "sparsity", "wall_seconds", "test_loss")
 GEODESIC_KEYS = ("path_min_test_accuracy", "path_length", "steps")

@@ -171,7 +171,7 @@ def test_parameters_cannot_point_outside_the_roots(tmp_path, monkeypatch, data_d
     # and through a flow: the run fails on the path, before the data is even fingerprinted
     monkeypatch.setattr("tasks.data.dataset_fingerprint", lambda *a: pytest.fail("work started"))
     from flows.sparsify import sparsify_flow
-    from geodesic_core.config import SparsifyConfig
+    from geodesic_core.sparsify import SparsifyConfig
 
     monkeypatch.delenv("GEODESIC_ALLOWED_ROOTS")
     with pytest.raises(InputError, match="outside the folders"):

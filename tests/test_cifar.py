@@ -14,7 +14,9 @@ from torch import nn
 
 from geodesic_core import (FilterTarget, GeoConfig, InputError, TrainConfig, build_model, flat_params, gram_matrix,
                            load_model, load_split, save_checkpoint, set_flat_params)
-from geodesic_core.config import ConnectConfig, SparsifyConfig, cifar_recipe
+from geodesic_core.config import cifar_recipe
+from geodesic_core.connect import ConnectConfig
+from geodesic_core.sparsify import SparsifyConfig
 from geodesic_core.data import Split
 from geodesic_core.geo import geo_step_passes
 from geodesic_core.sparsify import iterative_prune_train, prune_finetune

@@ -8,7 +8,8 @@ import torch
 
 from flows.cli import main
 from geodesic_core import InputError, build_model, flat_params, save_checkpoint, train
-from geodesic_core.config import ConnectConfig, GeoConfig, TrainConfig
+from geodesic_core.config import GeoConfig, TrainConfig
+from geodesic_core.connect import ConnectConfig
 from geodesic_core.connect import (BezierCurve, InterpolatedOutputs, bn_batch, chord_coordinates,
                                    check_same_architecture, connect_segment, distance_ratio, evaluate_point,
                                    train_bezier)

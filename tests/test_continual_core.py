@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from geodesic_core import InputError, flat_params, train
-from geodesic_core.config import ContinualConfig, GeoConfig, TrainConfig
+from geodesic_core.config import GeoConfig, TrainConfig
+from geodesic_core.continual import ContinualConfig
 from geodesic_core.continual import (QuadraticPull, average_accuracy, backward_transfer, build_scenario_model,
                                      check_scenario_name, continual_geodesic, fisher_diagonal, get_scenario,
                                      linear_scan, load_task, pca_2d, task_accuracies,

@@ -116,7 +116,7 @@ def test_missing_data_names_the_fix(tmp_path, monkeypatch, capsys):
 
 def test_a_methods_cache_key_ignores_the_other_methods_settings():
     from flows.continual import _for_method
-    from geodesic_core.config import ContinualConfig
+    from geodesic_core.continual import ContinualConfig
 
     a = ContinualConfig(ewc_strength=10, geo={"eta": 0.3})
     b = ContinualConfig(ewc_strength=500, methods=["geodesic", "ewc"])

@@ -22,7 +22,7 @@ def test_every_deployment_points_at_a_flow_with_valid_parameters():
 
 
 def _datasets_read(dep: dict) -> set[str]:
-    from geodesic_core.config import ContinualConfig
+    from geodesic_core.continual import ContinualConfig
     from geodesic_core.continual import get_scenario
 
     params = dep.get("parameters") or {}

@@ -37,7 +37,9 @@ def test_the_flows_defaults_are_the_same_in_the_help_the_form_and_the_run():
     from flows.connect import connect_flow
     from flows.continual import continual_flow
     from flows.sparsify import sparsify_flow
-    from geodesic_core.config import ConnectConfig, ContinualConfig, SparsifyConfig
+    from geodesic_core.connect import ConnectConfig
+    from geodesic_core.continual import ContinualConfig
+    from geodesic_core.sparsify import SparsifyConfig
 
     for cmd, flow, cls in (("sparsify", sparsify_flow, SparsifyConfig), ("continual", continual_flow, ContinualConfig),
                            ("connect", connect_flow, ConnectConfig)):

@@ -144,7 +144,7 @@ def test_structured_layer_must_be_a_conv(tmp_path, monkeypatch, data_dir, capsys
 
 def test_a_levels_cache_key_ignores_other_levels_and_unrelated_settings():
     from flows.sparsify import _for_level
-    from geodesic_core.config import SparsifyConfig
+    from geodesic_core.sparsify import SparsifyConfig
 
     a = SparsifyConfig(sparsity=[60, 90])
     b = SparsifyConfig(sparsity=[90, 98], train={"epochs": 3}, finetune={"epochs": 5})
@@ -180,7 +180,7 @@ def test_a_dask_cluster_of_two_worker_processes_gives_the_thread_pools_numbers(h
     from flows.cli import build_parser, config_from_args, run_local
     from flows.common import RunnerConfig
     from flows.sparsify import sparsify_flow
-    from geodesic_core.config import SparsifyConfig
+    from geodesic_core.sparsify import SparsifyConfig
 
     args = build_parser().parse_args(["sparsify", *TINY, "--no-finetune.equal-time"])  # equal time: not repeatable
     params = config_from_args(SparsifyConfig, args)
