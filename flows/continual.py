@@ -40,7 +40,7 @@ def continual_flow(params: ContinualConfig = ContinualConfig(), data_dir: str | 
     """Learn ``params.n_tasks()`` tasks of ``params.scenario`` in sequence without forgetting (Alg. 2)."""
     data_dir = confine_paths(data_dir, ())  # first: inside the roots
     log = get_run_logger()
-    version = code_version(params.model)
+    version = code_version(params.scenario, params.model_name())
     scenario = get_scenario(params.scenario)
     fingerprint = "+".join(fingerprint_data(d, data_dir) for d in scenario.datasets)
     parent = start_parent_run(experiment, params.model_dump(), fingerprint, version, str(flow_run.get_id()),

@@ -74,7 +74,7 @@ class ContinualConfig(_Config):
     concurrently); off: network i starts from seed + i.
     """
 
-    scenario: str = Field("permuted_mnist", json_schema_extra=_one_of(_scenarios))
+    scenario: str = Field("permuted_mnist", json_schema_extra=_one_of(_scenarios, "module:callable"))
     tasks: int | None = Field(None, ge=2)
     model: str | None = Field(None, json_schema_extra=_one_of(_models, _USER_MODEL))
     methods: list[str] = Field(default_factory=lambda: list(CONTINUAL_METHODS), json_schema_extra={
@@ -124,25 +124,23 @@ class ContinualConfig(_Config):
     @model_validator(mode="after")
     def _check_task_count(self) -> "ContinualConfig":
         from .models import MODELS, check_model_output
-        from .scenarios import SCENARIOS
 
-        sc = SCENARIOS[self.scenario]
+        sc = get_scenario(self.scenario)
         if sc.max_tasks is not None and self.tasks is not None and self.tasks > sc.max_tasks:
             raise ValueError(f"scenario {self.scenario!r} has {sc.max_tasks} tasks, got tasks={self.tasks}")
-        if self.model is not None and self.model not in MODELS:  # torchvision's or the user's: run once first
-            check_model_output(self.model, sc.num_classes, (sc.in_channels, sc.image_size, sc.image_size))
+        model = self.model or sc.model
+        if model not in MODELS:  # torchvision's or the user's network: built and run once on the data's shape first
+            from .data import get_spec
+
+            check_model_output(model, sc.num_classes, get_spec(sc.datasets[0]).input_shape)
         return self
 
     def n_tasks(self) -> int:
         """k: ``tasks``, or the scenario's default (5 permuted-MNIST tasks; 2 for MNIST -> Fashion-MNIST)."""
-        from .scenarios import SCENARIOS
-
-        return self.tasks or SCENARIOS[self.scenario].default_tasks
+        return self.tasks or get_scenario(self.scenario).default_tasks
 
     def model_name(self) -> str:
-        from .scenarios import SCENARIOS
-
-        return self.model or SCENARIOS[self.scenario].model
+        return self.model or get_scenario(self.scenario).model
 
 
 def load_task(task: TaskSpec, train: bool, data_dir=None, permutation_seed: int = 0) -> Split:

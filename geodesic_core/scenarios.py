@@ -1,5 +1,11 @@
 """The continual-learning scenarios (a registry: a plain dict of `Scenario`) and their tasks.
 
+Wherever a scenario name is accepted, an import path ``module:callable`` to the user's own is too: a callable
+without arguments returning a `Scenario` whose ``datasets`` are the tasks in order (registered names or import
+paths to the user's data, see `geodesic_core.data.user_dataset`), e.g.
+``Scenario("mine", "three tasks", "mypkg.nets:build", 10, 1, 28, ("mypkg.data:a", "mypkg.data:b", "mypkg.data:c"),
+max_tasks=3, default_tasks=3)``.
+
 Owned by continual learning (`geodesic_core.continual` re-exports it) and kept apart from its algorithms so
 that the configs can validate a scenario name without importing them: the core's import graph has no cycle.
 """
@@ -10,6 +16,7 @@ from dataclasses import dataclass
 
 from .data import check_data_files
 from .errors import InputError
+from .plugins import check_signature, colon_hint, is_import_path, load_callable
 
 
 @dataclass(frozen=True)
@@ -65,11 +72,32 @@ _SCENARIO_ALIASES = {"permuted-mnist": "permuted_mnist", "pmnist": "permuted_mni
 
 
 def check_scenario_name(name: str) -> str:
-    """Canonical scenario name; an unknown name raises an error that lists the valid ones."""
+    """Canonical scenario name, or an import path to the user's scenario (checked to return a `Scenario`); an
+    unknown name raises an error that lists the valid ones."""
+    if is_import_path(name):
+        _user_scenario(name)
+        return name
     key = _SCENARIO_ALIASES.get(name.lower(), name.lower())
     if key not in SCENARIOS:
-        raise InputError(f"unknown scenario {name!r}; valid scenarios: {', '.join(sorted(SCENARIOS))}")
+        raise InputError(f"unknown scenario {name!r}; valid scenarios: {', '.join(sorted(SCENARIOS))}, or an import "
+                         f"path module:callable returning your own Scenario{colon_hint(name)}")
     return key
+
+
+def _user_scenario(path: str) -> Scenario:
+    fn = load_callable(path, "scenario")
+    check_signature(fn, path, "scenario", "a callable without arguments returning a geodesic_core.scenarios.Scenario")
+    try:
+        sc = fn()
+    except Exception as exc:
+        raise InputError(f"scenario {path!r} raised {type(exc).__name__}: {str(exc)[:200]}") from exc
+    if not isinstance(sc, Scenario):
+        raise InputError(f"scenario {path!r} returned a {type(sc).__name__}; expected a "
+                         f"geodesic_core.scenarios.Scenario")
+    if sc.name == "permuted_mnist" or sc.heads or len(sc.datasets) < 2:
+        raise InputError(f"scenario {path!r}: a scenario of your own lists at least 2 datasets, one per task, with "
+                         f"one shared head (not the permuted_mnist name, not heads=True)")
+    return sc
 
 
 def check_task_count(scenario: Scenario, k: int) -> int:
@@ -81,7 +109,8 @@ def check_task_count(scenario: Scenario, k: int) -> int:
 
 
 def get_scenario(name: str) -> Scenario:
-    return SCENARIOS[check_scenario_name(name)]
+    """The registered scenario, or the user's (an import path)."""
+    return _user_scenario(name) if is_import_path(name) else SCENARIOS[check_scenario_name(name)]
 
 
 def check_scenario_data(scenario: Scenario, data_dir=None) -> None:

@@ -22,8 +22,7 @@ def test_every_deployment_points_at_a_flow_with_valid_parameters():
 
 
 def _datasets_read(dep: dict) -> set[str]:
-    from geodesic_core.continual import ContinualConfig
-    from geodesic_core.continual import get_scenario
+    from geodesic_core.continual import ContinualConfig, get_scenario
 
     params = dep.get("parameters") or {}
     if "datasets" in params:  # the watch flow
@@ -53,3 +52,22 @@ def test_triggers_match_the_data_each_deployment_reads_and_schedules_start_inact
         ids = {ids} if isinstance(ids, str) else set(ids)
         assert {dataset_resource_id(d) for d in _datasets_read(dep)} <= ids, dep["name"]
     assert names == {"sparsify", "continual", "connect", "watch-data"}
+
+
+def test_the_run_forms_take_a_registered_name_or_an_import_path_and_nothing_else():
+    """What the Prefect API checks against a deployment's parameter schema before it creates a run."""
+    from prefect.utilities.schema_tools import validate
+
+    from flows.connect import connect_flow
+    from flows.continual import continual_flow
+    from flows.sparsify import sparsify_flow
+
+    for flow in (sparsify_flow, connect_flow, continual_flow):
+        schema = flow.parameters.model_dump(mode="json")
+        for model in ("lenet300", "torchvision:resnet18", "mypkg.nets:build_net"):
+            assert validate({"params": {"model": model}}, schema, ignore_required=True) == [], (flow.name, model)
+        for model in ("resnet 18", "mypkg.nets:", "a:b:c", "lenet-300"):
+            assert validate({"params": {"model": model}}, schema, ignore_required=True), (flow.name, model)
+        if flow is not continual_flow:
+            assert validate({"params": {"dataset": "mypkg.data:load"}}, schema, ignore_required=True) == []
+            assert validate({"params": {"dataset": "svhn"}}, schema, ignore_required=True)

@@ -91,6 +91,11 @@ def wrong_structure():
 
 def raises():
     raise RuntimeError("the data server is down")
+
+def two_tasks():
+    from geodesic_core.scenarios import Scenario
+    return Scenario("two_tasks", "two of my tasks", f"{__name__}:mlp", 3, 1, 4, (f"{__name__}:images", f"{__name__}:datasets"),
+                    max_tasks=2, default_tasks=2)
 '''
 
 
@@ -200,6 +205,16 @@ def test_a_flow_runs_on_the_users_model_and_data_and_reruns_after_an_edit(harnes
     path.write_text(USER_CODE.replace("hidden=16", "hidden=17"))
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10 ** 9))
     assert main(args) == 0 and len(trained()) == 2  # the edit recomputed what depends on the model
+
+
+def test_a_sequence_of_the_users_tasks_is_learned_by_the_continual_flow(harness, workdir, user_module, capsys):
+    assert main(["continual", "--scenario", f"{user_module}:two_tasks", "--methods", "geodesic", "--methods", "ewc",
+                 "--train.epochs", "2", "--geo.max-steps", "5", "--eval-every", "5", "--fisher-samples", "20",
+                 "--linear-points", "3", "--progress", "off"]) == 0
+    out = capsys.readouterr().out
+    assert "geodesic" in out and "ewc" in out
+    assert main(["continual", "--scenario", f"{user_module}:images"]) == 2  # a loader is not a scenario
+    assert "expected a geodesic_core.scenarios.Scenario" in capsys.readouterr().err
 
 
 def _sparse_lenet(p: float, seed: int = 0):
