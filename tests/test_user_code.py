@@ -231,10 +231,12 @@ def test_export_round_trip_is_smaller_and_gives_the_same_outputs(tmp_path, p):
     assert report.ratio > (5 if p == 90 else 40)
     assert set(report.encodings.values()) >= {"bitmask" if p == 90 else "csr", "dense"}
     back, arch = load_exported_model(tmp_path / "net.safetensors")
+    fast, fast_arch = load_exported_model(tmp_path / "net.safetensors", sparse_kernels=True)
     x = torch.randn(64, 1, 28, 28)
     with torch.no_grad():
         assert torch.allclose(back(x), model(x), atol=1e-5, rtol=0)
-    assert arch["model"] == "lenet300"
+        assert torch.allclose(fast(x), model(x), atol=1e-5, rtol=0)
+    assert arch["model"] == "lenet300" and "1" in fast_arch["sparse_layers"]  # the 784 x 300 layer on CSR kernels
 
 
 def test_every_encoding_decodes_exactly():
