@@ -141,12 +141,14 @@ def shots(chromium: str, out: Path, prefect_url: str, mlflow_url: str) -> None:
             wanted = ("Width", "Depth", "N Filters", "Distill Lr") if name == "sparsify" else ("Width", "Depth")
             print(f"{name} form shows:", {w: w in body for w in wanted})
             # the model and dataset fields: a registered name from a list, or an import path typed in
-            page.get_by_text("Model", exact=True).first.scroll_into_view_if_needed()
+            page.get_by_text("Model (Optional)", exact=True).first.scroll_into_view_if_needed()
             page.wait_for_timeout(500)
-            page.screenshot(path=str(out / f"prefect-{name}-form-model.png"))
             body = page.inner_text("body")
             print(f"{name} form model/dataset choices:", {w: w in body for w in (
                 "Registered", "torchvision:<name> or module:callable", "module:callable", "lenet300", "mnist")})
+            page.get_by_text("torchvision:<name> or module:callable", exact=True).first.click()  # type a path
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(out / f"prefect-{name}-form-model.png"))
         page.goto(f"{prefect_url}/runs/flow-run/{flow_run['id']}", wait_until="networkidle")
         page.get_by_text("Artifacts", exact=True).first.click()
         page.wait_for_timeout(3000)
