@@ -18,8 +18,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 FLOWS = {
-    "sparsify": ["--sparsity", "90", "--sparsity", "60", "--stages", "3", "--geo.max-steps", "15",
-                 "--train.epochs", "1", "--finetune.epochs", "1", "--no-finetune.equal-time", "--no-finetune.distill"],
+    "sparsify": ["--sparsity", "90", "--sparsity", "60", "--stages", "2", "--geo.max-steps", "10", "--geo.distill-steps",
+                 "2", "--train.epochs", "1", "--finetune.epochs", "1", "--no-finetune.equal-time", "--no-finetune.distill"],
     "continual": ["--tasks", "2", "--methods", "geodesic", "--methods", "sgd", "--methods", "ewc", "--train.epochs", "1",
                   "--geo.max-steps", "12", "--eval-every", "4", "--fisher-samples", "200", "--linear-points", "5"],
     "connect": ["--train.epochs", "1", "--bezier-train.epochs", "1", "--geo.max-steps", "30", "--max-segments", "3",
