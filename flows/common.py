@@ -12,7 +12,20 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError
 
 from geodesic_core import InputError
+from geodesic_core.plugins import ALLOWED_MODULES_ENV
 from tasks.tracking import fail_parent_run
+
+
+def guard_imports_of_worker_runs() -> None:
+    """A flow run a worker started (Prefect sets ``PREFECT__FLOW_RUN_ID`` for it) has its parameters from whoever
+    reached the run form: an import path in them may name only the modules the worker's environment lists in
+    ``$GEODESIC_ALLOWED_MODULES`` (none if unset there). The local user's own command is not restricted.
+    Runs when a flow module is imported, before Prefect validates the run's parameters."""
+    if os.environ.get("PREFECT__FLOW_RUN_ID"):
+        os.environ.setdefault(ALLOWED_MODULES_ENV, "")
+
+
+guard_imports_of_worker_runs()
 
 
 def raise_first_failure(futures: Iterable) -> None:

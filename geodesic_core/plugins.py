@@ -8,6 +8,11 @@ editing the user's file changes every cache key that depends on it.
 
 The current working directory is put on ``sys.path`` (as uvicorn and gunicorn do), so ``--model mynets:build``
 finds ``./mynets.py`` from the ``geodesic`` command as it would from ``python -c``.
+
+Importing a module runs its code, so where the path comes from someone else (a deployment's run form), only the
+modules listed in ``$GEODESIC_ALLOWED_MODULES`` may be imported: unset, any module (the local user's own command);
+set, a comma-separated list of module names whose submodules are allowed too (empty: none). The flows set it to
+empty for runs a worker starts, unless the worker's environment lists modules (`flows.common`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any, Callable
 
 from .errors import InputError
 
+ALLOWED_MODULES_ENV = "GEODESIC_ALLOWED_MODULES"
 _PART = r"[A-Za-z_][A-Za-z0-9_]*"
 IMPORT_PATH_PATTERN = rf"^{_PART}(\.{_PART})*:{_PART}(\.{_PART})*$"
 _IMPORT_PATH = re.compile(IMPORT_PATH_PATTERN)
@@ -54,7 +60,20 @@ def parse_import_path(path: str, what: str = "object") -> tuple[str, str]:
     return module, attr
 
 
+def check_module_allowed(module_name: str, path: str, what: str) -> None:
+    """Raise unless ``$GEODESIC_ALLOWED_MODULES`` is unset or lists ``module_name`` or a package above it."""
+    listed = os.environ.get(ALLOWED_MODULES_ENV)
+    if listed is None:
+        return
+    allowed = [m.strip() for m in listed.replace(os.pathsep, ",").split(",") if m.strip()]
+    if not any(module_name == m or module_name.startswith(m + ".") for m in allowed):
+        raise InputError(f"{what} {path!r}: module {module_name!r} is not among the modules this worker may import "
+                         f"(${ALLOWED_MODULES_ENV} = {listed!r}); add it (or its package) to ${ALLOWED_MODULES_ENV} in "
+                         f"the worker's environment")
+
+
 def _import(module_name: str, path: str, what: str):
+    check_module_allowed(module_name, path, what)  # before any of its code runs
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
         sys.path.insert(0, cwd)

@@ -331,3 +331,24 @@ def test_the_examples_run_as_written(script, data_dir, tmp_path):
     else:
         assert "95.00% zeros" in proc.stdout
         assert (tmp_path / "sparsify_path.png").is_file()
+
+
+def test_a_worker_run_imports_only_the_modules_its_environment_allows(user_module, monkeypatch):
+    """A deployment's parameters come from whoever reaches the run form: importing a module runs its code."""
+    from flows.common import guard_imports_of_worker_runs
+
+    monkeypatch.setenv("GEODESIC_ALLOWED_MODULES", "-")  # recorded, so that the end of the test restores it
+    monkeypatch.delenv("GEODESIC_ALLOWED_MODULES")
+    monkeypatch.setenv("PREFECT__FLOW_RUN_ID", "00000000-0000-0000-0000-000000000000")
+    guard_imports_of_worker_runs()
+    with pytest.raises(ValueError, match="not among the modules this worker may import"):
+        SparsifyConfig(model=f"{user_module}:mlp", dataset=f"{user_module}_broken:load")
+    with pytest.raises(InputError, match="not among the modules"):
+        check_dataset_name("antigravity:x")  # refused before the module's code runs
+    assert SparsifyConfig(model="torchvision:resnet18", dataset="cifar10").model  # torchvision's names stay open
+    monkeypatch.setenv("GEODESIC_ALLOWED_MODULES", f"other,{user_module}")
+    assert SparsifyConfig(model=f"{user_module}:mlp", dataset=f"{user_module}:images").model == f"{user_module}:mlp"
+    monkeypatch.delenv("PREFECT__FLOW_RUN_ID")
+    monkeypatch.setenv("GEODESIC_ALLOWED_MODULES", "")  # an explicit empty list refuses every module, also locally
+    with pytest.raises(InputError, match="not among the modules"):
+        check_model_name(f"{user_module}:mlp")
