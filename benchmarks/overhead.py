@@ -49,9 +49,9 @@ def direct(params, data_dir: str) -> tuple[float, list[dict]]:
 
     from geodesic_core import build_model, evaluate, flat_params, param_slices, sparsity
     from geodesic_core.data import get_spec, load_split
-    from geodesic_core.sparsify import geodesic_stage, project_to_level, prune_finetune
+    from geodesic_core.sparsify import (fidelity_probe, geodesic_stage, prediction_agreement, project_to_level,
+                                        prune_finetune)
     from geodesic_core.train import train
-    from flows.sparsify import _stage_levels
     from tasks.geodesic import _path_recorder
     from tasks.live import Live, ReportConfig
 
@@ -71,14 +71,20 @@ def direct(params, data_dir: str) -> tuple[float, list[dict]]:
         silent = Live("direct", cfg=ReportConfig(progress="off", live_metrics=False)).__enter__()
         record, spent, _ = _path_recorder(model, slices, test, params.eval_every, path, silent)
         start, geo_seconds = 0, 0.0
-        for k, stage_level in enumerate(_stage_levels(params, level)):
+        plan, k = params.stage_schedule(level), 0
+        while (stage_level := plan.propose()) is not None:
             t = time.perf_counter()
             spent[0] = 0.0
+            saved = copy.deepcopy(model.state_dict())
             res = geodesic_stage(model, slices, stage_level, train_split.x, geo_cfg, refresh_every=params.refresh_every,
                                  scope=params.scope, anchor=dense, callbacks=[record], start_step=start, stage=k)
             geo_seconds += time.perf_counter() - t - spent[0]
             evaluate(model, test)
-            start += res.steps
+            k += 1
+            if plan.report(prediction_agreement(model, dense, fidelity_probe(train_split.x, seed=params.seed))):
+                start += res.steps
+            else:
+                model.load_state_dict(saved)
         project_to_level(model, level, scope=params.scope)
         acc, _ = evaluate(model, test)
         rows.append({"method": "geodesic", "level": level, "test_accuracy": acc,

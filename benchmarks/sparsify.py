@@ -31,7 +31,8 @@ from geodesic_core import evaluate, flat_params, load_split, param_slices, spars
 from geodesic_core.data import Split
 from geodesic_core.sparsify import SparsifyConfig
 from geodesic_core.models import build_model
-from geodesic_core.sparsify import geodesic_stage, masks_from_zeros, oneshot_prune, stage_sparsities
+from geodesic_core.sparsify import (fidelity_probe, geodesic_stage, masks_from_zeros, oneshot_prune,
+                                    prediction_agreement)
 
 warnings.filterwarnings("ignore")
 
@@ -43,12 +44,19 @@ def _copy(model):
 
 
 def geodesic(dense, slices, level, cfg: SparsifyConfig, pool, test):
+    """The flow's stages (`SparsifyConfig.stage_schedule`: fixed, or adaptive with rejected stages retried
+    from the previous end; their time counts), the closing projection; path min over the stages' ends."""
     model, anchor = _copy(dense), _copy(dense).requires_grad_(False)
-    t0, step, path_min = time.perf_counter(), 0, 100.0
-    eval_time = 0.0
-    for k, p_k in enumerate(stage_sparsities(level, cfg.stages)):
+    plan, probe = cfg.stage_schedule(level), fidelity_probe(pool, seed=cfg.seed)
+    t0, step, path_min, eval_time, k = time.perf_counter(), 0, 100.0, 0.0, 0
+    while (p_k := plan.propose()) is not None:
+        saved = {n: t.clone() for n, t in model.state_dict().items()}
         res = geodesic_stage(model, slices, p_k, pool, cfg.geo.model_copy(update={"seed": cfg.seed}),
                              refresh_every=cfg.refresh_every, scope=cfg.scope, anchor=anchor, start_step=step, stage=k)
+        k += 1
+        if not plan.report(prediction_agreement(model, anchor, probe)):
+            model.load_state_dict(saved)
+            continue
         step += res.steps
         t = time.perf_counter()
         path_min = min(path_min, evaluate(model, test)[0])

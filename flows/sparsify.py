@@ -9,12 +9,13 @@ each for a fixed budget and for the geodesic's wall time)
 
 from __future__ import annotations
 
+import math
+
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from geodesic_core.sparsify import FinetuneConfig, SparsifyConfig
 from geodesic_core.data import get_spec
-from geodesic_core.sparsify import stage_sparsities
 from tasks.baselines import finetune_baseline, oneshot_baseline, prune_train_baseline
 from flows.common import closing_parent_on_failure, confine_paths, default_task_runner
 from tasks.common import code_version
@@ -53,13 +54,6 @@ def _tracks(params: SparsifyConfig, parent: dict, level: float) -> dict[str, dic
             for name, (method, budget) in budgets.items()}
 
 
-def _stage_levels(params: SparsifyConfig, level: float) -> list[float]:
-    if params.structured:  # zero the filters a few at a time
-        n = int(level)
-        return [max(1, round(n * k / params.stages)) for k in range(1, params.stages + 1)]
-    return stage_sparsities(level, params.stages)
-
-
 @flow(name="sparsify", task_runner=default_task_runner())
 def sparsify_flow(params: SparsifyConfig = SparsifyConfig(), data_dir: str | None = None,
                   experiment: str = EXPERIMENT) -> list[dict]:
@@ -89,19 +83,9 @@ def sparsify_flow(params: SparsifyConfig = SparsifyConfig(), data_dir: str | Non
 def _sparsify_levels(params: SparsifyConfig, parent: dict, dense: dict, data_dir: str, fingerprint: str,
                      version: str) -> list[dict]:
     """Compute and track every level (the part of the flow after the dense network exists)."""
-    # --- Compute: stage k of every level, then stage k+1 (levels run concurrently) --------------------------
+    # --- Compute: the baselines, then the stages of every level in rounds (levels run concurrently) --------
     levels = params.levels()
     tracks = {level: _tracks(params, parent, level) for level in levels}
-    chains = {level: dense for level in levels}
-    segments: dict[float, list] = {level: [] for level in levels}
-    for k in range(params.stages):
-        for level in levels:
-            chains[level] = geodesic_segment.submit(chains[level], dense, level, k, _stage_levels(params, level)[k],
-                                                    _for_level(params, level), data_dir, fingerprint, version,
-                                                    track=tracks[level]["geodesic"])
-            segments[level].append(chains[level])
-    finals = {lv: final_projection.submit(chains[lv], lv, _for_level(params, lv), data_dir, fingerprint, version)
-              for lv in levels}
     oneshots = {lv: oneshot_baseline.submit(dense, lv, _for_level(params, lv), data_dir, fingerprint, version,
                                             track=tracks[lv]["oneshot"]) for lv in levels}
     peers = ["finetune", "distill"] if params.finetune.distill else ["finetune"]  # on the labels; label-free
@@ -111,13 +95,15 @@ def _sparsify_levels(params: SparsifyConfig, parent: dict, dense: dict, data_dir
     cycles = {lv: prune_train_baseline.submit(dense, lv, _for_level(params, lv, True), data_dir, fingerprint, version,
                                               track=tracks[lv]["prune_train"])
               for lv in levels} if params.structured and params.prune_train_epochs > 0 else {}
+    chains, segments, rejected = _traverse(params, tracks, dense, data_dir, fingerprint, version)
+    finals = {lv: final_projection.submit(chains[lv], lv, _for_level(params, lv), data_dir, fingerprint, version)
+              for lv in levels}
 
     # --- Evaluate and track ---------------------------------------------------------------------------------
     summary = []
     for level in levels:
-        segs = [s.result() for s in segments[level]]  # first: a failed segment raises its own error here
         final = finals[level].result()
-        geo, path = geodesic_row(dense, segs, final, level)
+        geo, path = geodesic_row(dense, segments[level], final, level, rejected[level])
         baselines = [oneshots[level].result()] + [finetunes[level, m].result() for m in peers]
         if level in cycles:  # structured: the paper's iterative prune-train cycle
             baselines.append(cycles[level].result())
@@ -133,6 +119,35 @@ def _sparsify_levels(params: SparsifyConfig, parent: dict, dense: dict, data_dir
         summary, "filters zeroed" if params.structured else "sparsity (%)", f"{params.model} on {params.dataset}")},
         f"Sparsification of {params.model} on {params.dataset}")
     return summary
+
+
+def _traverse(params: SparsifyConfig, tracks: dict, dense: dict, data_dir: str, fingerprint: str, version: str):
+    """Every level's stages (`SparsifyConfig.stage_schedule`), one round at a time: each round submits the next
+    stage of every unfinished level, then reports each stage's fidelity to its schedule, which accepts it (the
+    path continues from its end) or rejects it (from the previous end, with a shorter stage). Returns, per
+    level, the path's end, its accepted stages and its rejected ones (their time counts as the geodesic's)."""
+    levels = params.levels()
+    plans = {level: params.stage_schedule(level) for level in levels}
+    chains: dict[float, dict] = {level: dense for level in levels}
+    segments: dict[float, list[dict]] = {level: [] for level in levels}
+    rejected: dict[float, list[dict]] = {level: [] for level in levels}
+    while running := {lv: p for lv in levels if (p := plans[lv].propose()) is not None}:
+        futures = {lv: geodesic_segment.submit(chains[lv], dense, lv, len(plans[lv].history), p, _for_level(params, lv),
+                                               data_dir, fingerprint, version, _finite(plans[lv].max_drop()),
+                                               track=tracks[lv]["geodesic"])
+                   for lv, p in running.items()}
+        for lv, future in futures.items():
+            seg = future.result()  # a failed stage raises its own error here
+            if plans[lv].report(seg["fidelity"]):  # the same test the task made (`accepted`), on the same numbers
+                chains[lv] = seg
+                segments[lv].append(seg)
+            else:
+                rejected[lv].append(seg)
+    return chains, segments, rejected
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 def _level_param(params: SparsifyConfig) -> str:

@@ -29,7 +29,7 @@ from .config import (_USER_DATA, _USER_MODEL, GeoConfig, TrainConfig, _Config, _
 from .data import Split
 from .errors import InputError
 from .geo import GeoResult, StepInfo, geo
-from .metric import flat_params, set_flat_params
+from .metric import eval_mode, flat_params, set_flat_params
 from .targets import FilterTarget, ParamSlice, SparseTarget, check_sparsity_percent, param_slices
 from .train import train
 
@@ -76,7 +76,12 @@ class SparsifyConfig(_ModelOnDataset):
     conv ``layer`` instead (one level; ``sparsity`` is then ignored; the paper's 50 of VGG11's 64 first-layer
     filters is ``n_filters`` = round(50 W) at width W); the paper's baseline, iterative prune-train, then also
     runs: one filter removed at a time, each removal followed by ``prune_train_epochs`` epochs of masked SGD with
-    the ``finetune`` settings (0: skip it). ``checkpoint``: start from this dense
+    the ``finetune`` settings (0: skip it). ``schedule``: ``cubic``, the fixed ``stages`` of `stage_sparsities`,
+    or ``adaptive`` (`AdaptiveSchedule`): stages spaced in log density, the first |log(1 − p)| / ``stages``
+    long, each halved or grown by how much the network's agreement with the dense network's predictions on
+    2,000 training inputs fell in the last stage (``stage_tolerance`` points; a stage that lost more than twice
+    that is rejected and retried shorter), at most ``max_stages`` stages; no labels read. The structured mode
+    always removes the filters in ``stages`` equal steps. ``checkpoint``: start from this dense
     network instead of training one. ``eval_every``: test-set evaluation period along the path (steps).
     """
 
@@ -91,6 +96,9 @@ class SparsifyConfig(_ModelOnDataset):
     n_filters: PositiveInt = 50
     prune_train_epochs: float = Field(0.5, ge=0.0)
     stages: PositiveInt = 5
+    schedule: Literal["cubic", "adaptive"] = "cubic"
+    stage_tolerance: PositiveFloat = 0.3
+    max_stages: PositiveInt = 40
     refresh_every: PositiveInt = 10
     eval_every: PositiveInt = 10
     checkpoint: str | None = None
@@ -123,14 +131,139 @@ class SparsifyConfig(_ModelOnDataset):
                          self.layer, self.n_filters)
         return self
 
+    @model_validator(mode="after")
+    def _check_schedule(self) -> "SparsifyConfig":
+        if self.max_stages < self.stages:
+            raise ValueError(f"max_stages ({self.max_stages}) must be at least stages ({self.stages})")
+        return self
+
     def levels(self) -> list[float]:
         return [float(self.n_filters)] if self.structured else list(self.sparsity)
+
+    def stage_schedule(self, level: float) -> "FixedSchedule | AdaptiveSchedule":
+        """The stages toward ``level``: a fresh `AdaptiveSchedule` or `FixedSchedule` (structured: ``stages``
+        equal steps of whole filters)."""
+        if self.structured:
+            n = int(level)
+            return FixedSchedule([max(1, round(n * k / self.stages)) for k in range(1, self.stages + 1)])
+        if self.schedule == "adaptive":
+            return AdaptiveSchedule(level, stages=self.stages, tolerance=self.stage_tolerance,
+                                    max_stages=self.max_stages)
+        return FixedSchedule(stage_sparsities(level, self.stages))
 
 
 def stage_sparsities(sparsity_percent: float, stages: int) -> list[float]:
     """p_k = p (1 − (1 − k/K)^3), k = 1..K: large steps while many small weights remain, small ones near p."""
     p = check_sparsity_percent(sparsity_percent)
     return [p * (1.0 - (1.0 - k / stages) ** 3) for k in range(1, stages + 1)]
+
+
+class AdaptiveSchedule:
+    """A stage schedule that follows how fast the network's function falls (label-free), instead of a
+    fixed count of stages.
+
+    Stages are spaced in u = log(density) = log(1 − p/100), from u = 0 (dense) to u_T = log(1 − level/100):
+    equal steps of u cut the same fraction of the remaining weights, and it is near u_T, where few weights
+    remain, that each cut costs most. The first stage is a step of a_0 = |u_T| / ``stages`` (the largest step
+    ever taken). After each stage the caller reports its *fidelity* F (percent agreement of the network's
+    predictions with the dense network's on a fixed probe of training inputs; no labels) and the drop
+    δ = F_prev − F:
+
+    - δ > ``reject`` · ``tolerance``: the stage is rejected (the path continues from the previous stage's
+      end) and retried with half the step, unless the step is already the smallest, a_min = |u_T| /
+      ``max_stages``;
+    - otherwise it is accepted; the next step is halved when δ > ``tolerance``, grown by 1.5 (at most a_0)
+      when δ < ``tolerance`` / 3.
+
+    The proposals are a deterministic function of the reported fidelities, so a resumed run proposes the
+    same stages and finds them cached. At most ``max_stages`` stages are accepted (every step ≥ a_min); the
+    last one lands on u_T exactly.
+    """
+
+    def __init__(self, level: float, *, stages: int = 5, tolerance: float = 0.3, max_stages: int = 40,
+                 reject: float = 2.0):
+        check_sparsity_percent(level)
+        if not (tolerance > 0 and reject >= 1 and max_stages >= stages >= 1):
+            raise InputError(f"adaptive schedule: need tolerance > 0, reject ≥ 1 and max_stages ≥ stages ≥ 1, got "
+                             f"tolerance={tolerance}, reject={reject}, stages={stages}, max_stages={max_stages}")
+        self.level, self.tolerance, self.reject = float(level), float(tolerance), float(reject)
+        self.u_target = math.log1p(-self.level / 100.0)
+        self.a0, self.a_min = abs(self.u_target) / stages, abs(self.u_target) / max_stages
+        self.a, self.u, self.fidelity = self.a0, 0.0, 100.0
+        self.history: list[tuple[float, float, bool]] = []  # (stage sparsity %, fidelity, accepted)
+        self._proposed: float | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.u <= self.u_target + 1e-12
+
+    def propose(self) -> float | None:
+        """The next stage's sparsity (percent), or None when the level is reached."""
+        if self.done:
+            return None
+        u_next = self.u - self.a
+        if u_next - self.u_target < 0.5 * self.a_min:  # the rest is shorter than half the smallest step: finish
+            u_next = self.u_target
+        self._proposed = u_next
+        return self.level if u_next == self.u_target else -100.0 * math.expm1(u_next)
+
+    def max_drop(self) -> float:
+        """The largest fall of fidelity (points) at which the proposed stage is accepted."""
+        return math.inf if self.a <= self.a_min * (1 + 1e-9) else self.reject * self.tolerance
+
+    def report(self, fidelity: float) -> bool:
+        """The proposed stage ended with ``fidelity`` (percent agreement with the dense network); returns
+        whether it is accepted (the path continues from its end) or rejected (from the previous end)."""
+        if self._proposed is None:
+            raise RuntimeError("report() without a proposed stage")
+        stage_p = self.level if self._proposed == self.u_target else -100.0 * math.expm1(self._proposed)
+        drop = self.fidelity - float(fidelity)
+        accepted = drop <= self.max_drop()
+        self.history.append((stage_p, float(fidelity), accepted))
+        if not accepted:
+            self.a = max(self.a / 2, self.a_min)
+        else:
+            self.u, self.fidelity = self._proposed, float(fidelity)
+            if drop > self.tolerance:
+                self.a = max(self.a / 2, self.a_min)
+            elif drop < self.tolerance / 3:
+                self.a = min(self.a * 1.5, self.a0)
+        self._proposed = None
+        return accepted
+
+
+class FixedSchedule:
+    """The given stage levels in order, every stage accepted (the `AdaptiveSchedule` interface)."""
+
+    def __init__(self, stage_levels: Sequence[float]):
+        self.stage_levels, self.history = list(stage_levels), []
+
+    def propose(self) -> float | None:
+        return self.stage_levels[len(self.history)] if len(self.history) < len(self.stage_levels) else None
+
+    def max_drop(self) -> float:
+        return math.inf
+
+    def report(self, fidelity: float) -> bool:
+        self.history.append((self.stage_levels[len(self.history)], float(fidelity), True))
+        return True
+
+
+def prediction_agreement(model: nn.Module, reference: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> float:
+    """Percent of the inputs ``x`` (N, ...) on which ``model`` and ``reference`` predict the same class
+    (argmax of the outputs): a label-free measure of how much of the reference's function is kept."""
+    same = 0
+    with torch.no_grad(), eval_mode(model), eval_mode(reference):
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i:i + batch_size]
+            same += int((model(xb).argmax(1) == reference(xb).argmax(1)).sum())
+    return 100.0 * same / max(1, x.shape[0])
+
+
+def fidelity_probe(pool: torch.Tensor, n: int = 2000, seed: int = 0) -> torch.Tensor:
+    """A fixed draw of ``n`` training inputs (the same for every stage of a run) for `prediction_agreement`."""
+    idx = torch.randperm(pool.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
+    return pool[idx]
 
 
 class StageResult(NamedTuple):

@@ -8,7 +8,8 @@ from prefect import task
 
 from geodesic_core import evaluate, flat_params, param_slices
 from geodesic_core.sparsify import SparsifyConfig
-from geodesic_core.sparsify import geodesic_stage, project_to_level, structured_stage
+from geodesic_core.sparsify import (fidelity_probe, geodesic_stage, prediction_agreement, project_to_level,
+                                    structured_stage)
 
 from .common import CACHED, checkpoint_path, finished, open_ref, percent_sparse, save_result, split
 from .live import Live
@@ -44,13 +45,18 @@ def _path_recorder(model, slices, test, every: int, rows: list, live: Live):
 
 @task(**CACHED)
 def geodesic_segment(start: dict, anchor: dict, level: float, stage: int, stage_level: float, cfg: SparsifyConfig,
-                     data_dir: str | None, data_fingerprint: str, code_version: str, track: dict | None = None) -> dict:
+                     data_dir: str | None, data_fingerprint: str, code_version: str, max_drop: float | None = None,
+                     track: dict | None = None) -> dict:
     """One stage of Algorithm 1 from checkpoint ``start`` toward H_{stage_level} (or the filter target),
     ending on it. The outputs of ``anchor`` (the dense network) anchor the path. Live metrics go to the child
     run ``track``.
 
     Returns a reference to the stage's end checkpoint with its steps, stop reason, wall time (without the
-    evaluation along the path) and the evaluated path points.
+    evaluation along the path), the evaluated path points and its fidelity (percent agreement with the dense
+    network's predictions on a fixed probe of training inputs, `prediction_agreement`: what an adaptive
+    stage schedule reads; no labels) and whether it is ``accepted``: its fidelity fell by at most ``max_drop``
+    points from the start's (None: always). A stage that may be rejected holds its live metrics until it ends and drops them
+    if rejected (the next attempt takes the same steps again).
     """
     out = checkpoint_path("geodesic", start["sha256"], level, stage, stage_level, cfg.model_dump(), data_fingerprint,
                           code_version)
@@ -66,7 +72,9 @@ def geodesic_segment(start: dict, anchor: dict, level: float, stage: int, stage_
     test = split(cfg.dataset, False, data_dir)
     rows: list[dict] = []
     what = f"{level:g} filters" if cfg.structured else f"{level:g}%"
-    with Live(f"geodesic {what}, stage {stage + 1}/{cfg.stages}", cfg.geo.max_steps, track, upper_bound=True) as live:
+    of = f"/{cfg.stages}" if cfg.structured or cfg.schedule == "cubic" else f" (adaptive, {stage_level:.4g}%)"
+    with Live(f"geodesic {what}, stage {stage + 1}{of}", cfg.geo.max_steps, track, upper_bound=True,
+              hold=max_drop is not None) as live:
         record, spent, held = _path_recorder(model, slices, test, cfg.eval_every, rows, live)
         callbacks = [lambda info: live.geo_step(info, offset), record]
         t0 = time.perf_counter()
@@ -80,16 +88,21 @@ def geodesic_segment(start: dict, anchor: dict, level: float, stage: int, stage_
                                  scope=cfg.scope, anchor=dense, callbacks=callbacks, start_step=start_step, stage=stage)
         wall = time.perf_counter() - t0 - spent[0]
         acc, loss = evaluate(model, test)
+        fidelity = prediction_agreement(model, dense, fidelity_probe(train_x, seed=cfg.seed))
         end_step = start_step + res.steps
         rows.append({"step": end_step, "distance": 0.0, "test_accuracy": acc, "test_loss": loss,
                      "sparsity": percent_sparse(flat_params(model), slices), "path_length": res.path_length})
         for r in held + rows[-1:]:
             if r["step"] != end_step or r is rows[-1]:
                 live.log(r["step"], {k: r[k] for k in PROBE_KEYS})
+        accepted = max_drop is None or float(start.get("fidelity", 100.0)) - fidelity <= max_drop
+        if not accepted:
+            live.discard()
     return save_result(out, model, meta, dict(
         stage=stage, stage_level=stage_level, steps=res.steps, end_step=end_step, stop_reason=res.stop_reason,
         projection_distance=res.distance_before_projection, path_length=res.path_length,
-        end_path_length=offset + res.path_length, wall_seconds=wall, test_accuracy=acc, test_loss=loss, rows=rows))
+        end_path_length=offset + res.path_length, wall_seconds=wall, test_accuracy=acc, test_loss=loss, fidelity=fidelity,
+        accepted=accepted, rows=rows))
 
 
 @task(**CACHED)

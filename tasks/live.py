@@ -258,11 +258,14 @@ class Live:
     ``title``: what runs ("geodesic 90%, stage 2/5"); ``total``: the units of work when known (an upper bound
     for a traversal: ``max_steps``, with ``upper_bound``); ``track``: ``{"parent": ..., "key": ..., "params": ...}``
     naming the MLflow child run the task's metrics belong to (None: progress only; see `tasks.tracking.child_track`).
+    ``hold``: send the metric points only when the task ends, unless `discard` dropped them (a stage that may be
+    rejected: its steps are taken again by the next attempt); the progress stays live.
     """
 
     def __init__(self, title: str, total: float | None = None, track: dict | None = None, *,
-                 cfg: ReportConfig | None = None, upper_bound: bool = False):
+                 cfg: ReportConfig | None = None, upper_bound: bool = False, hold: bool = False):
         self.title, self.total, self.track, self.upper_bound = title, total, track, upper_bound
+        self.hold = hold  # keep the metric points until the task ends (`discard` drops them: a rejected stage)
         self.cfg = cfg or ReportConfig.from_env()
         self.mode = self.cfg.mode()
         self.completed = 0.0
@@ -379,9 +382,14 @@ class Live:
             self.last_artifact = now
             self._set_artifact(100.0 * min(self.completed / self.total, 1.0))
 
+    def discard(self) -> None:
+        """Drop the metric points not yet sent (with ``hold``: all of this task's)."""
+        if self.history is not None:
+            self.history.pending = []
+
     def _flush(self, final: bool = False) -> None:
         self.last_flush = time.monotonic()
-        if self.history is None:
+        if self.history is None or (self.hold and not final):
             return
         try:
             self.history.flush()

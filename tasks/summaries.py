@@ -5,12 +5,14 @@ from __future__ import annotations
 from geodesic_core.sparsify import SparsifyConfig
 
 METRIC_KEYS = ("test_accuracy", "sparsity", "wall_seconds", "test_loss")
-GEODESIC_KEYS = ("path_min_test_accuracy", "path_length", "steps")
+GEODESIC_KEYS = ("path_min_test_accuracy", "path_length", "steps", "stages", "rejected_stages")
 
 
-def geodesic_row(dense: dict, segments: list[dict], final: dict, level: float) -> tuple[dict, list[dict]]:
+def geodesic_row(dense: dict, segments: list[dict], final: dict, level: float,
+                 rejected: list[dict] = ()) -> tuple[dict, list[dict]]:
     """The geodesic's summary row and its path table (dense network first; path length cumulative over the
-    stages, each stage's closing projection not counted)."""
+    accepted stages, each stage's closing projection not counted). The time of ``rejected`` stages (of an
+    adaptive schedule; not on the path) counts in the wall time."""
     rows = [{"step": 0, "distance": float("nan"), "test_accuracy": dense["test_accuracy"],
              "test_loss": dense["test_loss"], "sparsity": 0.0, "path_length": 0.0}]
     offset = 0.0
@@ -19,7 +21,8 @@ def geodesic_row(dense: dict, segments: list[dict], final: dict, level: float) -
         offset += seg["path_length"]
     row = {"method": "geodesic", "budget": "-", "level": level, "test_accuracy": final["test_accuracy"],
            "test_loss": final["test_loss"], "sparsity": final["sparsity"],
-           "wall_seconds": sum(s["wall_seconds"] for s in segments), "steps": segments[-1]["end_step"],
+           "wall_seconds": sum(s["wall_seconds"] for s in [*segments, *rejected]), "steps": segments[-1]["end_step"],
+           "stages": len(segments), "rejected_stages": len(rejected),
            "path_min_test_accuracy": min(r["test_accuracy"] for r in rows), "path_length": offset,
            "stop_reasons": ",".join(s["stop_reason"] for s in segments)}
     return row, rows

@@ -83,3 +83,80 @@ def test_prune_distill_reads_no_labels_and_recovers_accuracy(data_dir):
     assert torch.equal(flat_params(runs[0]), flat_params(runs[1]))
     assert sparsity(flat_params(runs[0]), param_slices(runs[0])) == pytest.approx(0.98, abs=1e-5)
     assert evaluate(runs[0], test)[0] > evaluate(oneshot, test)[0] + 5
+
+
+def _drive(plan, fidelity_of):
+    """Run a schedule against a fidelity that depends only on the stage's sparsity; returns its history."""
+    for _ in range(200):
+        p = plan.propose()
+        if p is None:
+            return plan.history
+        plan.report(fidelity_of(p))
+    raise AssertionError("the schedule did not finish")
+
+
+def test_adaptive_schedule_spaces_stages_in_log_density_and_ends_on_the_level():
+    import math
+
+    from geodesic_core.sparsify import AdaptiveSchedule
+
+    hist = _drive(AdaptiveSchedule(99, stages=5), lambda p: 100.0)  # nothing lost: the largest steps throughout
+    ps = [p for p, _, ok in hist]
+    assert all(ok for _, _, ok in hist) and len(ps) == 5 and ps[-1] == 99
+    logs = [math.log1p(-p / 100) for p in [0.0, *ps]]
+    assert [b - a for a, b in zip(logs, logs[1:])] == pytest.approx([math.log(0.01) / 5] * 5)
+
+
+def test_adaptive_schedule_shortens_and_retries_where_the_function_falls():
+    import math
+
+    from geodesic_core.sparsify import AdaptiveSchedule
+
+    def fidelity(p):  # the network's agreement falls steeply above 95% sparsity
+        return 100.0 - max(0.0, p - 95.0) * 2.0
+
+    plan = AdaptiveSchedule(99, stages=5, tolerance=0.3, max_stages=40)
+    hist = _drive(plan, fidelity)
+    accepted = [(p, f) for p, f, ok in hist if ok]
+    rejected = [(p, f) for p, f, ok in hist if not ok]
+    assert accepted[-1][0] == 99 and [p for p, _ in accepted] == sorted(p for p, _ in accepted)
+    assert rejected, "a stage that lost more than 2 x tolerance must be rejected"
+    for i, (p, f, ok) in enumerate(hist):
+        if not ok:  # the retry is shorter: between the last accepted stage and the rejected one
+            before = max([q for q, _, good in hist[:i] if good] or [0.0])
+            assert before < hist[i + 1][0] < p
+    steps = [b[0] - a[0] for a, b in zip(accepted, accepted[1:])]
+    assert len(accepted) > 5 and steps[-1] < steps[0]  # more, smaller stages near the target
+    for a, b in zip([(0.0, 100.0), *accepted], accepted):  # a larger fall is kept only at the smallest step
+        du = abs(math.log1p(-b[0] / 100) - math.log1p(-a[0] / 100))
+        assert a[1] - b[1] <= 2 * 0.3 + 1e-9 or du <= 1.5 * plan.a_min
+    # deterministic: the same fidelities give the same proposals (a resumed flow finds them cached)
+    assert _drive(AdaptiveSchedule(99, stages=5, tolerance=0.3, max_stages=40), fidelity) == hist
+
+
+def test_adaptive_schedule_always_finishes_and_rejects_bad_settings():
+    from geodesic_core.sparsify import AdaptiveSchedule, FixedSchedule
+
+    hist = _drive(AdaptiveSchedule(90, stages=2, tolerance=0.1, max_stages=6), lambda p: 100.0 - p)  # always falls
+    assert hist[-1][0] == 90 and sum(ok for *_, ok in hist) <= 6  # the smallest step is always accepted
+    for bad in ({"tolerance": 0.0}, {"stages": 5, "max_stages": 4}):
+        with pytest.raises(InputError):
+            AdaptiveSchedule(90, **bad)
+    with pytest.raises(InputError):
+        AdaptiveSchedule(100.0)
+    with pytest.raises(RuntimeError):
+        AdaptiveSchedule(90).report(99.0)
+    assert [p for p, *_ in _drive(FixedSchedule([10.0, 20.0]), lambda p: 0.0)] == [10.0, 20.0]
+
+
+def test_prediction_agreement_is_label_free_and_exact():
+    from geodesic_core.sparsify import prediction_agreement
+
+    torch.manual_seed(0)
+    a = build_model("lenet300", 10, 1, 28)
+    x = torch.randn(300, 1, 28, 28)
+    assert prediction_agreement(a, a, x, batch_size=128) == 100.0
+    b = build_model("lenet300", 10, 1, 28)
+    with torch.no_grad():
+        expected = 100.0 * float((a(x).argmax(1) == b(x).argmax(1)).float().mean())
+    assert prediction_agreement(a, b, x, batch_size=128) == pytest.approx(expected)

@@ -71,6 +71,39 @@ def test_flow_tracks_every_method_and_resumes_from_cache(harness, workdir, data_
     assert main(["sparsify", "--data-dir", data_dir, *TINY]) == 0
 
 
+def test_adaptive_schedule_rejects_stages_without_a_trace_in_the_histories_and_resumes(harness, workdir, data_dir,
+                                                                                        monkeypatch):
+    args = ["sparsify", "--data-dir", data_dir, "--sparsity", "95", "--schedule", "adaptive", "--stages", "2",
+            "--max-stages", "4", "--stage-tolerance", "0.01", "--geo.max-steps", "8", "--geo.distill-steps", "2",
+            "--train.epochs", "1", "--finetune.epochs", "1", "--no-finetune.equal-time", "--no-finetune.distill",
+            "--eval-every", "4"]
+    assert main(args) == 0
+    client, runs = _runs(workdir)
+    geo = [r for r in runs if r.data.params.get("method") == "geodesic"]
+    assert len(geo) == 1 and geo[0].data.params["schedule"] == "adaptive"
+    m = geo[0].data.metrics
+    # 0.01 points: one changed prediction of the 2,000 probe inputs rejects a stage, down to the smallest step
+    assert m["rejected_stages"] >= 1 and 2 <= m["stages"] <= 4
+    assert m["sparsity"] == pytest.approx(95.0, abs=1e-3)
+    steps = int(m["steps"])  # a rejected stage's steps were taken again: its points never reached the history
+    for key, expected in (("distance", range(steps)), ("step_length", range(1, steps + 1))):
+        hist = client.get_metric_history(geo[0].info.run_id, key)
+        assert sorted(h.step for h in hist) == list(expected), key
+    import pandas as pd  # and the points are the accepted path's: the same numbers as its table
+
+    df = pd.read_parquet(client.download_artifacts(geo[0].info.run_id, "path_metrics.parquet", str(workdir)))
+    dist = {h.step: h.value for h in client.get_metric_history(geo[0].info.run_id, "distance")}
+    rows = df[(df["distance"] > 0) & (df["step"] <= steps)]  # a row's distance: before its step (history: s - 1)
+    assert len(rows) >= 2 and all(dist[int(r.step) - 1] == pytest.approx(r.distance) for r in rows.itertuples())
+
+    def boom(*a, **k):
+        raise AssertionError("a cached task ran again")
+
+    monkeypatch.setattr("tasks.geodesic.geodesic_stage", boom)  # the same fidelities: the same stages, cached
+    monkeypatch.setattr("tasks.baselines.prune_finetune", boom)
+    assert main(args) == 0
+
+
 @pytest.mark.parametrize("args,match", [
     (["--sparsity", "0"], "between 0 and 100"),
     (["--sparsity", "100"], "between 0 and 100"),
@@ -81,6 +114,8 @@ def test_flow_tracks_every_method_and_resumes_from_cache(harness, workdir, data_
     (["--geo.eta", "0"], "--geo.eta"),
     (["--geo.eps", "-1"], "--geo.eps"),
     (["--refresh-every", "0"], "--refresh-every"),
+    (["--schedule", "adaptive", "--stages", "5", "--max-stages", "3"], "max_stages"),
+    (["--stage-tolerance", "0"], "--stage-tolerance"),
     (["--geo.solver", "newton"], "invalid choice"),
 ])
 def test_bad_input_fails_before_any_work(tmp_path, monkeypatch, data_dir, capsys, args, match):
