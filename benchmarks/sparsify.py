@@ -45,10 +45,11 @@ def _copy(model):
 
 def geodesic(dense, slices, level, cfg: SparsifyConfig, pool, test):
     """The flow's stages (`SparsifyConfig.stage_schedule`: fixed, or adaptive with rejected stages retried
-    from the previous end; their time counts), the closing projection; path min over the stages' ends."""
+    from the previous end; their time counts), the closing projection; path min over the stages' ends.
+    Returns (model, wall seconds, steps, path min, accepted stages, rejected stages)."""
     model, anchor = _copy(dense), _copy(dense).requires_grad_(False)
     plan, probe = cfg.stage_schedule(level), fidelity_probe(pool, seed=cfg.seed)
-    t0, step, path_min, eval_time, k = time.perf_counter(), 0, 100.0, 0.0, 0
+    t0, step, path_min, eval_time, k, rejected = time.perf_counter(), 0, 100.0, 0.0, 0, 0
     while (p_k := plan.propose()) is not None:
         saved = {n: t.clone() for n, t in model.state_dict().items()}
         res = geodesic_stage(model, slices, p_k, pool, cfg.geo.model_copy(update={"seed": cfg.seed}),
@@ -56,6 +57,7 @@ def geodesic(dense, slices, level, cfg: SparsifyConfig, pool, test):
         k += 1
         if not plan.report(prediction_agreement(model, anchor, probe)):
             model.load_state_dict(saved)
+            rejected += 1
             continue
         step += res.steps
         t = time.perf_counter()
@@ -63,7 +65,7 @@ def geodesic(dense, slices, level, cfg: SparsifyConfig, pool, test):
         eval_time += time.perf_counter() - t
     wall = time.perf_counter() - t0 - eval_time
     oneshot_prune(model, slices, level, cfg.scope)
-    return model, wall, step, path_min
+    return model, wall, step, path_min, k - rejected, rejected
 
 
 def finetune_curve(dense, slices, level, cfg: SparsifyConfig, data, test, budget, every=100, distill=False):
@@ -129,11 +131,11 @@ def main() -> None:
     slices = param_slices(dense)
     rows = []
     for level in cfg.sparsity:
-        geo_model, geo_wall, steps, path_min = geodesic(dense, slices, level, cfg, tr.x, te)
+        geo_model, geo_wall, steps, path_min, stages, rejected = geodesic(dense, slices, level, cfg, tr.x, te)
         geo_acc = evaluate(geo_model, te)[0]
         if args.no_peers:
-            print(f"| {level:g} | {geo_acc:.2f} | path min {path_min:.2f} | {geo_wall:.1f} s | {steps} steps |",
-                  flush=True)
+            print(f"| {level:g} | {geo_acc:.2f} | path min {path_min:.2f} | {geo_wall:.1f} s | {steps} steps | "
+                  f"{stages} stages, {rejected} undone |", flush=True)
             continue
         one = _copy(dense)
         oneshot_prune(one, slices, level, cfg.scope)

@@ -88,7 +88,7 @@ def main() -> None:
         run(str(BIN / "prefect"), "--no-prompt", "deploy", "--all", cwd=gpu)
         print("deployed after the README's GPU-pool commands:", pools())
         # two small runs that differ in geo.eta, tracked on the servers
-        tiny = ["--sparsity", "90", "--stages", "2", "--geo.max-steps", "12", "--eval-every", "3", "--train.epochs",
+        tiny = ["--sparsity", "90", "--schedule", "cubic", "--stages", "2", "--geo.max-steps", "12", "--eval-every", "3", "--train.epochs",
                 "1", "--finetune.epochs", "1", "--no-finetune.equal-time", "--progress", "log"]
         for eta in ("0.2", "0.1"):
             run(str(BIN / "python"), "-m", "flows.cli", "sparsify", "--data-dir", env["GEODESIC_DATA_DIR"], *tiny,

@@ -9,7 +9,8 @@ Editing my_models.py changes the cache keys: the next run recomputes what depend
 from flows.api import run_flow
 from geodesic_core.sparsify import SparsifyConfig
 
-params = SparsifyConfig(model="my_models:small_mlp", dataset="mnist", sparsity=[90], stages=2, train={"epochs": 1},
+params = SparsifyConfig(model="my_models:small_mlp", dataset="mnist", sparsity=[90], schedule="cubic", stages=2,
+                        train={"epochs": 1},
                         geo={"max_steps": 30}, finetune={"epochs": 1, "equal_time": False, "distill": False})
 for row in run_flow(params):
     print(f"{row['method']:<22} {row['level']:>5.0f}%  test accuracy {row['test_accuracy']:6.2f}  "

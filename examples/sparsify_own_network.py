@@ -17,7 +17,7 @@ net = nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128,
 train(net, (x, y), TrainConfig(epochs=3, lr=0.05, seed=0))
 dense_accuracy, _ = evaluate(net, (test_set.x[:2000], test_set.y[:2000]))
 
-result = sparsify(net, x, 95, test=(test_set.x[:2000], test_set.y[:2000]), stages=3)
+result = sparsify(net, x, 95, test=(test_set.x[:2000], test_set.y[:2000]))
 df = result.frame()
 print(df.tail())
 print(f"{result.sparsity:.2f}% zeros: test accuracy {result.test_accuracy:.2f}% (dense {dense_accuracy:.2f}%), "

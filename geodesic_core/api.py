@@ -28,7 +28,8 @@ from .data import Split
 from .errors import InputError
 from .geo import StepInfo
 from .metric import flat_params
-from .sparsify import StageResult, geodesic_stage, stage_sparsities
+from .sparsify import (AdaptiveSchedule, FixedSchedule, StageResult, fidelity_probe, geodesic_stage,
+                       prediction_agreement, stage_sparsities)
 from .targets import check_sparsity_percent, param_slices, sparsity
 from .train import evaluate
 
@@ -72,15 +73,20 @@ def _as_split(test) -> Split | None:
 
 
 def sparsify(model: nn.Module, x: torch.Tensor, target: float, *, test: tuple[torch.Tensor, torch.Tensor] | None = None,
-             stages: int = 5, refresh_every: int = 10, scope: Literal["global", "layer"] = "global",
+             stages: int = 5, schedule: Literal["cubic", "adaptive"] = "adaptive", stage_tolerance: float = 0.3,
+             max_stages: int = 40, refresh_every: int = 10, scope: Literal["global", "layer"] = "global",
              geo: GeoConfig | None = None, eval_every: int = 10,
              callbacks: Sequence[Callable[[StepInfo], None]] = ()) -> SparsifyResult:
     """Sparsify a copy of ``model`` to ``target`` percent zeros by traversing geodesics (paper Algorithm 1).
 
-    Stage k = 1..``stages`` traverses Geo(w, g, proj(w, H_{p_k}), s) toward the p_k-sparse projection of the
-    current weights (p_k the cubic schedule of `stage_sparsities`), re-projected every ``refresh_every`` steps,
-    each step the trust-region problem of eq. 6-7 under the metric g = E_x[J^T J] on batches of ``x``, with the
-    corrector toward the dense network's outputs; each stage ends on H_{p_k}.
+    Stage k traverses Geo(w, g, proj(w, H_{p_k}), s) toward the p_k-sparse projection of the current weights,
+    re-projected every ``refresh_every`` steps, each step the trust-region problem of eq. 6-7 under the metric
+    g = E_x[J^T J] on batches of ``x``, with the corrector toward the dense network's outputs; each stage ends
+    on H_{p_k}. The levels p_k: ``schedule="adaptive"`` (the flow's default, `AdaptiveSchedule`) sizes each
+    stage by how much agreement with the dense network's predictions on 2,000 inputs of ``x`` the last one
+    lost (``stage_tolerance`` points; a stage that lost more than twice that is undone and retried shorter; at
+    most ``max_stages``), starting from steps of 1/``stages`` of the log density; ``"cubic"``: the fixed
+    ``stages`` of `stage_sparsities`. Undone stages leave no rows in ``path`` or ``stages``; their time counts.
 
     Args:
         model: any ``nn.Module`` mapping ``(N, *input shape)`` to outputs ``(N, K)``; it is not modified.
@@ -98,6 +104,10 @@ def sparsify(model: nn.Module, x: torch.Tensor, target: float, *, test: tuple[to
     if stages < 1 or eval_every < 1 or refresh_every < 1:
         raise InputError(f"stages, eval_every and refresh_every must be >= 1, got {stages}, {eval_every}, "
                          f"{refresh_every}")
+    if schedule not in ("cubic", "adaptive"):
+        raise InputError(f"schedule must be 'cubic' or 'adaptive', got {schedule!r}")
+    plan = (AdaptiveSchedule(target, stages=stages, tolerance=stage_tolerance, max_stages=max_stages)
+            if schedule == "adaptive" else FixedSchedule(stage_sparsities(target, stages)))
     test_split = _as_split(test)
     cfg = geo or SparsifyGeoConfig()
     dense = copy.deepcopy(model).requires_grad_(False)
@@ -119,10 +129,18 @@ def sparsify(model: nn.Module, x: torch.Tensor, target: float, *, test: tuple[to
             spent[0] += time.perf_counter() - t
         return cb
 
-    t0, step, length = time.perf_counter(), 0, 0.0
-    for k, p_k in enumerate(stage_sparsities(target, stages)):
+    t0, step, length, attempt = time.perf_counter(), 0, 0.0, 0
+    probe = fidelity_probe(x, seed=cfg.seed)
+    while (p_k := plan.propose()) is not None:
+        k, rows_before = len(out.stages), len(out.path)
+        saved = {n: t.detach().clone() for n, t in net.state_dict().items()}
         res = geodesic_stage(net, slices, p_k, x, cfg, refresh_every=refresh_every, scope=scope, anchor=dense,
-                             callbacks=[*callbacks, record(k + 1, length)], start_step=step, stage=k)
+                             callbacks=[*callbacks, record(k + 1, length)], start_step=step, stage=attempt)
+        attempt += 1
+        if not plan.report(prediction_agreement(net, dense, probe)):  # undone: back to the previous end
+            net.load_state_dict(saved)
+            del out.path[rows_before:]
+            continue
         step += res.steps
         length += res.path_length
         out.stages.append(res)

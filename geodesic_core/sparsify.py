@@ -1,9 +1,11 @@
 """Algorithm 1 (discovering sparse networks via geodesics) and its baselines.
 
 Algorithm 1: while w ∉ H_p: w_a ← proj(w, H_p); w ← Geo(w, g, w_a, n_s). Here the target sparsity is
-approached along a schedule of stages (p_k = p (1 − (1 − k/K)^3), k = 1..K, the cubic schedule of Zhu &
-Gupta 2017), each stage one run of Algorithm 1 toward H_{p_k} that ends on H_{p_k}: when the traversal
-stops by the oscillation or step criterion, the remaining (small) distance is closed by the projection.
+approached along a schedule of stages, each stage one run of Algorithm 1 toward H_{p_k} that ends on
+H_{p_k}: when the traversal stops by the oscillation or step criterion, the remaining (small) distance is
+closed by the projection. The default schedule (`AdaptiveSchedule`) sizes each stage by how much of the
+dense network's predictions the last one lost, undoing a stage that lost too much; the alternative is the
+fixed cubic schedule p_k = p (1 − (1 − k/K)^3), k = 1..K, of Zhu & Gupta 2017 (`stage_sparsities`).
 The schedule keeps every stage's distance short, where the local metric describes the functional change
 well; the final network has exactly the requested fraction of zeros among its prunable weights. The
 anchor of every stage is the dense network: the correctors of `geodesic_core.geo` pull the path's outputs
@@ -70,17 +72,18 @@ SparsifyTrainConfig = with_defaults(TrainConfig, "SparsifyTrainConfig", __name__
 class SparsifyConfig(_ModelOnDataset):
     """Algorithm 1 on one dense network at several sparsity levels, with its baselines.
 
-    ``sparsity``: target levels in percent, each in (0, 100), no duplicates. ``stages``: K stages of the
-    sparsity schedule (one cached task each); ``refresh_every``: n_s, steps between re-projections;
+    ``sparsity``: target levels in percent, each in (0, 100), no duplicates. ``stages``: K, the stages of the
+    cubic schedule, or the adaptive schedule's first and largest step, 1/K of the log density (one cached
+    task per stage); ``refresh_every``: n_s, steps between re-projections;
     ``geo.max_steps``: s, the step limit of each stage. ``structured``: zero ``n_filters`` whole filters of
     conv ``layer`` instead (one level; ``sparsity`` is then ignored; the paper's 50 of VGG11's 64 first-layer
     filters is ``n_filters`` = round(50 W) at width W); the paper's baseline, iterative prune-train, then also
     runs: one filter removed at a time, each removal followed by ``prune_train_epochs`` epochs of masked SGD with
-    the ``finetune`` settings (0: skip it). ``schedule``: ``cubic``, the fixed ``stages`` of `stage_sparsities`,
-    or ``adaptive`` (`AdaptiveSchedule`): stages spaced in log density, the first |log(1 − p)| / ``stages``
+    the ``finetune`` settings (0: skip it). ``schedule``: ``adaptive`` (the default, `AdaptiveSchedule`): stages spaced in log density, the first |log(1 − p)| / ``stages``
     long, each halved or grown by how much the network's agreement with the dense network's predictions on
     2,000 training inputs fell in the last stage (``stage_tolerance`` points; a stage that lost more than twice
-    that is rejected and retried shorter), at most ``max_stages`` stages; no labels read. The structured mode
+    that is rejected and retried shorter), at most ``max_stages`` stages; no labels read; or ``cubic``, the
+    fixed ``stages`` of `stage_sparsities`. The structured mode
     always removes the filters in ``stages`` equal steps. ``checkpoint``: start from this dense
     network instead of training one. ``eval_every``: test-set evaluation period along the path (steps).
     """
@@ -96,7 +99,7 @@ class SparsifyConfig(_ModelOnDataset):
     n_filters: PositiveInt = 50
     prune_train_epochs: float = Field(0.5, ge=0.0)
     stages: PositiveInt = 5
-    schedule: Literal["cubic", "adaptive"] = "cubic"
+    schedule: Literal["adaptive", "cubic"] = "adaptive"
     stage_tolerance: PositiveFloat = 0.3
     max_stages: PositiveInt = 40
     refresh_every: PositiveInt = 10

@@ -86,9 +86,9 @@ def geodesic_segment(start: dict, anchor: dict, level: float, stage: int, stage_
         else:
             res = geodesic_stage(model, slices, stage_level, train_x, geo_cfg, refresh_every=cfg.refresh_every,
                                  scope=cfg.scope, anchor=dense, callbacks=callbacks, start_step=start_step, stage=stage)
-        wall = time.perf_counter() - t0 - spent[0]
+        fidelity = prediction_agreement(model, dense, fidelity_probe(train_x, seed=cfg.seed))  # the method's own
+        wall = time.perf_counter() - t0 - spent[0]  # test (no labels): it counts in the wall time
         acc, loss = evaluate(model, test)
-        fidelity = prediction_agreement(model, dense, fidelity_probe(train_x, seed=cfg.seed))
         end_step = start_step + res.steps
         rows.append({"step": end_step, "distance": 0.0, "test_accuracy": acc, "test_loss": loss,
                      "sparsity": percent_sparse(flat_params(model), slices), "path_length": res.path_length})

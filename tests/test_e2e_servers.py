@@ -22,7 +22,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TINY = {"model": "lenet300", "dataset": "mnist", "sparsity": [90.0], "stages": 1, "eval_every": 4,
+TINY = {"model": "lenet300", "dataset": "mnist", "sparsity": [90.0], "schedule": "cubic", "stages": 1, "eval_every": 4,
         "geo": {"max_steps": 4}, "train": {"epochs": 1}, "finetune": {"epochs": 1, "equal_time": False, "distill": False}}
 
 

@@ -72,7 +72,7 @@ def test_a_run_reports_progress_and_live_metrics_and_lists_its_runs(harness, wor
     # the CLI in a process of its own, its output a pipe (not a terminal), against the test's Prefect server
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PREFECT_API_URL": PREFECT_API_URL.value(),
            "GEODESIC_OUTPUT_DIR": str(workdir / "outputs"), "GEODESIC_LOG_SECONDS": "1"}
-    args = ["sparsify", "--data-dir", data_dir, "--sparsity", "90", "--stages", "2", "--geo.max-steps", "6",
+    args = ["sparsify", "--data-dir", data_dir, "--sparsity", "90", "--schedule", "cubic", "--stages", "2", "--geo.max-steps", "6",
             "--train.epochs", "1", "--finetune.epochs", "1", "--no-finetune.equal-time", "--eval-every", "3"]
     proc = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=workdir, env=env, capture_output=True,
                           text=True, timeout=600)

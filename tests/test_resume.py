@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 FLOWS = {
-    "sparsify": ["--sparsity", "90", "--sparsity", "60", "--stages", "2", "--geo.max-steps", "10", "--geo.distill-steps",
+    "sparsify": ["--sparsity", "90", "--sparsity", "60", "--schedule", "cubic", "--stages", "2", "--geo.max-steps", "10", "--geo.distill-steps",
                  "2", "--train.epochs", "1", "--finetune.epochs", "1", "--no-finetune.equal-time", "--no-finetune.distill"],
     "continual": ["--tasks", "2", "--methods", "geodesic", "--methods", "sgd", "--methods", "ewc", "--train.epochs", "1",
                   "--geo.max-steps", "12", "--eval-every", "4", "--fisher-samples", "200", "--linear-points", "5"],

@@ -5,7 +5,7 @@ import pytest
 from flows.cli import main
 from geodesic_core import build_model, save_checkpoint
 
-TINY = ["--sparsity", "90", "--sparsity", "60", "--stages", "2", "--geo.max-steps", "8", "--train.epochs", "1",
+TINY = ["--sparsity", "90", "--sparsity", "60", "--schedule", "cubic", "--stages", "2", "--geo.max-steps", "8", "--train.epochs", "1",
         "--finetune.epochs", "1", "--eval-every", "4"]
 
 
@@ -194,7 +194,7 @@ def test_a_crash_closes_the_parent_run_as_failed(harness, workdir, data_dir, mon
 
     monkeypatch.setattr("tasks.geodesic.geodesic_stage", crash)
     with pytest.raises(Exception, match="injected failure"):
-        main(["sparsify", "--data-dir", data_dir, "--sparsity", "90", "--stages", "1", "--train.epochs", "1",
+        main(["sparsify", "--data-dir", data_dir, "--sparsity", "90", "--schedule", "cubic", "--stages", "1", "--train.epochs", "1",
               "--no-finetune.equal-time"])
     _, runs = _runs(workdir)
     parent = [r for r in runs if r.data.tags.get("geodesic.role") == "parent"]
@@ -275,7 +275,7 @@ def test_tracking_failures_are_retried_and_a_final_failure_loses_no_checkpoint(h
     import tasks.tracking as tracking
 
     real = tracking._client
-    args = ["sparsify", "--data-dir", data_dir, "--sparsity", "90", "--stages", "1", "--geo.max-steps", "6",
+    args = ["sparsify", "--data-dir", data_dir, "--sparsity", "90", "--schedule", "cubic", "--stages", "1", "--geo.max-steps", "6",
             "--train.epochs", "1", "--finetune.epochs", "1", "--no-finetune.equal-time", "--no-finetune.distill"]
     # a server that is down for good: the tracking task fails after its retries, clearly, and the parent
     # run is closed as FAILED; the computed networks stay on disk (live metrics off: only the final logging

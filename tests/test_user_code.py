@@ -194,7 +194,7 @@ def test_torchvision_models_are_adapted_to_the_data(shape, classes):
 
 def test_a_flow_runs_on_the_users_model_and_data_and_reruns_after_an_edit(harness, workdir, user_module, capsys):
     args = ["sparsify", "--model", f"{user_module}:mlp", "--dataset", f"{user_module}:images", "--sparsity", "80",
-            "--stages", "1", "--geo.max-steps", "6", "--train.epochs", "2", "--no-finetune.equal-time",
+            "--schedule", "cubic", "--stages", "1", "--geo.max-steps", "6", "--train.epochs", "2", "--no-finetune.equal-time",
             "--finetune.epochs", "1", "--progress", "off"]
     assert main(args) == 0
     assert "geodesic" in capsys.readouterr().out
@@ -307,7 +307,7 @@ def test_the_python_api_sparsifies_a_users_network_on_tensors(data_dir):
     net = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
     train(net, (x, y), TrainConfig(epochs=1, seed=0))
     before = [p.clone() for p in net.parameters()]
-    res = sparsify(net, x, 90, test=(te.x[:500], te.y[:500]), stages=2,
+    res = sparsify(net, x, 90, test=(te.x[:500], te.y[:500]), schedule="cubic", stages=2,
                    geo=SparsifyConfig().geo.model_copy(update={"max_steps": 10, "distill_steps": 2}), eval_every=5)
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))  # the user's network is untouched
     assert res.sparsity == pytest.approx(90, abs=0.05) and res.test_accuracy > 60
@@ -316,6 +316,20 @@ def test_the_python_api_sparsifies_a_users_network_on_tensors(data_dir):
     assert df["path_length"].is_monotonic_increasing and df["stage"].max() == 2
     with pytest.raises(InputError, match="strictly between 0 and 100|between 0 and 100"):
         sparsify(net, x, 100)
+
+    # the default, adaptive schedule: a tolerance of 0.01 points undoes stages, which leave no rows behind
+    steps_taken = []
+    res = sparsify(net, x, 90, test=(te.x[:500], te.y[:500]), stages=2, max_stages=4, stage_tolerance=0.01,
+                   geo=SparsifyConfig().geo.model_copy(update={"max_steps": 10, "distill_steps": 2}), eval_every=5,
+                   callbacks=[lambda info: steps_taken.append(info.step)])
+    df = res.frame()
+    assert res.sparsity == pytest.approx(90, abs=0.05) and 2 <= len(res.stages) <= 4
+    assert len(steps_taken) > df["step"].max()  # steps were taken and undone
+    assert df["step"].is_monotonic_increasing and df["path_length"].is_monotonic_increasing
+    assert sorted(set(df["stage"])) == list(range(1, len(res.stages) + 1))
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    with pytest.raises(InputError, match="tolerance"):
+        sparsify(net, x, 90, stage_tolerance=0)
 
 
 @pytest.mark.slow
