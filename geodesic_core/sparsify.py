@@ -208,7 +208,11 @@ class AdaptiveSchedule:
         if u_next - self.u_target < 0.5 * self.a_min:  # the rest is shorter than half the smallest step: finish
             u_next = self.u_target
         self._proposed = u_next
-        return self.level if u_next == self.u_target else -100.0 * math.expm1(u_next)
+        return self._percent(u_next)
+
+    def _percent(self, u: float) -> float:
+        """The sparsity (percent) at log density ``u``; the level itself, exactly, at u_T."""
+        return self.level if u == self.u_target else -100.0 * math.expm1(u)
 
     def max_drop(self) -> float:
         """The largest fall of fidelity (points) at which the proposed stage is accepted."""
@@ -219,7 +223,7 @@ class AdaptiveSchedule:
         whether it is accepted (the path continues from its end) or rejected (from the previous end)."""
         if self._proposed is None:
             raise RuntimeError("report() without a proposed stage")
-        stage_p = self.level if self._proposed == self.u_target else -100.0 * math.expm1(self._proposed)
+        stage_p = self._percent(self._proposed)
         drop = self.fidelity - float(fidelity)
         accepted = drop <= self.max_drop()
         self.history.append((stage_p, float(fidelity), accepted))
