@@ -49,8 +49,8 @@ def direct(params, data_dir: str) -> tuple[float, list[dict]]:
 
     from geodesic_core import build_model, evaluate, flat_params, param_slices, sparsity
     from geodesic_core.data import get_spec, load_split
-    from geodesic_core.sparsify import (fidelity_probe, geodesic_stage, prediction_agreement, project_to_level,
-                                        prune_finetune)
+    from geodesic_core.sparsify import (fidelity_probe, geodesic_stage, project_to_level, prune_finetune,
+                                        run_schedule)
     from geodesic_core.train import train
     from tasks.geodesic import _path_recorder
     from tasks.live import Live, ReportConfig
@@ -70,21 +70,19 @@ def direct(params, data_dir: str) -> tuple[float, list[dict]]:
         path: list[dict] = []
         silent = Live("direct", cfg=ReportConfig(progress="off", live_metrics=False)).__enter__()
         record, spent, _ = _path_recorder(model, slices, test, params.eval_every, path, silent)
-        start, geo_seconds = 0, 0.0
-        plan, k = params.stage_schedule(level), 0
-        while (stage_level := plan.propose()) is not None:
+        geo_seconds = [0.0]
+
+        def run_stage(stage_level, start, attempt):
             t = time.perf_counter()
             spent[0] = 0.0
-            saved = copy.deepcopy(model.state_dict())
             res = geodesic_stage(model, slices, stage_level, train_split.x, geo_cfg, refresh_every=params.refresh_every,
-                                 scope=params.scope, anchor=dense, callbacks=[record], start_step=start, stage=k)
-            geo_seconds += time.perf_counter() - t - spent[0]
+                                 scope=params.scope, anchor=dense, callbacks=[record], start_step=start, stage=attempt)
+            geo_seconds[0] += time.perf_counter() - t - spent[0]
             evaluate(model, test)
-            k += 1
-            if plan.report(prediction_agreement(model, dense, fidelity_probe(train_split.x, seed=params.seed))):
-                start += res.steps
-            else:
-                model.load_state_dict(saved)
+            return res
+
+        run_schedule(model, params.stage_schedule(level), run_stage, dense,
+                     fidelity_probe(train_split.x, seed=params.seed))
         project_to_level(model, level, scope=params.scope)
         acc, _ = evaluate(model, test)
         rows.append({"method": "geodesic", "level": level, "test_accuracy": acc,
@@ -92,7 +90,7 @@ def direct(params, data_dir: str) -> tuple[float, list[dict]]:
         oneshot = copy.deepcopy(dense)
         project_to_level(oneshot, level, scope=params.scope)
         rows.append({"method": "oneshot", "level": level, "test_accuracy": evaluate(oneshot, test)[0]})
-        budgets = [None, geo_seconds] if params.finetune.equal_time else [None]
+        budgets = [None, geo_seconds[0]] if params.finetune.equal_time else [None]
         for distill in ([False, True] if params.finetune.distill else [False]):  # on the labels; label-free
             for budget in budgets:
                 ft = copy.deepcopy(dense).requires_grad_(True)

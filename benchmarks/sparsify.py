@@ -31,8 +31,7 @@ from geodesic_core import evaluate, flat_params, load_split, param_slices, spars
 from geodesic_core.data import Split
 from geodesic_core.sparsify import SparsifyConfig
 from geodesic_core.models import build_model
-from geodesic_core.sparsify import (fidelity_probe, geodesic_stage, masks_from_zeros, oneshot_prune,
-                                    prediction_agreement)
+from geodesic_core.sparsify import fidelity_probe, geodesic_stage, masks_from_zeros, oneshot_prune, run_schedule
 
 warnings.filterwarnings("ignore")
 
@@ -49,23 +48,24 @@ def geodesic(dense, slices, level, cfg: SparsifyConfig, pool, test):
     Returns (model, wall seconds, steps, path min, accepted stages, rejected stages)."""
     model, anchor = _copy(dense), _copy(dense).requires_grad_(False)
     plan, probe = cfg.stage_schedule(level), fidelity_probe(pool, seed=cfg.seed)
-    t0, step, path_min, eval_time, k, rejected = time.perf_counter(), 0, 100.0, 0.0, 0, 0
-    while (p_k := plan.propose()) is not None:
-        saved = {n: t.clone() for n, t in model.state_dict().items()}
-        res = geodesic_stage(model, slices, p_k, pool, cfg.geo.model_copy(update={"seed": cfg.seed}),
-                             refresh_every=cfg.refresh_every, scope=cfg.scope, anchor=anchor, start_step=step, stage=k)
-        k += 1
-        if not plan.report(prediction_agreement(model, anchor, probe)):
-            model.load_state_dict(saved)
-            rejected += 1
-            continue
-        step += res.steps
+    seen = {"path_min": 100.0, "eval_time": 0.0}
+
+    def run_stage(p_k, start, attempt):
+        return geodesic_stage(model, slices, p_k, pool, cfg.geo.model_copy(update={"seed": cfg.seed}),
+                              refresh_every=cfg.refresh_every, scope=cfg.scope, anchor=anchor, start_step=start,
+                              stage=attempt)
+
+    def accept(res):
         t = time.perf_counter()
-        path_min = min(path_min, evaluate(model, test)[0])
-        eval_time += time.perf_counter() - t
-    wall = time.perf_counter() - t0 - eval_time
+        seen["path_min"] = min(seen["path_min"], evaluate(model, test)[0])
+        seen["eval_time"] += time.perf_counter() - t
+
+    t0 = time.perf_counter()
+    stages = run_schedule(model, plan, run_stage, anchor, probe, on_accept=accept)
+    wall = time.perf_counter() - t0 - seen["eval_time"]
     oneshot_prune(model, slices, level, cfg.scope)
-    return model, wall, step, path_min, k - rejected, rejected
+    return (model, wall, sum(r.steps for r in stages), seen["path_min"], len(stages),
+            len(plan.history) - len(stages))
 
 
 def finetune_curve(dense, slices, level, cfg: SparsifyConfig, data, test, budget, every=100, distill=False):

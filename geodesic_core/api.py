@@ -23,13 +23,12 @@ from torch import nn
 
 from .config import GeoConfig
 
-from .sparsify import SparsifyGeoConfig
 from .data import Split
 from .errors import InputError
 from .geo import StepInfo
 from .metric import flat_params
-from .sparsify import (AdaptiveSchedule, FixedSchedule, StageResult, fidelity_probe, geodesic_stage,
-                       prediction_agreement, stage_sparsities)
+from .sparsify import (AdaptiveSchedule, FixedSchedule, SparsifyGeoConfig, StageResult, fidelity_probe,
+                       geodesic_stage, run_schedule, stage_sparsities)
 from .targets import check_sparsity_percent, param_slices, sparsity
 from .train import evaluate
 
@@ -129,28 +128,30 @@ def sparsify(model: nn.Module, x: torch.Tensor, target: float, *, test: tuple[to
             spent[0] += time.perf_counter() - t
         return cb
 
-    t0, step, length, attempt = time.perf_counter(), 0, 0.0, 0
-    probe = fidelity_probe(x, seed=cfg.seed)
-    while (p_k := plan.propose()) is not None:
-        k, rows_before = len(out.stages), len(out.path)
-        saved = {n: t.detach().clone() for n, t in net.state_dict().items()}
-        res = geodesic_stage(net, slices, p_k, x, cfg, refresh_every=refresh_every, scope=scope, anchor=dense,
-                             callbacks=[*callbacks, record(k + 1, length)], start_step=step, stage=attempt)
-        attempt += 1
-        if not plan.report(prediction_agreement(net, dense, probe)):  # undone: back to the previous end
-            net.load_state_dict(saved)
-            del out.path[rows_before:]
-            continue
-        step += res.steps
-        length += res.path_length
+    length, rows_before = [0.0], [0]
+
+    def run_stage(p_k: float, start: int, attempt: int):
+        rows_before[0] = len(out.path)
+        return geodesic_stage(net, slices, p_k, x, cfg, refresh_every=refresh_every, scope=scope, anchor=dense,
+                              callbacks=[*callbacks, record(len(out.stages) + 1, length[0])], start_step=start,
+                              stage=attempt)
+
+    def accept(res) -> None:
+        length[0] += res.path_length
         out.stages.append(res)
-        row = {"stage": k + 1, "step": step, "distance": 0.0, "path_length": length,
-               "sparsity": 100.0 * sparsity(flat_params(net), slices)}
+        row = {"stage": len(out.stages), "step": sum(r.steps for r in out.stages), "distance": 0.0,
+               "path_length": length[0], "sparsity": 100.0 * sparsity(flat_params(net), slices)}
         if test_split is not None:
             t = time.perf_counter()
             row["test_accuracy"], row["test_loss"] = evaluate(net, test_split)
             spent[0] += time.perf_counter() - t
         out.path.append(row)
+
+    def undo(res) -> None:  # an undone stage leaves no rows
+        del out.path[rows_before[0]:]
+
+    t0 = time.perf_counter()
+    run_schedule(net, plan, run_stage, dense, fidelity_probe(x, seed=cfg.seed), on_accept=accept, on_reject=undo)
     out.seconds = time.perf_counter() - t0 - spent[0]
     out.sparsity = out.path[-1]["sparsity"]
     out.test_accuracy = out.path[-1].get("test_accuracy")

@@ -317,6 +317,35 @@ def structured_stage(model: nn.Module, layer: str, n_filters: int, pool: torch.T
     return _run_stage(model, target, float(n_filters), pool, cfg, anchor, callbacks, start_step, stage)
 
 
+def run_schedule(model: nn.Module, plan: AdaptiveSchedule | FixedSchedule,
+                 run_stage: Callable[[float, int, int], StageResult], dense: nn.Module, probe: torch.Tensor, *,
+                 on_accept: Callable[[StageResult], None] = lambda r: None,
+                 on_reject: Callable[[StageResult], None] = lambda r: None) -> list[StageResult]:
+    """Algorithm 1's outer loop in memory: the stages ``plan`` proposes, each judged by its fidelity.
+
+    For every proposed level p_k, ``run_stage(p_k, start_step, attempt)`` traverses one stage in place (e.g.
+    `geodesic_stage`; ``start_step`` is the step count of the accepted stages so far, ``attempt`` counts every
+    stage run, seeding its batches). The fidelity `prediction_agreement` (``model`` against ``dense`` on the
+    fixed ``probe``) is reported to ``plan``; a rejected stage is undone (``model`` back to the previous
+    stage's end, ``on_reject`` told) and the plan retries shorter; an accepted one continues the path
+    (``on_accept``). Returns the accepted stages in order. (The flow runs the same loop as cached tasks.)
+    """
+    accepted: list[StageResult] = []
+    start, attempt = 0, 0
+    while (p_k := plan.propose()) is not None:
+        saved = {n: t.detach().clone() for n, t in model.state_dict().items()}
+        res = run_stage(p_k, start, attempt)
+        attempt += 1
+        if plan.report(prediction_agreement(model, dense, probe)):
+            start += res.steps
+            accepted.append(res)
+            on_accept(res)
+        else:
+            model.load_state_dict(saved)
+            on_reject(res)
+    return accepted
+
+
 def masks_from_zeros(model: nn.Module, slices: list[ParamSlice]) -> dict[str, torch.Tensor]:
     """{param name: 0/1 mask} marking the non-zero prunable weights (for masked fine-tuning)."""
     named = dict(model.named_parameters())

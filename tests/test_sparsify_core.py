@@ -160,3 +160,33 @@ def test_prediction_agreement_is_label_free_and_exact():
     with torch.no_grad():
         expected = 100.0 * float((a(x).argmax(1) == b(x).argmax(1)).float().mean())
     assert prediction_agreement(a, b, x, batch_size=128) == pytest.approx(expected)
+
+
+def test_run_schedule_undoes_a_rejected_stage_and_continues_from_the_previous_end():
+    """A stage that wrecks the function is undone (weights back to the previous stage's end, step count
+    unchanged) and retried shorter; accepted stages continue the path."""
+    from geodesic_core.sparsify import AdaptiveSchedule, StageResult, run_schedule
+
+    torch.manual_seed(0)
+    dense = build_model("lenet300", 10, 1, 28).requires_grad_(False)
+    model = build_model("lenet300", 10, 1, 28)
+    model.load_state_dict(dense.state_dict())
+    probe = torch.randn(500, 1, 28, 28)
+    calls, rejected = [], []
+
+    def run_stage(p_k, start, attempt):
+        calls.append((p_k, start, attempt))
+        if attempt == 0:  # the first, largest stage scrambles the network: far more than 2 x 0.3 points lost
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.normal_()
+        return StageResult(attempt, p_k, 7, "reached", 0.0, 1.0)
+
+    accepted = run_schedule(model, AdaptiveSchedule(90, stages=2, tolerance=0.3, max_stages=8), run_stage, dense,
+                            probe, on_reject=rejected.append)
+    assert len(rejected) == 1 and rejected[0].target_sparsity == calls[0][0]
+    assert calls[1][0] < calls[0][0] and calls[1][1] == 0  # retried shorter, from step 0 again
+    assert [c[1] for c in calls[1:]] == [7 * i for i in range(len(accepted))]  # accepted stages continue the count
+    assert accepted[-1].target_sparsity == 90
+    for name, t in dense.state_dict().items():  # only the undone stage changed anything
+        assert torch.equal(model.state_dict()[name], t)
