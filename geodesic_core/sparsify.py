@@ -173,8 +173,9 @@ class AdaptiveSchedule:
     δ = F_prev − F:
 
     - δ > ``reject`` · ``tolerance``: the stage is rejected (the path continues from the previous stage's
-      end) and retried with half the step, unless the step is already the smallest, a_min = |u_T| /
-      ``max_stages``;
+      end) and retried with half the step, unless no shorter stage exists: the step is already the smallest,
+      a_min = |u_T| / ``max_stages``, or half of it would propose the same level (the level itself, when the
+      rest is short);
     - otherwise it is accepted; the next step is halved when δ > ``tolerance``, grown by 1.5 (at most a_0)
       when δ < ``tolerance`` / 3.
 
@@ -204,19 +205,25 @@ class AdaptiveSchedule:
         """The next stage's sparsity (percent), or None when the level is reached."""
         if self.done:
             return None
-        u_next = self.u - self.a
-        if u_next - self.u_target < 0.5 * self.a_min:  # the rest is shorter than half the smallest step: finish
-            u_next = self.u_target
-        self._proposed = u_next
-        return self._percent(u_next)
+        self._proposed = self._next(self.a)
+        return self._percent(self._proposed)
+
+    def _next(self, a: float) -> float:
+        """The log density a step of ``a`` from the current end reaches (the level itself when the rest would be
+        shorter than half the smallest step)."""
+        u_next = self.u - a
+        return self.u_target if u_next - self.u_target < 0.5 * self.a_min else u_next
 
     def _percent(self, u: float) -> float:
         """The sparsity (percent) at log density ``u``; the level itself, exactly, at u_T."""
         return self.level if u == self.u_target else -100.0 * math.expm1(u)
 
     def max_drop(self) -> float:
-        """The largest fall of fidelity (points) at which the proposed stage is accepted."""
-        return math.inf if self.a <= self.a_min * (1 + 1e-9) else self.reject * self.tolerance
+        """The largest fall of fidelity (points) at which the proposed stage is accepted: unbounded when no
+        shorter stage exists (the step is the smallest, or half of it would propose the same level again)."""
+        if self.a <= self.a_min * (1 + 1e-9) or self._next(max(self.a / 2, self.a_min)) == self._next(self.a):
+            return math.inf
+        return self.reject * self.tolerance
 
     def report(self, fidelity: float) -> bool:
         """The proposed stage ended with ``fidelity`` (percent agreement with the dense network); returns

@@ -149,6 +149,33 @@ def test_adaptive_schedule_always_finishes_and_rejects_bad_settings():
     assert [p for p, *_ in _drive(FixedSchedule([10.0, 20.0]), lambda p: 0.0)] == [10.0, 20.0]
 
 
+def test_adaptive_schedule_never_retries_a_rejected_stage_at_the_same_level():
+    """A rejection must lead to a shorter stage; where none exists (the smallest step, or the level itself
+    again), the stage is kept instead of being run twice."""
+    import random
+
+    from geodesic_core.sparsify import AdaptiveSchedule
+
+    rng = random.Random(0)
+    for trial in range(300):
+        stages, extra = rng.randint(1, 6), rng.randint(0, 10)
+        level = rng.choice([80.0, 90.0, 95.0, 98.0, 99.0, 99.1])
+        plan = AdaptiveSchedule(level, stages=stages, tolerance=0.3, max_stages=stages + extra)
+        fid = [100.0]
+
+        def fidelity(p):  # falls by 0-2 points a stage, at random
+            return fid[0] - rng.uniform(0.0, 2.0)
+
+        while (p := plan.propose()) is not None:
+            f = fidelity(p)
+            if plan.report(f):
+                fid[0] = f
+        hist = plan.history
+        for (p0, _, ok), (p1, _, _) in zip(hist, hist[1:]):
+            assert ok or p1 < p0, (trial, hist)
+        assert hist[-1][0] == level and hist[-1][2]
+
+
 def test_prediction_agreement_is_label_free_and_exact():
     from geodesic_core.sparsify import prediction_agreement
 
