@@ -95,9 +95,11 @@ def geodesic_segment(start: dict, anchor: dict, level: float, stage: int, stage_
         for r in held + rows[-1:]:
             if r["step"] != end_step or r is rows[-1]:
                 live.log(r["step"], {k: r[k] for k in PROBE_KEYS})
-        accepted = max_drop is None or float(start.get("fidelity", 100.0)) - fidelity <= max_drop
+        drop = float(start.get("fidelity", 100.0)) - fidelity
+        accepted = max_drop is None or drop <= max_drop
         if not accepted:
-            live.discard()
+            live.discard(f"agreement with the dense network fell {drop:.2f} points (at most {max_drop:g}), "
+                         f"retried shorter")
     return save_result(out, model, meta, dict(
         stage=stage, stage_level=stage_level, steps=res.steps, end_step=end_step, stop_reason=res.stop_reason,
         projection_distance=res.distance_before_projection, path_length=res.path_length,

@@ -269,6 +269,7 @@ class Live:
         self.cfg = cfg or ReportConfig.from_env()
         self.mode = self.cfg.mode()
         self.completed = 0.0
+        self.undone = ""  # set by `discard`: said in the last line and the artifact
         self.status: dict[str, str] = {}
         self.history: History | None = None
         self.row = self.artifact = None
@@ -311,8 +312,8 @@ class Live:
             else:
                 self.completed = self.total
         if self.artifact is not None and exc_type is None:
-            self._set_artifact(100.0)
-        state = "failed" if exc_type else "done"
+            self._set_artifact(100.0, f"{self.title} ({self.undone})" if self.undone else None)
+        state = "failed" if exc_type else self.undone or "done"
         line = (f"{self.title}: {state}, {self.completed:g} steps in {time.monotonic() - self.t0:.1f} s"
                 + (f" ({self._status_text()})" if self.status else ""))
         if self.row is not None:
@@ -382,8 +383,10 @@ class Live:
             self.last_artifact = now
             self._set_artifact(100.0 * min(self.completed / self.total, 1.0))
 
-    def discard(self) -> None:
-        """Drop the metric points not yet sent (with ``hold``: all of this task's)."""
+    def discard(self, reason: str = "") -> None:
+        """Drop the metric points not yet sent (with ``hold``: all of this task's); the progress line and the
+        Prefect artifact then say the task's work was undone, and why."""
+        self.undone = f"undone{': ' + reason if reason else ''}"
         if self.history is not None:
             self.history.pending = []
 
@@ -407,11 +410,11 @@ class Live:
         except Exception as exc:
             self._warn(exc)
 
-    def _set_artifact(self, pct: float) -> None:
+    def _set_artifact(self, pct: float, description: str | None = None) -> None:
         try:
             from prefect.artifacts import update_progress_artifact
 
-            update_progress_artifact(self.artifact, pct)
+            update_progress_artifact(self.artifact, pct, description=description)
         except Exception as exc:
             self._warn(exc)
 

@@ -95,6 +95,18 @@ def test_adaptive_schedule_rejects_stages_without_a_trace_in_the_histories_and_r
     dist = {h.step: h.value for h in client.get_metric_history(geo[0].info.run_id, "distance")}
     rows = df[(df["distance"] > 0) & (df["step"] <= steps)]  # a row's distance: before its step (history: s - 1)
     assert len(rows) >= 2 and all(dist[int(r.step) - 1] == pytest.approx(r.distance) for r in rows.itertuples())
+    import asyncio  # the Prefect UI says which stages were undone, and why
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType
+
+    async def progress():
+        async with get_client() as c:
+            return await c.read_artifacts(artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"])))
+
+    undone = [a.description for a in asyncio.run(progress())
+              if "(adaptive" in (a.description or "") and "undone: agreement with the dense network fell" in a.description]
+    assert len(undone) >= m["rejected_stages"], undone
 
     def boom(*a, **k):
         raise AssertionError("a cached task ran again")
