@@ -107,3 +107,22 @@ def test_cifar_file_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(InputError, match="refusing"):
         load_split("cifar10", False, tmp_path)
     assert not marker.exists()
+
+
+def test_the_validation_loader_holds_out_training_images_for_choosing_settings(data_dir, monkeypatch):
+    """`benchmarks/heldout.py`, named as a --dataset import path: 55,000 training images to learn from and
+    5,000 other training images (never test images) to choose settings on, the same draw every time."""
+    from geodesic_core.data import user_dataset
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    data = user_dataset("heldout:mnist", data_dir)
+    full = load_split("mnist", True, data_dir)
+    assert data.train.x.shape[0] == 55_000 and data.test.x.shape[0] == 5_000 and data.spec.num_classes == 10
+    pool = {hash(x.numpy().tobytes()): int(y) for x, y in zip(full.x, full.y)}
+    keys = [hash(x.numpy().tobytes()) for x in data.test.x]
+    assert all(k in pool for k in keys) and [pool[k] for k in keys] == data.test.y.tolist()
+    train_keys = {hash(x.numpy().tobytes()) for x in data.train.x[:5000]}
+    assert not train_keys & set(keys)  # disjoint from what the run learns from
+    import heldout
+
+    assert torch.equal(heldout.mnist(data_dir)[2], data.test.x)  # the same draw again
