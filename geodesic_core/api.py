@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from .config import GeoConfig
-
 from .data import Split
 from .errors import InputError
 from .geo import StepInfo
