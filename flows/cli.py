@@ -29,6 +29,10 @@ QUIET_ENV = {  # telemetry off; analytics off (it caused "database is locked" at
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
 }
+# Prefect's ephemeral server gets 20 s to start by default; its first start (database migrations) takes 14-16 s
+# on an idle 2-core machine and more on a busy one, where the run then failed before any work. Unless the user
+# sets PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, a run waits this long.
+EPHEMERAL_STARTUP_SECONDS = 120
 
 
 def _base_type(ann) -> type:
@@ -153,7 +157,8 @@ def run_local(flow_fn, params, *, data_dir: str | None, experiment: str, runner=
     on ./mlflow.db unless MLFLOW_TRACKING_URI is set, results persisted under the output directory, tasks on
     ``runner`` (a `RunnerConfig`; default: the environment's settings, else a 2-thread pool), progress and live
     metrics as ``report`` says (a `ReportConfig`; default: the environment's settings)."""
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.settings import (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+                                  temporary_settings)
 
     from flows.common import RunnerConfig
     from tasks.common import output_dir
@@ -170,7 +175,10 @@ def run_local(flow_fn, params, *, data_dir: str | None, experiment: str, runner=
                                                  or str(output_dir() / "prefect-results"))
     # set for the run (task threads and Dask worker processes read them), then restored: a process that runs
     # several flows (tests, benchmarks) does not carry one run's folders into the next
-    with _environ(env), temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    settings = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+    if PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.name not in os.environ:
+        settings[PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = EPHEMERAL_STARTUP_SECONDS
+    with _environ(env), temporary_settings(settings):
         return flow_fn.with_options(task_runner=task_runner)(
             params, data_dir=data_dir, experiment=experiment, return_state=return_state)
 
