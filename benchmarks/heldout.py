@@ -9,7 +9,7 @@ the test set::
 
 (a script in ``benchmarks/`` finds this module by itself; elsewhere put ``benchmarks`` on PYTHONPATH).
 
-The draw (seed 1234, 5,000 images) is the one ``benchmarks/sparsify.py --validation 5000`` holds out.
+The draw (seed 1234, 5,000 images) is also what ``benchmarks/sparsify.py --validation 5000`` holds out.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from geodesic_core.data import Split
 from geodesic_core.sparsify import SparsifyConfig
 from geodesic_core.models import build_model
 from geodesic_core.sparsify import fidelity_probe, geodesic_stage, masks_from_zeros, oneshot_prune, run_schedule
+from heldout import heldout
 
 warnings.filterwarnings("ignore")
 
@@ -112,12 +113,12 @@ def main() -> None:
             node = node.setdefault(part, {})
         node[last] = value
     cfg = SparsifyConfig(sparsity=args.sparsity or [90.0, 98.0, 99.0], **overrides)
-    tr, te = load_split("mnist", True, args.data_dir), load_split("mnist", False, args.data_dir)
-    if args.validation:
-        order = torch.randperm(tr.x.shape[0], generator=torch.Generator().manual_seed(1234))
-        held, kept = order[:args.validation], order[args.validation:]
-        tr, te = Split(tr.x[kept], tr.y[kept]), Split(tr.x[held], tr.y[held])
+    if args.validation:  # the draw `heldout:mnist` gives the flows
+        x_tr, y_tr, x_val, y_val, _ = heldout("mnist", args.data_dir, args.validation)
+        tr, te = Split(x_tr, y_tr), Split(x_val, y_val)
         print(f"validation: {args.validation} held-out training images (accuracies below are on them)")
+    else:
+        tr, te = load_split("mnist", True, args.data_dir), load_split("mnist", False, args.data_dir)
     print("settings:", {k: v for k, v in overrides.items()})
     torch.manual_seed(cfg.seed)
     dense = build_model("lenet300", 10, 1, 28)
