@@ -31,7 +31,7 @@ QUIET_ENV = {  # telemetry off; analytics off (it caused "database is locked" at
 }
 # Prefect's ephemeral server gets 20 s to start by default; its first start (database migrations) takes 14-16 s
 # on an idle 2-core machine and more on a busy one, where the run then failed before any work. Unless the user
-# sets PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, a run waits this long.
+# sets PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS (environment or profile), a run waits this long.
 EPHEMERAL_STARTUP_SECONDS = 120
 
 
@@ -176,8 +176,10 @@ def run_local(flow_fn, params, *, data_dir: str | None, experiment: str, runner=
     # set for the run (task threads and Dask worker processes read them), then restored: a process that runs
     # several flows (tests, benchmarks) does not carry one run's folders into the next
     settings = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
-    if PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.name not in os.environ:
-        settings[PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = EPHEMERAL_STARTUP_SECONDS
+    timeout = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+    # the user's own value, from the environment or a Prefect profile, wins
+    if timeout.name not in os.environ and timeout.value() == timeout.default():
+        settings[timeout] = EPHEMERAL_STARTUP_SECONDS
     with _environ(env), temporary_settings(settings):
         return flow_fn.with_options(task_runner=task_runner)(
             params, data_dir=data_dir, experiment=experiment, return_state=return_state)
