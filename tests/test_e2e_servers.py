@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import seed_databases
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TINY = {"model": "lenet300", "dataset": "mnist", "sparsity": [90.0], "schedule": "cubic", "stages": 1, "eval_every": 4,
@@ -92,7 +94,7 @@ def _flow_runs(env: dict, deployment: str) -> list:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_deployment_runs_on_a_worker_and_a_data_update_triggers_a_rerun(tmp_path, data_dir):
+def test_deployment_runs_on_a_worker_and_a_data_update_triggers_a_rerun(tmp_path, data_dir, db_templates):
     prefect_port, mlflow_port = _free_port(), _free_port()
     data = tmp_path / "data" / "MNIST" / "raw"  # a copy of the data, to change it later
     shutil.copytree(Path(data_dir) / "MNIST" / "raw", data)
@@ -107,6 +109,7 @@ def test_deployment_runs_on_a_worker_and_a_data_update_triggers_a_rerun(tmp_path
         "GEODESIC_DATA_DIR": str(tmp_path / "data"), "GEODESIC_OUTPUT_DIR": str(tmp_path / "outputs"),
         "GEODESIC_PROJECT_DIR": str(ROOT), "PYTHONPATH": str(ROOT),
     })
+    seed_databases(db_templates, tmp_path / "prefect.db", tmp_path / "mlflow.db")
     procs = Processes(tmp_path, env)
     try:
         server, server_log = procs.start("prefect-server", str(BIN / "prefect"), "server", "start", "--host",

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import seed_databases
+
 ROOT = Path(__file__).resolve().parents[1]
 
 FLOWS = {
@@ -22,8 +24,8 @@ FLOWS = {
                  "2", "--train.epochs", "1", "--finetune.epochs", "1", "--no-finetune.equal-time", "--no-finetune.distill"],
     "continual": ["--tasks", "2", "--methods", "geodesic", "--methods", "sgd", "--methods", "ewc", "--train.epochs", "1",
                   "--geo.max-steps", "12", "--eval-every", "4", "--fisher-samples", "200", "--linear-points", "5"],
-    "connect": ["--train.epochs", "1", "--bezier-train.epochs", "1", "--geo.max-steps", "30", "--max-segments", "3",
-                "--eval-every", "10", "--linear-points", "5"],
+    "connect": ["--train.epochs", "1", "--bezier-train.epochs", "1", "--geo.max-steps", "15", "--max-segments", "3",
+                "--eval-every", "5", "--linear-points", "5"],
 }
 # where to kill: a log line the run has printed, or a checkpoint kind it has written
 KILL_POINTS = [
@@ -46,9 +48,10 @@ def _env(work: Path) -> dict:
     return env
 
 
-def _start(flow: str, work: Path, data_dir: str, log: Path) -> subprocess.Popen:
+def _start(flow: str, work: Path, data_dir: str, log: Path, templates: dict) -> subprocess.Popen:
     """The CLI in its own process group; output to a file (a full pipe would block the run)."""
     work.mkdir(parents=True, exist_ok=True)
+    seed_databases(templates, work / "prefect-home" / "prefect.db", work / "mlflow.db")
     return subprocess.Popen([sys.executable, "-m", "flows.cli", flow, *FLOWS[flow], "--data-dir", data_dir],
                             cwd=work, env=_env(work), stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -96,14 +99,14 @@ def _histories(work: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, data_dir):
+def reference(tmp_path_factory, data_dir, db_templates):
     """One uninterrupted run per flow (computed on first use)."""
     cache: dict[str, dict] = {}
 
     def get(flow: str) -> dict:
         if flow not in cache:
             work = tmp_path_factory.mktemp(f"reference-{flow}")
-            _finish(_start(flow, work, data_dir, work / "run.log"), work / "run.log")
+            _finish(_start(flow, work, data_dir, work / "run.log", db_templates), work / "run.log")
             cache[flow] = _metrics(work), _histories(work)
         return cache[flow]
 
@@ -112,11 +115,11 @@ def reference(tmp_path_factory, data_dir):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("flow,point,when", KILL_POINTS, ids=[f"{f}-{p}" for f, p, _ in KILL_POINTS])
-def test_a_killed_run_resumes_from_its_finished_tasks(reference, tmp_path, data_dir, flow, point, when):
+def test_a_killed_run_resumes_from_its_finished_tasks(reference, tmp_path, data_dir, db_templates, flow, point, when):
     expected, histories = reference(flow)
     work, ckpts = tmp_path / "run", tmp_path / "run" / "outputs" / "checkpoints"
     first = tmp_path / "first.log"
-    proc = _start(flow, work, data_dir, first)
+    proc = _start(flow, work, data_dir, first, db_templates)
     kind, what = when.split(":", 1)
     deadline = time.monotonic() + 300
     try:
@@ -133,7 +136,7 @@ def test_a_killed_run_resumes_from_its_finished_tasks(reference, tmp_path, data_
     before = {p.name: p.stat().st_mtime_ns for p in ckpts.glob("*.pt")} if ckpts.exists() else {}
     if kind == "ckpt":
         assert before, "nothing was finished before the kill"
-    _finish(_start(flow, work, data_dir, tmp_path / "second.log"), tmp_path / "second.log")
+    _finish(_start(flow, work, data_dir, tmp_path / "second.log", db_templates), tmp_path / "second.log")
     after = {p.name: p.stat().st_mtime_ns for p in ckpts.glob("*.pt")}
     rewritten = [n for n, t in before.items() if after.get(n) != t]
     assert not rewritten, f"finished tasks were recomputed after the kill: {rewritten}"
