@@ -34,3 +34,15 @@ def run_fresh(command: str, argv: list[str], config_cls, flow_module: str, flow_
         finally:
             os.chdir(cwd)
     return params, summary, time.perf_counter() - t0
+
+
+def with_default(argv: list[str], flag: str) -> list[str]:
+    """``argv`` with the boolean option ``--flag`` turned on unless it already says ``--flag`` or ``--no-flag``."""
+    return argv if any(a in (f"--{flag}", f"--no-{flag}") for a in argv) else [f"--{flag}", *argv]
+
+
+def versus(geodesic: float, peer: float, tolerance: float) -> str:
+    """'ahead (+d)', 'level (d)' or 'behind (-d)': the geodesic's number against a peer's, level within
+    ``tolerance`` points."""
+    d = geodesic - peer
+    return f"{'ahead' if d > tolerance else 'behind' if d < -tolerance else 'level'} ({d:+.2f})"

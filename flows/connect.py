@@ -3,8 +3,9 @@
 Recipe: fingerprint the data -> train the two endpoint networks concurrently (or take two checkpoints) ->
 evaluate the straight line between them -> traverse Geo(w_1, g, w_2) in cached segments until it reaches
 w_2 (continuing a stalled traversal with the looser completion step if ``complete``), and train the peer
-baseline, a quadratic Bezier curve (if ``bezier``) -> one MLflow child run per path (geodesic, linear,
-bezier) and a summary on the parent run.
+baseline, a quadratic Bezier curve (if ``bezier``) -> (if ``bezier_equal_time``) the curve again for the
+geodesic's wall time -> one MLflow child run per path (geodesic, linear, bezier, bezier_equal_time) and a
+summary on the parent run.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from prefect.runtime import flow_run
 
 from geodesic_core.connect import ConnectConfig
 from geodesic_core.data import get_spec
+from geodesic_core.train import equal_time_epochs
 from flows.common import closing_parent_on_failure, confine_paths, default_task_runner
 from tasks.common import code_version
 from tasks.connect import bezier_curve_task, connect_segment_task, evaluate_endpoint, linear_path_task
@@ -45,6 +47,8 @@ def _connect(params: ConnectConfig, parent: dict, data_dir: str, fingerprint: st
     settings = params.model_dump()
     tracks = {m: child_track(parent, f"{m}-{params.model}-{params.dataset}", settings, method=m)
               for m in ("geodesic", "linear", "bezier")}
+    tracks["bezier_equal_time"] = child_track(parent, f"bezier-equal_time-{params.model}-{params.dataset}", settings,
+                                              method="bezier", budget="equal_time")
     # --- the endpoints: trained concurrently, or given (every compute task is submitted: it runs in a
     # task-runner thread, never in the flow's own) -------------------------------------------------------------
     if params.checkpoint_a:
@@ -82,9 +86,19 @@ def _connect(params: ConnectConfig, parent: dict, data_dir: str, fingerprint: st
     else:
         log.warning("the geodesic did not reach w_2 in %d segments; raise --max-segments", params.max_segments)
 
+    # --- the peer at the geodesic's wall time: the curve's epochs scaled to fit it ----------------------------
+    equal = None
+    if params.bezier_equal_time:
+        budget = sum(seg["wall_seconds"] for seg in segments)
+        epochs = equal_time_epochs(params.bezier_train.epochs, bezier.result()["wall_seconds"], budget)
+        log.info("Bezier curve at the geodesic's wall time (%.0f s): %d epochs", budget, epochs)
+        equal = bezier_curve_task.submit(a, b, params, *common, track=tracks["bezier_equal_time"], epochs=epochs,
+                                         budget_seconds=budget)
+
     # --- evaluate and track ---------------------------------------------------------------------------------
     endpoints = [e.result() for e in ends]
-    summary, tables = connect_rows(endpoints, segments, line.result(), bezier and bezier.result())
+    summary, tables = connect_rows(endpoints, segments, line.result(), bezier and bezier.result(),
+                                   equal and equal.result())
     log_connect_runs(tracks, params, summary, tables, segments[-1]["path"])
     finish_parent_run(parent, summary, {"accuracy_along_paths.png": connect_accuracy_plot(tables, params),
                                         "paths_2d.png": chord_view(tables)},

@@ -2,7 +2,8 @@
 
 Recipe: fingerprint the data -> train one network per task (concurrently) -> the geodesic chain
 w_{1:i} = Geo(w_i, g^i, w_{1:i-1}) and the baseline chains (best linear-path point, sequential SGD, SGD with
-an L2 pull, EWC) -> the accuracy matrix of every method -> one MLflow child run per method and a summary
+an L2 pull, EWC) -> (if ``equal_time``) the sequential chains again, each stage given the geodesic's stage
+time -> the accuracy matrix of every method -> one MLflow child run per method and a summary
 on the parent run.
 """
 
@@ -13,6 +14,7 @@ from prefect.runtime import flow_run
 
 from geodesic_core.continual import ContinualConfig
 from geodesic_core.continual import get_scenario
+from geodesic_core.train import equal_time_epochs
 from flows.common import closing_parent_on_failure, confine_paths, default_task_runner, raise_first_failure
 from tasks.common import code_version
 from tasks.continual import (consolidate_fisher, geodesic_stage, linear_stage, sequential_stage,
@@ -80,14 +82,38 @@ def _learn_sequence(params: ContinualConfig, parent: dict, data_dir: str, finger
             pull = consolidate_fisher.submit(prev["ewc"], i, pull, cfg["ewc"], *common)
             pulls.append(pull)
 
+    # --- the sequential baselines again at the geodesic's wall time, stage by stage -------------------------
+    fishers = {"ewc": pulls}
+    if params.equal_time:
+        sequential = params.sequential_methods()
+        for m in sequential:
+            tracks[f"{m}_equal_time"] = child_track(parent, f"{m}-equal_time-{params.scenario}-{k}", settings,
+                                                    method=m, budget="equal_time", tasks=k)
+            stages[f"{m}_equal_time"], prev[f"{m}_equal_time"] = [], nets[0]
+        pull = pulls[0] if pulls else None
+        fishers["ewc_equal_time"] = pulls[:1]
+        for i in range(1, k):
+            budget = nets[i].result()["wall_seconds"] + stages["geodesic"][i - 1].result()["wall_seconds"]
+            for m in sequential:
+                own = budget - (pull.result()["wall_seconds"] if m == "ewc" else 0.0)  # EWC's Fisher counts too
+                epochs = equal_time_epochs(params.train.epochs, stages[m][i - 1].result()["wall_seconds"], own)
+                log.info("%s at the geodesic's wall time, task %d: %.0f s, %d epochs", m, i + 1, own, epochs)
+                name = f"{m}_equal_time"
+                prev[name] = sequential_stage.submit(m, prev[name], i, pull if m == "ewc" else None, cfg[m], *common,
+                                                     track=tracks[name], epochs=epochs, budget_seconds=own)
+                stages[name].append(prev[name])
+            if "ewc" in sequential and i < k - 1:
+                pull = consolidate_fisher.submit(prev["ewc_equal_time"], i, pull, cfg["ewc"], *common)
+                fishers["ewc_equal_time"].append(pull)
+
     # --- evaluate and track ---------------------------------------------------------------------------------
-    raise_first_failure([*nets, *pulls, *(s for m in params.methods for s in stages[m])])
+    raise_first_failure([*nets, *(p for f in fishers.values() for p in f), *(s for m in stages for s in stages[m])])
     trained = [n.result() for n in nets]
     log.info("per-task networks: %s", ", ".join(f"{t['accuracies'][t['index']]:.2f}%" for t in trained))
     summary, entries = [], []
-    for m in params.methods:
+    for m in stages:
         results = [s.result() for s in stages[m]]
-        fisher_seconds = sum(p.result()["wall_seconds"] for p in pulls) if m == "ewc" else 0.0
+        fisher_seconds = sum(p.result()["wall_seconds"] for p in fishers.get(m, ()))
         row, matrix = continual_row(m, params, trained, results, fisher_seconds)
         log.info("%s: %s (avg %.2f%%)", m, ", ".join(f"{a:.2f}" for a in matrix[-1]), row["avg_accuracy"])
         summary.append(row)

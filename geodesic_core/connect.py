@@ -47,6 +47,9 @@ class ConnectConfig(_ModelOnDataset):
     between test-set evaluations along the geodesic; ``linear_points``: points on the straight line (and on
     the Bezier curve). ``bezier``: also train the peer baseline, the quadratic Bezier curve between the same
     endpoints (Garipov et al. 2018), with ``bezier_train`` (its epochs are its training cost).
+    ``bezier_equal_time``: also train the curve for the geodesic's wall time (child run
+    ``bezier_equal_time``): ``bezier_train.epochs`` scaled by the geodesic's time over the first curve's
+    training time (`geodesic_core.train.equal_time_epochs`), the geodesic's time as a cap.
     """
 
     model: str = Field("lenet300", json_schema_extra=_one_of(_models, _USER_MODEL))
@@ -62,6 +65,7 @@ class ConnectConfig(_ModelOnDataset):
     linear_points: int = Field(21, ge=3)
     bezier: bool = True
     bezier_train: ConnectTrainConfig = Field(default_factory=ConnectTrainConfig)
+    bezier_equal_time: bool = False
     geo: ConnectGeoConfig = Field(default_factory=ConnectGeoConfig)
     train: ConnectTrainConfig = Field(default_factory=ConnectTrainConfig)
 
@@ -69,6 +73,8 @@ class ConnectConfig(_ModelOnDataset):
     def _check_endpoints(self) -> "ConnectConfig":
         if (self.checkpoint_a is None) != (self.checkpoint_b is None):
             raise ValueError("give both --checkpoint-a and --checkpoint-b, or neither (then both are trained)")
+        if self.bezier_equal_time and not self.bezier:
+            raise ValueError("--bezier-equal-time trains a second Bezier curve: it needs --bezier (drop --no-bezier)")
         if self.checkpoint_a is None and self.seed == self.seed_b:
             raise ValueError(f"the two endpoints need different seeds, got seed = seed_b = {self.seed}")
         return self
@@ -224,14 +230,17 @@ class BezierCurve(nn.Module):
 
 
 def train_bezier(model: nn.Module, w_a: torch.Tensor, w_b: torch.Tensor, data: Split, cfg, *,
-                 augment: bool = False, callbacks=(), step_callbacks=()) -> BezierCurve:
+                 augment: bool = False, callbacks=(), step_callbacks=(),
+                 budget_seconds: float | None = None) -> BezierCurve:
     """Fit the bend θ of the Bezier curve between ``w_a`` and ``w_b`` ``(n,)`` by SGD on E_{t~U(0,1)} L(φ_θ(t)),
     the cross-entropy on ``data`` (Garipov et al. 2018), with the training settings ``cfg`` (a `TrainConfig`:
     epochs, lr, momentum, weight decay on θ, schedule, seed for the batches and the t draws). ``model`` is a
-    network of the endpoints' architecture; its weights are not used. Returns the trained curve."""
+    network of the endpoints' architecture; its weights are not used. ``budget_seconds``: stop once this much
+    wall time is spent (the equal-time comparison's cap). Returns the trained curve."""
     from .train import train
 
     device = next(model.parameters()).device
     curve = BezierCurve(model, w_a.to(device), w_b.to(device), seed=cfg.seed)
-    train(curve, data, cfg, augment=augment, device=device, callbacks=callbacks, step_callbacks=step_callbacks)
+    train(curve, data, cfg, augment=augment, device=device, callbacks=callbacks, step_callbacks=step_callbacks,
+          budget_seconds=budget_seconds)
     return curve.eval()

@@ -55,6 +55,7 @@ ContinualTrainConfig = with_defaults(TrainConfig, "ContinualTrainConfig", __name
 
 
 CONTINUAL_METHODS = ("geodesic", "linear", "sgd", "l2", "ewc")
+SEQUENTIAL_METHODS = ("sgd", "l2", "ewc")  # trained on each task in turn: the ones given the geodesic's time
 
 
 class ContinualConfig(_Config):
@@ -71,7 +72,11 @@ class ContinualConfig(_Config):
     each straight line scanned. ``eval_every``: steps between evaluations along each geodesic.
     ``permutation_seed``: the seed of all permuted-MNIST permutations. ``shared_init``: every per-task network
     starts from the same random initialization (from ``seed``; the networks stay independent and are trained
-    concurrently); off: network i starts from seed + i.
+    concurrently); off: network i starts from seed + i. ``equal_time``: also run each sequential baseline among
+    ``methods`` (sgd, l2, ewc) at the geodesic's wall time (method ``<m>_equal_time``): at stage i it trains for
+    ``train.epochs`` scaled by the geodesic's stage time (network w_i's training plus the traversal) over the
+    same method's stage time at ``train.epochs`` (`geodesic_core.train.equal_time_epochs`), the geodesic's stage
+    time (less EWC's Fisher) as a cap.
     """
 
     scenario: str = Field("permuted_mnist", json_schema_extra=_one_of(_scenarios, "module:callable"))
@@ -86,6 +91,7 @@ class ContinualConfig(_Config):
     fisher_samples: PositiveInt = 1000
     linear_points: int = Field(21, ge=3)
     eval_every: PositiveInt = 100
+    equal_time: bool = False
     seed: int = 0
     geo: ContinualGeoConfig = Field(default_factory=ContinualGeoConfig)
     train: ContinualTrainConfig = Field(default_factory=ContinualTrainConfig)
@@ -134,6 +140,17 @@ class ContinualConfig(_Config):
 
             check_model_output(model, sc.num_classes, get_spec(sc.datasets[0]).input_shape)
         return self
+
+    @model_validator(mode="after")
+    def _check_equal_time(self) -> "ContinualConfig":
+        if self.equal_time and ("geodesic" not in self.methods or not set(self.methods) & set(SEQUENTIAL_METHODS)):
+            raise ValueError(f"--equal-time gives the sequential baselines the geodesic's wall time: methods must "
+                             f"include geodesic and one of {', '.join(SEQUENTIAL_METHODS)}, got {self.methods}")
+        return self
+
+    def sequential_methods(self) -> list[str]:
+        """The sequential baselines (sgd, l2, ewc) among ``methods``."""
+        return [m for m in self.methods if m in SEQUENTIAL_METHODS]
 
     def n_tasks(self) -> int:
         """k: ``tasks``, or the scenario's default (5 permuted-MNIST tasks; 2 for MNIST -> Fashion-MNIST)."""

@@ -182,6 +182,20 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
 
 
 @torch.no_grad()
+def equal_time_epochs(epochs: int, seconds: float, budget_seconds: float) -> int:
+    """The epoch count that fits a wall-time budget, for comparing a baseline with the geodesic at equal time.
+
+    A run of ``epochs`` epochs took ``seconds``; at the same speed, floor(epochs · budget_seconds / seconds)
+    epochs (at least 1) end within ``budget_seconds``. Training for that many epochs runs the whole learning-rate
+    schedule inside the budget (a baseline cut off mid-schedule by a time limit would never anneal); pass the
+    budget to `train` too, as a cap for a machine that runs slower than it did.
+    """
+    if epochs < 1 or not (seconds > 0) or not (budget_seconds > 0):
+        raise ValueError(f"equal_time_epochs needs epochs >= 1 and positive times, got {epochs}, {seconds}, "
+                         f"{budget_seconds}")
+    return max(1, math.floor(epochs * budget_seconds / seconds))
+
+
 def evaluate(model: nn.Module, data: Split, batch_size: int = 1000,
              device: torch.device | None = None) -> tuple[float, float]:
     """Test accuracy in percent and mean cross-entropy loss of ``model`` (eval mode) on ``data`` (a `Split` or

@@ -199,11 +199,14 @@ def linear_stage(current: dict, previous: dict, index: int, cfg: ContinualConfig
 
 @task(**CACHED)
 def sequential_stage(method: str, previous: dict, index: int, pull: dict | None, cfg: ContinualConfig,
-                     data_dir: str | None, data_fingerprint: str, code_version: str, track: dict | None = None) -> dict:
+                     data_dir: str | None, data_fingerprint: str, code_version: str, track: dict | None = None,
+                     epochs: int | None = None, budget_seconds: float | None = None) -> dict:
     """Baselines: SGD on task i from w_{1:i-1} (``sgd``), plus (λ/2)|w - w_{1:i-1}|^2 (``l2``), or plus the
-    EWC penalty held in ``pull`` (``ewc``)."""
+    EWC penalty held in ``pull`` (``ewc``); for ``cfg.train.epochs``, or (the equal-time run) for ``epochs``
+    epochs stopping at ``budget_seconds``."""
+    train_cfg = cfg.train.model_copy(update={"seed": cfg.seed + index, **({"epochs": epochs} if epochs else {})})
     out = checkpoint_path(f"continual-{method}", previous["sha256"], pull and pull["sha256"], index,
-                          cfg.train.model_dump(), cfg.l2_strength if method == "l2" else cfg.ewc_strength,
+                          train_cfg.model_dump(), budget_seconds, cfg.l2_strength if method == "l2" else cfg.ewc_strength,
                           cfg.seed, data_fingerprint, code_version)
     if (done := finished(out)) is not None:
         return done
@@ -216,15 +219,16 @@ def sequential_stage(method: str, previous: dict, index: int, pull: dict | None,
             raise ValueError("the ewc stage needs the consolidated Fisher penalty of the earlier tasks")
         penalty = QuadraticPull.from_state(cfg.ewc_strength, load_tensors(pull["path"])[0])
     first = int(previous.get("end_sgd_step", 0))  # SGD steps of the earlier stages
-    with Live(f"{method} on task {index + 1}", track=track) as live:
+    title = f"{method} on task {index + 1}" + ("" if budget_seconds is None else f" ({budget_seconds:.0f} s)")
+    with Live(title, track=track) as live:
         t0 = time.perf_counter()
-        steps = train(task_view(model, _specs(cfg)[index]), _train_split(cfg, index, data_dir),
-                      cfg.train.model_copy(update={"seed": cfg.seed + index}), penalty=penalty,
-                      step_callbacks=[lambda s: live.train_step(s, first)])
+        steps = train(task_view(model, _specs(cfg)[index]), _train_split(cfg, index, data_dir), train_cfg,
+                      penalty=penalty, step_callbacks=[lambda s: live.train_step(s, first)],
+                      budget_seconds=budget_seconds)
         wall = time.perf_counter() - t0
         accs = _accs(model, cfg, data_dir)
         live.log(first + steps, {f"acc_task_{j + 1}": a for j, a in enumerate(accs)})
-    return save_result(out, model, meta, dict(index=index, accuracies=accs, wall_seconds=wall,
+    return save_result(out, model, meta, dict(index=index, accuracies=accs, wall_seconds=wall, epochs=train_cfg.epochs,
                                               end_sgd_step=first + steps), task=index, test_accuracy=accs[index])
 
 

@@ -122,7 +122,7 @@ def connect_accuracy_plot(tables: dict[str, list[dict]], params) -> Callable:
     def draw(path):
         fig, ax = plt.subplots(figsize=(6, 4))
         chord = tables["linear"][-1]["chord_x"] or 1.0
-        for name, style in (("geodesic", "o-"), ("linear", "s--"), ("bezier", "^:")):
+        for name, style in (("geodesic", "o-"), ("linear", "s--"), ("bezier", "^:"), ("bezier_equal_time", "v-.")):
             rows = tables.get(name)
             if rows is None:
                 continue
@@ -142,7 +142,7 @@ def chord_view(tables: dict[str, list[dict]]) -> Callable:
 
     def draw(path):
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        for name, style in (("geodesic", "o-"), ("linear", "s--"), ("bezier", "^:")):
+        for name, style in (("geodesic", "o-"), ("linear", "s--"), ("bezier", "^:"), ("bezier_equal_time", "v-.")):
             rows = tables.get(name)
             if rows is None:
                 continue

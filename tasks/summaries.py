@@ -60,6 +60,7 @@ def continual_row(method: str, params, trained: list[dict], results: list[dict],
 
     ``wall_seconds``: the method's own compute after task 1: the per-task networks w_2..w_k and the traversals
     (geodesic) or scans (linear); the sequential training (sgd, l2, ewc) plus ``extra_seconds`` (EWC's Fisher).
+    ``epochs`` (the sequential baselines): their training epochs summed over the stages.
     """
     from geodesic_core.continual import average_accuracy, backward_transfer
 
@@ -72,6 +73,8 @@ def continual_row(method: str, params, trained: list[dict], results: list[dict],
            **{f"acc_task_{j + 1}": a for j, a in enumerate(final)},
            "avg_accuracy": average_accuracy(final), "min_accuracy": min(final), "bwt": backward_transfer(matrix),
            "wall_seconds": wall}
+    if results and "epochs" in results[0]:  # the sequential baselines: their epochs over all stages
+        row["epochs"] = sum(r["epochs"] for r in results)
     if method == "geodesic":
         row.update(steps=sum(r["steps"] for r in results), stop_reasons=",".join(r["stop_reason"] for r in results),
                    **{key: sum(r[key] for r in results) for key in ("path_length", "path_length_euclidean",
@@ -79,9 +82,10 @@ def continual_row(method: str, params, trained: list[dict], results: list[dict],
     return row, matrix
 
 
-def connect_rows(endpoints: list[dict], segments: list[dict], line: dict, bezier: dict | None = None
-                 ) -> tuple[list[dict], dict[str, list[dict]]]:
-    """Summary rows (geodesic, linear, and bezier if trained) and path tables of a mode-connectivity run. The geodesic's table starts
+def connect_rows(endpoints: list[dict], segments: list[dict], line: dict, bezier: dict | None = None,
+                 bezier_equal_time: dict | None = None) -> tuple[list[dict], dict[str, list[dict]]]:
+    """Summary rows (geodesic, linear, and bezier and bezier_equal_time if trained) and path tables of a
+    mode-connectivity run. The geodesic's table starts
     at w_1; its path length is cumulative over the segments. Path minimum and mean are over the evaluated
     points, endpoints included."""
     start = {**endpoints[0], "path_length": 0.0}
@@ -104,10 +108,11 @@ def connect_rows(endpoints: list[dict], segments: list[dict], line: dict, bezier
            "completion_steps": sum(s["steps"] for s in segments if s["loose"]),
            "stop_reasons": ",".join(s["stop_reason"] for s in segments)}
     summary, tables = [geo], {"geodesic": geo_rows}
-    for name, other in (("linear", line), ("bezier", bezier)):
+    for name, other in (("linear", line), ("bezier", bezier), ("bezier_equal_time", bezier_equal_time)):
         if other is not None:
             summary.append({"method": name, **ends, **stats(other["rows"]), "path_length": other["path_length"],
                             "path_length_euclidean": other["path_length_euclidean"], "final_distance_ratio": 0.0,
-                            "wall_seconds": other["wall_seconds"]})
+                            "wall_seconds": other["wall_seconds"],
+                            **({"epochs": other["epochs"]} if "epochs" in other else {})})
             tables[name] = other["rows"]
     return summary, tables

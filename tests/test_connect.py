@@ -155,14 +155,22 @@ def _children(workdir):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == latest]
     training = [r for r in children if r.data.params["method"] == "train"]  # the endpoints' own runs
     assert all(r.info.status == "FINISHED" for r in training)
-    return client, {r.data.params["method"]: r for r in children if r.data.params["method"] != "train"}
+    return client, {r.data.params["method"] + ("_" + r.data.params["budget"] if "budget" in r.data.params else ""): r
+                    for r in children if r.data.params["method"] != "train"}
 
 
 def test_flow_connects_tracks_every_path_and_resumes(harness, workdir, data_dir, monkeypatch, capsys):
-    assert main(["connect", "--data-dir", data_dir, *TINY]) == 0
+    import math
+
+    assert main(["connect", "--data-dir", data_dir, *TINY, "--bezier-equal-time"]) == 0
     assert "geodesic" in capsys.readouterr().out
     client, children = _children(workdir)
-    assert sorted(children) == ["bezier", "geodesic", "linear"]
+    assert sorted(children) == ["bezier", "bezier_equal_time", "geodesic", "linear"]
+    # the second curve: the epochs that fit the geodesic's wall time at the first curve's speed, capped by it
+    geo_wall, fixed = children["geodesic"].data.metrics["wall_seconds"], children["bezier"].data.metrics
+    equal = children["bezier_equal_time"].data.metrics
+    assert fixed["epochs"] == 1 and equal["epochs"] == max(1, math.floor(geo_wall / fixed["wall_seconds"]))
+    assert equal["wall_seconds"] <= 1.2 * geo_wall + 1.0
     keys = {"endpoint_a_accuracy", "endpoint_b_accuracy", "path_min_test_accuracy", "path_mean_test_accuracy",
             "path_length", "path_length_euclidean", "final_distance_ratio", "wall_seconds"}
     for method, r in children.items():
@@ -183,7 +191,7 @@ def test_flow_connects_tracks_every_path_and_resumes(harness, workdir, data_dir,
     monkeypatch.setattr("tasks.connect.connect_segment", boom)
     monkeypatch.setattr("tasks.connect.train_bezier", boom)
     monkeypatch.setattr("tasks.training.train_and_save", boom)
-    assert main(["connect", "--data-dir", data_dir, *TINY]) == 0
+    assert main(["connect", "--data-dir", data_dir, *TINY, "--bezier-equal-time"]) == 0
     # other evaluation settings: the trained curve (and the geodesic) are evaluated again, never retrained
     assert main(["connect", "--data-dir", data_dir, *TINY, "--linear-points", "7"]) == 0
     client, children = _children(workdir)

@@ -72,6 +72,34 @@ def test_flow_tracks_every_method_and_resumes_from_cache(harness, workdir, data_
     assert main(["continual", "--data-dir", data_dir, *TINY]) == 0
 
 
+def test_sequential_baselines_at_the_geodesics_wall_time(harness, workdir, data_dir):
+    """--equal-time trains sgd and ewc again, each stage for the epochs that fit the geodesic's stage time (its
+    task network's training plus its traversal), the whole schedule inside it, as child runs with budget
+    equal_time beside the fixed-budget ones."""
+    import math
+
+    from mlflow import MlflowClient
+
+    args = ["--tasks", "2", "--train.epochs", "1", "--geo.max-steps", "40", "--eval-every", "20",
+            "--fisher-samples", "64", "--methods", "geodesic", "--methods", "sgd", "--methods", "ewc", "--equal-time"]
+    assert main(["continual", "--data-dir", data_dir, *args]) == 0
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("geodesic-continual")
+    children = {(r.data.params["method"], r.data.params.get("budget", "-")): r.data.metrics
+                for r in client.search_runs([exp.experiment_id])
+                if "mlflow.parentRunId" in r.data.tags and r.data.params["method"] != "train"}
+    assert sorted(children) == [("ewc", "-"), ("ewc", "equal_time"), ("geodesic", "-"), ("sgd", "-"),
+                                ("sgd", "equal_time")]
+    geo_wall = children[("geodesic", "-")]["wall_seconds"]  # w_2's training + the traversal: the one stage's time
+    sgd, equal = children[("sgd", "-")], children[("sgd", "equal_time")]
+    assert sgd["epochs"] == 1 and equal["epochs"] == max(1, math.floor(geo_wall / sgd["wall_seconds"]))
+    assert equal["epochs"] >= 2  # the geodesic took longer than one epoch of SGD: the peer gets more
+    for m in ("sgd", "ewc"):
+        eq = children[(m, "equal_time")]
+        assert eq["wall_seconds"] <= 1.25 * geo_wall + 1.0  # inside the budget (+ one step, EWC's Fisher)
+        assert 0 <= eq["acc_task_1"] <= 100 and 0 <= eq["acc_task_2"] <= 100
+
+
 def test_mnist_to_fashion_with_the_papers_shared_10_way_head(harness, workdir, data_dir):
     args = ["continual", "--data-dir", data_dir, "--scenario", "mnist-fashion", "--train.epochs", "1",
             "--geo.max-steps", "6", "--eval-every", "3", "--methods", "geodesic", "--methods", "sgd",
@@ -99,6 +127,7 @@ def test_mnist_to_fashion_with_the_papers_shared_10_way_head(harness, workdir, d
     (["--geo.eta", "-0.1"], "--geo.eta"),
     (["--train.epochs", "0"], "--train.epochs"),
     (["--ewc-strength", "-1"], "--ewc-strength"),
+    (["--equal-time", "--methods", "geodesic", "--methods", "linear"], "--equal-time"),
 ])
 def test_bad_input_fails_before_any_work(tmp_path, monkeypatch, data_dir, capsys, args, match):
     monkeypatch.chdir(tmp_path)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from geodesic_core import TrainConfig, build_model, evaluate, flat_params, load_split, recompute_bn, train
@@ -44,3 +45,14 @@ def test_batchnorm_statistics_are_recomputed():
     conv_out = m.features[0](x)
     assert torch.allclose(bn.running_mean, conv_out.mean((0, 2, 3)), atol=1e-3)
     assert not m.training  # the caller's mode is restored
+
+
+def test_equal_time_epochs_fit_the_budget_at_the_measured_speed():
+    from geodesic_core.train import equal_time_epochs
+
+    assert equal_time_epochs(5, 20.0, 100.0) == 25  # 4 s an epoch: 25 epochs in 100 s
+    assert equal_time_epochs(5, 20.0, 99.9) == 24  # never past the budget
+    assert equal_time_epochs(2, 10.0, 1.0) == 1  # at least one epoch
+    for bad in ((0, 1.0, 1.0), (1, 0.0, 1.0), (1, 1.0, -2.0), (1, float("nan"), 1.0)):
+        with pytest.raises(ValueError, match="positive"):
+            equal_time_epochs(*bad)
