@@ -139,7 +139,8 @@ def shots(chromium: str, out: Path, prefect_url: str, mlflow_url: str) -> None:
             page.wait_for_timeout(500)
             page.screenshot(path=str(out / f"prefect-{name}-form-width.png"))
             body = page.inner_text("body")
-            wanted = ("Width", "Depth", "N Filters", "Distill Lr") if name == "sparsify" else ("Width", "Depth")
+            wanted = (("Width", "Depth", "N Filters", "Distill Lr") if name == "sparsify" else
+                      ("Width", "Depth", "Bezier Equal Time"))
             print(f"{name} form shows:", {w: w in body for w in wanted})
             # the model and dataset fields: a registered name from a list, or an import path typed in
             page.get_by_text("Model (Optional)", exact=True).first.scroll_into_view_if_needed()
@@ -150,6 +151,14 @@ def shots(chromium: str, out: Path, prefect_url: str, mlflow_url: str) -> None:
             page.get_by_text("torchvision:<name> or module:callable", exact=True).first.click()  # type a path
             page.wait_for_timeout(1000)
             page.screenshot(path=str(out / f"prefect-{name}-form-model.png"))
+        # the continual form: the switch that runs the sequential baselines at the geodesic's wall time
+        dep = next(d for d in api(f"{prefect_url}/api/deployments/filter", {}) if d["name"] == "continual")
+        page.goto(f"{prefect_url}/deployments/deployment/{dep['id']}/run", wait_until="networkidle")
+        page.wait_for_timeout(3000)
+        page.get_by_text("Equal Time (Optional)", exact=True).first.scroll_into_view_if_needed()
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(out / "prefect-continual-form-equal-time.png"))
+        print("continual form shows:", {w: w in page.inner_text("body") for w in ("Equal Time", "Ewc Strength")})
         page.goto(f"{prefect_url}/runs/flow-run/{flow_run['id']}", wait_until="networkidle")
         page.get_by_text("Artifacts", exact=True).first.click()
         page.wait_for_timeout(3000)
