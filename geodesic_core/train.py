@@ -181,7 +181,6 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
     return done
 
 
-@torch.no_grad()
 def equal_time_epochs(epochs: int, seconds: float, budget_seconds: float) -> int:
     """The epoch count that fits a wall-time budget, for comparing a baseline with the geodesic at equal time.
 
@@ -196,6 +195,7 @@ def equal_time_epochs(epochs: int, seconds: float, budget_seconds: float) -> int
     return max(1, math.floor(epochs * budget_seconds / seconds))
 
 
+@torch.no_grad()
 def evaluate(model: nn.Module, data: Split, batch_size: int = 1000,
              device: torch.device | None = None) -> tuple[float, float]:
     """Test accuracy in percent and mean cross-entropy loss of ``model`` (eval mode) on ``data`` (a `Split` or

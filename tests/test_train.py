@@ -56,3 +56,17 @@ def test_equal_time_epochs_fit_the_budget_at_the_measured_speed():
     for bad in ((0, 1.0, 1.0), (1, 0.0, 1.0), (1, 1.0, -2.0), (1, float("nan"), 1.0)):
         with pytest.raises(ValueError, match="positive"):
             equal_time_epochs(*bad)
+
+
+def test_evaluation_builds_no_autograd_graph():
+    """evaluate runs under no_grad (a graph per test batch would cost memory and time for nothing)."""
+    seen = []
+
+    class Probe(torch.nn.Linear):
+        def forward(self, x):
+            seen.append(torch.is_grad_enabled())
+            return super().forward(x.flatten(1))
+
+    x, y = torch.randn(50, 1, 2, 2), torch.randint(0, 3, (50,))
+    acc, loss = evaluate(Probe(4, 3), (x, y), batch_size=20)
+    assert seen == [False, False, False] and 0 <= acc <= 100 and loss > 0
