@@ -39,10 +39,10 @@ def main(argv: list[str]) -> None:
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in summary:
-        cells = [r["method"] + (f" ({r['epochs']} epochs)" if "epochs" in r else ""), *(f"{r[k]:.2f}" for k in ("endpoint_a_accuracy", "endpoint_b_accuracy",
-                                                          "path_min_test_accuracy", "path_mean_test_accuracy",
-                                                          "path_length", "path_length_euclidean",
-                                                          "final_distance_ratio")), f"{r['wall_seconds']:.1f}"]
+        name = r["method"] + (f" ({r['epochs']} epochs)" if "epochs" in r else "")
+        cells = [name, *(f"{r[k]:.2f}" for k in ("endpoint_a_accuracy", "endpoint_b_accuracy", "path_min_test_accuracy",
+                                                 "path_mean_test_accuracy", "path_length", "path_length_euclidean",
+                                                 "final_distance_ratio")), f"{r['wall_seconds']:.1f}"]
         print("| " + " | ".join(cells) + " |")
     geo = summary[0]
     print(f"\ngeodesic: {geo['steps']} Geo steps ({geo['stop_reasons']}), {geo['completion_steps']} of them "
