@@ -41,7 +41,10 @@ def with_default(argv: list[str], flag: str) -> list[str]:
     return argv if any(a in (f"--{flag}", f"--no-{flag}") for a in argv) else [f"--{flag}", *argv]
 
 
-def versus(geodesic: float, peer: float, tolerance: float) -> str:
+LEVEL = 0.4  # points within which two accuracies are "level": about two standard errors on 10,000 images at 96%
+
+
+def versus(geodesic: float, peer: float, tolerance: float = LEVEL) -> str:
     """'ahead (+d)', 'level (d)' or 'behind (-d)': the geodesic's number against a peer's, level within
     ``tolerance`` points."""
     d = geodesic - peer

@@ -25,8 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _flowrun import run_fresh, versus, with_default  # noqa: E402
 from geodesic_core.connect import ConnectConfig  # noqa: E402
 
-LEVEL = 0.4  # points of path minimum within which two paths are "level"
-
 
 def main(argv: list[str]) -> None:
     if "--no-bezier" not in argv:
@@ -56,7 +54,7 @@ def main(argv: list[str]) -> None:
     if equal:
         print(f"at equal wall time ({geo['wall_seconds']:.0f} s; the curve {equal['epochs']} epochs in "
               f"{equal['wall_seconds']:.0f} s), the geodesic's path minimum vs the Bezier curve's: "
-              f"{versus(geo['path_min_test_accuracy'], equal['path_min_test_accuracy'], LEVEL)}")
+              f"{versus(geo['path_min_test_accuracy'], equal['path_min_test_accuracy'])}")
 
 
 if __name__ == "__main__":

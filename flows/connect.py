@@ -47,8 +47,6 @@ def _connect(params: ConnectConfig, parent: dict, data_dir: str, fingerprint: st
     settings = params.model_dump()
     tracks = {m: child_track(parent, f"{m}-{params.model}-{params.dataset}", settings, method=m)
               for m in ("geodesic", "linear", "bezier")}
-    tracks["bezier_equal_time"] = child_track(parent, f"bezier-equal_time-{params.model}-{params.dataset}", settings,
-                                              method="bezier", budget="equal_time")
     # --- the endpoints: trained concurrently, or given (every compute task is submitted: it runs in a
     # task-runner thread, never in the flow's own) -------------------------------------------------------------
     if params.checkpoint_a:
@@ -89,6 +87,8 @@ def _connect(params: ConnectConfig, parent: dict, data_dir: str, fingerprint: st
     # --- the peer at the geodesic's wall time: the curve's epochs scaled to fit it ----------------------------
     equal = None
     if params.bezier_equal_time:
+        tracks["bezier_equal_time"] = child_track(parent, f"bezier-equal_time-{params.model}-{params.dataset}",
+                                                  settings, method="bezier", budget="equal_time")
         budget = sum(seg["wall_seconds"] for seg in segments)
         epochs = equal_time_epochs(params.bezier_train.epochs, bezier.result()["wall_seconds"], budget)
         log.info("Bezier curve at the geodesic's wall time (%.0f s): %d epochs", budget, epochs)

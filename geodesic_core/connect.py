@@ -73,10 +73,14 @@ class ConnectConfig(_ModelOnDataset):
     def _check_endpoints(self) -> "ConnectConfig":
         if (self.checkpoint_a is None) != (self.checkpoint_b is None):
             raise ValueError("give both --checkpoint-a and --checkpoint-b, or neither (then both are trained)")
-        if self.bezier_equal_time and not self.bezier:
-            raise ValueError("--bezier-equal-time trains a second Bezier curve: it needs --bezier (drop --no-bezier)")
         if self.checkpoint_a is None and self.seed == self.seed_b:
             raise ValueError(f"the two endpoints need different seeds, got seed = seed_b = {self.seed}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_bezier(self) -> "ConnectConfig":
+        if self.bezier_equal_time and not self.bezier:
+            raise ValueError("--bezier-equal-time trains a second Bezier curve: it needs --bezier (drop --no-bezier)")
         return self
 
 

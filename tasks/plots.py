@@ -115,6 +115,9 @@ def accuracy_matrix_plot(summary: list[dict], k: int) -> Callable:
     return draw
 
 
+CONNECT_PATHS = {"geodesic": "o-", "linear": "s--", "bezier": "^:", "bezier_equal_time": "v-."}  # path -> line style
+
+
 def connect_accuracy_plot(tables: dict[str, list[dict]], params) -> Callable:
     """Test accuracy along the geodesic, the straight line (and the Bezier curve, if trained), against the position along the chord
     w_1 -> w_2 (0 at w_1, 1 at w_2) (paper Figure 7)."""
@@ -122,7 +125,7 @@ def connect_accuracy_plot(tables: dict[str, list[dict]], params) -> Callable:
     def draw(path):
         fig, ax = plt.subplots(figsize=(6, 4))
         chord = tables["linear"][-1]["chord_x"] or 1.0
-        for name, style in (("geodesic", "o-"), ("linear", "s--"), ("bezier", "^:"), ("bezier_equal_time", "v-.")):
+        for name, style in CONNECT_PATHS.items():
             rows = tables.get(name)
             if rows is None:
                 continue
@@ -142,7 +145,7 @@ def chord_view(tables: dict[str, list[dict]]) -> Callable:
 
     def draw(path):
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        for name, style in (("geodesic", "o-"), ("linear", "s--"), ("bezier", "^:"), ("bezier_equal_time", "v-.")):
+        for name, style in CONNECT_PATHS.items():
             rows = tables.get(name)
             if rows is None:
                 continue
