@@ -15,8 +15,14 @@ it finishes, so a run stopped by a time limit keeps every finished experiment, a
   curve (Garipov et al. 2018): path minimum / mean test accuracy (batch-norm statistics re-estimated at every
   evaluated point), length under g on one probe batch, Euclidean length, wall time.
 
+With ``--equal-time`` (on in the ``cpu`` profile, off in ``gpu``, whose device time is short) every peer runs a second
+time for the geodesic's wall time: prune-train with its epochs per filter, fine-tuning and the Bezier curve with
+their epochs scaled by the geodesic's time over their own first run's (evaluation excluded; the Bezier curve's and
+fine-tuning's epochs by `geodesic_core.train.equal_time_epochs`), and each table ends with the geodesic ahead of,
+level with or behind each peer.
+
 Profiles fix the scale: ``cpu`` (VGG at width 1/8, where an epoch takes 13-21 s on 2 cores; the
-pre-activation ResNet at depth 11 and width 1/2; a few epochs each: the whole run in about 25 minutes) and
+pre-activation ResNet at depth 11 and width 1/2; a few epochs each: the whole run in 55 minutes with the equal-time peers, measured on 2 cores) and
 ``gpu`` (the paper's networks at width 1; training epochs chosen from a measured throughput probe to fit
 ``--*-train-seconds``). ``--cache DIR`` keeps trained endpoints (fixed epochs only) for reruns. Every setting
 can be overridden:
@@ -54,7 +60,8 @@ from geodesic_core.sparsify import (iterative_prune_train, project_to_level, pru
                                     structured_stage)
 from geodesic_core.targets import FilterTarget  # noqa: E402
 from geodesic_core.structured import compact_filters  # noqa: E402
-from geodesic_core.train import default_device, train  # noqa: E402
+from geodesic_core.train import default_device, equal_time_epochs, train  # noqa: E402
+from _flowrun import versus  # noqa: E402  (benchmarks/_flowrun.py: the other benchmarks' "level" tolerance)
 
 EXPERIMENTS = ("vgg16-connect", "structured", "resnet-connect")
 
@@ -105,12 +112,13 @@ class Settings:
     paths: str = "linear,bezier,geodesic"  # the connect experiments' paths
     cache: str | None = None  # a folder for trained endpoints (fixed epochs only): reruns reuse them
     time_limit: float | None = None  # seconds for the whole run; later experiments are skipped past it
+    equal_time: bool = False  # also run every peer for the geodesic's wall time (epochs sized to fit)
 
 
 PROFILES = {
-    "cpu": Settings(structured_train_epochs=6, connect_train_epochs=4, resnet_depth=11, stages=5, stage_steps=20,
-                    geo_steps=120, metric_batch=64, bezier_epochs=2, finetune_epochs=3, line_points=9, eval_points=6,
-                    probe=256),
+    "cpu": Settings(equal_time=True, structured_train_epochs=6, connect_train_epochs=4, resnet_depth=11, stages=5,
+                    stage_steps=20, geo_steps=120, metric_batch=64, bezier_epochs=2, finetune_epochs=3, line_points=9,
+                    eval_points=6, probe=256),
     "gpu": Settings(width=1.0, resnet_width=1.0, resnet_depth=164, structured_train_epochs=None,
                     connect_train_epochs=None, structured_train_seconds=40.0, connect_train_seconds=45.0,
                     resnet_train_seconds=35.0, batch_size=256, stage_steps=40, distill_steps=5, epochs_per_filter=0.5,
@@ -216,37 +224,62 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
 
     methods = s.methods.split(",")
     # --- the paper's baseline: remove one filter, retrain, repeat -------------------------------------------------
-    model = copy.deepcopy(dense).requires_grad_(True)
     ft_cfg = cifar_recipe(epochs=1, lr=0.01, seed=s.seeds[0], batch_size=s.batch_size).model_copy(
         update={"schedule": "constant", "label_smoothing": 0.0})
-    rows = [{"epochs": 0.0, "seconds": 0.0, "test_accuracy": dense_acc, "filters": 0}]
     report_every = max(1, n_filters // 10)
 
-    def cycle(ci):
-        if ci.cycle % report_every == 0 or ci.cycle == n_filters:
-            rows.append({"epochs": ci.epochs, "seconds": ci.seconds, "test_accuracy": evaluate(model, test)[0],
-                         "filters": ci.filters})
+    def prune_train(epochs_per_filter: float) -> tuple[list[dict], float]:
+        """The prune-train curve and its training seconds (evaluation excluded)."""
+        model = copy.deepcopy(dense).requires_grad_(True)
+        rows, evals = [{"epochs": 0.0, "seconds": 0.0, "test_accuracy": dense_acc, "filters": 0}], [0.0]
 
-    if "prune-train" in methods:
-        iterative_prune_train(model, layer, n_filters, train_data, ft_cfg, epochs_per_filter=s.epochs_per_filter,
-                              augment=True, device=device, callbacks=[cycle])
-        curves["prune-train"] = rows
+        def cycle(ci):
+            if ci.cycle % report_every == 0 or ci.cycle == n_filters:
+                t = time.perf_counter()
+                acc = evaluate(model, test)[0]
+                rows.append({"epochs": ci.epochs, "seconds": ci.seconds - evals[0], "test_accuracy": acc,
+                             "filters": ci.filters})
+                evals[0] += time.perf_counter() - t
 
-    # --- one-shot removal + fine-tuning ---------------------------------------------------------------------------
-    if "oneshot+finetune" in methods:
+        _, wall, _ = iterative_prune_train(model, layer, n_filters, train_data, ft_cfg,
+                                           epochs_per_filter=epochs_per_filter, augment=True, device=device,
+                                           callbacks=[cycle])
+        return rows, wall - evals[0]
+
+    def finetune(epochs: int) -> tuple[list[dict], float]:
+        """One-shot removal + fine-tuning: the curve and its training seconds (evaluation excluded)."""
         model = copy.deepcopy(dense).requires_grad_(True)
         oneshot = project_to_level(copy.deepcopy(dense), n_filters, structured=True, layer=layer)
         rows = [{"epochs": 0.0, "seconds": 0.0, "test_accuracy": dense_acc, "filters": 0},
                 {"epochs": 0.0, "seconds": 0.0, "test_accuracy": evaluate(oneshot, test)[0], "filters": n_filters}]
-        t0 = time.perf_counter()
+        t0, evals = time.perf_counter(), [0.0]
 
         def epoch_done(e):
-            rows.append({"epochs": e.epoch + 1.0, "seconds": time.perf_counter() - t0,
-                         "test_accuracy": evaluate(model, test)[0], "filters": n_filters})
+            t = time.perf_counter()
+            acc = evaluate(model, test)[0]
+            rows.append({"epochs": e.epoch + 1.0, "seconds": t - t0 - evals[0], "test_accuracy": acc,
+                         "filters": n_filters})
+            evals[0] += time.perf_counter() - t
 
-        prune_finetune(model, n_filters, train_data, ft_cfg.model_copy(update={"epochs": s.finetune_epochs}),
-                       structured=True, layer=layer, augment=True, device=device, callbacks=[epoch_done])
-        curves["oneshot+finetune"] = rows
+        _, wall, _ = prune_finetune(model, n_filters, train_data, ft_cfg.model_copy(update={"epochs": epochs}),
+                                    structured=True, layer=layer, augment=True, device=device,
+                                    callbacks=[epoch_done])
+        return rows, wall - evals[0]
+
+    train_seconds = {}
+    if "prune-train" in methods:
+        curves["prune-train"], train_seconds["prune-train"] = prune_train(s.epochs_per_filter)
+
+    # --- one-shot removal + fine-tuning ---------------------------------------------------------------------------
+    if "oneshot+finetune" in methods:
+        curves["oneshot+finetune"], train_seconds["oneshot+finetune"] = finetune(s.finetune_epochs)
+
+    # --- each peer again for the geodesic's wall time: its epochs scaled by the geodesic's time over its own --------
+    if s.equal_time and "prune-train" in methods:
+        curves["prune-train, equal time"], _ = prune_train(s.epochs_per_filter * spent / train_seconds["prune-train"])
+    if s.equal_time and "oneshot+finetune" in methods:
+        epochs = equal_time_epochs(s.finetune_epochs, train_seconds["oneshot+finetune"], spent)
+        curves["oneshot+finetune, equal time"], _ = finetune(epochs)
 
     # --- export: the geodesic's end as a physically smaller network -----------------------------------------------
     small, removed = compact_filters(geo_model, layer)
@@ -260,6 +293,7 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
     return {"experiment": "structured", "model": "vgg11", "width": width, "layer": layer, "n_filters": n_filters,
             "dense": info, "geo": {"eta": eta, **cfg.model_dump(), "epochs_per_step": per_step},
             "epochs_per_filter": s.epochs_per_filter, "finetune_epochs": s.finetune_epochs, "curves": curves,
+            "geodesic_seconds": spent, "peer_train_seconds": train_seconds,
             "export": export}
 
 
@@ -281,6 +315,10 @@ def print_structured(r: dict) -> None:
         print(f"| {name} | {rows[-1]['test_accuracy']:.2f} | {max(x['test_accuracy'] for x in rows[1:]):.2f} | "
               f"{rows[-1]['epochs']:.2f} | {'not reached' if rec is None else f'{rec:.2f}'} | "
               f"{rows[-1]['seconds']:.1f} |")
+    geo_final = r["curves"]["geodesic"][-1]["test_accuracy"]
+    for name, rows in r["curves"].items():
+        if name != "geodesic":
+            print(f"geodesic vs {name}, final accuracy: {versus(geo_final, rows[-1]['test_accuracy'])}")
     e = r["export"]
     print(f"\nexport: {e['filters_removed']} filters removed physically, {e['weights_masked']} -> "
           f"{e['weights_compact']} weights, max |output difference| {e['max_output_difference']:.2e}, "
@@ -331,6 +369,19 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
         pts = curve.points(s.line_points)
         paths["bezier"] = _path_summary(evaluate_points(pts), cumulative_lengths(viewer, pts, probe_x, bn_inputs=bn),
                                         curve.euclidean_length(), bz_wall, epochs=s.bezier_epochs)
+
+    def bezier_equal_time(budget: float) -> dict:
+        """The curve trained again for ``budget`` seconds (the geodesic's): epochs sized to fit, the time a cap."""
+        epochs = equal_time_epochs(s.bezier_epochs, paths["bezier"]["wall_seconds"], budget)
+        _sync(device)
+        t = time.perf_counter()
+        curve = train_bezier(copy.deepcopy(net_a), w_a, w_b, train_data, bz_cfg.model_copy(update={"epochs": epochs}),
+                             augment=True, budget_seconds=budget)
+        _sync(device)
+        wall = time.perf_counter() - t
+        pts = curve.points(s.line_points)
+        return _path_summary(evaluate_points(pts), cumulative_lengths(viewer, pts, probe_x, bn_inputs=bn),
+                             curve.euclidean_length(), wall, epochs=epochs)
     result = {"experiment": "connect", "model": name, **arch, "endpoints": [info_a, info_b],
               "endpoint_accuracy_bn": endpoint_acc, "distance": dist, "paths": paths}
     if "geodesic" not in wanted:
@@ -370,6 +421,8 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
     paths["geodesic"] = _path_summary(accs, cumulative_lengths(viewer, points, probe_x, bn_inputs=bn), eucl[0], geo_wall,
                                       steps=steps, completion_steps=completion, stop_reasons=stops, eta=eta,
                                       end_distance_ratio=distance_ratio(w_end, w_a, w_b))
+    if s.equal_time and "bezier" in paths:
+        paths["bezier, equal time"] = bezier_equal_time(geo_wall)
     return {**result, "geo": cfg.model_dump()}
 
 
@@ -379,15 +432,18 @@ def print_connect(r: dict) -> None:
     print(f"\n### {r['model']} {arch or ''} on CIFAR-10: seeds {a['seed']} and {b['seed']}, {a['epochs']} / "
           f"{b['epochs']} epochs ({a['train_seconds']:.0f} / {b['train_seconds']:.0f} s), endpoints "
           f"{a['test_accuracy']:.2f} / {b['test_accuracy']:.2f}%, |w_2 - w_1| = {r['distance']:.1f}\n")
-    print("| path | min accuracy | mean accuracy | length under g | Euclidean length | wall s |")
-    print("|---|---|---|---|---|---|")
+    print("| path | min accuracy | mean accuracy | length under g | Euclidean length | epochs | wall s |")
+    print("|---|---|---|---|---|---|---|")
     for name, p in r["paths"].items():
         print(f"| {name} | {p['min']:.2f} | {p['mean']:.2f} | {p['length_g']:.2f} | {p['euclidean']:.1f} | "
-              f"{p['wall_seconds']:.1f} |")
+              f"{p.get('epochs', '')} | {p['wall_seconds']:.1f} |")
     g = r["paths"].get("geodesic")
     if g:
         print(f"\ngeodesic: {g['steps']} steps (η = {g['eta']:.3g}; {g['stop_reasons']}, {g['completion_steps']} "
               f"completion steps), ends at {g['end_distance_ratio']:.3f} of the distance")
+        for name in ("bezier", "bezier, equal time"):
+            if name in r["paths"]:
+                print(f"geodesic vs {name}, path minimum: {versus(g['min'], r['paths'][name]['min'])}")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -452,6 +508,9 @@ def parse(argv: list[str]) -> Settings:
     ap.add_argument("--experiments", default=None, help=f"comma-separated, of {', '.join(EXPERIMENTS)}")
     for f in Settings.__dataclass_fields__.values():
         if f.name in ("experiments", "seeds"):
+            continue
+        if str(f.type) == "bool":
+            ap.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction, default=None)
             continue
         kind = {"int | None": int, "float | None": float, "str | None": str, "int": int, "float": float,
                 "str": str}[str(f.type)]
