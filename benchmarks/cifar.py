@@ -358,21 +358,11 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
 
     # --- the peer baseline: a trained quadratic Bezier curve -------------------------------------------------------
     wanted = s.paths.split(",")
-    if "bezier" in wanted:
-        bz_cfg = cifar_recipe(epochs=s.bezier_epochs, lr=0.05, seed=s.seeds[0], batch_size=s.batch_size).model_copy(
-            update={"label_smoothing": 0.0})
-        _sync(device)
-        t = time.perf_counter()
-        curve = train_bezier(copy.deepcopy(net_a), w_a, w_b, train_data, bz_cfg, augment=True)
-        _sync(device)
-        bz_wall = time.perf_counter() - t
-        pts = curve.points(s.line_points)
-        paths["bezier"] = _path_summary(evaluate_points(pts), cumulative_lengths(viewer, pts, probe_x, bn_inputs=bn),
-                                        curve.euclidean_length(), bz_wall, epochs=s.bezier_epochs)
+    bz_cfg = cifar_recipe(epochs=s.bezier_epochs, lr=0.05, seed=s.seeds[0], batch_size=s.batch_size).model_copy(
+        update={"label_smoothing": 0.0})
 
-    def bezier_equal_time(budget: float) -> dict:
-        """The curve trained again for ``budget`` seconds (the geodesic's): epochs sized to fit, the time a cap."""
-        epochs = equal_time_epochs(s.bezier_epochs, paths["bezier"]["wall_seconds"], budget)
+    def bezier(epochs: int, budget: float | None = None) -> dict:
+        """The curve trained for ``epochs`` (``budget`` seconds at most) and measured like every path."""
         _sync(device)
         t = time.perf_counter()
         curve = train_bezier(copy.deepcopy(net_a), w_a, w_b, train_data, bz_cfg.model_copy(update={"epochs": epochs}),
@@ -382,6 +372,9 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
         pts = curve.points(s.line_points)
         return _path_summary(evaluate_points(pts), cumulative_lengths(viewer, pts, probe_x, bn_inputs=bn),
                              curve.euclidean_length(), wall, epochs=epochs)
+
+    if "bezier" in wanted:
+        paths["bezier"] = bezier(s.bezier_epochs)
     result = {"experiment": "connect", "model": name, **arch, "endpoints": [info_a, info_b],
               "endpoint_accuracy_bn": endpoint_acc, "distance": dist, "paths": paths}
     if "geodesic" not in wanted:
@@ -422,7 +415,9 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
                                       steps=steps, completion_steps=completion, stop_reasons=stops, eta=eta,
                                       end_distance_ratio=distance_ratio(w_end, w_a, w_b))
     if s.equal_time and "bezier" in paths:
-        paths["bezier, equal time"] = bezier_equal_time(geo_wall)
+        # epochs sized to fit the geodesic's time, that time a cap
+        epochs = equal_time_epochs(s.bezier_epochs, paths["bezier"]["wall_seconds"], geo_wall)
+        paths["bezier, equal time"] = bezier(epochs, geo_wall)
     return {**result, "geo": cfg.model_dump()}
 
 
