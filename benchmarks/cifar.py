@@ -7,17 +7,19 @@ it finishes, so a run stopped by a time limit keeps every finished experiment, a
 
 - structured: test accuracy against update epochs and wall time for the geodesic (a Geo step's forward and
   backward passes counted as a fraction of an epoch, `geodesic_core.geo.geo_step_passes`), the paper's
-  iterative prune-train baseline (one filter removed per cycle, SGD retraining after each) and one-shot
-  removal + fine-tuning; then the geodesic's end exported as a physically smaller network, with its
+  iterative prune-train baseline (one filter removed per cycle, SGD retraining after each), one-shot
+  removal + fine-tuning and its label-free counterpart, one-shot removal + distillation toward the dense
+  network's outputs (no labels, as the geodesic); then the geodesic's end exported as a physically smaller network, with its
   largest output difference from the masked network.
 - connect: for two networks trained from two seeds, the geodesic (Algorithm 3 with the output anchor and
-  the completion step, as `geodesic connect` runs it), the straight line and the trained quadratic Bezier
-  curve (Garipov et al. 2018): path minimum / mean test accuracy (batch-norm statistics re-estimated at every
+  the completion step, as `geodesic connect` runs it), the straight line, the trained quadratic Bezier
+  curve (Garipov et al. 2018) and its label-free counterpart (fit to the endpoints' interpolated outputs, the
+  geodesic's anchor, no labels): path minimum / mean test accuracy (batch-norm statistics re-estimated at every
   evaluated point), length under g on one probe batch, Euclidean length, wall time.
 
 With ``--equal-time`` (on in the ``cpu`` profile, off in ``gpu``, whose device time is short) every peer runs a second
-time for the geodesic's wall time: prune-train with its epochs per filter, fine-tuning and the Bezier curve with
-their epochs scaled by the geodesic's time over their own first run's (evaluation excluded; the Bezier curve's and
+time for the geodesic's wall time: prune-train with its epochs per filter, fine-tuning, distillation and the Bezier
+curves with their epochs scaled by the geodesic's time over their own first run's (evaluation excluded; the Bezier curve's and
 fine-tuning's epochs by `geodesic_core.train.equal_time_epochs`), and each table ends with the geodesic ahead of,
 level with or behind each peer.
 
@@ -91,6 +93,7 @@ class Settings:
     distill_steps: int = 5
     epochs_per_filter: float = 0.25
     finetune_epochs: int = 3
+    distill_lr: float = 0.003  # one-shot removal + distillation (label-free), as `FinetuneConfig.distill_lr`
     # connect (VGG16 and the pre-activation ResNet, Figure 7A/B)
     vgg16_width: float | None = None  # default: width
     resnet_width: float = 0.5
@@ -103,13 +106,14 @@ class Settings:
     geo_steps: int = 150
     metric_batch: int = 128
     bezier_epochs: int = 3
+    bezier_distill_lr: float = 0.003  # the label-free curve's rate (logits matched), as `ConnectConfig`'s
     line_points: int = 11
     eval_points: int = 12
     probe: int = 512
     bn_every: int = 10  # Geo steps between batch-norm re-estimations at the current weights (0: never)
     struct_bn_every: int | None = None  # default bn_every
-    methods: str = "geodesic,prune-train,oneshot+finetune"  # the structured experiment's methods
-    paths: str = "linear,bezier,geodesic"  # the connect experiments' paths
+    methods: str = "geodesic,prune-train,oneshot+finetune,oneshot+distill"  # the structured experiment's methods
+    paths: str = "linear,bezier,bezier-distill,geodesic"  # the connect experiments' paths
     cache: str | None = None  # a folder for trained endpoints (fixed epochs only): reruns reuse them
     time_limit: float | None = None  # seconds for the whole run; later experiments are skipped past it
     equal_time: bool = False  # also run every peer for the geodesic's wall time (epochs sized to fit)
@@ -246,8 +250,9 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
                                            callbacks=[cycle])
         return rows, wall - evals[0]
 
-    def finetune(epochs: int) -> tuple[list[dict], float]:
-        """One-shot removal + fine-tuning: the curve and its training seconds (evaluation excluded)."""
+    def finetune(epochs: int, distill: bool = False) -> tuple[list[dict], float]:
+        """One-shot removal + fine-tuning (``distill``: + distillation toward the dense network's outputs, no
+        labels): the curve and its training seconds (evaluation excluded)."""
         model = copy.deepcopy(dense).requires_grad_(True)
         oneshot = project_to_level(copy.deepcopy(dense), n_filters, structured=True, layer=layer)
         rows = [{"epochs": 0.0, "seconds": 0.0, "test_accuracy": dense_acc, "filters": 0},
@@ -261,25 +266,27 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
                          "filters": n_filters})
             evals[0] += time.perf_counter() - t
 
-        _, wall, _ = prune_finetune(model, n_filters, train_data, ft_cfg.model_copy(update={"epochs": epochs}),
-                                    structured=True, layer=layer, augment=True, device=device,
-                                    callbacks=[epoch_done])
+        cfg = ft_cfg.model_copy(update={"epochs": epochs, **({"lr": s.distill_lr} if distill else {})})
+        _, wall, _ = prune_finetune(model, n_filters, train_data, cfg, structured=True, layer=layer, augment=True,
+                                    device=device, callbacks=[epoch_done], teacher=dense if distill else None)
         return rows, wall - evals[0]
 
     train_seconds = {}
     if "prune-train" in methods:
         curves["prune-train"], train_seconds["prune-train"] = prune_train(s.epochs_per_filter)
 
-    # --- one-shot removal + fine-tuning ---------------------------------------------------------------------------
-    if "oneshot+finetune" in methods:
-        curves["oneshot+finetune"], train_seconds["oneshot+finetune"] = finetune(s.finetune_epochs)
+    # --- one-shot removal + fine-tuning on the labels; + distillation without them -------------------------------
+    for m in ("oneshot+finetune", "oneshot+distill"):
+        if m in methods:
+            curves[m], train_seconds[m] = finetune(s.finetune_epochs, distill=m == "oneshot+distill")
 
     # --- each peer again for the geodesic's wall time: its epochs scaled by the geodesic's time over its own --------
     if s.equal_time and "prune-train" in methods:
         curves["prune-train, equal time"], _ = prune_train(s.epochs_per_filter * spent / train_seconds["prune-train"])
-    if s.equal_time and "oneshot+finetune" in methods:
-        epochs = equal_time_epochs(s.finetune_epochs, train_seconds["oneshot+finetune"], spent)
-        curves["oneshot+finetune, equal time"], _ = finetune(epochs)
+    for m in ("oneshot+finetune", "oneshot+distill"):
+        if s.equal_time and m in methods:
+            epochs = equal_time_epochs(s.finetune_epochs, train_seconds[m], spent)
+            curves[f"{m}, equal time"], _ = finetune(epochs, distill=m == "oneshot+distill")
 
     # --- export: the geodesic's end as a physically smaller network -----------------------------------------------
     small, removed = compact_filters(geo_model, layer)
@@ -292,7 +299,8 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
               "compact_test_accuracy": evaluate(small, test)[0]}
     return {"experiment": "structured", "model": "vgg11", "width": width, "layer": layer, "n_filters": n_filters,
             "dense": info, "geo": {"eta": eta, **cfg.model_dump(), "epochs_per_step": per_step},
-            "epochs_per_filter": s.epochs_per_filter, "finetune_epochs": s.finetune_epochs, "curves": curves,
+            "epochs_per_filter": s.epochs_per_filter, "finetune_epochs": s.finetune_epochs,
+            "distill_lr": s.distill_lr, "curves": curves,
             "geodesic_seconds": spent, "peer_train_seconds": train_seconds,
             "export": export}
 
@@ -356,25 +364,28 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
     paths["linear"] = _path_summary(accs, cumulative_lengths(viewer, pts, probe_x, bn_inputs=bn), dist, time.perf_counter() - t)
     endpoint_acc = (accs[0], accs[-1])  # the endpoints with batch-norm statistics re-estimated, like every point
 
-    # --- the peer baseline: a trained quadratic Bezier curve -------------------------------------------------------
+    # --- the peer baselines: a trained quadratic Bezier curve, on the labels and label-free -------------------------
     wanted = s.paths.split(",")
     bz_cfg = cifar_recipe(epochs=s.bezier_epochs, lr=0.05, seed=s.seeds[0], batch_size=s.batch_size).model_copy(
         update={"label_smoothing": 0.0})
 
-    def bezier(epochs: int, budget: float | None = None) -> dict:
-        """The curve trained for ``epochs`` (``budget`` seconds at most) and measured like every path."""
+    def bezier(epochs: int, budget: float | None = None, distill: bool = False) -> dict:
+        """The curve trained for ``epochs`` (``budget`` seconds at most) and measured like every path;
+        ``distill``: label-free, fit to the endpoints' interpolated outputs."""
         _sync(device)
         t = time.perf_counter()
-        curve = train_bezier(copy.deepcopy(net_a), w_a, w_b, train_data, bz_cfg.model_copy(update={"epochs": epochs}),
-                             augment=True, budget_seconds=budget)
+        cfg = bz_cfg.model_copy(update={"epochs": epochs, **({"lr": s.bezier_distill_lr} if distill else {})})
+        curve = train_bezier(copy.deepcopy(net_a), w_a, w_b, train_data, cfg, augment=True, budget_seconds=budget,
+                             endpoints=(net_a, net_b) if distill else None)
         _sync(device)
         wall = time.perf_counter() - t
         pts = curve.points(s.line_points)
         return _path_summary(evaluate_points(pts), cumulative_lengths(viewer, pts, probe_x, bn_inputs=bn),
                              curve.euclidean_length(), wall, epochs=epochs)
 
-    if "bezier" in wanted:
-        paths["bezier"] = bezier(s.bezier_epochs)
+    for name in ("bezier", "bezier-distill"):
+        if name in wanted:
+            paths[name] = bezier(s.bezier_epochs, distill=name == "bezier-distill")
     result = {"experiment": "connect", "model": name, **arch, "endpoints": [info_a, info_b],
               "endpoint_accuracy_bn": endpoint_acc, "distance": dist, "paths": paths}
     if "geodesic" not in wanted:
@@ -414,10 +425,11 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
     paths["geodesic"] = _path_summary(accs, cumulative_lengths(viewer, points, probe_x, bn_inputs=bn), eucl[0], geo_wall,
                                       steps=steps, completion_steps=completion, stop_reasons=stops, eta=eta,
                                       end_distance_ratio=distance_ratio(w_end, w_a, w_b))
-    if s.equal_time and "bezier" in paths:
-        # epochs sized to fit the geodesic's time, that time a cap
-        epochs = equal_time_epochs(s.bezier_epochs, paths["bezier"]["wall_seconds"], geo_wall)
-        paths["bezier, equal time"] = bezier(epochs, geo_wall)
+    for name in ("bezier", "bezier-distill"):
+        if s.equal_time and name in paths:
+            # epochs sized to fit the geodesic's time, that time a cap
+            epochs = equal_time_epochs(s.bezier_epochs, paths[name]["wall_seconds"], geo_wall)
+            paths[f"{name}, equal time"] = bezier(epochs, geo_wall, distill=name == "bezier-distill")
     return {**result, "geo": cfg.model_dump()}
 
 
@@ -436,7 +448,7 @@ def print_connect(r: dict) -> None:
     if g:
         print(f"\ngeodesic: {g['steps']} steps (η = {g['eta']:.3g}; {g['stop_reasons']}, {g['completion_steps']} "
               f"completion steps), ends at {g['end_distance_ratio']:.3f} of the distance")
-        for name in ("bezier", "bezier, equal time"):
+        for name in ("bezier", "bezier, equal time", "bezier-distill", "bezier-distill, equal time"):
             if name in r["paths"]:
                 print(f"geodesic vs {name}, path minimum: {versus(g['min'], r['paths'][name]['min'])}")
 

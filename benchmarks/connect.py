@@ -1,14 +1,15 @@
 """Mode connectivity: the geodesic (Algorithm 3) against the straight line between the same two networks and
-the trained quadratic Bezier curve (Garipov et al. 2018), the peer baseline.
+the trained quadratic Bezier curve (Garipov et al. 2018), the peer baseline, on the labels and label-free
+(fit to the endpoints' interpolated outputs, reading only the inputs, as the geodesic does).
 
 Runs the connect flow on the embedded defaults in a fresh temporary working directory (nothing cached) and
 prints a Markdown table: endpoint accuracies, the minimum and mean test accuracy along each path, the
 length under g and the Euclidean length, how far the path ends from w_2, and wall time (for the Bezier
-curve: its training time), with the ratio of the geodesic's time to the Bezier curve's training. The curve is
+curve: its training time), with the ratio of the geodesic's time to each curve's training. Each curve is
 trained twice, for `--bezier-train.epochs` and for the geodesic's wall time (`--bezier-equal-time`, on here
-unless `--no-bezier-equal-time` or `--no-bezier` is given), and the last line says, at equal wall time, where
-the geodesic's path minimum is against the curve's (level: within 0.4 point). Every `geodesic connect`
-option is accepted:
+unless `--no-bezier-equal-time` or both `--no-bezier` and `--no-bezier-distill` are given), and the last lines
+say, at equal wall time, where the geodesic's path minimum is against each curve's (level: within 0.4 point).
+Every `geodesic connect` option is accepted:
 
     python benchmarks/connect.py --data-dir ../shared/data --model lenet300 --dataset mnist
     python benchmarks/connect.py --data-dir ../shared/data --model cnn --dataset fashion_mnist
@@ -27,7 +28,7 @@ from geodesic_core.connect import ConnectConfig  # noqa: E402
 
 
 def main(argv: list[str]) -> None:
-    if "--no-bezier" not in argv:
+    if not {"--no-bezier", "--no-bezier-distill"} <= set(argv):
         argv = with_default(argv, "bezier-equal-time")
     params, summary, total = run_fresh("connect", argv, ConnectConfig, "flows.connect", "connect_flow")
     print(f"\n{params.model} on {params.dataset}, endpoints trained {params.train.epochs} epochs from seeds "
@@ -45,17 +46,16 @@ def main(argv: list[str]) -> None:
     geo = summary[0]
     print(f"\ngeodesic: {geo['steps']} Geo steps ({geo['stop_reasons']}), {geo['completion_steps']} of them "
           f"completion steps")
-    bezier = next((r for r in summary if r["method"] == "bezier"), None)
-    if bezier:
-        print(f"Bezier curve ({params.bezier_train.epochs} epochs): path minimum {bezier['path_min_test_accuracy']:.2f} "
-              f"vs the geodesic's {geo['path_min_test_accuracy']:.2f}; geodesic time / Bezier training time "
-              f"{geo['wall_seconds'] / bezier['wall_seconds']:.2f}")
-    equal = next((r for r in summary if r["method"] == "bezier_equal_time"), None)
-    if equal:
-        print(f"at equal wall time ({geo['wall_seconds']:.0f} s; the curve {equal['epochs']} epochs in "
-              f"{equal['wall_seconds']:.0f} s), the geodesic's path minimum vs the Bezier curve's: "
-              f"{versus(geo['path_min_test_accuracy'], equal['path_min_test_accuracy'])}")
-
+    rows = {r["method"]: r for r in summary}
+    for curve, what in (("bezier", "Bezier curve"), ("bezier_distill", "label-free Bezier curve")):
+        if (fixed := rows.get(curve)) is not None:
+            print(f"{what} ({fixed['epochs']} epochs): path minimum {fixed['path_min_test_accuracy']:.2f} vs the "
+                  f"geodesic's {geo['path_min_test_accuracy']:.2f}; geodesic time / curve's training time "
+                  f"{geo['wall_seconds'] / fixed['wall_seconds']:.2f}")
+        if (equal := rows.get(f"{curve}_equal_time")) is not None:
+            print(f"at equal wall time ({geo['wall_seconds']:.0f} s; the curve {equal['epochs']} epochs in "
+                  f"{equal['wall_seconds']:.0f} s), the geodesic's path minimum vs the {what}'s: "
+                  f"{versus(geo['path_min_test_accuracy'], equal['path_min_test_accuracy'])}")
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -3,9 +3,10 @@
 Recipe: fingerprint the data -> train the two endpoint networks concurrently (or take two checkpoints) ->
 evaluate the straight line between them -> traverse Geo(w_1, g, w_2) in cached segments until it reaches
 w_2 (continuing a stalled traversal with the looser completion step if ``complete``), and train the peer
-baseline, a quadratic Bezier curve (if ``bezier``) -> (if ``bezier_equal_time``) the curve again for the
-geodesic's wall time -> one MLflow child run per path (geodesic, linear, bezier, bezier_equal_time) and a
-summary on the parent run.
+baselines, a quadratic Bezier curve on the labels (if ``bezier``) and its label-free counterpart (if
+``bezier_distill``) -> (if ``bezier_equal_time``) each curve again for the geodesic's wall time -> one MLflow
+child run per path (geodesic, linear, bezier, bezier_distill and their equal-time runs) and a summary on the
+parent run.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def _connect(params: ConnectConfig, parent: dict, data_dir: str, fingerprint: st
     common = (data_dir, fingerprint, version)
     settings = params.model_dump()
     tracks = {m: child_track(parent, f"{m}-{params.model}-{params.dataset}", settings, method=m)
-              for m in ("geodesic", "linear", "bezier")}
+              for m in ("geodesic", "linear", *params.curves())}
     # --- the endpoints: trained concurrently, or given (every compute task is submitted: it runs in a
     # task-runner thread, never in the flow's own) -------------------------------------------------------------
     if params.checkpoint_a:
@@ -62,8 +63,8 @@ def _connect(params: ConnectConfig, parent: dict, data_dir: str, fingerprint: st
         a, b = (f.result() for f in futures)
     ends = [evaluate_endpoint.submit(w, a, b, params, *common) for w in (a, b)]
     line = linear_path_task.submit(a, b, params, *common, track=tracks["linear"])
-    bezier = (bezier_curve_task.submit(a, b, params, *common, track=tracks["bezier"]) if params.bezier
-              else None)  # the peer baseline
+    curves = {m: bezier_curve_task.submit(a, b, params, *common, track=tracks[m], distill=m == "bezier_distill")
+              for m in params.curves()}  # the peer baselines: on the labels, label-free
 
     # --- the geodesic, segment after segment, until it reaches w_2 ----------------------------------------
     segments, start, loose = [], a, False
@@ -84,21 +85,22 @@ def _connect(params: ConnectConfig, parent: dict, data_dir: str, fingerprint: st
     else:
         log.warning("the geodesic did not reach w_2 in %d segments; raise --max-segments", params.max_segments)
 
-    # --- the peer at the geodesic's wall time: the curve's epochs scaled to fit it ----------------------------
-    equal = None
+    # --- the peers at the geodesic's wall time: each curve's epochs scaled to fit it, one curve after the other -
+    peers = {"linear": line.result(), **{m: c.result() for m, c in curves.items()}}
     if params.bezier_equal_time:
-        tracks["bezier_equal_time"] = child_track(parent, f"bezier-equal_time-{params.model}-{params.dataset}",
-                                                  settings, method="bezier", budget="equal_time")
         budget = sum(seg["wall_seconds"] for seg in segments)
-        epochs = equal_time_epochs(params.bezier_train.epochs, bezier.result()["wall_seconds"], budget)
-        log.info("Bezier curve at the geodesic's wall time (%.0f s): %d epochs", budget, epochs)
-        equal = bezier_curve_task.submit(a, b, params, *common, track=tracks["bezier_equal_time"], epochs=epochs,
-                                         budget_seconds=budget)
+        for m in params.curves():
+            tracks[f"{m}_equal_time"] = child_track(parent, f"{m}-equal_time-{params.model}-{params.dataset}",
+                                                    settings, method=m, budget="equal_time")
+            epochs = equal_time_epochs(params.bezier_train.epochs, peers[m]["wall_seconds"], budget)
+            log.info("%s curve at the geodesic's wall time (%.0f s): %d epochs", m, budget, epochs)
+            peers[f"{m}_equal_time"] = bezier_curve_task.submit(
+                a, b, params, *common, track=tracks[f"{m}_equal_time"], epochs=epochs, budget_seconds=budget,
+                distill=m == "bezier_distill").result()
 
     # --- evaluate and track ---------------------------------------------------------------------------------
     endpoints = [e.result() for e in ends]
-    summary, tables = connect_rows(endpoints, segments, line.result(), bezier and bezier.result(),
-                                   equal and equal.result())
+    summary, tables = connect_rows(endpoints, segments, peers)
     log_connect_runs(tracks, params, summary, tables, segments[-1]["path"])
     finish_parent_run(parent, summary, {"accuracy_along_paths.png": connect_accuracy_plot(tables, params),
                                         "paths_2d.png": chord_view(tables)},

@@ -9,12 +9,13 @@ and a 2-D view: the coordinate along the chord w_2 - w_1 and the distance from i
 
 from __future__ import annotations
 
+import copy
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
 from .config import _USER_DATA, _USER_MODEL, GeoConfig, TrainConfig, _datasets, _ModelOnDataset, _models, _one_of, with_defaults
 from .data import Split
@@ -47,9 +48,14 @@ class ConnectConfig(_ModelOnDataset):
     between test-set evaluations along the geodesic; ``linear_points``: points on the straight line (and on
     the Bezier curve). ``bezier``: also train the peer baseline, the quadratic Bezier curve between the same
     endpoints (Garipov et al. 2018), with ``bezier_train`` (its epochs are its training cost).
-    ``bezier_equal_time``: also train the curve for the geodesic's wall time (child run
-    ``bezier_equal_time``): ``bezier_train.epochs`` scaled by the geodesic's time over the first curve's
-    training time (`geodesic_core.train.equal_time_epochs`), the geodesic's time as a cap.
+    ``bezier_distill``: also train the label-free curve (child run ``bezier_distill``): the same curve and
+    ``bezier_train`` settings at learning rate ``bezier_distill_lr``, fit to the endpoints' interpolated outputs
+    f_t (the geodesic's anchor) instead of the labels (`train_bezier` with ``endpoints``): the peer that reads
+    only the task's inputs, as the geodesic does (matched logits are stiffer than the cross-entropy: 0.01
+    diverged on the Fashion-MNIST CNN, 0.003 trains on it and on LeNet-300-100, on a validation split). ``bezier_equal_time``: also train each curve for the
+    geodesic's wall time (child runs ``bezier`` and ``bezier_distill`` with budget ``equal_time``):
+    ``bezier_train.epochs`` scaled by the geodesic's time over that curve's first training time
+    (`geodesic_core.train.equal_time_epochs`), the geodesic's time as a cap.
     """
 
     model: str = Field("lenet300", json_schema_extra=_one_of(_models, _USER_MODEL))
@@ -65,6 +71,8 @@ class ConnectConfig(_ModelOnDataset):
     linear_points: int = Field(21, ge=3)
     bezier: bool = True
     bezier_train: ConnectTrainConfig = Field(default_factory=ConnectTrainConfig)
+    bezier_distill: bool = True
+    bezier_distill_lr: PositiveFloat = 0.003
     bezier_equal_time: bool = False
     geo: ConnectGeoConfig = Field(default_factory=ConnectGeoConfig)
     train: ConnectTrainConfig = Field(default_factory=ConnectTrainConfig)
@@ -79,9 +87,14 @@ class ConnectConfig(_ModelOnDataset):
 
     @model_validator(mode="after")
     def _check_bezier(self) -> "ConnectConfig":
-        if self.bezier_equal_time and not self.bezier:
-            raise ValueError("--bezier-equal-time trains a second Bezier curve: it needs --bezier (drop --no-bezier)")
+        if self.bezier_equal_time and not (self.bezier or self.bezier_distill):
+            raise ValueError("--bezier-equal-time trains each Bezier curve a second time: it needs --bezier or "
+                             "--bezier-distill (drop --no-bezier or --no-bezier-distill)")
         return self
+
+    def curves(self) -> list[str]:
+        """The Bezier curves this run trains: ``bezier`` (on the labels), ``bezier_distill`` (label-free)."""
+        return [name for name, on in (("bezier", self.bezier), ("bezier_distill", self.bezier_distill)) if on]
 
 
 def check_same_architecture(meta_a: dict, meta_b: dict, path_a: str = "a", path_b: str = "b") -> None:
@@ -197,6 +210,7 @@ class BezierCurve(nn.Module):
         self.bend = nn.Parameter(0.5 * (self.w_a + self.w_b))
         self.gen = torch.Generator().manual_seed(seed)
         self.t = 0.5
+        self.drawn_t = 0.5  # the t of the last training-mode forward call (what `CurveAnchor` matches)
 
     def point(self, t: float) -> torch.Tensor:
         """φ_θ(t) ``(n,)``: differentiable in θ."""
@@ -215,6 +229,7 @@ class BezierCurve(nn.Module):
         from torch.func import functional_call
 
         t = float(torch.rand((), generator=self.gen)) if self.training else self.t
+        self.drawn_t = t
         return functional_call(self.base, self._unflatten(self.point(t)), (x,))
 
     def points(self, count: int) -> list[torch.Tensor]:
@@ -233,18 +248,43 @@ class BezierCurve(nn.Module):
             return total
 
 
+class CurveAnchor(InterpolatedOutputs):
+    """The label-free curve's target: f_t(x) = (1 − t) f(x; w_1) + t f(x; w_2) at the t the curve drew for its
+    last forward call (`BezierCurve.drawn_t`; `train` calls the model before its teacher), the same
+    interpolation of the endpoints' outputs the geodesic's anchor tracks (`InterpolatedOutputs`)."""
+
+    def __init__(self, curve: BezierCurve, net_a: nn.Module, net_b: nn.Module):
+        super().__init__(net_a, net_b)
+        object.__setattr__(self, "curve", curve)  # not a submodule: the curve is the student
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.t = self.curve.drawn_t
+        return super().forward(x)
+
+
 def train_bezier(model: nn.Module, w_a: torch.Tensor, w_b: torch.Tensor, data: Split, cfg, *,
                  augment: bool = False, callbacks=(), step_callbacks=(),
-                 budget_seconds: float | None = None) -> BezierCurve:
+                 budget_seconds: float | None = None,
+                 endpoints: tuple[nn.Module, nn.Module] | None = None) -> BezierCurve:
     """Fit the bend θ of the Bezier curve between ``w_a`` and ``w_b`` ``(n,)`` by SGD on E_{t~U(0,1)} L(φ_θ(t)),
     the cross-entropy on ``data`` (Garipov et al. 2018), with the training settings ``cfg`` (a `TrainConfig`:
     epochs, lr, momentum, weight decay on θ, schedule, seed for the batches and the t draws). ``model`` is a
     network of the endpoints' architecture; its weights are not used. ``budget_seconds``: stop once this much
-    wall time is spent (the equal-time comparison's cap). Returns the trained curve."""
+    wall time is spent (the equal-time comparison's cap). Returns the trained curve.
+
+    With ``endpoints`` (the networks w_1 and w_2 themselves, batch-norm statistics included), the label-free
+    curve instead: L(φ_θ(t)) = ½ mean_x ‖f(x; φ_θ(t)) − f_t(x)‖² with f_t = (1 − t) f(x; w_1) + t f(x; w_2)
+    (`CurveAnchor`), the outputs the geodesic's anchor follows; only the inputs of ``data`` are read, as the
+    geodesic reads them. Logits ``(B, K)`` are matched, so ``cfg.lr`` is a distillation rate (smaller than
+    the cross-entropy's)."""
     from .train import train
 
     device = next(model.parameters()).device
     curve = BezierCurve(model, w_a.to(device), w_b.to(device), seed=cfg.seed)
+    teacher = None
+    if endpoints is not None:
+        net_a, net_b = (copy.deepcopy(net).to(device) for net in endpoints)
+        teacher = CurveAnchor(curve, net_a, net_b)
     train(curve, data, cfg, augment=augment, device=device, callbacks=callbacks, step_callbacks=step_callbacks,
-          budget_seconds=budget_seconds)
+          budget_seconds=budget_seconds, teacher=teacher)
     return curve.eval()

@@ -11,6 +11,7 @@ from torch import nn
 
 from .config import TrainConfig
 from .data import Split, load_split
+from .errors import NonFiniteError
 
 
 class EpochInfo(NamedTuple):
@@ -145,7 +146,7 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
                     if teacher is None:
                         loss = nn.functional.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
                     else:
-                        with torch.no_grad():
+                        with torch.no_grad():  # after the model: a teacher may read its draw (`CurveAnchor`)
                             wanted = teacher(xb).float()
                         loss = 0.5 * (logits.float() - wanted).pow(2).sum(-1).mean()
                 objective = loss + penalty(model) if penalty is not None else loss
@@ -169,6 +170,9 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
                     on_step is not None and bool(on_step(done)))
                 if out_of_budget:
                     break
+            if not torch.isfinite(total):  # one host sync per epoch
+                raise NonFiniteError(f"training diverged: the loss became NaN or Inf in epoch {epoch + 1} of "
+                                     f"{cfg.epochs} at learning rate {cfg.lr:g}; lower the learning rate")
             if callbacks:
                 mean_loss = float(total) / max(count, 1)
                 for cb in callbacks:

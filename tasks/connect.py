@@ -149,15 +149,19 @@ def linear_path_task(a: dict, b: dict, cfg: ConnectConfig, data_dir: str | None,
 @task(**CACHED)
 def bezier_curve_task(a: dict, b: dict, cfg: ConnectConfig, data_dir: str | None, data_fingerprint: str,
                       code_version: str, track: dict | None = None, epochs: int | None = None,
-                      budget_seconds: float | None = None) -> dict:
+                      budget_seconds: float | None = None, distill: bool = False) -> dict:
     """Peer baseline (Garipov et al. 2018): train the bend θ of the quadratic Bezier curve between w_1 and w_2
     for ``cfg.bezier_train.epochs`` epochs (or ``epochs``, stopping at ``budget_seconds`` if given: the
     equal-time curve) on the task's training data, then evaluate the curve at ``cfg.linear_points`` equally
-    spaced t like the straight line. The checkpoint holds θ (a network of the endpoints' architecture) and is
-    keyed by the training alone: a rerun with other evaluation settings re-evaluates the trained curve.
-    ``wall_seconds`` is the training cost, the evaluation excluded; ``epochs`` the epochs it was given."""
-    train_cfg = cfg.bezier_train if epochs is None else cfg.bezier_train.model_copy(update={"epochs": epochs})
-    out = checkpoint_path("bezier", a["sha256"], b["sha256"], train_cfg.model_dump(), budget_seconds,
+    spaced t like the straight line. ``distill``: the label-free curve, fit to the endpoints' interpolated
+    outputs at ``cfg.bezier_distill_lr`` (`train_bezier` with ``endpoints``). The checkpoint holds θ (a network
+    of the endpoints' architecture) and is keyed by the training alone: a rerun with other evaluation settings
+    re-evaluates the trained curve. ``wall_seconds`` is the training cost, the evaluation excluded; ``epochs``
+    the epochs it was given."""
+    train_cfg = cfg.bezier_train.model_copy(update={"epochs": epochs or cfg.bezier_train.epochs,
+                                                    **({"lr": cfg.bezier_distill_lr} if distill else {})})
+    kind = "bezier_distill" if distill else "bezier"
+    out = checkpoint_path(kind, a["sha256"], b["sha256"], train_cfg.model_dump(), budget_seconds,
                           data_fingerprint, code_version)
     model, meta = open_ref(a)
     w_a, w_b = flat_params(model).cpu(), flat_params(open_ref(b)[0]).cpu()
@@ -165,14 +169,17 @@ def bezier_curve_task(a: dict, b: dict, cfg: ConnectConfig, data_dir: str | None
     test = split(cfg.dataset, False, data_dir)
     probe_model = copy.deepcopy(model)
     if (trained := finished(out)) is None:
-        title = f"train Bezier curve {cfg.model}" + ("" if budget_seconds is None else f" ({budget_seconds:.0f} s)")
+        title = (f"train {'label-free ' if distill else ''}Bezier curve {cfg.model}"
+                 + ("" if budget_seconds is None else f" ({budget_seconds:.0f} s)"))
+        endpoints = (model, open_ref(b)[0]) if distill else None  # copied before training
         with Live(title, track=track) as live:
             t0 = time.perf_counter()
             curve = train_bezier(model, w_a, w_b, train_data, train_cfg, augment=get_spec(cfg.dataset).augment,
-                                 step_callbacks=[live.train_step], budget_seconds=budget_seconds)
+                                 step_callbacks=[live.train_step], budget_seconds=budget_seconds,
+                                 endpoints=endpoints)
             wall = time.perf_counter() - t0
         set_flat_params(probe_model, curve.bend.detach().to(flat_params(probe_model)))
-        trained = save_result(out, probe_model, meta, dict(train_seconds=wall), role="bezier bend")
+        trained = save_result(out, probe_model, meta, dict(train_seconds=wall), role=f"{kind} bend")
     else:  # trained by an earlier run (or attempt): only the evaluation is redone
         curve = BezierCurve(model, w_a.to(flat_params(model)), w_b.to(flat_params(model)))
         with torch.no_grad():

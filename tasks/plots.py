@@ -115,11 +115,12 @@ def accuracy_matrix_plot(summary: list[dict], k: int) -> Callable:
     return draw
 
 
-CONNECT_PATHS = {"geodesic": "o-", "linear": "s--", "bezier": "^:", "bezier_equal_time": "v-."}  # path -> line style
+CONNECT_PATHS = {"geodesic": "o-", "linear": "s--", "bezier": "^:", "bezier_equal_time": "v-.",  # path -> line style
+                 "bezier_distill": "d:", "bezier_distill_equal_time": "x-."}
 
 
 def connect_accuracy_plot(tables: dict[str, list[dict]], params) -> Callable:
-    """Test accuracy along the geodesic, the straight line (and the Bezier curve, if trained), against the position along the chord
+    """Test accuracy along the geodesic, the straight line (and the Bezier curves, if trained), against the position along the chord
     w_1 -> w_2 (0 at w_1, 1 at w_2) (paper Figure 7)."""
 
     def draw(path):

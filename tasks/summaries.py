@@ -82,10 +82,11 @@ def continual_row(method: str, params, trained: list[dict], results: list[dict],
     return row, matrix
 
 
-def connect_rows(endpoints: list[dict], segments: list[dict], line: dict, bezier: dict | None = None,
-                 bezier_equal_time: dict | None = None) -> tuple[list[dict], dict[str, list[dict]]]:
-    """Summary rows (geodesic, linear, and bezier and bezier_equal_time if trained) and path tables of a
-    mode-connectivity run. The geodesic's table starts
+def connect_rows(endpoints: list[dict], segments: list[dict],
+                 peers: dict[str, dict]) -> tuple[list[dict], dict[str, list[dict]]]:
+    """Summary rows (the geodesic, then every path of ``peers``, by name: ``linear``, and the trained curves
+    ``bezier``, ``bezier_distill`` and their ``*_equal_time`` runs) and path tables of a mode-connectivity run.
+    The geodesic's table starts
     at w_1; its path length is cumulative over the segments. Path minimum and mean are over the evaluated
     points, endpoints included."""
     start = {**endpoints[0], "path_length": 0.0}
@@ -108,11 +109,10 @@ def connect_rows(endpoints: list[dict], segments: list[dict], line: dict, bezier
            "completion_steps": sum(s["steps"] for s in segments if s["loose"]),
            "stop_reasons": ",".join(s["stop_reason"] for s in segments)}
     summary, tables = [geo], {"geodesic": geo_rows}
-    for name, other in (("linear", line), ("bezier", bezier), ("bezier_equal_time", bezier_equal_time)):
-        if other is not None:
-            summary.append({"method": name, **ends, **stats(other["rows"]), "path_length": other["path_length"],
-                            "path_length_euclidean": other["path_length_euclidean"], "final_distance_ratio": 0.0,
-                            "wall_seconds": other["wall_seconds"],
-                            **({"epochs": other["epochs"]} if "epochs" in other else {})})
-            tables[name] = other["rows"]
+    for name, other in peers.items():
+        summary.append({"method": name, **ends, **stats(other["rows"]), "path_length": other["path_length"],
+                        "path_length_euclidean": other["path_length_euclidean"], "final_distance_ratio": 0.0,
+                        "wall_seconds": other["wall_seconds"],
+                        **({"epochs": other["epochs"]} if "epochs" in other else {})})
+        tables[name] = other["rows"]
     return summary, tables

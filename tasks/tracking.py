@@ -327,7 +327,7 @@ def log_continual_runs(tracks: dict[str, dict], entries: list[tuple[dict, list[l
 @task(**RETRY)
 def log_connect_runs(tracks: dict[str, dict], params, summary: list[dict], tables: dict[str, list[dict]],
                      geodesic_checkpoint: str) -> list[str]:
-    """One child run per path (``geodesic``, ``linear``, ``bezier`` if trained; ``tracks[method]``): endpoint
+    """One child run per path (``geodesic``, ``linear``, each trained curve; ``tracks[method]``): endpoint
     and path accuracies, lengths under g and Euclidean, ``final_distance_ratio``, wall time;
     ``path_metrics.parquet`` (and .csv), the geodesic's metric histories, and the plots."""
     from .plots import chord_view, connect_accuracy_plot

@@ -193,27 +193,33 @@ def test_cifar_benchmark_runs_end_to_end(tmp_path, data_dir):
     assert set(results) == set(cifar.EXPERIMENTS)
     st = json.loads((tmp_path / "structured.json").read_text())
     # the cpu profile runs every peer a second time for the geodesic's wall time
-    assert set(st["curves"]) == {"geodesic", "prune-train", "oneshot+finetune", "prune-train, equal time",
-                                 "oneshot+finetune, equal time"}
+    assert set(st["curves"]) == {"geodesic", "prune-train", "oneshot+finetune", "oneshot+distill",
+                                 "prune-train, equal time", "oneshot+finetune, equal time",
+                                 "oneshot+distill, equal time"}
     assert st["export"]["max_output_difference"] <= 1e-5 and st["export"]["filters_removed"] == 3
     assert st["curves"]["prune-train"][-1]["filters"] == st["curves"]["prune-train, equal time"][-1]["filters"] == 3
     geo_seconds, own = st["geodesic_seconds"], st["peer_train_seconds"]
     assert geo_seconds == st["curves"]["geodesic"][-1]["seconds"]
     # epochs scaled by the geodesic's time over the peer's own training time (evaluation excluded)
-    assert st["curves"]["oneshot+finetune, equal time"][-1]["epochs"] == max(
-        1, math.floor(st["finetune_epochs"] * geo_seconds / own["oneshot+finetune"]))
+    for m in ("oneshot+finetune", "oneshot+distill"):
+        assert st["curves"][f"{m}, equal time"][-1]["epochs"] == max(
+            1, math.floor(st["finetune_epochs"] * geo_seconds / own[m]))
+        assert st["curves"][m][-1]["filters"] == 3
     steps_per_epoch = 2  # 512 images, batch 256: a cycle of e epochs per filter is round(2 e) steps
     per_cycle = max(1, round(st["epochs_per_filter"] * geo_seconds / own["prune-train"] * steps_per_epoch))
     assert st["curves"]["prune-train, equal time"][-1]["epochs"] == pytest.approx(3 * per_cycle / steps_per_epoch)
     for name in ("vgg16-connect", "resnet-connect"):
         r = json.loads((tmp_path / f"{name}.json").read_text())
-        assert set(r["paths"]) == {"linear", "bezier", "geodesic", "bezier, equal time"}
+        assert set(r["paths"]) == {"linear", "bezier", "bezier-distill", "geodesic", "bezier, equal time",
+                                   "bezier-distill, equal time"}
         assert r["paths"]["geodesic"]["end_distance_ratio"] < 1e-6  # the path reaches w_2
         for p in r["paths"].values():
             assert 0 <= p["min"] <= p["mean"] <= 100 and p["length_g"] > 0
-        geo, bz, eq = (r["paths"][k] for k in ("geodesic", "bezier", "bezier, equal time"))
-        assert eq["epochs"] == max(1, int(bz["epochs"] * geo["wall_seconds"] / bz["wall_seconds"]))
-        assert eq["wall_seconds"] <= geo["wall_seconds"] * 1.5 + 5  # the geodesic's time is its cap
+        geo = r["paths"]["geodesic"]
+        for curve in ("bezier", "bezier-distill"):
+            bz, eq = r["paths"][curve], r["paths"][f"{curve}, equal time"]
+            assert eq["epochs"] == max(1, int(bz["epochs"] * geo["wall_seconds"] / bz["wall_seconds"]))
+            assert eq["wall_seconds"] <= geo["wall_seconds"] * 1.5 + 5  # the geodesic's time is its cap
     s_off = cifar.parse(["--no-equal-time"])
     assert s_off.equal_time is False and cifar.parse([]).equal_time is True
     assert cifar.parse(["--profile", "gpu"]).equal_time is False

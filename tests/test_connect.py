@@ -10,7 +10,7 @@ from flows.cli import main
 from geodesic_core import InputError, build_model, flat_params, save_checkpoint, train
 from geodesic_core.config import GeoConfig, TrainConfig
 from geodesic_core.connect import ConnectConfig
-from geodesic_core.connect import (BezierCurve, InterpolatedOutputs, bn_batch, chord_coordinates,
+from geodesic_core.connect import (BezierCurve, CurveAnchor, InterpolatedOutputs, bn_batch, chord_coordinates,
                                    check_same_architecture, connect_segment, distance_ratio, evaluate_point,
                                    train_bezier)
 from geodesic_core.data import Split, load_split
@@ -141,6 +141,46 @@ def test_trained_bezier_curve_stays_high_where_the_straight_line_dips(two_modes)
     assert curve.euclidean_length() > float((w_b - w_a).norm())
 
 
+def test_label_free_curve_matches_the_interpolated_outputs_at_the_t_it_drew_and_reads_no_labels():
+    """The label-free curve's target is f_t = (1-t) f(w_1) + t f(w_2) at the t the curve drew for the same batch,
+    and its training never reads a label: with the labels shuffled it ends bit-identical."""
+    a, b = tiny_mlp(0), tiny_mlp(1)
+    w_a, w_b = flat_params(a), flat_params(b)
+    curve = BezierCurve(copy.deepcopy(a), w_a, w_b, seed=3).train()
+    anchor = CurveAnchor(curve, a, b)
+    x = torch.randn(8, 6)
+    drawn = []
+    for _ in range(3):
+        curve(x)
+        drawn.append(curve.drawn_t)
+        with torch.no_grad():
+            torch.testing.assert_close(anchor(x), (1 - drawn[-1]) * a(x) + drawn[-1] * b(x))
+    assert len(set(drawn)) == 3 and all(0 <= t <= 1 for t in drawn)
+    xs, ys = torch.randn(64, 6), torch.randint(0, 3, (64,))
+    cfg = TrainConfig(epochs=2, lr=0.01, batch_size=16, seed=0)
+    one = train_bezier(copy.deepcopy(a), w_a, w_b, Split(xs, ys), cfg, endpoints=(a, b))
+    other = train_bezier(copy.deepcopy(a), w_a, w_b, Split(xs, ys[torch.randperm(64)]), cfg, endpoints=(a, b))
+    assert torch.equal(one.bend, other.bend) and not torch.equal(one.bend, 0.5 * (w_a + w_b))
+    labelled = train_bezier(copy.deepcopy(a), w_a, w_b, Split(xs, ys), cfg)
+    assert not torch.equal(one.bend, labelled.bend)
+    torch.testing.assert_close(flat_params(a), w_a)  # the endpoints are not touched
+    torch.testing.assert_close(flat_params(b), w_b)
+
+
+def test_label_free_bezier_curve_stays_high_where_the_straight_line_dips(two_modes):
+    """Fit to the endpoints' interpolated outputs, without labels, the curve between two MNIST modes stays near
+    the endpoints' accuracy all along, above the straight line's dip."""
+    (a, b), tr, te = two_modes
+    w_a, w_b = flat_params(a), flat_params(b)
+    probe = copy.deepcopy(a)
+    line = [evaluate_point(probe, w, te, None)[0] for w in linear_path(w_a, w_b, 11)]
+    curve = train_bezier(copy.deepcopy(a), w_a, w_b, tr, TrainConfig(epochs=10, lr=0.01, seed=0), endpoints=(a, b))
+    along = [evaluate_point(probe, w, te, None)[0] for w in curve.points(11)]
+    assert along[0] == line[0] and along[-1] == line[-1]
+    assert min(along) > min(line[0], line[-1]) - 1.5  # measured: 0.94 below; the line 3.50 below
+    assert min(line) < min(along) - 1.0
+
+
 TINY = ["--train.epochs", "1", "--bezier-train.epochs", "1", "--geo.max-steps", "60", "--eval-every", "20",
         "--linear-points", "5"]
 
@@ -165,12 +205,15 @@ def test_flow_connects_tracks_every_path_and_resumes(harness, workdir, data_dir,
     assert main(["connect", "--data-dir", data_dir, *TINY, "--bezier-equal-time"]) == 0
     assert "geodesic" in capsys.readouterr().out
     client, children = _children(workdir)
-    assert sorted(children) == ["bezier", "bezier_equal_time", "geodesic", "linear"]
-    # the second curve: the epochs that fit the geodesic's wall time at the first curve's speed, capped by it
-    geo_wall, fixed = children["geodesic"].data.metrics["wall_seconds"], children["bezier"].data.metrics
-    equal = children["bezier_equal_time"].data.metrics
-    assert fixed["epochs"] == 1 and equal["epochs"] == max(1, math.floor(geo_wall / fixed["wall_seconds"]))
-    assert equal["wall_seconds"] <= 1.2 * geo_wall + 1.0
+    assert sorted(children) == ["bezier", "bezier_distill", "bezier_distill_equal_time", "bezier_equal_time",
+                                "geodesic", "linear"]
+    # each curve again: the epochs that fit the geodesic's wall time at its first run's speed, capped by it
+    geo_wall = children["geodesic"].data.metrics["wall_seconds"]
+    for curve in ("bezier", "bezier_distill"):
+        fixed, equal = children[curve].data.metrics, children[f"{curve}_equal_time"].data.metrics
+        assert fixed["epochs"] == 1 and equal["epochs"] == max(1, math.floor(geo_wall / fixed["wall_seconds"]))
+        assert equal["wall_seconds"] <= 1.2 * geo_wall + 1.0
+    assert children["bezier_distill"].data.params["bezier_distill_lr"] == "0.003"
     keys = {"endpoint_a_accuracy", "endpoint_b_accuracy", "path_min_test_accuracy", "path_mean_test_accuracy",
             "path_length", "path_length_euclidean", "final_distance_ratio", "wall_seconds"}
     for method, r in children.items():
@@ -217,7 +260,7 @@ def test_a_stalled_traversal_is_completed_or_reported(harness, workdir, data_dir
 
     monkeypatch.setattr(tc, "connect_segment", stalling)
     args = ["connect", "--data-dir", data_dir, "--train.epochs", "1", "--geo.max-steps", "400", "--eval-every", "50",
-            "--linear-points", "3", "--no-bezier"]
+            "--linear-points", "3", "--no-bezier", "--no-bezier-distill"]
     assert main([*args, "--no-complete"]) == 0
     _, children = _children(workdir)
     assert 0.0 < children["geodesic"].data.metrics["final_distance_ratio"] < 1.0 and calls == [1.0]

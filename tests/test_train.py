@@ -70,3 +70,20 @@ def test_evaluation_builds_no_autograd_graph():
     x, y = torch.randn(50, 1, 2, 2), torch.randint(0, 3, (50,))
     acc, loss = evaluate(Probe(4, 3), (x, y), batch_size=20)
     assert seen == [False, False, False] and 0 <= acc <= 100 and loss > 0
+
+
+def test_diverging_training_stops_with_an_error_that_names_the_learning_rate():
+    """A learning rate that sends the loss to NaN/Inf stops training at the end of that epoch instead of
+    returning a network of NaN weights."""
+    from geodesic_core.errors import NonFiniteError
+    from geodesic_core.data import Split
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 3))
+    data = Split(100 * torch.randn(64, 6), torch.randint(0, 3, (64,)))
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 3))
+    with pytest.raises(NonFiniteError, match="learning rate 10"):
+        train(model, data, TrainConfig(epochs=5, lr=10.0, batch_size=16), teacher=teacher)
+    steps = train(model := torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 3)), data,
+                  TrainConfig(epochs=2, lr=1e-4, batch_size=16), teacher=teacher)
+    assert steps == 8 and torch.isfinite(flat_params(model)).all()
