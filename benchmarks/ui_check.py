@@ -94,6 +94,10 @@ def main() -> None:
         for eta in ("0.2", "0.1"):
             run(str(BIN / "python"), "-m", "flows.cli", "sparsify", "--data-dir", env["GEODESIC_DATA_DIR"], *tiny,
                 "--geo.eta", eta, cwd=work)
+        # and one small connect run: its child runs, the two Bezier curves among them, in MLflow's run list
+        run(str(BIN / "python"), "-m", "flows.cli", "connect", "--data-dir", env["GEODESIC_DATA_DIR"], "--train.epochs",
+            "1", "--bezier-train.epochs", "1", "--geo.max-steps", "40", "--max-segments", "1", "--eval-every", "10",
+            "--linear-points", "5", "--progress", "log", cwd=work)
         shots(args.chromium, out, prefect_url, mlflow_url)
     finally:
         for p in servers:
@@ -112,7 +116,8 @@ def shots(chromium: str, out: Path, prefect_url: str, mlflow_url: str) -> None:
 
     deployment = next(d for d in api(f"{prefect_url}/api/deployments/filter", {})
                       if d["name"] == "sparsify")
-    flow_run = api(f"{prefect_url}/api/flow_runs/filter", {"sort": "START_TIME_DESC", "limit": 1})[0]
+    flow_run = api(f"{prefect_url}/api/flow_runs/filter", {"flows": {"name": {"any_": ["sparsify"]}},
+                                                          "sort": "START_TIME_DESC", "limit": 1})[0]  # the last sparsify run
     client = MlflowClient(mlflow_url)
     exp = client.get_experiment_by_name("geodesic-sparsify")
     geo = [r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == "geodesic-90"]
@@ -140,7 +145,7 @@ def shots(chromium: str, out: Path, prefect_url: str, mlflow_url: str) -> None:
             page.screenshot(path=str(out / f"prefect-{name}-form-width.png"))
             body = page.inner_text("body")
             wanted = (("Width", "Depth", "N Filters", "Distill Lr") if name == "sparsify" else
-                      ("Width", "Depth", "Bezier Equal Time"))
+                      ("Width", "Depth", "Bezier Equal Time", "Bezier Distill", "Bezier Distill Lr"))
             print(f"{name} form shows:", {w: w in body for w in wanted})
             # the model and dataset fields: a registered name from a list, or an import path typed in
             page.get_by_text("Model (Optional)", exact=True).first.scroll_into_view_if_needed()
@@ -194,6 +199,19 @@ def shots(chromium: str, out: Path, prefect_url: str, mlflow_url: str) -> None:
         page.wait_for_timeout(8000)
         page.screenshot(path=str(out / "mlflow-compare-geodesic-runs.png"), full_page=True)
         print("compare page mentions geo.eta:", "geo.eta" in page.inner_text("body"))
+        # the connect experiment's run list, its parent expanded: one child run per path
+        cexp = client.get_experiment_by_name("geodesic-connect")
+        page.goto(f"{mlflow_url}/#/experiments/{cexp.experiment_id}/runs", wait_until="load")
+        page.wait_for_timeout(8000)
+        for cell in page.locator('[role=gridcell]:has-text("connect-lenet300")').all():
+            cell.locator("button").first.click()
+            page.wait_for_timeout(1000)
+        page.wait_for_timeout(3000)
+        page.screenshot(path=str(out / "mlflow-connect-runs.png"))
+        body = page.inner_text("body")
+        print("connect run list shows:", {w: w in body for w in (
+            "geodesic-lenet300-mnist", "linear-lenet300-mnist", "bezier-lenet300-mnist",
+            "bezier_distill-lenet300-mnist")})
         browser.close()
 
 
