@@ -383,9 +383,9 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
         return _path_summary(evaluate_points(pts), cumulative_lengths(viewer, pts, probe_x, bn_inputs=bn),
                              curve.euclidean_length(), wall, epochs=epochs)
 
-    for name in ("bezier", "bezier-distill"):
-        if name in wanted:
-            paths[name] = bezier(s.bezier_epochs, distill=name == "bezier-distill")
+    for curve in ("bezier", "bezier-distill"):
+        if curve in wanted:
+            paths[curve] = bezier(s.bezier_epochs, distill=curve == "bezier-distill")
     result = {"experiment": "connect", "model": name, **arch, "endpoints": [info_a, info_b],
               "endpoint_accuracy_bn": endpoint_acc, "distance": dist, "paths": paths}
     if "geodesic" not in wanted:
@@ -425,11 +425,11 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
     paths["geodesic"] = _path_summary(accs, cumulative_lengths(viewer, points, probe_x, bn_inputs=bn), eucl[0], geo_wall,
                                       steps=steps, completion_steps=completion, stop_reasons=stops, eta=eta,
                                       end_distance_ratio=distance_ratio(w_end, w_a, w_b))
-    for name in ("bezier", "bezier-distill"):
-        if s.equal_time and name in paths:
+    for curve in ("bezier", "bezier-distill"):
+        if s.equal_time and curve in paths:
             # epochs sized to fit the geodesic's time, that time a cap
-            epochs = equal_time_epochs(s.bezier_epochs, paths[name]["wall_seconds"], geo_wall)
-            paths[f"{name}, equal time"] = bezier(epochs, geo_wall, distill=name == "bezier-distill")
+            epochs = equal_time_epochs(s.bezier_epochs, paths[curve]["wall_seconds"], geo_wall)
+            paths[f"{curve}, equal time"] = bezier(epochs, geo_wall, distill=curve == "bezier-distill")
     return {**result, "geo": cfg.model_dump()}
 
 

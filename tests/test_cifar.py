@@ -208,8 +208,9 @@ def test_cifar_benchmark_runs_end_to_end(tmp_path, data_dir):
     steps_per_epoch = 2  # 512 images, batch 256: a cycle of e epochs per filter is round(2 e) steps
     per_cycle = max(1, round(st["epochs_per_filter"] * geo_seconds / own["prune-train"] * steps_per_epoch))
     assert st["curves"]["prune-train, equal time"][-1]["epochs"] == pytest.approx(3 * per_cycle / steps_per_epoch)
-    for name in ("vgg16-connect", "resnet-connect"):
+    for name, model in (("vgg16-connect", "vgg16"), ("resnet-connect", "resnet164")):
         r = json.loads((tmp_path / f"{name}.json").read_text())
+        assert r["model"] == model
         assert set(r["paths"]) == {"linear", "bezier", "bezier-distill", "geodesic", "bezier, equal time",
                                    "bezier-distill, equal time"}
         assert r["paths"]["geodesic"]["end_distance_ratio"] < 1e-6  # the path reaches w_2
