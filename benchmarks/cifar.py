@@ -24,7 +24,8 @@ fine-tuning's epochs by `geodesic_core.train.equal_time_epochs`), and each table
 level with or behind each peer.
 
 Profiles fix the scale: ``cpu`` (VGG at width 1/8, where an epoch takes 13-21 s on 2 cores; the
-pre-activation ResNet at depth 11 and width 1/2; a few epochs each: the whole run in 55 minutes with the equal-time peers, measured on 2 cores) and
+pre-activation ResNet at depth 11 and width 1/2; a few epochs each: the whole run in 55 minutes with the
+equal-time peers, measured on 2 cores before the label-free peers joined; with them not timed as one run) and
 ``gpu`` (the paper's networks at width 1; training epochs chosen from a measured throughput probe to fit
 ``--*-train-seconds``). ``--cache DIR`` keeps trained endpoints (fixed epochs only) for reruns. Every setting
 can be overridden:

@@ -52,10 +52,10 @@ class ConnectConfig(_ModelOnDataset):
     ``bezier_train`` settings at learning rate ``bezier_distill_lr``, fit to the endpoints' interpolated outputs
     f_t (the geodesic's anchor) instead of the labels (`train_bezier` with ``endpoints``): the peer that reads
     only the task's inputs, as the geodesic does (matched logits are stiffer than the cross-entropy: 0.01
-    diverged on the Fashion-MNIST CNN, 0.003 trains on it and on LeNet-300-100, on a validation split). ``bezier_equal_time``: also train each curve for the
-    geodesic's wall time (child runs ``bezier`` and ``bezier_distill`` with budget ``equal_time``):
-    ``bezier_train.epochs`` scaled by the geodesic's time over that curve's first training time
-    (`geodesic_core.train.equal_time_epochs`), the geodesic's time as a cap.
+    diverged on the Fashion-MNIST CNN, 0.003 trains on it and on LeNet-300-100, on a validation split).
+    ``bezier_equal_time``: also train each curve for the geodesic's wall time (child runs ``bezier`` and
+    ``bezier_distill`` with budget ``equal_time``): ``bezier_train.epochs`` scaled by the geodesic's time over
+    that curve's first training time (`geodesic_core.train.equal_time_epochs`), the geodesic's time as a cap.
     """
 
     model: str = Field("lenet300", json_schema_extra=_one_of(_models, _USER_MODEL))

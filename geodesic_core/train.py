@@ -105,6 +105,9 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
 
     Returns:
         the number of optimizer steps taken.
+
+    Raises:
+        NonFiniteError: an epoch's loss became NaN or Inf (checked once per epoch; the message names the rate).
     """
     data = Split(*data)  # a Split or any (x, y) pair of tensors
     device = device or default_device()
