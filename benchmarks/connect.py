@@ -57,5 +57,6 @@ def main(argv: list[str]) -> None:
                   f"{equal['wall_seconds']:.0f} s), the geodesic's path minimum vs the {what}'s: "
                   f"{versus(geo['path_min_test_accuracy'], equal['path_min_test_accuracy'])}")
 
+
 if __name__ == "__main__":
     main(sys.argv[1:])
