@@ -9,8 +9,8 @@ it finishes, so a run stopped by a time limit keeps every finished experiment, a
   backward passes counted as a fraction of an epoch, `geodesic_core.geo.geo_step_passes`), the paper's
   iterative prune-train baseline (one filter removed per cycle, SGD retraining after each), one-shot
   removal + fine-tuning and its label-free counterpart, one-shot removal + distillation toward the dense
-  network's outputs (no labels, as the geodesic); then the geodesic's end exported as a physically smaller network, with its
-  largest output difference from the masked network.
+  network's outputs (no labels, as the geodesic); then the geodesic's end exported as a physically smaller
+  network, with its largest output difference from the masked network.
 - connect: for two networks trained from two seeds, the geodesic (Algorithm 3 with the output anchor and
   the completion step, as `geodesic connect` runs it), the straight line, the trained quadratic Bezier
   curve (Garipov et al. 2018) and its label-free counterpart (fit to the endpoints' interpolated outputs, the
@@ -19,9 +19,9 @@ it finishes, so a run stopped by a time limit keeps every finished experiment, a
 
 With ``--equal-time`` (on in the ``cpu`` profile, off in ``gpu``, whose device time is short) every peer runs a second
 time for the geodesic's wall time: prune-train with its epochs per filter, fine-tuning, distillation and the Bezier
-curves with their epochs scaled by the geodesic's time over their own first run's (evaluation excluded; the Bezier curve's and
-fine-tuning's epochs by `geodesic_core.train.equal_time_epochs`), and each table ends with the geodesic ahead of,
-level with or behind each peer.
+curves with their epochs scaled by the geodesic's time over their own first run's (evaluation excluded; the
+curves', fine-tuning's and distillation's epochs by `geodesic_core.train.equal_time_epochs`), and each table ends
+with the geodesic ahead of, level with or behind each peer.
 
 Profiles fix the scale: ``cpu`` (VGG at width 1/8, where an epoch takes 13-21 s on 2 cores; the
 pre-activation ResNet at depth 11 and width 1/2; a few epochs each: the whole run in 55 minutes with the

@@ -163,15 +163,15 @@ def bezier_curve_task(a: dict, b: dict, cfg: ConnectConfig, data_dir: str | None
     kind = "bezier_distill" if distill else "bezier"
     out = checkpoint_path(kind, a["sha256"], b["sha256"], train_cfg.model_dump(), budget_seconds,
                           data_fingerprint, code_version)
-    model, meta = open_ref(a)
-    w_a, w_b = flat_params(model).cpu(), flat_params(open_ref(b)[0]).cpu()
+    (model, meta), net_b = open_ref(a), open_ref(b)[0]
+    w_a, w_b = flat_params(model).cpu(), flat_params(net_b).cpu()
     train_data = split(cfg.dataset, True, data_dir)
     test = split(cfg.dataset, False, data_dir)
     probe_model = copy.deepcopy(model)
     if (trained := finished(out)) is None:
         title = (f"train {'label-free ' if distill else ''}Bezier curve {cfg.model}"
                  + ("" if budget_seconds is None else f" ({budget_seconds:.0f} s)"))
-        endpoints = (model, open_ref(b)[0]) if distill else None  # copied before training
+        endpoints = (model, net_b) if distill else None  # copied before training
         with Live(title, track=track) as live:
             t0 = time.perf_counter()
             curve = train_bezier(model, w_a, w_b, train_data, train_cfg, augment=get_spec(cfg.dataset).augment,
