@@ -91,6 +91,9 @@ class Settings:
     stages: int = 5
     stage_steps: int = 40
     struct_eta: float | None = None  # default: distance to the target / (stages x stage_steps / 2)
+    stage_max_steps: int | None = None  # a stage runs until it reaches its target (Algorithm 1); at most this
+    # many steps (default 8 x stage_steps, which sizes eta)
+    struct_anchor_radius: float = 1.0  # the output anchor's correction at most this x eta long (0: unbounded)
     distill_steps: int = 5
     epochs_per_filter: float = 0.25
     finetune_epochs: int = 3
@@ -105,6 +108,7 @@ class Settings:
     resnet_geo_steps: int | None = None  # default geo_steps
     resnet_bezier_epochs: int | None = None  # default bezier_epochs
     geo_steps: int = 150
+    connect_anchor_radius: float = 0.0  # the connect geodesic's anchor correction at most this x eta (0: unbounded)
     metric_batch: int = 128
     bezier_epochs: int = 3
     bezier_distill_lr: float = 0.003  # the label-free curve's rate (logits matched), as `ConnectConfig`'s
@@ -206,7 +210,9 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
     model = copy.deepcopy(dense).requires_grad_(True)
     start_dist = float((FilterTarget(model, layer, n_filters).project(flat_params(model)) - flat_params(model)).norm())
     eta = s.struct_eta or start_dist / max(1, s.stages * s.stage_steps / 2)
-    cfg = GeoConfig(eta=eta, max_steps=s.stage_steps, anchor=1.0, patience=s.stage_steps, metric_batch=64,
+    max_steps = s.stage_max_steps or 8 * s.stage_steps
+    cfg = GeoConfig(eta=eta, max_steps=max_steps, anchor=1.0, anchor_radius=s.struct_anchor_radius,
+                    patience=max_steps, metric_batch=64,
                     solver="exact", distill_steps=s.distill_steps, distill_lr=0.003, distill_batch=128,
                     bn_every=s.bn_every if s.struct_bn_every is None else s.struct_bn_every)
     per_step = geo_step_passes(cfg, min(64, n_train), 10, masked=True) / (2 * n_train)
@@ -395,8 +401,8 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
     # --- the geodesic: Algorithm 3 with the output anchor; the completion step if it stalls ------------------------
     model = copy.deepcopy(net_a).requires_grad_(True)
     eta = dist / s.geo_steps
-    cfg = GeoConfig(eta=eta, anchor=1.0, max_steps=(3 * s.geo_steps) // 2, patience=50, metric_batch=s.metric_batch,
-                    solver="cg", cg_iters=10, bn_every=s.bn_every)
+    cfg = GeoConfig(eta=eta, anchor=1.0, anchor_radius=s.connect_anchor_radius, max_steps=(3 * s.geo_steps) // 2,
+                    patience=50, metric_batch=s.metric_batch, solver="cg", cg_iters=10, bn_every=s.bn_every)
     every = max(1, s.geo_steps // s.eval_points)
     points, eucl, last = [w_a.clone()], [0.0], [w_a.clone()]
 

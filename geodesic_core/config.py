@@ -169,7 +169,10 @@ class GeoConfig(_Config):
     logits / ``temperature``: T > 1 softens the probabilities, so the metric tolerates the larger logit changes
     of confident predictions that do not change what the network predicts, while T = 1 ignores them almost
     entirely). ``anchor``: weight of the Gauss-Newton correction toward the start network's outputs after each step
-    (0 turns it off: the plain algorithm). ``distill_steps``: first-order corrector steps after each Geo step
+    (0 turns it off: the plain algorithm). ``anchor_radius``: the correction's trust region, at most
+    ``anchor_radius`` × η long (0: unbounded; where the anchor cannot be matched, as when most filters of a conv
+    layer are removed, the unbounded damped Gauss-Newton correction fits one metric batch with steps of 10-100 η
+    and the path diverges). ``distill_steps``: first-order corrector steps after each Geo step
     (SGD, momentum 0.9, lr ``distill_lr``) on fresh batches of ``distill_batch`` inputs, minimizing the
     squared output distance to the anchor with the weights the target leaves free. ``patience``: steps without
     a new minimum distance to the target before the oscillation criterion stops the traversal. ``bn_every``:
@@ -190,6 +193,7 @@ class GeoConfig(_Config):
     cg_iters: PositiveInt = 20
     anchor: float = Field(0.5, ge=0.0, le=1.0)
     anchor_damping: float = Field(1e-3, gt=0.0)
+    anchor_radius: float = Field(0.0, ge=0.0)
     distill_steps: int = Field(0, ge=0)
     distill_lr: PositiveFloat = 0.01
     distill_batch: PositiveInt = 128

@@ -7,7 +7,8 @@ step the damped Gauss-Newton correction toward an anchor network's outputs y* on
 
     δ = −a J^T (J J^T + μ I)^{-1} r,   r = f(X; w) + J Δw − y*(X)    (the linearized residual after the step),
 
-which lies in the row space of J and so leaves the null-space motion toward the target untouched.
+which lies in the row space of J and so leaves the null-space motion toward the target untouched
+(``GeoConfig.anchor_radius`` = r > 0 bounds ‖δ‖ ≤ r η, a trust region for the correction as eq. 6 has one for θ).
 Optionally (``GeoConfig.distill_steps``) a first-order corrector follows: a few SGD steps on fresh batches
 that minimize |f(x; w) − y*(x)|² (it sees far more data per second than the exact step's batch). For a
 sparse target both correctors move only the weights the target leaves free, so they never undo its zeros.
@@ -237,6 +238,11 @@ def geo(model: nn.Module, target: Target, pool: torch.Tensor, cfg: GeoConfig, *,
             if free is not None:  # never undo the target's zeros: correct with the free weights only
                 corr = corr * free(w_a).to(corr.dtype)
                 j_corr = op.jvp(corr)
+            if cfg.anchor_radius > 0:  # the correction's trust region: at most anchor_radius * eta long
+                cnorm = float(corr.norm())
+                if cnorm > cfg.anchor_radius * cfg.eta:
+                    shrink = cfg.anchor_radius * cfg.eta / cnorm
+                    corr, j_corr = corr * shrink, j_corr * shrink
             delta = delta + corr
             j_delta = j_delta + j_corr
         w_new = w + delta

@@ -33,7 +33,7 @@ from .errors import InputError
 from .geo import GeoResult, StepInfo, geo
 from .metric import eval_mode, flat_params, set_flat_params
 from .targets import FilterTarget, ParamSlice, SparseTarget, check_sparsity_percent, param_slices
-from .train import train
+from .train import recompute_bn, train
 
 
 # --- configuration: the sparsify flow's settings and its defaults for the nested ones ----------------------
@@ -292,13 +292,16 @@ class StageResult(NamedTuple):
 def _run_stage(model: nn.Module, target: SparseTarget | FilterTarget, level: float, pool: torch.Tensor,
                cfg: GeoConfig, anchor: nn.Module | None, callbacks: Sequence[Callable[[StepInfo], None]],
                start_step: int, stage: int) -> StageResult:
-    """Geo toward ``target``, then the hard projection onto it (what the traversal left is closed there)."""
+    """Geo toward ``target``, then the hard projection onto it (what the traversal left is closed there); with
+    ``cfg.bn_every`` > 0 the end network's batch-norm statistics are re-estimated at its weights."""
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + stage)
     res: GeoResult = geo(model, target, pool, cfg, anchor=anchor, callbacks=callbacks, generator=gen,
                          start_step=start_step)
     w = flat_params(model)
     w_p = target.project(w)
     set_flat_params(model, w_p)
+    if cfg.bn_every > 0:  # the statistics of the stage's end network (the projection moved it), as during the stage
+        recompute_bn(model, pool[torch.randperm(pool.shape[0], generator=gen)[:cfg.bn_samples]])
     return StageResult(stage, level, res.steps, res.stop_reason, float((w_p - w).norm()), res.path_length)
 
 

@@ -195,3 +195,27 @@ def test_batchnorm_statistics_follow_the_weights_when_asked():
     assert torch.allclose(fresh[1].running_mean, ref[1].running_mean, atol=1e-6)
     assert torch.allclose(fresh[1].running_var, ref[1].running_var, atol=1e-6)
     assert not torch.allclose(fresh[1].running_mean, start[1].running_mean)
+
+
+def test_anchor_correction_is_bounded_by_its_radius():
+    """``anchor_radius`` = r: the Gauss-Newton correction toward the anchor is at most r·η long, so with the
+    Geo step (η) a step moves at most (1 + r) η; unbounded (0), a far anchor's correction is many times η
+    (the instability that wrecked the last structured stage on CIFAR-10)."""
+    def longest_step(radius):
+        model, w_prev, longest = tiny_mlp(0), flat_params(tiny_mlp(0)), [0.0]
+
+        def record(info):
+            longest[0] = max(longest[0], float((info.weights - record.prev).norm()))
+            record.prev = info.weights.clone()
+
+        record.prev = w_prev
+        cfg = GeoConfig(eta=0.01, max_steps=6, metric_batch=16, anchor=1.0, anchor_radius=radius, patience=100)
+        geo(model, FixedTarget(flat_params(tiny_mlp(1))), _pool(), cfg, anchor=tiny_mlp(2), callbacks=[record])
+        return longest[0], cfg.eta
+
+    unbounded, eta = longest_step(0.0)
+    assert unbounded > 3 * eta
+    for r in (0.5, 1.0):
+        bounded, _ = longest_step(r)
+        assert bounded <= (1 + r) * eta + 1e-6
+

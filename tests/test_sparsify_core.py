@@ -44,6 +44,27 @@ def test_structured_stage_zeroes_filters():
     assert int((w.abs().sum(1) == 0).sum()) == 10 and res.steps <= 5
 
 
+
+def test_structured_stage_ends_with_the_statistics_of_its_end_network():
+    """With ``bn_every`` > 0 the stage's end network (after the projection) carries batch-norm statistics
+    re-estimated at its own weights, as the traversal's did; with 0 the start's statistics stay."""
+    import copy
+
+    from conftest import tiny_cnn_bn
+    from geodesic_core import recompute_bn
+
+    pool = torch.randn(40, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    start = tiny_cnn_bn(0)
+    cfg = GeoConfig(eta=0.05, max_steps=3, metric_batch=8, anchor=0.0, solver="cg", cg_iters=5, bn_samples=64)
+    frozen, fresh = copy.deepcopy(start), copy.deepcopy(start)
+    structured_stage(frozen, "0", 1, pool, cfg.model_copy(update={"bn_every": 0}))
+    assert torch.equal(frozen[1].running_var, start[1].running_var)
+    structured_stage(fresh, "0", 1, pool, cfg.model_copy(update={"bn_every": 10}))
+    ref = recompute_bn(copy.deepcopy(fresh), pool)
+    assert torch.allclose(fresh[1].running_mean, ref[1].running_mean, atol=1e-6)
+    assert torch.allclose(fresh[1].running_var, ref[1].running_var, atol=1e-6)
+    assert not torch.allclose(fresh[1].running_var, start[1].running_var)
+
 def test_prune_finetune_keeps_exact_sparsity(data_dir):
     from geodesic_core import load_split
 
