@@ -67,6 +67,8 @@ from geodesic_core.train import default_device, equal_time_epochs, train  # noqa
 from _flowrun import versus  # noqa: E402  (benchmarks/_flowrun.py: the other benchmarks' "level" tolerance)
 
 EXPERIMENTS = ("vgg16-connect", "structured", "resnet-connect")
+METHODS = ("geodesic", "prune-train", "oneshot+finetune", "oneshot+distill")
+PATHS = ("linear", "bezier", "bezier-distill", "geodesic")
 
 
 @dataclass
@@ -474,10 +476,35 @@ def _experiment(name: str, s: Settings, train_data: Split, test: Split, device: 
     return run_connect("resnet164", arch, s, train_data, test, device, s.resnet_train_seconds or s.connect_train_seconds)
 
 
+# settings that count something (at least 1) and settings that may be 0 (off) but never negative
+_POSITIVE = ("n_train", "n_test", "batch_size", "n_filters", "structured_train_epochs", "stages", "stage_steps",
+             "stage_max_steps", "finetune_epochs", "resnet_depth", "connect_train_epochs", "resnet_geo_steps",
+             "resnet_bezier_epochs", "geo_steps", "metric_batch", "bezier_epochs", "eval_points", "probe", "lr",
+             "width", "vgg16_width", "resnet_width", "struct_eta", "epochs_per_filter", "distill_lr",
+             "bezier_distill_lr", "structured_train_seconds", "connect_train_seconds", "resnet_train_seconds",
+             "time_limit")
+_NON_NEGATIVE = ("struct_anchor_radius", "connect_anchor_radius", "distill_steps", "bn_every", "struct_bn_every")
+
+
+def check(s: Settings) -> None:
+    """Refuse bad settings before any data is read or any network trained (a clear error naming the option)."""
+    problems = []
+    for names, what, ok in ((_POSITIVE, "positive", lambda v: v > 0), (_NON_NEGATIVE, "0 or more", lambda v: v >= 0)):
+        problems += [f"--{n.replace('_', '-')} must be {what} (got {getattr(s, n)})" for n in names
+                     if getattr(s, n) is not None and not ok(getattr(s, n))]
+    if s.line_points < 2:
+        problems.append(f"--line-points must be at least 2, the path's two ends (got {s.line_points})")
+    for option, given, valid in (("--experiments", s.experiments, EXPERIMENTS),
+                                 ("--methods", s.methods.split(","), METHODS), ("--paths", s.paths.split(","), PATHS)):
+        unknown = [e for e in given if e not in valid]
+        if unknown:
+            problems.append(f"{option}: unknown {unknown}; valid: {', '.join(valid)}")
+    if problems:
+        raise SystemExit("benchmarks/cifar.py: " + "; ".join(problems))
+
+
 def run(s: Settings) -> dict[str, dict]:
-    unknown = [e for e in s.experiments if e not in EXPERIMENTS]
-    if unknown:
-        raise SystemExit(f"unknown experiment(s) {unknown}; valid: {', '.join(EXPERIMENTS)}")
+    check(s)
     device = torch.device(s.device)
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)

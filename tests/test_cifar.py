@@ -176,6 +176,26 @@ def test_iterative_prune_train_removes_one_filter_per_cycle(cifar_small):
         iterative_prune_train(model, "features.0", 8, tr, cfg, epochs_per_filter=0.5)
 
 
+@pytest.mark.parametrize("argv, match", [
+    (["--stage-max-steps", "-1"], "--stage-max-steps must be positive"),
+    (["--struct-anchor-radius", "-0.5"], "--struct-anchor-radius must be 0 or more"),
+    (["--width", "0"], "--width must be positive"),
+    (["--line-points", "1"], "--line-points must be at least 2"),
+    (["--methods", "geodesic,prune"], r"--methods: unknown \['prune'\]; valid: geodesic, prune-train"),
+    (["--paths", "line"], r"--paths: unknown \['line'\]"),
+    (["--experiments", "structured,vgg19"], r"--experiments: unknown \['vgg19'\]"),
+])
+def test_cifar_benchmark_refuses_bad_settings_before_any_work(tmp_path, argv, match):
+    """A bad setting stops the run before the data is read or a network trained: nothing is written."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import cifar
+
+    out = tmp_path / "out"
+    s = cifar.parse(["--data-dir", str(tmp_path / "no-data"), "--out", str(out), *argv])
+    with pytest.raises(SystemExit, match=match):
+        cifar.run(s)
+    assert not out.exists()  # refused before the missing data directory was even looked at
+
 @pytest.mark.slow
 def test_cifar_benchmark_runs_end_to_end(tmp_path, data_dir):
     """`benchmarks/cifar.py`: both experiments, start to finish, on 512 training images at tiny widths."""
