@@ -12,10 +12,12 @@ it finishes, so a run stopped by a time limit keeps every finished experiment, a
   network's outputs (no labels, as the geodesic); then the geodesic's end exported as a physically smaller
   network, with its largest output difference from the masked network.
 - connect: for two networks trained from two seeds, the geodesic (Algorithm 3 with the output anchor and
-  the completion step, as `geodesic connect` runs it), the straight line, the trained quadratic Bezier
-  curve (Garipov et al. 2018) and its label-free counterpart (fit to the endpoints' interpolated outputs, the
-  geodesic's anchor, no labels): path minimum / mean test accuracy (batch-norm statistics re-estimated at every
-  evaluated point), length under g on one probe batch, Euclidean length, wall time.
+  the completion step, as `geodesic connect` runs it, plus 10 distillation-corrector steps toward f_t per
+  Geo step that move the weights sideways, never back: `GeoConfig.keep_progress`), the straight line, the
+  trained quadratic Bezier curve (Garipov et al. 2018) and its label-free counterpart (fit to the endpoints'
+  interpolated outputs, the geodesic's anchor, no labels): path minimum / mean test accuracy (batch-norm
+  statistics re-estimated at every evaluated point), length under g on one probe batch, Euclidean length,
+  wall time.
 
 With ``--equal-time`` (on in the ``cpu`` profile, off in ``gpu``, whose device time is short) every peer runs a second
 time for the geodesic's wall time: prune-train with its epochs per filter, fine-tuning, distillation and the Bezier
@@ -111,6 +113,9 @@ class Settings:
     resnet_bezier_epochs: int | None = None  # default bezier_epochs
     geo_steps: int = 150
     connect_anchor_radius: float = 0.0  # the connect geodesic's anchor correction at most this x eta (0: unbounded)
+    connect_distill_steps: int = 10  # the connect geodesic's first-order corrector toward f_t (0: off)
+    connect_distill_lr: float = 0.003
+    connect_keep_progress: bool = True  # the correctors move the weights sideways, never back (GeoConfig)
     metric_batch: int = 128
     bezier_epochs: int = 3
     bezier_distill_lr: float = 0.003  # the label-free curve's rate (logits matched), as `ConnectConfig`'s
@@ -404,7 +409,9 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
     model = copy.deepcopy(net_a).requires_grad_(True)
     eta = dist / s.geo_steps
     cfg = GeoConfig(eta=eta, anchor=1.0, anchor_radius=s.connect_anchor_radius, max_steps=(3 * s.geo_steps) // 2,
-                    patience=50, metric_batch=s.metric_batch, solver="cg", cg_iters=10, bn_every=s.bn_every)
+                    patience=50, metric_batch=s.metric_batch, solver="cg", cg_iters=10, bn_every=s.bn_every,
+                    distill_steps=s.connect_distill_steps, distill_lr=s.connect_distill_lr, distill_batch=128,
+                    keep_progress=s.connect_keep_progress)
     every = max(1, s.geo_steps // s.eval_points)
     points, eucl, last = [w_a.clone()], [0.0], [w_a.clone()]
 
@@ -420,7 +427,8 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
     res = connect_segment(model, w_b, train_data.x, cfg, anchor=anchor, total_distance=dist, callbacks=[record])
     steps, stops, completion = res.steps, [res.stop_reason], 0
     if res.stop_reason != "reached":  # the completion step: anchor off, a 10x looser trust region
-        loose = cfg.model_copy(update={"anchor": 0.0, "eps": cfg.eps * 10, "seed": 1, "max_steps": s.geo_steps})
+        loose = cfg.model_copy(update={"anchor": 0.0, "distill_steps": 0, "eps": cfg.eps * 10, "seed": 1,
+                                       "max_steps": s.geo_steps})
         res = connect_segment(model, w_b, train_data.x, loose, callbacks=[record], start_step=steps)
         completion = res.steps
         steps += res.steps
@@ -481,9 +489,10 @@ _POSITIVE = ("n_train", "n_test", "batch_size", "n_filters", "structured_train_e
              "stage_max_steps", "finetune_epochs", "resnet_depth", "connect_train_epochs", "resnet_geo_steps",
              "resnet_bezier_epochs", "geo_steps", "metric_batch", "bezier_epochs", "eval_points", "probe", "lr",
              "width", "vgg16_width", "resnet_width", "struct_eta", "epochs_per_filter", "distill_lr",
-             "bezier_distill_lr", "structured_train_seconds", "connect_train_seconds", "resnet_train_seconds",
-             "time_limit")
-_NON_NEGATIVE = ("struct_anchor_radius", "connect_anchor_radius", "distill_steps", "bn_every", "struct_bn_every")
+             "connect_distill_lr", "bezier_distill_lr", "structured_train_seconds", "connect_train_seconds",
+             "resnet_train_seconds", "time_limit")
+_NON_NEGATIVE = ("struct_anchor_radius", "connect_anchor_radius", "connect_distill_steps", "distill_steps", "bn_every",
+                 "struct_bn_every")
 
 
 def check(s: Settings) -> None:

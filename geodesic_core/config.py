@@ -174,7 +174,11 @@ class GeoConfig(_Config):
     layer are removed, the unbounded damped Gauss-Newton correction fits one metric batch with steps of 10-100 η
     and the path diverges). ``distill_steps``: first-order corrector steps after each Geo step
     (SGD, momentum 0.9, lr ``distill_lr``) on fresh batches of ``distill_batch`` inputs, minimizing the
-    squared output distance to the anchor with the weights the target leaves free. ``patience``: steps without
+    squared output distance to the anchor with the weights the target leaves free. ``keep_progress``: the
+    correctors move the weights sideways, never back: a corrected step that ends farther from the target than
+    its predictor (w + η θ/‖θ‖) is pulled radially onto the predictor's distance to the target, so every step
+    advances by the predictor's progress (off: a corrector that cannot match the anchor can stall the traversal
+    where its pull balances the step). ``patience``: steps without
     a new minimum distance to the target before the oscillation criterion stops the traversal. ``bn_every``:
     for networks with batch norm, re-estimate the running statistics at the current weights from ``bn_samples``
     pool inputs every ``bn_every`` steps, so that g, the anchor and the end network describe the network at w
@@ -194,6 +198,7 @@ class GeoConfig(_Config):
     anchor: float = Field(0.5, ge=0.0, le=1.0)
     anchor_damping: float = Field(1e-3, gt=0.0)
     anchor_radius: float = Field(0.0, ge=0.0)
+    keep_progress: bool = False
     distill_steps: int = Field(0, ge=0)
     distill_lr: PositiveFloat = 0.01
     distill_batch: PositiveInt = 128

@@ -12,6 +12,9 @@ which lies in the row space of J and so leaves the null-space motion toward the 
 Optionally (``GeoConfig.distill_steps``) a first-order corrector follows: a few SGD steps on fresh batches
 that minimize |f(x; w) − y*(x)|² (it sees far more data per second than the exact step's batch). For a
 sparse target both correctors move only the weights the target leaves free, so they never undo its zeros.
+With ``GeoConfig.keep_progress`` they never undo the step's progress either: where the corrected weights end
+farther from w_a than the predictor w + Δw, they are pulled radially onto the sphere ‖w − w_a‖ = ‖w + Δw − w_a‖
+(the corrector of a predictor-corrector continuation, which moves on the predictor's level set of progress).
 
 Stopping criteria (section 3): (i) the target is within η (the last step lands on it exactly); (ii) ``s``
 steps taken; (iii) oscillation: the distance to the target has not reached a new minimum for ``patience``
@@ -246,9 +249,17 @@ def geo(model: nn.Module, target: Target, pool: torch.Tensor, cfg: GeoConfig, *,
             delta = delta + corr
             j_delta = j_delta + j_corr
         w_new = w + delta
+        moved = distiller is not None
         if distiller is not None:
             w_new = distiller.run(w_new, w_a)
-            j_delta = op.jvp(w_new - w)  # the step's length under g covers the corrector's motion too
+        if cfg.keep_progress and (cfg.anchor > 0 or distiller is not None):
+            # the correctors may move the weights sideways, never back: w_new is pulled radially onto the sphere
+            # around w_a through the predictor's point w + η θ/|θ| when it ended outside it
+            reach, off = float((d - c * sol.theta).norm()), w_new - w_a
+            if float(off.norm()) > reach:
+                w_new, moved = w_a + off * (reach / float(off.norm())), True
+        if moved:
+            j_delta = op.jvp(w_new - w)  # the step's length under g covers the correctors' motion too
         if not torch.isfinite(w_new).all():
             raise NonFiniteError(f"Geo step {step + 1} produced NaN/Inf weights; the last good weights are kept. "
                                  f"Lower eta or the anchor weight, or check the data for NaN/Inf")

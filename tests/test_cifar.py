@@ -237,6 +237,9 @@ def test_cifar_benchmark_runs_end_to_end(tmp_path, data_dir):
         assert set(r["paths"]) == {"linear", "bezier", "bezier-distill", "geodesic", "bezier, equal time",
                                    "bezier-distill, equal time"}
         assert r["paths"]["geodesic"]["end_distance_ratio"] < 1e-6  # the path reaches w_2
+        # ... with its correctors on and moving sideways only, so it needs no completion step
+        assert r["geo"]["keep_progress"] and r["geo"]["distill_steps"] > 0
+        assert r["paths"]["geodesic"]["completion_steps"] == 0
         for p in r["paths"].values():
             assert 0 <= p["min"] <= p["mean"] <= 100 and p["length_g"] > 0
         geo = r["paths"]["geodesic"]

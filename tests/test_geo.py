@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from geodesic_core import (FixedTarget, GeoConfig, InputError, NonFiniteError, SparseTarget, flat_params, geo,
-                           param_slices, sparsity)
+                           param_slices, set_flat_params, sparsity)
 from conftest import tiny_mlp
 
 
@@ -219,3 +219,27 @@ def test_anchor_correction_is_bounded_by_its_radius():
         bounded, _ = longest_step(r)
         assert bounded <= (1 + r) * eta + 1e-6
 
+
+
+@pytest.mark.parametrize("kw", [{"anchor": 1.0}, {"anchor": 0.0, "distill_steps": 3, "distill_lr": 0.5}])
+def test_keep_progress_lets_correctors_move_sideways_never_back(kw):
+    """``keep_progress``: after every step the distance to the target is at most the predictor's (w + η θ/‖θ‖),
+    so it falls by about η each step whatever the correctors do; without it, an anchor behind the start (its
+    weights the start's reflected away from the target) pulls the traversal back. Both correctors: the
+    Gauss-Newton one and distillation."""
+    target = flat_params(tiny_mlp(1))
+
+    def distances(keep):
+        model, out = tiny_mlp(0), []
+        w0 = flat_params(model)
+        behind = tiny_mlp(0)
+        set_flat_params(behind, 2 * w0 - target)
+        cfg = GeoConfig(eta=0.01, max_steps=8, metric_batch=16, patience=100, keep_progress=keep, **kw)
+        geo(model, FixedTarget(target), _pool(), cfg, anchor=behind,
+            callbacks=[lambda info: out.append(float((target - info.weights).norm()))])
+        return [float((target - w0).norm())] + out, cfg.eta
+
+    kept, eta = distances(True)
+    assert all(b <= a - 0.9 * eta for a, b in zip(kept, kept[1:]))  # an advance of about η every step
+    free, _ = distances(False)
+    assert free[-1] > free[0]  # unconstrained, the correctors gave more ground than the steps made
