@@ -256,8 +256,9 @@ def geo(model: nn.Module, target: Target, pool: torch.Tensor, cfg: GeoConfig, *,
             # the correctors may move the weights sideways, never back: w_new is pulled radially onto the sphere
             # around w_a through the predictor's point w + η θ/|θ| when it ended outside it
             reach, off = float((d - c * sol.theta).norm()), w_new - w_a
-            if float(off.norm()) > reach:
-                w_new, moved = w_a + off * (reach / float(off.norm())), True
+            off_norm = float(off.norm())
+            if off_norm > reach:
+                w_new, moved = w_a + off * (reach / off_norm), True
         if moved:
             j_delta = op.jvp(w_new - w)  # the step's length under g covers the correctors' motion too
         if not torch.isfinite(w_new).all():

@@ -196,6 +196,7 @@ def test_cifar_benchmark_refuses_bad_settings_before_any_work(tmp_path, argv, ma
         cifar.run(s)
     assert not out.exists()  # refused before the missing data directory was even looked at
 
+
 @pytest.mark.slow
 def test_cifar_benchmark_runs_end_to_end(tmp_path, data_dir):
     """`benchmarks/cifar.py`: both experiments, start to finish, on 512 training images at tiny widths."""

@@ -220,7 +220,6 @@ def test_anchor_correction_is_bounded_by_its_radius():
         assert bounded <= (1 + r) * eta + 1e-6
 
 
-
 @pytest.mark.parametrize("kw", [{"anchor": 1.0}, {"anchor": 0.0, "distill_steps": 3, "distill_lr": 0.5}])
 def test_keep_progress_lets_correctors_move_sideways_never_back(kw):
     """``keep_progress``: after every step the distance to the target is at most the predictor's (w + η θ/‖θ‖),
