@@ -207,7 +207,8 @@ def test_cifar_benchmark_runs_end_to_end(tmp_path, data_dir):
 
     s = cifar.parse(["--data-dir", data_dir, "--n-train", "512", "--n-test", "256", "--width", "0.0625",
                      "--resnet-width", "0.25", "--resnet-depth", "11", "--structured-train-epochs", "1",
-                     "--connect-train-epochs", "1", "--stages", "2", "--stage-steps", "4", "--geo-steps", "8",
+                     "--connect-train-epochs", "1", "--stages", "2", "--stage-steps", "4", "--geo-steps", "4",
+                     "--connect-distill-steps", "2",
                      "--bezier-epochs", "1", "--finetune-epochs", "1", "--line-points", "3", "--eval-points", "2",
                      "--probe", "64", "--metric-batch", "32", "--device", "cpu", "--out", str(tmp_path)])
     results = cifar.run(s)
