@@ -427,8 +427,7 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
     res = connect_segment(model, w_b, train_data.x, cfg, anchor=anchor, total_distance=dist, callbacks=[record])
     steps, stops, completion = res.steps, [res.stop_reason], 0
     if res.stop_reason != "reached":  # the completion step: anchor off, a 10x looser trust region
-        loose = cfg.model_copy(update={"anchor": 0.0, "distill_steps": 0, "eps": cfg.eps * 10, "seed": 1,
-                                       "max_steps": s.geo_steps})
+        loose = cfg.completion(10, seed=1, max_steps=s.geo_steps)
         res = connect_segment(model, w_b, train_data.x, loose, callbacks=[record], start_step=steps)
         completion = res.steps
         steps += res.steps

@@ -213,3 +213,9 @@ class GeoConfig(_Config):
             raise ValueError(f"a temperature ({self.temperature}) only applies to the softmax output space; "
                              f"add --geo.output-space softmax or drop --geo.temperature")
         return self
+
+    def completion(self, eps_factor: float, **update) -> "GeoConfig":
+        """The completion step of Algorithm 3 (a stalled traversal finished plainly): both correctors off (the
+        anchor and the distillation steps) and an ``eps_factor`` times larger trust region ε, with ``update``
+        applied on top."""
+        return self.model_copy(update={"anchor": 0.0, "distill_steps": 0, "eps": self.eps * eps_factor, **update})

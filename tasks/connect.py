@@ -60,8 +60,7 @@ def connect_segment_task(start: dict, a: dict, b: dict, segment: int, loose: boo
     anchor = InterpolatedOutputs(net_a, net_b) if cfg.geo.anchor > 0 and not loose else None
     geo_cfg = cfg.geo.model_copy(update={"seed": cfg.seed + segment})
     if loose:
-        geo_cfg = geo_cfg.model_copy(update={"anchor": 0.0, "distill_steps": 0,
-                                             "eps": geo_cfg.eps * cfg.complete_eps_factor})
+        geo_cfg = geo_cfg.completion(cfg.complete_eps_factor)
     train_x = split(cfg.dataset, True, data_dir).x
     test = split(cfg.dataset, False, data_dir)
     probe_model = copy.deepcopy(model)  # evaluates points without disturbing the traversal
