@@ -61,7 +61,7 @@ from geodesic_core.connect import (InterpolatedOutputs, bn_batch, connect_segmen
 from geodesic_core.data import Split  # noqa: E402
 from geodesic_core.geo import geo_step_passes  # noqa: E402
 from geodesic_core.checkpoint import atomic_write  # noqa: E402
-from geodesic_core.sparsify import (iterative_prune_train, project_to_level, prune_finetune,  # noqa: E402
+from geodesic_core.sparsify import (iterative_prune_train, polish, project_to_level, prune_finetune,  # noqa: E402
                                     structured_stage)
 from geodesic_core.targets import FilterTarget  # noqa: E402
 from geodesic_core.structured import compact_filters  # noqa: E402
@@ -99,6 +99,7 @@ class Settings:
     # many steps (default 8 x stage_steps, which sizes eta)
     struct_anchor_radius: float = 1.0  # the output anchor's correction at most this x eta long (0: unbounded)
     distill_steps: int = 5
+    polish_epochs: int = 2  # the closing correction after the last stage (`SparsifyConfig.polish_epochs`; 0: off)
     epochs_per_filter: float = 0.25
     finetune_epochs: int = 3
     distill_lr: float = 0.003  # one-shot removal + distillation (label-free), as `FinetuneConfig.distill_lr`
@@ -237,6 +238,14 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
         rows.append({"epochs": step0 * per_step, "seconds": spent, "test_accuracy": acc, "filters": level,
                      "steps": step0, "stop_reason": res.stop_reason,
                      "projection_distance": res.distance_before_projection})
+    if s.polish_epochs:  # the closing correction: masked distillation toward the dense outputs, as the flow's
+        _sync(device)
+        spent += polish(model, dense, train_data.x, n_filters, cfg, s.polish_epochs, structured=True, layer=layer,
+                        augment=True, device=device)
+        _sync(device)
+        rows.append({"epochs": step0 * per_step + s.polish_epochs, "seconds": spent,
+                     "test_accuracy": evaluate(model, test)[0], "filters": n_filters, "steps": step0,
+                     "stop_reason": f"closing correction, {s.polish_epochs} epochs"})
     curves["geodesic"] = rows
     geo_model = model
 

@@ -17,11 +17,19 @@ Choosing settings: ``--validation 5000`` holds out 5,000 training images (a seed
 accuracy on them instead of the test set (the dense network, the geodesic's pool and the peers then see the
 other 55,000); ``--set geo.temperature=4 --set stages=10`` overrides any `SparsifyConfig` field (dotted for
 nested ones); ``--no-peers`` runs the geodesic alone; ``--seed`` the dense network's and the traversal's seed.
+
+The geodesic's result includes the closing correction (``polish_epochs``, `geodesic_core.sparsify.polish`);
+its projected end before it is printed too. ``--polish-epochs E`` (repeatable) also fine-tunes the projected end
+for E epochs with its zeros kept, on the labels and label-free toward the dense outputs (what ``geodesic train
+--init END --keep-zeros [--teacher DENSE]`` runs), and reads each peer's curve at that total time (with
+``--set polish_epochs=0`` the label-free variant at E is the closing correction of E epochs); ``--save DIR``
+writes the dense network and each result as checkpoints for ``geodesic train --init`` and ``geodesic export``.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import time
 import warnings
 
@@ -32,6 +40,7 @@ from geodesic_core.data import Split
 from geodesic_core.sparsify import SparsifyConfig
 from geodesic_core.models import build_model
 from geodesic_core.sparsify import fidelity_probe, geodesic_stage, masks_from_zeros, oneshot_prune, run_schedule
+from geodesic_core.sparsify import polish as closing_correction
 from heldout import heldout
 
 warnings.filterwarnings("ignore")
@@ -45,8 +54,9 @@ def _copy(model):
 
 def geodesic(dense, slices, level, cfg: SparsifyConfig, pool, test):
     """The flow's stages (`SparsifyConfig.stage_schedule`: fixed, or adaptive with rejected stages retried
-    from the previous end; their time counts), the closing projection; path min over the stages' ends.
-    Returns (model, wall seconds, steps, path min, accepted stages, rejected stages)."""
+    from the previous end; their time counts), the closing projection and the closing correction
+    (``polish_epochs``); path min over the stages' ends. Returns (model, wall seconds, steps, path min,
+    accepted stages, rejected stages, the projected end before the correction)."""
     model, anchor = _copy(dense), _copy(dense).requires_grad_(False)
     plan, probe = cfg.stage_schedule(level), fidelity_probe(pool, seed=cfg.seed)
     seen = {"path_min": 100.0, "eval_time": 0.0}
@@ -65,8 +75,10 @@ def geodesic(dense, slices, level, cfg: SparsifyConfig, pool, test):
     stages = run_schedule(model, plan, run_stage, anchor, probe, on_accept=accept)
     wall = time.perf_counter() - t0 - seen["eval_time"]
     oneshot_prune(model, slices, level, cfg.scope)
+    projected = _copy(model)
+    wall += closing_correction(model, anchor, pool, level, cfg.geo.model_copy(update={"seed": cfg.seed}), cfg.polish_epochs)
     return (model, wall, sum(r.steps for r in stages), seen["path_min"], len(stages),
-            len(plan.history) - len(stages))
+            len(plan.history) - len(stages), projected)
 
 
 def finetune_curve(dense, slices, level, cfg: SparsifyConfig, data, test, budget, every=100, distill=False):
@@ -91,6 +103,34 @@ def finetune_curve(dense, slices, level, cfg: SparsifyConfig, data, test, budget
     return model, curve
 
 
+def _at(curve, seconds) -> str:
+    """The accuracy of a (seconds, accuracy) curve at its last point within ``seconds`` (2% slack), or why not."""
+    if curve[-1][0] < seconds * 0.98:
+        return f"{curve[-1][1]:.2f} (curve ends at {curve[-1][0]:.0f} s; raise --match-budget)"
+    eq = [a for t, a in curve if t <= seconds * 1.02]
+    return f"{eq[-1] if eq else curve[0][1]:.2f}"
+
+
+def polish_variant(geo_model, slices, cfg: SparsifyConfig, data, test, epochs, dense, distill=False):
+    """The projected end, fine-tuned with its zeros kept (what `geodesic train --init END --keep-zeros
+    [--teacher DENSE] --epochs E --lr 0.01 --schedule cosine` runs): masked SGD on the labels at
+    ``finetune.lr``, or ``distill`` toward the dense network's outputs at ``finetune.distill_lr``, under a
+    cosine schedule. Returns (accuracy, seconds)."""
+    model = _copy(geo_model)
+    tc = cfg.finetune.train_config(cfg.seed, epochs, distill).model_copy(update={"schedule": "cosine"})
+    t = time.perf_counter()
+    train(model, data, tc, masks=masks_from_zeros(model, slices), device=next(model.parameters()).device,
+          teacher=_copy(dense).requires_grad_(False) if distill else None)
+    return evaluate(model, test)[0], time.perf_counter() - t
+
+
+def _save(model, path, accuracy) -> None:
+    from geodesic_core import save_checkpoint
+
+    save_checkpoint(path, model.cpu(), {"model": "lenet300", "dataset": "mnist", "num_classes": 10, "in_channels": 1,
+                                        "image_size": 28, "test_accuracy": accuracy})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=None)
@@ -103,6 +143,11 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a SparsifyConfig field")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-peers", action="store_true", help="the geodesic only (no one-shot, fine-tuning, distill)")
+    ap.add_argument("--polish-epochs", type=int, action="append", default=[], help="also fine-tune the geodesic's end "
+                    "this many epochs (repeat for several) "
+                    "with its zeros kept, on the labels and label-free, and compare with the peers at that total time")
+    ap.add_argument("--save", default=None, metavar="DIR", help="write dense.pt and geodesic-<level>.pt there "
+                    "(checkpoints `geodesic train --init` and `geodesic export` read)")
     args = ap.parse_args()
     overrides: dict = {"seed": args.seed}
     for item in args.set:
@@ -130,26 +175,47 @@ def main() -> None:
           f"anchor {cfg.geo.anchor}, distill {cfg.geo.distill_steps}x lr {cfg.geo.distill_lr}, "
           f"metric batch {cfg.geo.metric_batch}, solver {cfg.geo.solver}")
     slices = param_slices(dense)
-    rows = []
+    if args.save:
+        Path(args.save).mkdir(parents=True, exist_ok=True)
+        _save(_copy(dense), Path(args.save) / "dense.pt", evaluate(dense, te)[0])
+    rows, polished = [], []
     for level in cfg.sparsity:
-        geo_model, geo_wall, steps, path_min, stages, rejected = geodesic(dense, slices, level, cfg, tr.x, te)
-        geo_acc = evaluate(geo_model, te)[0]
+        geo_model, geo_wall, steps, path_min, stages, rejected, projected = geodesic(dense, slices, level, cfg, tr.x, te)
+        geo_acc, proj_acc = evaluate(geo_model, te)[0], evaluate(projected, te)[0]
+        if args.save:
+            _save(_copy(geo_model), Path(args.save) / f"geodesic-{level:g}.pt", geo_acc)
+        for ep in args.polish_epochs:
+            ft, dl = (polish_variant(projected, slices, cfg, tr, te, ep, dense, distill=d) for d in (False, True))
+            polished.append([level, ep, proj_acc, geo_wall, ft, dl])
+            print(f"  {level:g}%: projected end {proj_acc:.2f} (geodesic {geo_wall:.1f} s), + {ep} epoch(s) masked "
+                  f"fine-tuning {ft[0]:.2f} (+{ft[1]:.1f} s), + masked distillation {dl[0]:.2f} (+{dl[1]:.1f} s)",
+                  flush=True)
         if args.no_peers:
-            print(f"| {level:g} | {geo_acc:.2f} | path min {path_min:.2f} | {geo_wall:.1f} s | {steps} steps | "
-                  f"{stages} stages, {rejected} undone |", flush=True)
+            print(f"| {level:g} | {geo_acc:.2f} | projected {proj_acc:.2f} | path min {path_min:.2f} | {geo_wall:.1f} s "
+                  f"| {steps} steps | {stages} stages, {rejected} undone |", flush=True)
             continue
         one = _copy(dense)
         oneshot_prune(one, slices, level, cfg.scope)
         two_ep = 2 * -(-tr.x.shape[0] // cfg.finetune.batch_size)
-        peers = {}
+        peers, curves = {}, {}
         for distill in (False, True):
             _, curve = finetune_curve(dense, slices, level, cfg, tr, te, args.match_budget * geo_wall,
                                       distill=distill)
             at2 = next((a for (t, a), n in zip(curve, range(1, 10**9)) if n * 100 >= two_ep), curve[-1][1])
             eq = [a for t, a in curve if t <= geo_wall * 1.02]
             peers[distill] = (at2, eq[-1] if eq else curve[0][1], next((t for t, a in curve if a >= geo_acc), None))
+            curves[distill] = curve
+        for row in polished[len(polished) - len(args.polish_epochs):]:  # each peer's curve at the total time
+            row += [_at(curves[d], geo_wall + row[4 + d][1]) for d in (False, True)]
         rows.append((level, geo_acc, path_min, geo_wall, steps, evaluate(one, te)[0], *peers[False], *peers[True][:2],
                      sparsity(flat_params(geo_model), slices)))
+    if args.polish_epochs and not args.no_peers:
+        print()
+        print("| sparsity | epochs | geodesic | + fine-tuning (labels) | total s | finetune at that time "
+              "| + distillation (no labels) | total s | distill at that time |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for lv, ep, ga, gw, (fa, fs), (da, ds), fe, de in polished:
+            print(f"| {lv:g} | {ep} | {ga:.2f} | {fa:.2f} | {gw + fs:.1f} | {fe} | {da:.2f} | {gw + ds:.1f} | {de} |")
     if args.no_peers:
         return
     print()

@@ -122,14 +122,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     from geodesic_core.models import arch_kwargs, build_model
 
     cfg = config_from_args(TrainConfig, args)
-    arch = arch_kwargs(args.model, args.width, args.depth)
-    build_model(args.model, 10, 3, 32, **arch) if arch else None  # a width that leaves a layer empty: before work
+    model, width, depth = args.model, args.width, args.depth
+    if args.init:  # the architecture not given is the starting checkpoint's (load_model checks what is given)
+        from geodesic_core.checkpoint import arch_from_meta, load_checkpoint
+
+        init_meta = load_checkpoint(args.init)[1]
+        init_arch = arch_from_meta(init_meta)
+        model = model or init_meta.get("model")
+        width = init_arch.get("width", 1.0) if width is None else width
+        depth = init_arch.get("depth") if depth is None else depth
+    elif model is None:
+        return _fail("--model is required (or --init CHECKPOINT: continue training that network)")
+    arch = arch_kwargs(model, 1.0 if width is None else width, depth)
+    build_model(model, 10, 3, 32, **arch) if arch else None  # a width that leaves a layer empty: before work
     dataset = check_dataset_name(args.dataset)
     check_data_files(dataset, args.data_dir)
-    meta = train_and_save(args.model, dataset, cfg, args.out, args.data_dir, task=args.task, **arch,
+    meta = train_and_save(model, dataset, cfg, args.out, args.data_dir, task=args.task, **arch,
+                          init=args.init, keep_zeros=args.keep_zeros, teacher=args.teacher,
                           callbacks=[lambda e: print(f"epoch {e.epoch + 1}/{cfg.epochs}  loss {e.train_loss:.4f}",
                                                      flush=True)])
-    print(f"test accuracy {meta['test_accuracy']:.2f}%  loss {meta['test_loss']:.4f}  -> {args.out}")
+    kept = f"  {100 * meta['zero_fraction']:.2f}% of the parameters held at zero" if meta.get("keep_zeros") else ""
+    print(f"test accuracy {meta['test_accuracy']:.2f}%  loss {meta['test_loss']:.4f}{kept}  -> {args.out}")
     return 0
 
 
@@ -384,14 +397,26 @@ def build_parser() -> argparse.ArgumentParser:
     data_help = f"data root (default: ${DATA_DIR_ENV}, else ./data)"
 
     p = sub.add_parser("train", help="train a network and save a checkpoint")
-    p.add_argument("--model", required=True, help="registered model (lenet300, cnn, vgg11, vgg16, resnet164), "
-                   "torchvision:<name> (e.g. torchvision:resnet18) or an import path module:callable to your builder")
+    p.add_argument("--model", default=None, help="registered model (lenet300, cnn, vgg11, vgg16, resnet164), "
+                   "torchvision:<name> (e.g. torchvision:resnet18) or an import path module:callable to your builder "
+                   "(required unless --init gives it)")
     p.add_argument("--dataset", required=True, help="registered dataset (mnist, fashion_mnist, permuted_mnist, ...) or "
                    "an import path module:callable to your data loader")
     p.add_argument("--task", type=int, default=0, help="permuted-MNIST task index (0 = plain MNIST)")
     p.add_argument("--out", required=True, help="checkpoint file to write")
-    p.add_argument("--width", type=float, default=1.0, help="channel multiplier of vgg11, vgg16, resnet164 (default: 1)")
-    p.add_argument("--depth", type=int, default=None, help="depth of resnet164's family, 9n + 2 (default: 164)")
+    p.add_argument("--width", type=float, default=None, help="channel multiplier of vgg11, vgg16, resnet164 "
+                   "(default: 1, or --init's)")
+    p.add_argument("--depth", type=int, default=None, help="depth of resnet164's family, 9n + 2 (default: 164, or "
+                   "--init's)")
+    p.add_argument("--init", default=None, metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights instead of random ones (same model, width, depth and "
+                        "classes; e.g. a sparsified network from `geodesic sparsify`'s outputs/checkpoints)")
+    p.add_argument("--keep-zeros", action="store_true",
+                   help="with --init: weights that are exactly zero there stay zero (masked fine-tuning keeps the "
+                        "sparsity, and a structured network's removed filters)")
+    p.add_argument("--teacher", default=None, metavar="CHECKPOINT",
+                   help="label-free: learn to match this network's outputs, ½‖f(x; w) − f(x; w_teacher)‖² over the "
+                        "training inputs, instead of the labels (e.g. the dense network a sparse --init came from)")
     p.add_argument("--data-dir", default=None, help=data_help)
     add_config_options(p, TrainConfig)
     p.set_defaults(func=cmd_train)

@@ -1,7 +1,8 @@
 """Sparsification (paper Algorithm 1) as a Prefect flow tracked in MLflow.
 
 Recipe: fingerprint the data -> train (or load) the dense network -> for every sparsity level, the stages
-of Algorithm 1 as cached segment tasks, then the final hard projection -> baselines on the same dense
+of Algorithm 1 as cached segment tasks, then the final hard projection and the closing correction (masked
+distillation toward the dense outputs, no labels) -> baselines on the same dense
 network (one-shot projection; prune + masked fine-tune on the labels and prune + distillation without them,
 each for a fixed budget and for the geodesic's wall time)
 -> log one MLflow child run per (method, level) and a summary on the parent run.
@@ -20,7 +21,7 @@ from tasks.baselines import finetune_baseline, oneshot_baseline, prune_train_bas
 from flows.common import closing_parent_on_failure, confine_paths, default_task_runner
 from tasks.common import code_version
 from tasks.data import fingerprint_data
-from tasks.geodesic import final_projection, geodesic_segment
+from tasks.geodesic import closing_correction, final_projection, geodesic_segment
 from tasks.plots import accuracy_vs_level
 from tasks.summaries import baseline_row, child_key, geodesic_row, label
 from tasks.tracking import child_track, finish_parent_run, log_level_runs, start_parent_run
@@ -98,6 +99,9 @@ def _sparsify_levels(params: SparsifyConfig, parent: dict, dense: dict, data_dir
     chains, segments, rejected = _traverse(params, tracks, dense, data_dir, fingerprint, version)
     finals = {lv: final_projection.submit(chains[lv], lv, _for_level(params, lv), data_dir, fingerprint, version)
               for lv in levels}
+    if params.polish_epochs:  # the closing correction toward the dense outputs, mask fixed (no labels)
+        finals = {lv: closing_correction.submit(finals[lv], dense, lv, _for_level(params, lv), data_dir, fingerprint,
+                                                version) for lv in levels}
 
     # --- Evaluate and track ---------------------------------------------------------------------------------
     summary = []

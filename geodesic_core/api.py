@@ -27,7 +27,7 @@ from .errors import InputError
 from .geo import StepInfo
 from .metric import flat_params
 from .sparsify import (AdaptiveSchedule, FixedSchedule, SparsifyGeoConfig, StageResult, fidelity_probe,
-                       geodesic_stage, run_schedule, stage_sparsities)
+                       geodesic_stage, polish, run_schedule, stage_sparsities)
 from .targets import check_sparsity_percent, param_slices, sparsity
 from .train import evaluate
 
@@ -39,8 +39,9 @@ class SparsifyResult:
     ``model``: the sparse network (exactly ``target`` percent zeros among its prunable weights: the weight
     matrices and conv kernels). ``path``: one row per recorded step (``stage``, ``step``, ``distance`` to the
     stage's target, ``path_length`` S(γ) so far, ``sparsity`` in percent, and with test data ``test_accuracy``,
-    ``test_loss``). ``stages``: each stage's `StageResult`. ``seconds``: wall time of the traversal without
-    the evaluations along it.
+    ``test_loss``). ``stages``: each stage's `StageResult`. ``seconds``: wall time of the traversal and the
+    closing correction without the evaluations along it. ``test_accuracy``: the result's (after the closing
+    correction); ``projected_test_accuracy``: the path's end on H_target before it (with test data).
     """
 
     model: nn.Module
@@ -50,6 +51,7 @@ class SparsifyResult:
     stages: list[StageResult] = field(default_factory=list)
     seconds: float = 0.0
     test_accuracy: float | None = None
+    projected_test_accuracy: float | None = None
 
     def frame(self):
         """The path as a ``pandas.DataFrame`` (one row per recorded step)."""
@@ -73,7 +75,7 @@ def _as_split(test) -> Split | None:
 def sparsify(model: nn.Module, x: torch.Tensor, target: float, *, test: tuple[torch.Tensor, torch.Tensor] | None = None,
              stages: int = 5, schedule: Literal["cubic", "adaptive"] = "adaptive", stage_tolerance: float = 0.3,
              max_stages: int = 40, refresh_every: int = 10, scope: Literal["global", "layer"] = "global",
-             geo: GeoConfig | None = None, eval_every: int = 10,
+             geo: GeoConfig | None = None, eval_every: int = 10, polish_epochs: int = 2,
              callbacks: Sequence[Callable[[StepInfo], None]] = ()) -> SparsifyResult:
     """Sparsify a copy of ``model`` to ``target`` percent zeros by traversing geodesics (paper Algorithm 1).
 
@@ -85,6 +87,8 @@ def sparsify(model: nn.Module, x: torch.Tensor, target: float, *, test: tuple[to
     lost (``stage_tolerance`` points; a stage that lost more than twice that is undone and retried shorter; at
     most ``max_stages``), starting from steps of 1/``stages`` of the log density; ``"cubic"``: the fixed
     ``stages`` of `stage_sparsities`. Undone stages leave no rows in ``path`` or ``stages``; their time counts.
+    After the path's end: ``polish_epochs`` epochs of the closing correction (`geodesic_core.sparsify.polish`,
+    masked distillation toward the dense outputs on ``x``; 0: none).
 
     Args:
         model: any ``nn.Module`` mapping ``(N, *input shape)`` to outputs ``(N, K)``; it is not modified.
@@ -102,6 +106,8 @@ def sparsify(model: nn.Module, x: torch.Tensor, target: float, *, test: tuple[to
     if stages < 1 or eval_every < 1 or refresh_every < 1:
         raise InputError(f"stages, eval_every and refresh_every must be >= 1, got {stages}, {eval_every}, "
                          f"{refresh_every}")
+    if polish_epochs < 0:
+        raise InputError(f"polish_epochs must be >= 0 (0: no closing correction), got {polish_epochs}")
     if schedule not in ("cubic", "adaptive"):
         raise InputError(f"schedule must be 'cubic' or 'adaptive', got {schedule!r}")
     plan = (AdaptiveSchedule(target, stages=stages, tolerance=stage_tolerance, max_stages=max_stages)
@@ -151,7 +157,9 @@ def sparsify(model: nn.Module, x: torch.Tensor, target: float, *, test: tuple[to
 
     t0 = time.perf_counter()
     run_schedule(net, plan, run_stage, dense, fidelity_probe(x, seed=cfg.seed), on_accept=accept, on_reject=undo)
+    polish(net, dense, x, target, cfg, polish_epochs)
     out.seconds = time.perf_counter() - t0 - spent[0]
-    out.sparsity = out.path[-1]["sparsity"]
-    out.test_accuracy = out.path[-1].get("test_accuracy")
+    out.sparsity = 100.0 * sparsity(flat_params(net), slices)
+    out.projected_test_accuracy = out.path[-1].get("test_accuracy")
+    out.test_accuracy = evaluate(net, test_split)[0] if test_split is not None else None
     return out

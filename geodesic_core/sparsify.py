@@ -84,7 +84,10 @@ class SparsifyConfig(_ModelOnDataset):
     2,000 training inputs fell in the last stage (``stage_tolerance`` points; a stage that lost more than twice
     that is rejected and retried shorter), at most ``max_stages`` stages; no labels read; or ``cubic``, the
     fixed ``stages`` of `stage_sparsities`. The structured mode
-    always removes the filters in ``stages`` equal steps. ``checkpoint``: start from this dense
+    always removes the filters in ``stages`` equal steps. ``polish_epochs``: the closing correction after the
+    final projection, that many epochs of masked distillation toward the dense network's outputs (`polish`:
+    the first-order corrector at ``geo.distill_lr``, decayed to 0; no labels; its time counts as the
+    geodesic's; 0: off, the path's projected end is the result). ``checkpoint``: start from this dense
     network instead of training one. ``eval_every``: test-set evaluation period along the path (steps).
     """
 
@@ -98,6 +101,7 @@ class SparsifyConfig(_ModelOnDataset):
     layer: str = "features.0"
     n_filters: PositiveInt = 50
     prune_train_epochs: float = Field(0.5, ge=0.0)
+    polish_epochs: int = Field(2, ge=0)
     stages: PositiveInt = 5
     schedule: Literal["adaptive", "cubic"] = "adaptive"
     stage_tolerance: PositiveFloat = 0.3
@@ -379,6 +383,41 @@ def project_to_level(model: nn.Module, level: float, *, structured: bool = False
     return oneshot_prune(model, param_slices(model), level, scope)
 
 
+def level_masks(model: nn.Module, level: float, *, structured: bool = False, layer: str = "") -> dict[str, torch.Tensor]:
+    """``{param name: 0/1 mask}`` that holds a network projected onto ``level`` there during masked SGD: the
+    zeroed prunable weights, or (``structured``) the removed filters of conv ``layer`` with their bias and
+    batch-norm scale and shift."""
+    if structured:
+        return FilterTarget(model, layer, int(level)).masks(flat_params(model))
+    return masks_from_zeros(model, param_slices(model))
+
+
+def polish(model: nn.Module, dense: nn.Module, x: torch.Tensor, level: float, cfg: GeoConfig, epochs: int, *,
+           structured: bool = False, layer: str = "", augment: bool = False, device: torch.device | None = None,
+           step_callbacks: Sequence[Callable] = ()) -> float:
+    """The geodesic's closing correction, after its final projection onto ``level`` (in place): the
+    first-order corrector of every Geo step (`GeoConfig.distill_steps`) run over the training inputs for
+    ``epochs`` epochs with the mask fixed, minimizing ½ mean_x ‖f(x; w) − f(x; w_dense)‖² by SGD (momentum 0.9,
+    lr ``cfg.distill_lr`` decayed to 0 by a cosine, batches of ``cfg.distill_batch``; seed ``cfg.seed``). The
+    projection's last jump moved the outputs off the dense network's; this brings them back as far as the
+    mask allows. Reads ``x`` ``(N, *input shape)`` only, no labels (``augment``: random crop + flip, as the
+    baselines train on CIFAR).
+
+    Returns:
+        wall seconds spent.
+    """
+    if epochs <= 0:
+        return 0.0
+    t0 = time.perf_counter()
+    masks = level_masks(model, level, structured=structured, layer=layer)
+    tc = TrainConfig(epochs=epochs, lr=cfg.distill_lr, momentum=0.9, weight_decay=0.0, batch_size=cfg.distill_batch,
+                     schedule="cosine", seed=cfg.seed)
+    no_labels = torch.zeros(x.shape[0], dtype=torch.long)  # `train` reports accuracy on them; the loss never reads them
+    train(model, Split(x, no_labels), tc, masks=masks, augment=augment, device=device, teacher=dense,
+          step_callbacks=step_callbacks)
+    return time.perf_counter() - t0
+
+
 def prune_finetune(model: nn.Module, level: float, data: Split, cfg: TrainConfig, *, structured: bool = False,
                    layer: str = "", scope: Literal["global", "layer"] = "global", budget_seconds: float | None = None,
                    max_batches: int | None = None, augment: bool = False,
@@ -401,10 +440,7 @@ def prune_finetune(model: nn.Module, level: float, data: Split, cfg: TrainConfig
     """
     t0 = time.perf_counter()
     project_to_level(model, level, structured=structured, layer=layer, scope=scope)
-    if structured:
-        masks = FilterTarget(model, layer, int(level)).masks(flat_params(model))
-    else:
-        masks = masks_from_zeros(model, param_slices(model))
+    masks = level_masks(model, level, structured=structured, layer=layer)
     steps = train(model, data, cfg, masks=masks, augment=augment, device=device, max_batches=max_batches,
                   budget_seconds=budget_seconds, callbacks=callbacks, step_callbacks=step_callbacks, teacher=teacher)
     return model, time.perf_counter() - t0, steps

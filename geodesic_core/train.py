@@ -11,7 +11,7 @@ from torch import nn
 
 from .config import TrainConfig
 from .data import Split, load_split
-from .errors import NonFiniteError
+from .errors import InputError, NonFiniteError
 
 
 class EpochInfo(NamedTuple):
@@ -251,33 +251,71 @@ def recompute_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> nn
 def train_and_save(model_name: str, dataset: str, cfg: TrainConfig, out: str, data_dir: str | None = None,
                    device: torch.device | None = None, task: int = 0, permutation_seed: int = 0,
                    callbacks: Sequence[Callable[[EpochInfo], None]] = (), width: float = 1.0,
-                   depth: int | None = None, step_callbacks: Sequence[Callable[[TrainStep], None]] = ()) -> dict:
+                   depth: int | None = None, step_callbacks: Sequence[Callable[[TrainStep], None]] = (),
+                   init: str | None = None, keep_zeros: bool = False, teacher: str | None = None) -> dict:
     """Train a model (registered, torchvision's or the user's) on a dataset (registered or the user's) from seed ``cfg.seed``, evaluate it on the test split
     and write the checkpoint atomically to ``out``. Inputs are checked before any work starts.
 
+    With ``init``, training starts from that checkpoint's weights (the same model, width, depth, classes and
+    input shape) instead of random ones; ``keep_zeros`` then keeps every parameter entry that is exactly zero
+    there at exactly zero (masked SGD: fine-tuning a sparsified network keeps its mask, and a structured
+    one its removed filters). With ``teacher`` (a checkpoint with the same classes and input shape) training
+    is label-free: masked SGD on ½ mean_x ‖f(x; w) − f(x; w_teacher)‖² over the training inputs (`train`).
+
     Returns:
-        the checkpoint metadata (model, dataset, test_accuracy, test_loss, sha256, ...).
+        the checkpoint metadata (model, dataset, test_accuracy, test_loss, sha256, ...; with ``init`` also
+        ``init_sha256``, ``keep_zeros`` and ``zero_fraction``, the fraction of parameter entries held at zero;
+        with ``teacher`` ``teacher_sha256``).
     """
-    from .checkpoint import save_checkpoint
+    from .checkpoint import load_model, save_checkpoint
     from .data import check_data_files, get_spec, check_dataset_name
     from .models import arch_kwargs, build_model, check_model_name
 
+    if keep_zeros and not init:
+        raise InputError("keep_zeros (--keep-zeros) needs a checkpoint to start from (--init CHECKPOINT): a random "
+                         "network has no zeros to keep")
     check_model_name(model_name)
     arch = arch_kwargs(model_name, width, depth)
     dataset = check_dataset_name(dataset)
     check_data_files(dataset, data_dir)
     spec = get_spec(dataset, data_dir)
-    model = build_model(model_name, spec.num_classes, spec.in_channels, spec.image_size, seed=cfg.seed, **arch)
+    extra: dict = {}
+    if init:
+        model, init_meta = load_model(init, expect_model=model_name, expect_num_classes=spec.num_classes,
+                                      expect_arch=arch)
+        _check_input_shape(init, init_meta, spec)
+        extra = {"init_sha256": init_meta["sha256"], "keep_zeros": bool(keep_zeros),  # a compact export stays compact:
+                 **{k: init_meta[k] for k in ("compact_layer", "compact_kept") if init_meta.get(k)}}
+    else:
+        model = build_model(model_name, spec.num_classes, spec.in_channels, spec.image_size, seed=cfg.seed, **arch)
+    masks = {k: (p.detach() != 0).float() for k, p in model.named_parameters() if keep_zeros and bool((p == 0).any())}
+    if init:
+        n_zero = sum(int((m == 0).sum()) for m in masks.values())
+        extra["zero_fraction"] = n_zero / sum(p.numel() for p in model.parameters())
+    teacher_model = None
+    if teacher:
+        teacher_model, teacher_meta = load_model(teacher, expect_num_classes=spec.num_classes)
+        _check_input_shape(teacher, teacher_meta, spec)
+        extra["teacher_sha256"] = teacher_meta["sha256"]
     train_split = load_split(dataset, True, data_dir, task, permutation_seed)
     test_split = load_split(dataset, False, data_dir, task, permutation_seed)
     t0 = time.perf_counter()
     train(model, train_split, cfg, augment=spec.augment, device=device, callbacks=callbacks,
-          step_callbacks=step_callbacks)
+          step_callbacks=step_callbacks, masks=masks, teacher=teacher_model)
     train_seconds = time.perf_counter() - t0
     acc, loss = evaluate(model, test_split)
     meta = {"model": model_name, "dataset": dataset, "num_classes": spec.num_classes,
             "in_channels": spec.in_channels, "image_size": spec.image_size, "task": task,
             "permutation_seed": permutation_seed, **arch, "test_accuracy": acc, "test_loss": loss, "train_seconds": train_seconds,
-            **{f"train_{k}": v for k, v in cfg.model_dump().items()}}
+            **{f"train_{k}": v for k, v in cfg.model_dump().items()}, **extra}
     meta["sha256"] = save_checkpoint(out, model.cpu(), meta)
     return meta
+
+
+def _check_input_shape(path: str, meta: dict, spec) -> None:
+    """A checkpoint given to `train_and_save` must take the dataset's inputs (channels, image size)."""
+    have = (int(meta.get("in_channels", -1)), int(meta.get("image_size", -1)))
+    if have != (spec.in_channels, spec.image_size):
+        raise InputError(f"checkpoint {path} takes {have[0]}-channel {have[1]}x{have[1]} inputs but the dataset's are "
+                         f"{spec.in_channels}-channel {spec.image_size}x{spec.image_size}; use a checkpoint trained on "
+                         f"inputs of this shape")

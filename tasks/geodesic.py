@@ -1,17 +1,19 @@
-"""Tasks of Algorithm 1: one geodesic stage (a coarse segment of many Geo steps) and the final projection."""
+"""Tasks of Algorithm 1: one geodesic stage (a coarse segment of many Geo steps), the final projection and the
+closing correction."""
 
 from __future__ import annotations
 
+import math
 import time
 
 from prefect import task
 
 from geodesic_core import evaluate, flat_params, param_slices
 from geodesic_core.sparsify import SparsifyConfig
-from geodesic_core.sparsify import (fidelity_probe, geodesic_stage, prediction_agreement, project_to_level,
+from geodesic_core.sparsify import (fidelity_probe, geodesic_stage, polish, prediction_agreement, project_to_level,
                                     structured_stage)
 
-from .common import CACHED, checkpoint_path, finished, open_ref, percent_sparse, save_result, split
+from .common import CACHED, checkpoint_path, finished, open_ref, percent_sparse, save_result, spec, split
 from .live import Live
 
 
@@ -120,3 +122,33 @@ def final_projection(end: dict, level: float, cfg: SparsifyConfig, data_dir: str
     acc, loss = evaluate(model, split(cfg.dataset, False, data_dir))
     return save_result(out, model, meta, dict(test_accuracy=acc, test_loss=loss,
                                               sparsity=percent_sparse(flat_params(model), param_slices(model))))
+
+
+@task(**CACHED)
+def closing_correction(final: dict, anchor: dict, level: float, cfg: SparsifyConfig, data_dir: str | None,
+                       data_fingerprint: str, code_version: str) -> dict:
+    """The closing correction of the projected end ``final`` (`geodesic_core.sparsify.polish`):
+    ``cfg.polish_epochs`` epochs of masked distillation toward the dense network ``anchor``'s outputs over the
+    training inputs, no labels. Returns its reference with test accuracy, loss, sparsity (the projection's,
+    kept exactly), the projection's accuracy before it and the wall seconds it took (counted as the geodesic's)."""
+    out = checkpoint_path("polished", final["sha256"], level, cfg.polish_epochs, cfg.geo.model_dump(), cfg.seed,
+                          cfg.structured, cfg.layer, code_version)
+    if (done := finished(out)) is not None:
+        return done
+    model, meta = open_ref(final)
+    dense, _ = open_ref(anchor)
+    dense.requires_grad_(False)
+    train_x = split(cfg.dataset, True, data_dir).x
+    steps = cfg.polish_epochs * math.ceil(train_x.shape[0] / cfg.geo.distill_batch)
+    what = f"{level:g} filters" if cfg.structured else f"{level:g}%"
+    with Live(f"geodesic {what}, closing correction", steps) as live:
+        def progress(info):
+            if info.step % 20 == 0 or info.last:
+                live.advance(info.step, loss=f"output distance {float(info.loss):.4f}")
+
+        wall = polish(model, dense, train_x, level, cfg.geo.model_copy(update={"seed": cfg.seed}), cfg.polish_epochs,
+                      structured=cfg.structured, layer=cfg.layer, augment=spec(cfg.dataset, data_dir).augment,
+                      step_callbacks=[progress])
+    acc, loss = evaluate(model, split(cfg.dataset, False, data_dir))
+    return save_result(out, model, meta, dict(test_accuracy=acc, test_loss=loss, sparsity=final["sparsity"],
+                                              projected_test_accuracy=final["test_accuracy"], polish_seconds=wall))

@@ -5,14 +5,16 @@ from __future__ import annotations
 from geodesic_core.sparsify import SparsifyConfig
 
 METRIC_KEYS = ("test_accuracy", "sparsity", "wall_seconds", "test_loss")
-GEODESIC_KEYS = ("path_min_test_accuracy", "path_length", "steps", "stages", "rejected_stages")
+GEODESIC_KEYS = ("path_min_test_accuracy", "path_length", "steps", "stages", "rejected_stages",
+                 "projected_test_accuracy", "polish_seconds")
 
 
 def geodesic_row(dense: dict, segments: list[dict], final: dict, level: float,
                  rejected: list[dict] = ()) -> tuple[dict, list[dict]]:
     """The geodesic's summary row and its path table (dense network first; path length cumulative over the
     accepted stages, each stage's closing projection not counted). The time of ``rejected`` stages (of an
-    adaptive schedule; not on the path) counts in the wall time."""
+    adaptive schedule; not on the path) and of the closing correction (``final`` from `closing_correction`;
+    its accuracy is the result, ``projected_test_accuracy`` the projection's before it) counts in the wall time."""
     rows = [{"step": 0, "distance": float("nan"), "test_accuracy": dense["test_accuracy"],
              "test_loss": dense["test_loss"], "sparsity": 0.0, "path_length": 0.0}]
     offset = 0.0
@@ -21,7 +23,9 @@ def geodesic_row(dense: dict, segments: list[dict], final: dict, level: float,
         offset += seg["path_length"]
     row = {"method": "geodesic", "budget": "-", "level": level, "test_accuracy": final["test_accuracy"],
            "test_loss": final["test_loss"], "sparsity": final["sparsity"],
-           "wall_seconds": sum(s["wall_seconds"] for s in [*segments, *rejected]), "steps": segments[-1]["end_step"],
+           "wall_seconds": sum(s["wall_seconds"] for s in [*segments, *rejected]) + final.get("polish_seconds", 0.0),
+           "projected_test_accuracy": final.get("projected_test_accuracy", final["test_accuracy"]),
+           "polish_seconds": final.get("polish_seconds", 0.0), "steps": segments[-1]["end_step"],
            "stages": len(segments), "rejected_stages": len(rejected),
            "path_min_test_accuracy": min(r["test_accuracy"] for r in rows), "path_length": offset,
            "stop_reasons": ",".join(s["stop_reason"] for s in segments)}

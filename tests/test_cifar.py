@@ -221,7 +221,11 @@ def test_cifar_benchmark_runs_end_to_end(tmp_path, data_dir):
     assert st["export"]["max_output_difference"] <= 1e-5 and st["export"]["filters_removed"] == 3
     # Algorithm 1: each stage runs until it reaches its target (at most 8 x 4 steps), its correction bounded
     assert st["geo"]["max_steps"] == 32 and st["geo"]["anchor_radius"] == 1.0
-    assert [r["stop_reason"] for r in st["curves"]["geodesic"][1:]] == ["reached", "reached"]
+    # ... then the closing correction (2 epochs of masked distillation), which keeps the filters removed
+    assert [r["stop_reason"] for r in st["curves"]["geodesic"][1:]] == ["reached", "reached",
+                                                                       "closing correction, 2 epochs"]
+    geo_rows = st["curves"]["geodesic"]
+    assert geo_rows[-1]["epochs"] == pytest.approx(geo_rows[-2]["epochs"] + 2) and geo_rows[-1]["filters"] == 3
     assert st["curves"]["prune-train"][-1]["filters"] == st["curves"]["prune-train, equal time"][-1]["filters"] == 3
     geo_seconds, own = st["geodesic_seconds"], st["peer_train_seconds"]
     assert geo_seconds == st["curves"]["geodesic"][-1]["seconds"]

@@ -54,3 +54,90 @@ def test_a_run_gives_prefects_ephemeral_server_time_to_start_on_a_busy_machine(t
     monkeypatch.setenv(TIMEOUT.name, "7")
     run_local(Flow(), SparsifyConfig(), data_dir=None, experiment="x", runner=RunnerConfig())
     assert seen[0] == EPHEMERAL_STARTUP_SECONDS > 20 and seen[1] != EPHEMERAL_STARTUP_SECONDS
+
+
+@pytest.fixture(scope="module")
+def sparse_lenet(tmp_path_factory, data_dir):
+    """A LeNet-300-100 trained one epoch, then 95% of its weights zeroed by magnitude (no fine-tuning)."""
+    import torch
+
+    from geodesic_core import save_checkpoint
+    from geodesic_core.sparsify import oneshot_prune
+    from geodesic_core.targets import param_slices
+
+    root = tmp_path_factory.mktemp("sparse")
+    dense = root / "dense.pt"
+    assert main(["train", "--model", "lenet300", "--dataset", "mnist", "--epochs", "1", "--out", str(dense),
+                 "--data-dir", data_dir]) == 0
+    model, meta = load_model(dense)
+    oneshot_prune(model, param_slices(model), 95)
+    sparse = root / "sparse.pt"
+    save_checkpoint(sparse, model, {k: v for k, v in meta.items() if k != "sha256"})
+    zeros = {k: (p == 0) for k, p in model.named_parameters()}
+    assert sum(int(z.sum()) for z in zeros.values()) > 0.9 * sum(p.numel() for p in model.parameters())
+    return dense, sparse, zeros, torch
+
+
+def test_train_from_a_sparse_checkpoint_keeps_its_zeros_and_recovers(tmp_path, data_dir, capsys, sparse_lenet):
+    """`geodesic train --init --keep-zeros`: masked fine-tuning of a sparsified network; the zeros stay exactly
+    where they were, the other weights move, and accuracy comes back above the one-shot network's."""
+    from geodesic_core.train import evaluate
+    from geodesic_core.data import load_split
+
+    dense, sparse, zeros, torch = sparse_lenet
+    out = tmp_path / "tuned.pt"
+    assert main(["train", "--init", str(sparse), "--keep-zeros", "--dataset", "mnist", "--epochs", "1",
+                 "--lr", "0.01", "--out", str(out), "--data-dir", data_dir]) == 0
+    assert "held at zero" in capsys.readouterr().out
+    tuned, meta = load_model(out, expect_model="lenet300")
+    start, start_meta = load_model(sparse)
+    assert sum(int(z.any()) for z in zeros.values()) == 3  # the three weight matrices; the biases are dense
+    for k, p in tuned.named_parameters():
+        assert torch.equal(p == 0, zeros[k]), f"{k}: zeros moved"
+        assert not torch.equal(p, dict(start.named_parameters())[k]), f"{k} did not train"
+    assert meta["keep_zeros"] and meta["init_sha256"] == start_meta["sha256"]
+    assert meta["zero_fraction"] == pytest.approx(sum(int(z.sum()) for z in zeros.values())
+                                                  / sum(z.numel() for z in zeros.values()))
+    one_shot = evaluate(start, load_split("mnist", False, data_dir))[0]
+    assert meta["test_accuracy"] > one_shot + 1.0
+
+
+def test_train_with_a_teacher_moves_toward_its_outputs(tmp_path, data_dir, sparse_lenet):
+    """`--teacher`: label-free distillation toward another network's outputs (with the mask kept)."""
+    from geodesic_core.data import load_split
+
+    dense, sparse, zeros, torch = sparse_lenet
+    out = tmp_path / "distilled.pt"
+    assert main(["train", "--init", str(sparse), "--keep-zeros", "--teacher", str(dense), "--dataset", "mnist",
+                 "--epochs", "1", "--lr", "0.003", "--out", str(out), "--data-dir", data_dir]) == 0
+    x = load_split("mnist", False, data_dir).x[:2000]
+    (t, t_meta), (s, _), (d, meta) = (load_model(p) for p in (dense, sparse, out))
+    with torch.no_grad():
+        gap = [float((m(x) - t(x)).pow(2).sum(-1).mean()) for m in (s, d)]
+    assert gap[1] < 0.5 * gap[0] and meta["teacher_sha256"] == t_meta["sha256"]
+    assert all(torch.equal(p == 0, zeros[k]) for k, p in d.named_parameters() if zeros[k].any())
+
+
+@pytest.mark.parametrize("extra,match", [
+    ([], "--model is required"),
+    (["--model", "lenet300", "--keep-zeros"], "--init"),
+    (["--init", "{sparse}", "--model", "cnn"], "requested"),
+    (["--init", "{sparse}", "--width", "0.5"], "no width option"),
+    (["--init", "{bad}"], "could not be loaded safely"),
+    (["--init", "{sparse}", "--teacher", "{cifar}"], "inputs"),
+])
+def test_train_from_a_checkpoint_rejects_bad_input_before_work(tmp_path, data_dir, capsys, sparse_lenet,
+                                                               extra, match):
+    from geodesic_core import build_model, save_checkpoint
+
+    _, sparse, _, _ = sparse_lenet
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    cifar = tmp_path / "cifar.pt"
+    save_checkpoint(cifar, build_model("cnn", 10, 3, 32), {"model": "cnn", "num_classes": 10, "in_channels": 3,
+                                                         "image_size": 32})
+    out = tmp_path / "net.pt"
+    args = [a.format(sparse=sparse, bad=bad, cifar=cifar) for a in extra]
+    assert main(["train", "--dataset", "mnist", *args, "--out", str(out), "--data-dir", data_dir]) == 2
+    assert match in capsys.readouterr().err
+    assert not out.exists()

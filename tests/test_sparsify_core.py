@@ -238,3 +238,53 @@ def test_run_schedule_undoes_a_rejected_stage_and_continues_from_the_previous_en
     assert accepted[-1].target_sparsity == 90
     for name, t in dense.state_dict().items():  # only the undone stage changed anything
         assert torch.equal(model.state_dict()[name], t)
+
+
+def test_closing_correction_keeps_the_mask_and_pulls_the_outputs_back(data_dir):
+    """`polish`: masked distillation toward the dense outputs after the final projection; the zeros stay exactly
+    zero, the output distance to the dense network falls, and the accuracy rises above the projection's."""
+    import copy
+
+    from geodesic_core import evaluate, load_split, train
+    from geodesic_core.sparsify import polish
+
+    tr, te = load_split("mnist", True, data_dir), load_split("mnist", False, data_dir)
+    x, test = tr.x[:10000], Split(te.x[:2000], te.y[:2000])
+    torch.manual_seed(0)
+    dense = build_model("lenet300", 10, 1, 28)
+    train(dense, Split(x, tr.y[:10000]), TrainConfig(epochs=2, lr=0.05), device=torch.device("cpu"))
+    dense.requires_grad_(False)
+    model = copy.deepcopy(dense).requires_grad_(True)
+    oneshot_prune(model, param_slices(model), 95)
+    zeros = flat_params(model) == 0
+
+    def gap(m):
+        with torch.no_grad():
+            return float((m(test.x) - dense(test.x)).pow(2).sum(-1).mean())
+
+    before, acc_before = gap(model), evaluate(model, test)[0]
+    seconds = polish(model, dense, x, 95, GeoConfig(distill_lr=0.003), 1, device=torch.device("cpu"))
+    assert seconds > 0 and torch.equal(flat_params(model) == 0, zeros)
+    assert gap(model) < 0.5 * before and evaluate(model, test)[0] > acc_before + 1
+    assert polish(model, dense, x, 95, GeoConfig(), 0) == 0.0  # 0 epochs: off
+
+
+def test_closing_correction_keeps_removed_filters_and_their_batch_norm_at_zero():
+    """Structured: the removed filters' weights, bias and batch-norm scale and shift stay zero, so the channels
+    stay exactly zero whatever the statistics."""
+    from conftest import tiny_cnn_bn
+    from geodesic_core.sparsify import polish, project_to_level
+
+    dense = tiny_cnn_bn().requires_grad_(False)
+    model = tiny_cnn_bn()
+    project_to_level(model, 2, structured=True, layer="0")
+    removed = (model[0].weight.detach().flatten(1).abs().sum(1) == 0).nonzero().flatten()
+    assert removed.numel() == 2
+    polish(model, dense, torch.randn(64, 2, 4, 4), 2, GeoConfig(distill_lr=0.01, distill_batch=16), 2,
+           structured=True, layer="0", device=torch.device("cpu"))
+    for p in (model[0].weight, model[0].bias, model[1].weight, model[1].bias):
+        assert p.detach()[removed].abs().sum() == 0
+    model.eval()
+    with torch.no_grad():
+        assert model[2](model[1](model[0](torch.randn(3, 2, 4, 4))))[:, removed].abs().sum() == 0
+    assert not torch.equal(model[5].weight, dense[5].weight)  # the rest trained

@@ -45,6 +45,8 @@ def test_flow_tracks_every_method_and_resumes_from_cache(harness, workdir, data_
         if p["method"] == "geodesic":
             assert {"path_metrics.parquet", "accuracy_along_path.png"} <= arts
             assert {"path_min_test_accuracy", "path_length", "steps"} <= set(m)
+            # the closing correction ran (2 epochs by default) after the projection, and its time is the geodesic's
+            assert 0 < m["polish_seconds"] < m["wall_seconds"] and 0 < m["projected_test_accuracy"] <= 100
             local = client.download_artifacts(r.info.run_id, "path_metrics.parquet", str(workdir))
             import pandas as pd
 
@@ -67,6 +69,7 @@ def test_flow_tracks_every_method_and_resumes_from_cache(harness, workdir, data_
 
     monkeypatch.setattr("tasks.training.train_and_save", boom)
     monkeypatch.setattr("tasks.geodesic.geodesic_stage", boom)
+    monkeypatch.setattr("tasks.geodesic.polish", boom)
     monkeypatch.setattr("tasks.baselines.prune_finetune", boom)
     assert main(["sparsify", "--data-dir", data_dir, *TINY]) == 0
 

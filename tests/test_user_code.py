@@ -314,8 +314,12 @@ def test_the_python_api_sparsifies_a_users_network_on_tensors(data_dir):
     df = res.frame()
     assert {"stage", "step", "distance", "path_length", "sparsity", "test_accuracy"} <= set(df.columns)
     assert df["path_length"].is_monotonic_increasing and df["stage"].max() == 2
+    # the closing correction (default 2 epochs, on x, no labels) starts from the path's projected end
+    assert res.projected_test_accuracy == df["test_accuracy"].iloc[-1] and res.test_accuracy is not None
     with pytest.raises(InputError, match="strictly between 0 and 100|between 0 and 100"):
         sparsify(net, x, 100)
+    with pytest.raises(InputError, match="polish_epochs"):
+        sparsify(net, x, 90, polish_epochs=-1)
 
     # the default, adaptive schedule: a tolerance of 0.01 points undoes stages, which leave no rows behind
     steps_taken = []
