@@ -103,12 +103,17 @@ def finetune_curve(dense, slices, level, cfg: SparsifyConfig, data, test, budget
     return model, curve
 
 
+def _acc_at(curve, seconds) -> float:
+    """The accuracy of a (seconds, accuracy) curve at its last point within ``seconds`` (2% slack)."""
+    eq = [a for t, a in curve if t <= seconds * 1.02]
+    return eq[-1] if eq else curve[0][1]
+
+
 def _at(curve, seconds) -> str:
-    """The accuracy of a (seconds, accuracy) curve at its last point within ``seconds`` (2% slack), or why not."""
+    """`_acc_at`, formatted, saying so where the curve ends before ``seconds``."""
     if curve[-1][0] < seconds * 0.98:
         return f"{curve[-1][1]:.2f} (curve ends at {curve[-1][0]:.0f} s; raise --match-budget)"
-    eq = [a for t, a in curve if t <= seconds * 1.02]
-    return f"{eq[-1] if eq else curve[0][1]:.2f}"
+    return f"{_acc_at(curve, seconds):.2f}"
 
 
 def polish_variant(geo_model, slices, cfg: SparsifyConfig, data, test, epochs, dense, distill=False):
@@ -202,8 +207,7 @@ def main() -> None:
             _, curve = finetune_curve(dense, slices, level, cfg, tr, te, args.match_budget * geo_wall,
                                       distill=distill)
             at2 = next((a for (t, a), n in zip(curve, range(1, 10**9)) if n * 100 >= two_ep), curve[-1][1])
-            eq = [a for t, a in curve if t <= geo_wall * 1.02]
-            peers[distill] = (at2, eq[-1] if eq else curve[0][1], next((t for t, a in curve if a >= geo_acc), None))
+            peers[distill] = (at2, _acc_at(curve, geo_wall), next((t for t, a in curve if a >= geo_acc), None))
             curves[distill] = curve
         for row in polished[len(polished) - len(args.polish_epochs):]:  # each peer's curve at the total time
             row += [_at(curves[d], geo_wall + row[4 + d][1]) for d in (False, True)]
