@@ -119,26 +119,9 @@ def _format_validation(exc: ValidationError) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     from geodesic_core.train import train_and_save
 
-    from geodesic_core.models import arch_kwargs, build_model
-
     cfg = config_from_args(TrainConfig, args)
-    model, width, depth = args.model, args.width, args.depth
-    if args.init:  # the architecture not given is the starting checkpoint's (load_model checks what is given)
-        from geodesic_core.checkpoint import arch_from_meta, load_checkpoint
-
-        init_meta = load_checkpoint(args.init)[1]
-        init_arch = arch_from_meta(init_meta)
-        model = model or init_meta.get("model")
-        width = init_arch.get("width", 1.0) if width is None else width
-        depth = init_arch.get("depth") if depth is None else depth
-    elif model is None:
-        return _fail("--model is required (or --init CHECKPOINT: continue training that network)")
-    arch = arch_kwargs(model, 1.0 if width is None else width, depth)
-    build_model(model, 10, 3, 32, **arch) if arch else None  # a width that leaves a layer empty: before work
-    dataset = check_dataset_name(args.dataset)
-    check_data_files(dataset, args.data_dir)
-    meta = train_and_save(model, dataset, cfg, args.out, args.data_dir, task=args.task, **arch,
-                          init=args.init, keep_zeros=args.keep_zeros, teacher=args.teacher,
+    meta = train_and_save(args.model, args.dataset, cfg, args.out, args.data_dir, task=args.task, width=args.width,
+                          depth=args.depth, init=args.init, keep_zeros=args.keep_zeros, teacher=args.teacher,
                           callbacks=[lambda e: print(f"epoch {e.epoch + 1}/{cfg.epochs}  loss {e.train_loss:.4f}",
                                                      flush=True)])
     kept = f"  {100 * meta['zero_fraction']:.2f}% of the parameters held at zero" if meta.get("keep_zeros") else ""

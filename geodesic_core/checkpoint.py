@@ -144,6 +144,14 @@ def load_model(path: str | os.PathLike, expect_model: str | None = None, expect_
     """Rebuild the network stored at ``path`` and load its weights; check architecture expectations
     (``expect_arch``: the width / depth options, as `geodesic_core.models.arch_kwargs` gives them)."""
     state, meta = load_checkpoint(path)
+    return model_from_checkpoint(state, meta, path, expect_model, expect_num_classes, expect_arch), meta
+
+
+def model_from_checkpoint(state: dict[str, torch.Tensor], meta: dict[str, Any], path: str | os.PathLike,
+                          expect_model: str | None = None, expect_num_classes: int | None = None,
+                          expect_arch: dict[str, Any] | None = None) -> nn.Module:
+    """The network of a checkpoint already read by `load_checkpoint` (``state``, ``meta``; ``path`` names it in
+    errors), with `load_model`'s checks of the expected architecture."""
     if expect_arch is not None and arch_from_meta(meta) != dict(expect_arch):
         raise InputError(f"checkpoint {path} holds a {meta.get('model')!r} network with options "
                          f"{arch_from_meta(meta) or 'width 1, default depth'} but {dict(expect_arch) or 'the defaults'} "
@@ -164,4 +172,4 @@ def load_model(path: str | os.PathLike, expect_model: str | None = None, expect_
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise InputError(f"checkpoint {path} does not match architecture {meta['model']!r}: {str(exc)[:300]}") from exc
-    return model, meta
+    return model

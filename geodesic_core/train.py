@@ -248,41 +248,52 @@ def recompute_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> nn
     return model
 
 
-def train_and_save(model_name: str, dataset: str, cfg: TrainConfig, out: str, data_dir: str | None = None,
+def train_and_save(model_name: str | None, dataset: str, cfg: TrainConfig, out: str, data_dir: str | None = None,
                    device: torch.device | None = None, task: int = 0, permutation_seed: int = 0,
-                   callbacks: Sequence[Callable[[EpochInfo], None]] = (), width: float = 1.0,
+                   callbacks: Sequence[Callable[[EpochInfo], None]] = (), width: float | None = None,
                    depth: int | None = None, step_callbacks: Sequence[Callable[[TrainStep], None]] = (),
                    init: str | None = None, keep_zeros: bool = False, teacher: str | None = None) -> dict:
     """Train a model (registered, torchvision's or the user's) on a dataset (registered or the user's) from seed ``cfg.seed``, evaluate it on the test split
     and write the checkpoint atomically to ``out``. Inputs are checked before any work starts.
 
     With ``init``, training starts from that checkpoint's weights (the same model, width, depth, classes and
-    input shape) instead of random ones; ``keep_zeros`` then keeps every parameter entry that is exactly zero
+    input shape; ``model_name``, ``width`` and ``depth`` left as None are the checkpoint's, which is read once)
+    instead of random ones; ``keep_zeros`` then keeps every parameter entry that is exactly zero
     there at exactly zero (masked SGD: fine-tuning a sparsified network keeps its mask, and a structured
     one its removed filters). With ``teacher`` (a checkpoint with the same classes and input shape) training
     is label-free: masked SGD on ½ mean_x ‖f(x; w) − f(x; w_teacher)‖² over the training inputs (`train`).
+    Without ``init``, ``model_name`` is required and ``width`` defaults to 1.
 
     Returns:
         the checkpoint metadata (model, dataset, test_accuracy, test_loss, sha256, ...; with ``init`` also
         ``init_sha256``, ``keep_zeros`` and ``zero_fraction``, the fraction of parameter entries held at zero;
         with ``teacher`` ``teacher_sha256``).
     """
-    from .checkpoint import load_model, save_checkpoint
+    from .checkpoint import arch_from_meta, load_checkpoint, load_model, model_from_checkpoint, save_checkpoint
     from .data import check_data_files, get_spec, check_dataset_name
     from .models import arch_kwargs, build_model, check_model_name
 
     if keep_zeros and not init:
         raise InputError("keep_zeros (--keep-zeros) needs a checkpoint to start from (--init CHECKPOINT): a random "
                          "network has no zeros to keep")
+    if init:  # the architecture not given is the starting checkpoint's (checked below against what is given)
+        init_state, init_meta = load_checkpoint(init)
+        init_arch = arch_from_meta(init_meta)
+        model_name = model_name or init_meta.get("model")
+        width = init_arch.get("width", 1.0) if width is None else width
+        depth = init_arch.get("depth") if depth is None else depth
+    elif model_name is None:
+        raise InputError("a model (--model) is required, or a checkpoint to start from (--init CHECKPOINT: "
+                         "continue training that network)")
     check_model_name(model_name)
-    arch = arch_kwargs(model_name, width, depth)
+    arch = arch_kwargs(model_name, 1.0 if width is None else width, depth)
     dataset = check_dataset_name(dataset)
     check_data_files(dataset, data_dir)
     spec = get_spec(dataset, data_dir)
     extra: dict = {}
     if init:
-        model, init_meta = load_model(init, expect_model=model_name, expect_num_classes=spec.num_classes,
-                                      expect_arch=arch)
+        model = model_from_checkpoint(init_state, init_meta, init, expect_model=model_name,
+                                      expect_num_classes=spec.num_classes, expect_arch=arch)
         _check_input_shape(init, init_meta, spec)
         extra = {"init_sha256": init_meta["sha256"], "keep_zeros": bool(keep_zeros),  # a compact export stays compact:
                  **{k: init_meta[k] for k in ("compact_layer", "compact_kept") if init_meta.get(k)}}

@@ -78,16 +78,23 @@ def sparse_lenet(tmp_path_factory, data_dir):
     return dense, sparse, zeros, torch
 
 
-def test_train_from_a_sparse_checkpoint_keeps_its_zeros_and_recovers(tmp_path, data_dir, capsys, sparse_lenet):
+def test_train_from_a_sparse_checkpoint_keeps_its_zeros_and_recovers(tmp_path, data_dir, capsys, sparse_lenet,
+                                                                     monkeypatch):
     """`geodesic train --init --keep-zeros`: masked fine-tuning of a sparsified network; the zeros stay exactly
-    where they were, the other weights move, and accuracy comes back above the one-shot network's."""
+    where they were, the other weights move, and accuracy comes back above the one-shot network's. The start
+    checkpoint is read (and its hash verified) once, its architecture taken from it."""
+    from geodesic_core import checkpoint
     from geodesic_core.train import evaluate
     from geodesic_core.data import load_split
 
     dense, sparse, zeros, torch = sparse_lenet
     out = tmp_path / "tuned.pt"
+    reads, load = [], checkpoint.load_checkpoint
+    monkeypatch.setattr(checkpoint, "load_checkpoint", lambda path: reads.append(str(path)) or load(path))
     assert main(["train", "--init", str(sparse), "--keep-zeros", "--dataset", "mnist", "--epochs", "1",
                  "--lr", "0.01", "--out", str(out), "--data-dir", data_dir]) == 0
+    monkeypatch.undo()
+    assert reads.count(str(sparse)) == 1
     assert "held at zero" in capsys.readouterr().out
     tuned, meta = load_model(out, expect_model="lenet300")
     start, start_meta = load_model(sparse)
@@ -119,7 +126,7 @@ def test_train_with_a_teacher_moves_toward_its_outputs(tmp_path, data_dir, spars
 
 
 @pytest.mark.parametrize("extra,match", [
-    ([], "--model is required"),
+    ([], "(--model) is required"),
     (["--model", "lenet300", "--keep-zeros"], "--init"),
     (["--init", "{sparse}", "--model", "cnn"], "requested"),
     (["--init", "{sparse}", "--width", "0.5"], "no width option"),
