@@ -1,9 +1,9 @@
 """What a user sees, checked in a real browser: a Prefect server and an MLflow server on 127.0.0.1 (SQLite, in a
 temporary folder), the README's pool and deploy commands, two small sparsify runs (different ``--geo.eta``)
 tracked there, then headless Chromium (Debian's ``chromium``, driven by Playwright with ``executable_path``)
-screenshots: the sparsify deployment's Custom run form, a flow run's artifacts (progress and results), an
-MLflow child run's metric charts and the Compare view of the two geodesic runs. Prints what it read off the
-pages and where the screenshots are; look at them.
+screenshots: the sparsify deployment's Custom run form (its fields' descriptions among them), a flow run's
+artifacts (progress and results), an MLflow child run's metric charts and the Compare view of the two geodesic
+runs. Prints what it read off the pages and where the screenshots are; look at them.
 
     pip install -e '.[ui-check]'      # Playwright; no browser download: Chromium comes from the system
                                       # (Debian: apt-get install chromium)
@@ -133,6 +133,13 @@ def shots(chromium: str, out: Path, prefect_url: str, mlflow_url: str) -> None:
         body = page.inner_text("body")
         print("Custom run form mentions:", [w for w in ("Eta", "Max Steps", "Anchor", "Distill Steps", "Epochs")
                                             if w in body])
+        # each field's description (its docstring, also its --help line) under its label
+        print("Custom run form describes:", {w: w in " ".join(body.split()) for w in (
+            "η of eq. 7: the step length in weight space", "Weight of the Gauss-Newton correction after each step toward the anchor outputs",
+            "Target sparsity levels in percent", "The closing correction after the final projection")})
+        page.get_by_text("Weight of the Gauss-Newton correction", exact=False).first.scroll_into_view_if_needed()
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(out / "prefect-custom-run-form-anchor.png"))
         values = page.eval_on_selector_all("input", "els => els.map(e => [e.name || e.id || '', e.value])")
         print("form values (first 60):", [v for v in values if v[1]][:60])
         # the deep-network settings (width, depth, filter count) and the label-free peer's, on both forms

@@ -63,20 +63,18 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type[BaseModel], pr
             add_config_options(parser, ann, prefix=f"{dest}.", skip=("seed",))  # one --seed for everything
             continue
         default = field.default if field.default_factory is None else field.default_factory()
-        kwargs: dict = {"dest": dest, "default": None, "help": _HELP.get(name, "") + f"(default: {default})"}
+        text = " ".join((field.description or "").split()).replace("%", "%%")  # the field's docstring
+        kwargs: dict = {"dest": dest, "default": None, "help": f"{text} (default: {default})".lstrip()}
         if typing.get_origin(ann) is Literal:
             kwargs["choices"] = list(args)
         elif ann is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(ann) is list:
-            kwargs.update(action="append", type=str, help=f"repeat for several values (default: {default})")
+            kwargs.update(action="append", type=str,
+                          help=f"{text.rstrip('.')}; repeat the option for several (default: {default})")
         else:
             kwargs["type"] = _base_type(next((a for a in args if a is not type(None)), ann) if args else ann)
         group.add_argument(_option(dest) if "." not in dest else "--" + dest.replace("_", "-"), **kwargs)
-
-
-_HELP = {"model": "a registered model, torchvision:<name> or your builder module:callable ",
-         "dataset": "a registered dataset or your loader module:callable "}
 
 
 def _raw_values(cls: type[BaseModel], args: argparse.Namespace, prefix: str = "") -> dict:

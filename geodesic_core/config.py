@@ -59,7 +59,10 @@ _USER_DATA = "module:callable"
 
 
 class _Config(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    """Frozen; an unknown field is an error. Each field's docstring is its description: the CLI's help, the
+    Prefect run form's and the API schema's text for that option."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 C = TypeVar("C", bound=type[_Config])
@@ -81,12 +84,13 @@ def with_defaults(base: C, name: str, module: str, **defaults) -> C:
 
 class _ModelOnDataset(_Config):
     """A config naming a ``model`` and a ``dataset``: registered names (an unknown name lists the valid ones),
-    ``torchvision:<name>`` or import paths to the user's own (built and run once on the data's shape here), at
-    channel multiplier ``width`` (vgg11, vgg16, resnet164: round(W c) channels per layer; 1 is the paper's
-    network) and, for the pre-activation ResNet, ``depth`` (9n + 2; None: 164)."""
+    ``torchvision:<name>`` or import paths to the user's own (built and run once on the data's shape here)."""
 
     width: PositiveFloat = 1.0
+    """Channel multiplier of vgg11, vgg16 and resnet164: round(W c) channels per layer, at least 1; 1 is the
+    paper's network."""
     depth: int | None = Field(None, ge=11)
+    """Depth of the pre-activation bottleneck ResNet (resnet164's family), 9n + 2: 11, 20, ..., 164 (None: 164)."""
 
     @model_validator(mode="after")
     def _check_arch(self) -> "_ModelOnDataset":
@@ -126,24 +130,32 @@ class _ModelOnDataset(_Config):
 
 
 class TrainConfig(_Config):
-    """Supervised training: SGD with momentum (``nesterov``: Nesterov's) and weight decay under a learning-rate
-    schedule: ``cosine`` (from lr to 0), ``step`` (/10 at 50% and 75%), ``constant``, or ``onecycle`` (linear
-    from lr/25 up to lr over the first 15% of the steps, then linearly down to 0: the fast CIFAR recipe).
-    ``label_smoothing``: ε of the smoothed cross-entropy. ``precision``: ``bf16`` runs the forward and backward
-    passes of training under bfloat16 autocast on a GPU (weights, optimizer state, metric products, Geo steps
-    and evaluation stay float32); on the CPU training is always float32.
-    """
+    """Supervised training: minibatch SGD with momentum and weight decay on the (smoothed) cross-entropy under a
+    learning-rate schedule."""
 
     epochs: PositiveInt = 10
+    """Passes over the training split."""
     lr: PositiveFloat = 0.05
+    """Peak learning rate of the schedule."""
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    """SGD momentum."""
     nesterov: bool = False
+    """Nesterov's momentum instead of the heavy ball (needs momentum > 0)."""
     weight_decay: float = Field(1e-4, ge=0.0)
+    """L2 weight decay."""
     batch_size: PositiveInt = 128
+    """Training examples per SGD step."""
     schedule: Literal["cosine", "step", "constant", "onecycle"] = "cosine"
+    """Learning-rate schedule: cosine (from lr to 0), step (/10 at 50% and 75% of the steps), constant, or
+    onecycle (linear from lr/25 up to lr over the first 15% of the steps, then linearly to 0: the fast CIFAR
+    recipe)."""
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    """ε of the label-smoothed cross-entropy (0: plain cross-entropy)."""
     precision: Literal["float32", "bf16"] = "bf16"
+    """bf16: forward and backward passes of training under bfloat16 autocast on a GPU (weights, optimizer
+    state, metric products, Geo steps and evaluation stay float32); on the CPU training is always float32."""
     seed: int = 0
+    """Seed of the initialization and of the data order."""
 
     @model_validator(mode="after")
     def _check_nesterov(self) -> "TrainConfig":
@@ -161,51 +173,61 @@ def cifar_recipe(epochs: int = 30, lr: float = 0.1, seed: int = 0, batch_size: i
 
 
 class GeoConfig(_Config):
-    """One traversal Geo(w_t, g, w_a, s) of section 3 (eq. 6-7) plus the output anchor (corrector).
-
-    ``beta``, ``eps``: eq. 6 (trade-off and trust region theta^T theta <= eps). ``eta``: step length of eq. 7.
-    ``metric_batch``: N inputs over which g = (1/N) sum_i J_i^T J_i is averaged, redrawn every step.
-    ``output_space``: network outputs f in g and in the anchor (logits, or softmax probabilities of
-    logits / ``temperature``: T > 1 softens the probabilities, so the metric tolerates the larger logit changes
-    of confident predictions that do not change what the network predicts, while T = 1 ignores them almost
-    entirely). ``anchor``: weight of the Gauss-Newton correction toward the start network's outputs after each step
-    (0 turns it off: the plain algorithm). ``anchor_radius``: the correction's trust region, at most
-    ``anchor_radius`` × η long (0: unbounded; where the anchor cannot be matched, as when most filters of a conv
-    layer are removed, the unbounded damped Gauss-Newton correction fits one metric batch with steps of 10-100 η
-    and the path diverges). ``distill_steps``: first-order corrector steps after each Geo step
-    (SGD, momentum 0.9, lr ``distill_lr``) on fresh batches of ``distill_batch`` inputs, minimizing the
-    squared output distance to the anchor with the weights the target leaves free. ``keep_progress``: the
-    correctors move the weights sideways, never back: a corrected step that ends farther from the target than
-    its predictor (w + η θ/‖θ‖) is pulled radially onto the predictor's distance to the target, so every step
-    advances by the predictor's progress (off: a corrector that cannot match the anchor can stall the traversal
-    where its pull balances the step). ``patience``: steps without
-    a new minimum distance to the target before the oscillation criterion stops the traversal. ``bn_every``:
-    for networks with batch norm, re-estimate the running statistics at the current weights from ``bn_samples``
-    pool inputs every ``bn_every`` steps, so that g, the anchor and the end network describe the network at w
-    rather than at the start network's statistics (0: keep the start's statistics, the paper as written; no effect
-    on networks without batch norm).
-    """
+    """One traversal Geo(w_t, g, w_a, s) of section 3: Geo steps (eq. 6-7) toward a target, each followed by the
+    output anchor (corrector) toward the start network's outputs, until the target is reached, ``max_steps``
+    are taken, or the oscillation criterion stops it."""
 
     beta: PositiveFloat = 1.0
+    """β of eq. 6, min θᵀ g θ − β θᵀ (w_a − w): the weight of progress toward the target against the change of
+    the outputs."""
     eps: PositiveFloat = 0.01
+    """ε of eq. 6: the trust region θᵀθ ≤ ε of each step's direction."""
     eta: PositiveFloat = 0.05
+    """η of eq. 7: the step length in weight space, w ← w + η θ/‖θ‖."""
     max_steps: PositiveInt = 200
+    """s: the step limit of the traversal (of each stage or segment)."""
     metric_batch: PositiveInt = 64
+    """N: inputs over which the metric g = (1/N) Σ_i J_iᵀ J_i is averaged, redrawn every step."""
     output_space: Literal["logits", "softmax"] = "logits"
+    """The network outputs f in g and in the anchor: the logits, or softmax(logits / temperature)."""
     temperature: PositiveFloat = 1.0
+    """T of the softmax output space: T > 1 softens the probabilities, so the metric tolerates the larger
+    logit changes of confident predictions that change nothing predicted; T = 1 ignores them almost entirely."""
     solver: Literal["exact", "cg"] = "exact"
+    """How the step's sub-problem (eq. 6) is solved: exact (eigendecomposition of the N m × N m Gram matrix
+    of the Jacobian) or cg (Lanczos-CG on matrix-free metric products)."""
     cg_iters: PositiveInt = 20
+    """Lanczos-CG iterations (metric products) per step, with solver cg."""
     anchor: float = Field(0.5, ge=0.0, le=1.0)
+    """Weight of the Gauss-Newton correction after each step toward the anchor outputs: the start network's
+    (sparsify, continual), the endpoints' interpolated outputs f_t (connect); 0: off, the algorithm as written."""
     anchor_damping: float = Field(1e-3, gt=0.0)
+    """Levenberg-Marquardt damping of the anchor's Gauss-Newton system."""
     anchor_radius: float = Field(0.0, ge=0.0)
+    """The anchor's trust region: a correction at most anchor_radius × η long (0: unbounded; where the anchor
+    cannot be matched, as when most filters of a conv layer are removed, the unbounded correction takes steps
+    of 10-100 η and the path diverges)."""
     keep_progress: bool = False
+    """The correctors move the weights sideways, never back: a corrected step that ends farther from the
+    target than its predictor is pulled radially onto the predictor's distance (off: a corrector that cannot
+    match the anchor can stall the traversal where its pull balances the step)."""
     distill_steps: int = Field(0, ge=0)
+    """First-order corrector steps after each Geo step: SGD (momentum 0.9) on the squared output distance to
+    the anchor over fresh input batches, moving only the weights the target leaves free (0: off)."""
     distill_lr: PositiveFloat = 0.01
+    """Learning rate of the first-order corrector."""
     distill_batch: PositiveInt = 128
+    """Inputs per first-order corrector step."""
     patience: PositiveInt = 50
+    """Oscillation criterion: stop after this many steps without a new minimum distance to the target."""
     bn_every: int = Field(10, ge=0)
+    """Networks with batch norm: re-estimate the running statistics at the current weights every bn_every
+    steps, so g, the anchor and the end network describe the network at w (0: keep the start's statistics, the
+    paper as written)."""
     bn_samples: PositiveInt = 1024
+    """Inputs over which the batch-norm statistics are re-estimated."""
     seed: int = 0
+    """Seed of the metric and corrector batches."""
 
     @model_validator(mode="after")
     def _check_temperature(self) -> "GeoConfig":

@@ -34,48 +34,54 @@ ConnectTrainConfig = with_defaults(TrainConfig, "ConnectTrainConfig", __name__, 
 
 
 class ConnectConfig(_ModelOnDataset):
-    """Algorithm 3: connect two trained networks of one architecture by a geodesic, and compare it with the
-    straight line between them.
-
-    Endpoints: two networks trained from seeds ``seed`` and ``seed_b`` with ``train``, or the given
-    ``checkpoint_a`` and ``checkpoint_b`` (both or neither). ``geo``: the traversal's Geo steps; it runs in
-    cached segments of ``geo.max_steps`` steps, at most ``max_segments`` of them. ``complete``: when the
-    traversal stalls (oscillation) before reaching w_2, continue it with the anchor off and the trust region
-    ``complete_eps_factor`` times larger (a looser, still geodesic step) until w_2 is reached; off, the path
-    ends where it stalled and the run reports how far it got (``final_distance_ratio``). ``geo.anchor``: weight
-    of the output correction toward the straight line between the endpoints' outputs (0: the plain
-    algorithm). ``eval_every``: steps
-    between test-set evaluations along the geodesic; ``linear_points``: points on the straight line (and on
-    the Bezier curve). ``bezier``: also train the peer baseline, the quadratic Bezier curve between the same
-    endpoints (Garipov et al. 2018), with ``bezier_train`` (its epochs are its training cost).
-    ``bezier_distill``: also train the label-free curve (child run ``bezier_distill``): the same curve and
-    ``bezier_train`` settings at learning rate ``bezier_distill_lr``, fit to the endpoints' interpolated outputs
-    f_t (the geodesic's anchor) instead of the labels (`train_bezier` with ``endpoints``): the peer that reads
-    only the task's inputs, as the geodesic does (matched logits are stiffer than the cross-entropy: 0.01
-    diverged on the Fashion-MNIST CNN, 0.003 trains on it and on LeNet-300-100, on a validation split).
-    ``bezier_equal_time``: also train each curve for the geodesic's wall time (child runs ``bezier`` and
-    ``bezier_distill`` with budget ``equal_time``): ``bezier_train.epochs`` scaled by the geodesic's time over
-    that curve's first training time (`geodesic_core.train.equal_time_epochs`), the geodesic's time as a cap.
-    """
+    """Algorithm 3: connect two trained networks of one architecture by a geodesic from w_1 toward w_2, the
+    anchor pulling toward the endpoints' interpolated outputs f_t, and compare it with the straight line and
+    the trained Bezier curves between them."""
 
     model: str = Field("lenet300", json_schema_extra=_one_of(_models, _USER_MODEL))
+    """A registered model, torchvision:<name> or your builder module:callable."""
     dataset: str = Field("mnist", json_schema_extra=_one_of(_datasets, _USER_DATA))
+    """A registered dataset or your loader module:callable."""
     seed: int = 0
+    """Seed of endpoint w_1's training and of the traversal."""
     seed_b: int = 1
+    """Seed of endpoint w_2's training (different from seed)."""
     checkpoint_a: str | None = None
+    """Endpoint w_1 from this checkpoint instead of training it (give both checkpoints or neither)."""
     checkpoint_b: str | None = None
+    """Endpoint w_2 from this checkpoint instead of training it (give both checkpoints or neither)."""
     max_segments: PositiveInt = 10
+    """The traversal runs in cached segments of geo.max_steps steps, at most this many."""
     complete: bool = True
+    """When the traversal stalls (oscillation) before w_2, continue it with the anchor off and a larger trust
+    region until w_2 is reached; off: the path ends where it stalled and the run reports how far it got
+    (final_distance_ratio)."""
     complete_eps_factor: float = Field(10.0, ge=1.0)
+    """The completion step's trust region: ε times this."""
     eval_every: PositiveInt = 50
+    """Steps between test-set evaluations along the geodesic."""
     linear_points: int = Field(21, ge=3)
+    """Points evaluated on the straight line and on each Bezier curve."""
     bezier: bool = True
+    """Also train the peer baseline, the quadratic Bezier curve between the same endpoints (Garipov et al.
+    2018) on the labels, with bezier_train (its epochs are its training cost)."""
     bezier_train: ConnectTrainConfig = Field(default_factory=ConnectTrainConfig)
+    """Training of the Bezier curves' bend."""
     bezier_distill: bool = True
+    """Also train the label-free curve (child run bezier_distill): the same curve fit to the endpoints'
+    interpolated outputs f_t (the geodesic's anchor) instead of the labels, reading only inputs as the geodesic
+    does."""
     bezier_distill_lr: PositiveFloat = 0.003
+    """Learning rate of the label-free curve (matched logits are stiffer than the cross-entropy: 0.01 diverged
+    on the Fashion-MNIST CNN, 0.003 trains on it and on LeNet-300-100, on a validation split)."""
     bezier_equal_time: bool = False
+    """Also train each curve for the geodesic's wall time (budget equal_time): bezier_train.epochs scaled by
+    the geodesic's time over that curve's first training time, the geodesic's time as a cap."""
     geo: ConnectGeoConfig = Field(default_factory=ConnectGeoConfig)
+    """The traversal's Geo steps; geo.anchor weights the output correction toward f_t (0: the plain
+    algorithm)."""
     train: ConnectTrainConfig = Field(default_factory=ConnectTrainConfig)
+    """Training of the two endpoints."""
 
     @model_validator(mode="after")
     def _check_endpoints(self) -> "ConnectConfig":

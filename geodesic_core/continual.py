@@ -59,42 +59,45 @@ SEQUENTIAL_METHODS = ("sgd", "l2", "ewc")  # trained on each task in turn: the o
 
 
 class ContinualConfig(_Config):
-    """Algorithm 2 on a sequence of ``tasks`` tasks of ``scenario`` (default: 5 for permuted MNIST, 2 for
-    MNIST -> Fashion-MNIST), with its baselines.
-
-    ``model``: the network (default: the scenario's, lenet300 for permuted MNIST, cnn for MNIST -> Fashion).
-    ``train``: training of every per-task network w_i, and of each later task for the sequential baselines.
-    ``geo``: each traversal Geo(w_i, g^i, w_{1:i-1}, s) (``geo.max_steps`` = s; by default g^i and the anchor
-    on softmax(f / 10), which tolerates logit changes that do not change task i's predictions). ``methods``:
-    which of
-    geodesic, linear, sgd, l2, ewc to run. ``l2_strength``, ``ewc_strength``: λ of the L2 pull and of EWC;
-    ``fisher_samples``: task inputs over which EWC's diagonal Fisher is averaged. ``linear_points``: points on
-    each straight line scanned. ``eval_every``: steps between evaluations along each geodesic.
-    ``permutation_seed``: the seed of all permuted-MNIST permutations. ``shared_init``: every per-task network
-    starts from the same random initialization (from ``seed``; the networks stay independent and are trained
-    concurrently); off: network i starts from seed + i. ``equal_time``: also run each sequential baseline among
-    ``methods`` (sgd, l2, ewc) at the geodesic's wall time (method ``<m>_equal_time``): at stage i it trains for
-    ``train.epochs`` scaled by the geodesic's stage time (network w_i's training plus the traversal) over the
-    same method's stage time at ``train.epochs`` (`geodesic_core.train.equal_time_epochs`), the geodesic's stage
-    time (less EWC's Fisher) as a cap.
-    """
+    """Algorithm 2 on a sequence of tasks, with its baselines: one network w_i trained per task, then for each
+    task i ≥ 2 the traversal Geo(w_i, g^i, w_{1:i-1}, s) under task i's metric toward the network good on tasks
+    1..i-1; its end is w_{1:i}."""
 
     scenario: str = Field("permuted_mnist", json_schema_extra=_one_of(_scenarios, "module:callable"))
+    """A registered scenario (the task sequence) or your module:callable."""
     tasks: int | None = Field(None, ge=2)
+    """Tasks in the sequence (None: the scenario's, 5 for permuted MNIST, 2 for MNIST -> Fashion-MNIST)."""
     model: str | None = Field(None, json_schema_extra=_one_of(_models, _USER_MODEL))
+    """The network (None: the scenario's, lenet300 for permuted MNIST, cnn for MNIST -> Fashion)."""
     methods: list[str] = Field(default_factory=lambda: list(CONTINUAL_METHODS), json_schema_extra={
         "items": {"type": "string", "enum": list(CONTINUAL_METHODS)}, "minItems": 1, "uniqueItems": True})
+    """Which of geodesic, linear (the best point of the straight line), sgd, l2, ewc to run."""
     permutation_seed: int = 0
+    """Seed of every permuted-MNIST permutation."""
     shared_init: bool = False
+    """Every per-task network starts from the same random initialization (from seed; they stay independent
+    and train concurrently); off: network i starts from seed + i."""
     l2_strength: float = Field(0.01, ge=0.0)
+    """λ of the L2 pull (λ/2) ‖w − w_{1:i-1}‖²."""
     ewc_strength: float = Field(100.0, ge=0.0)
+    """λ of EWC's penalty (λ/2) Σ F (w − w_{1:i-1})², one per earlier task."""
     fisher_samples: PositiveInt = 1000
+    """Task inputs over which EWC's diagonal Fisher is averaged."""
     linear_points: int = Field(21, ge=3)
+    """Points scanned on each straight line."""
     eval_every: PositiveInt = 100
+    """Steps between evaluations along each geodesic."""
     equal_time: bool = False
+    """Also run each sequential baseline among methods (sgd, l2, ewc) at the geodesic's wall time (method
+    <m>_equal_time): at stage i, train.epochs scaled by the geodesic's stage time (w_i's training plus the
+    traversal) over the method's own, the geodesic's stage time (less EWC's Fisher) as a cap."""
     seed: int = 0
+    """Seed of the per-task networks, the traversals and the baselines."""
     geo: ContinualGeoConfig = Field(default_factory=ContinualGeoConfig)
+    """Each traversal Geo(w_i, g^i, w_{1:i-1}, s), geo.max_steps = s (by default g^i and the anchor on
+    softmax(f / 10), which tolerates logit changes that do not change task i's predictions)."""
     train: ContinualTrainConfig = Field(default_factory=ContinualTrainConfig)
+    """Training of every per-task network w_i, and of each later task for the sequential baselines."""
 
     @field_validator("tasks", mode="before")
     @classmethod

@@ -48,13 +48,21 @@ class FinetuneConfig(_Config):
     """
 
     epochs: PositiveInt = 2
+    """Epochs of the fixed-budget run of each baseline."""
     lr: PositiveFloat = 0.01
+    """Learning rate of masked fine-tuning (constant)."""
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    """SGD momentum of both baselines."""
     weight_decay: float = Field(0.0, ge=0.0)
+    """L2 weight decay of both baselines."""
     batch_size: PositiveInt = 128
+    """Training examples per SGD step."""
     equal_time: bool = True
+    """Also run each baseline for the geodesic's wall time at that level (budget equal_time)."""
     distill: bool = True
+    """Also run the label-free baseline, prune + distillation toward the dense network's outputs."""
     distill_lr: PositiveFloat = 0.003
+    """Learning rate of prune + distillation (constant)."""
 
     def train_config(self, seed: int, epochs: int | None = None, distill: bool = False) -> TrainConfig:
         return TrainConfig(epochs=epochs or self.epochs, lr=self.distill_lr if distill else self.lr,
@@ -70,49 +78,61 @@ SparsifyTrainConfig = with_defaults(TrainConfig, "SparsifyTrainConfig", __name__
 
 
 class SparsifyConfig(_ModelOnDataset):
-    """Algorithm 1 on one dense network at several sparsity levels, with its baselines.
-
-    ``sparsity``: target levels in percent, each in (0, 100), no duplicates. ``stages``: K, the stages of the
-    cubic schedule, or the adaptive schedule's first and largest step, 1/K of the log density (one cached
-    task per stage); ``refresh_every``: n_s, steps between re-projections;
-    ``geo.max_steps``: s, the step limit of each stage. ``structured``: zero ``n_filters`` whole filters of
-    conv ``layer`` instead (one level; ``sparsity`` is then ignored; the paper's 50 of VGG11's 64 first-layer
-    filters is ``n_filters`` = round(50 W) at width W); the paper's baseline, iterative prune-train, then also
-    runs: one filter removed at a time, each removal followed by ``prune_train_epochs`` epochs of masked SGD with
-    the ``finetune`` settings (0: skip it). ``schedule``: ``adaptive`` (the default, `AdaptiveSchedule`): stages spaced in log density, the first |log(1 − p)| / ``stages``
-    long, each halved or grown by how much the network's agreement with the dense network's predictions on
-    2,000 training inputs fell in the last stage (``stage_tolerance`` points; a stage that lost more than twice
-    that is rejected and retried shorter), at most ``max_stages`` stages; no labels read; or ``cubic``, the
-    fixed ``stages`` of `stage_sparsities`. The structured mode
-    always removes the filters in ``stages`` equal steps. ``polish_epochs``: the closing correction after the
-    final projection, that many epochs of masked distillation toward the dense network's outputs (`polish`:
-    the first-order corrector at ``geo.distill_lr``, decayed to 0; no labels; its time counts as the
-    geodesic's; 0: off, the path's projected end is the result). ``checkpoint``: start from this dense
-    network instead of training one. ``eval_every``: test-set evaluation period along the path (steps).
-    """
+    """Algorithm 1 on one dense network at several sparsity levels, with its baselines: for each level, stages
+    of Geo steps (``geo``) toward the p-sparse projection of the current weights, re-projected every
+    ``refresh_every`` steps, the stage's end projected onto its sparsity; then the closing correction."""
 
     model: str = Field("lenet300", json_schema_extra=_one_of(_models, _USER_MODEL))
+    """A registered model, torchvision:<name> or your builder module:callable."""
     dataset: str = Field("mnist", json_schema_extra=_one_of(_datasets, _USER_DATA))
+    """A registered dataset or your loader module:callable."""
     sparsity: list[float] = Field(default_factory=lambda: [50.0, 90.0, 98.0], json_schema_extra={
         "items": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 100}, "minItems": 1,
         "uniqueItems": True})
+    """Target sparsity levels in percent, each strictly between 0 and 100, no repeats."""
     scope: Literal["global", "layer"] = "global"
+    """Magnitude projection over all weights together (global) or per layer (layer)."""
     structured: bool = False
+    """Zero n_filters whole filters of conv layer instead of single weights (one level; sparsity is then
+    ignored); the paper's baseline, iterative prune-train, also runs."""
     layer: str = "features.0"
+    """Structured: the conv layer whose filters are removed."""
     n_filters: PositiveInt = 50
+    """Structured: filters to remove (the paper's 50 of VGG11's 64 first-layer filters is round(50 W) at
+    width W)."""
     prune_train_epochs: float = Field(0.5, ge=0.0)
+    """Structured: epochs of masked SGD after each single-filter removal of iterative prune-train, with the
+    finetune settings (0: skip that baseline)."""
     polish_epochs: int = Field(2, ge=0)
+    """The closing correction after the final projection: epochs of masked distillation toward the dense
+    network's outputs at geo.distill_lr decayed to 0, no labels, its time counted as the geodesic's (0: off,
+    the projected end is the result)."""
     stages: PositiveInt = 5
+    """K: the stages of the cubic schedule, or the adaptive schedule's first and largest step, 1/K of the log
+    density (one cached task per stage; structured: K equal steps of filters)."""
     schedule: Literal["adaptive", "cubic"] = "adaptive"
+    """adaptive: stages spaced in log density, each halved or grown by how far the network's agreement with the
+    dense network's predictions on 2,000 training inputs fell in the last stage (no labels); cubic: the fixed
+    p_k = p (1 − (1 − k/K)³)."""
     stage_tolerance: PositiveFloat = 0.3
+    """Adaptive: the agreement (points) a stage may lose; a stage that lost more than twice that is rejected
+    and retried shorter."""
     max_stages: PositiveInt = 40
+    """Adaptive: the most stages toward one level."""
     refresh_every: PositiveInt = 10
+    """n_s: Geo steps between re-projections of the target onto the current weights."""
     eval_every: PositiveInt = 10
+    """Steps between test-set evaluations along the path."""
     checkpoint: str | None = None
+    """Start from this dense network's checkpoint instead of training one."""
     seed: int = 0
+    """Seed of the dense network's training, the traversal and the baselines."""
     geo: SparsifyGeoConfig = Field(default_factory=SparsifyGeoConfig)
+    """Each stage's traversal; geo.max_steps is s, the step limit of a stage."""
     train: SparsifyTrainConfig = Field(default_factory=SparsifyTrainConfig)
+    """Training of the dense network."""
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    """The prune + fine-tune and prune + distill baselines."""
 
     @field_validator("sparsity")
     @classmethod

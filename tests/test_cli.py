@@ -148,3 +148,39 @@ def test_train_from_a_checkpoint_rejects_bad_input_before_work(tmp_path, data_di
     assert main(["train", "--dataset", "mnist", *args, "--out", str(out), "--data-dir", data_dir]) == 2
     assert match in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_every_option_is_described_alike_in_the_help_and_the_run_form():
+    """Each config field's docstring is its description: the CLI's help line and the Prefect run form's text
+    (the flow's parameter schema) show the same sentence, for every option of every command."""
+    import argparse
+
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.cli import build_parser
+    from flows.connect import connect_flow
+    from flows.continual import continual_flow
+    from flows.sparsify import sparsify_flow
+
+    def words(text: str) -> str:
+        return " ".join(text.replace("%%", "%").split()).rstrip(".")
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, flow in (("sparsify", sparsify_flow), ("continual", continual_flow), ("connect", connect_flow),
+                       ("train", None)):
+        helps = {a.dest: words(a.help) for a in sub.choices[name]._actions if a.dest != "help"}
+        bare = [d for d, h in helps.items() if h.startswith("(default")]
+        assert not bare, f"{name}: options without a description: {bare}"
+        if flow is None:
+            continue
+        forms = parameter_schema(flow.fn).model_dump()["definitions"]
+        checked = 0
+        for field, spec in forms[f"{name.title()}Config"]["properties"].items():
+            assert words(spec.get("description", "")), f"{name}: {field} has no description in the run form"
+            nested = forms[spec["$ref"].rsplit("/", 1)[1]]["properties"].items() if "$ref" in spec else ()
+            for dest, text in [(field, spec["description"])] if not nested else \
+                    [(f"{field}.{f}", s.get("description", "")) for f, s in nested if f != "seed"]:
+                assert words(text) and helps[dest].startswith(words(text)), (name, dest)
+                checked += 1
+        assert checked == len(helps) - 7  # all but the runner's and reporting options, --data-dir, --experiment
+        assert "Gauss-Newton correction" in helps["geo.anchor"] and "η of eq. 7" in helps["geo.eta"]

@@ -182,7 +182,7 @@ def test_label_free_bezier_curve_stays_high_where_the_straight_line_dips(two_mod
 
 
 TINY = ["--train.epochs", "1", "--bezier-train.epochs", "1", "--geo.max-steps", "60", "--eval-every", "20",
-        "--linear-points", "5"]
+        "--linear-points", "5", "--geo.eta", "0.5"]  # 5x the default step: the flow's behaviour in fewer steps
 
 
 def _children(workdir):
@@ -260,7 +260,7 @@ def test_a_stalled_traversal_is_completed_or_reported(harness, workdir, data_dir
 
     monkeypatch.setattr(tc, "connect_segment", stalling)
     args = ["connect", "--data-dir", data_dir, "--train.epochs", "1", "--geo.max-steps", "400", "--eval-every", "50",
-            "--linear-points", "3", "--no-bezier", "--no-bezier-distill"]
+            "--linear-points", "3", "--no-bezier", "--no-bezier-distill", "--geo.eta", "0.5"]
     assert main([*args, "--no-complete"]) == 0
     _, children = _children(workdir)
     assert 0.0 < children["geodesic"].data.metrics["final_distance_ratio"] < 1.0 and calls == [1.0]

@@ -1,8 +1,9 @@
-"""Runs killed with SIGKILL (real processes) at several points of each flow resume from their finished tasks:
-they recompute no finished task (every checkpoint written before the kill is left untouched), end with
-exactly the numbers of an uninterrupted run (so a run is repeatable to the bit on the CPU), and continue the
-same MLflow runs: every metric history holds each step once, none lost. (A killed endpoint training of the
-connect flow is the sparsify flow's killed training: the same task.)"""
+"""Runs killed with SIGKILL (real processes) at several points of each flow resume from their finished tasks.
+Each flow's run is killed at each of its kill points in turn, every start resuming the last: no start recomputes
+a finished task (every checkpoint written before a kill is left untouched to the end), the run ends with exactly
+the numbers of an uninterrupted run (so a run is repeatable to the bit on the CPU), and it continues the same
+MLflow runs: every metric history holds each step once, none lost. (A killed endpoint training of the connect
+flow is the sparsify flow's killed training: the same task.)"""
 
 from __future__ import annotations
 
@@ -25,17 +26,16 @@ FLOWS = {
     "continual": ["--tasks", "2", "--methods", "geodesic", "--methods", "sgd", "--methods", "ewc", "--train.epochs", "1",
                   "--geo.max-steps", "12", "--eval-every", "4", "--fisher-samples", "200", "--linear-points", "5"],
     "connect": ["--train.epochs", "1", "--bezier-train.epochs", "1", "--geo.max-steps", "15", "--max-segments", "3",
-                "--eval-every", "5", "--linear-points", "5"],
+                "--eval-every", "5", "--linear-points", "5", "--geo.eta", "0.5"],
 }
-# where to kill: a log line the run has printed, or a checkpoint kind it has written
-KILL_POINTS = [
-    ("sparsify", "training", "log:Beginning flow run"),
-    ("sparsify", "geodesic segment", "ckpt:geodesic-*.pt"),
-    ("sparsify", "evaluation and baselines", "ckpt:final-*.pt"),
-    ("continual", "per-task training", "ckpt:task-*.pt"),
-    ("continual", "traversal", "ckpt:continual-geodesic-*.pt"),
-    ("connect", "geodesic segment", "ckpt:connect-*.pt"),
-]
+# where to kill each flow's run, in the order the run gets there: a log line the run has printed (then 1 s later,
+# inside its first task), or a checkpoint kind written by the run just started
+KILL_POINTS = {
+    "sparsify": [("training", "log:Beginning flow run"), ("geodesic segment", "ckpt:geodesic-*.pt"),
+                 ("evaluation and baselines", "ckpt:final-*.pt")],
+    "continual": [("per-task training", "ckpt:task-*.pt"), ("traversal", "ckpt:continual-geodesic-*.pt")],
+    "connect": [("geodesic segment", "ckpt:connect-*.pt")],
+}
 IGNORED = {"wall_seconds", "polish_seconds"}  # measured times differ between runs, everything else must not
 
 
@@ -117,19 +117,15 @@ def reference(tmp_path_factory, data_dir, db_templates):
     return get
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("flow,point,when", KILL_POINTS, ids=[f"{f}-{p}" for f, p, _ in KILL_POINTS])
-def test_a_killed_run_resumes_from_its_finished_tasks(reference, tmp_path, data_dir, db_templates, flow, point, when):
-    expected, histories = reference(flow)
-    work, ckpts = tmp_path / "run", tmp_path / "run" / "outputs" / "checkpoints"
-    first = tmp_path / "first.log"
-    proc = _start(flow, work, data_dir, first, db_templates)
+def _kill_at(proc: subprocess.Popen, log: Path, ckpts: Path, point: str, when: str) -> None:
+    """SIGKILL the run's process group once it reaches ``when`` (a checkpoint must be one it wrote itself)."""
     kind, what = when.split(":", 1)
+    old = set(ckpts.glob(what)) if ckpts.exists() else set()
     deadline = time.monotonic() + 300
     try:
-        while not (what in first.read_text() if kind == "log" else list(ckpts.glob(what))):
+        while not (what in log.read_text() if kind == "log" else set(ckpts.glob(what)) - old):
             if proc.poll() is not None:
-                raise AssertionError(f"the run ended before the kill point ({point}):\n{first.read_text()[-3000:]}")
+                raise AssertionError(f"the run ended before the kill point ({point}):\n{log.read_text()[-3000:]}")
             assert time.monotonic() < deadline, f"kill point {point} not reached"
             time.sleep(0.05)
         if kind == "log":
@@ -137,13 +133,28 @@ def test_a_killed_run_resumes_from_its_finished_tasks(reference, tmp_path, data_
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    before = {p.name: p.stat().st_mtime_ns for p in ckpts.glob("*.pt")} if ckpts.exists() else {}
-    if kind == "ckpt":
-        assert before, "nothing was finished before the kill"
-    _finish(_start(flow, work, data_dir, tmp_path / "second.log", db_templates), tmp_path / "second.log")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flow", list(KILL_POINTS))
+def test_a_run_killed_at_each_point_resumes_from_its_finished_tasks(reference, tmp_path, data_dir, db_templates,
+                                                                    flow):
+    expected, histories = reference(flow)
+    work, ckpts = tmp_path / "run", tmp_path / "run" / "outputs" / "checkpoints"
+    finished: dict[str, int] = {}  # checkpoint -> its mtime when a kill found it written
+    for i, (point, when) in enumerate(KILL_POINTS[flow]):
+        log = tmp_path / f"start-{i}.log"
+        _kill_at(_start(flow, work, data_dir, log, db_templates), log, ckpts, point, when)
+        now = {p.name: p.stat().st_mtime_ns for p in ckpts.glob("*.pt")} if ckpts.exists() else {}
+        rewritten = [n for n, t in finished.items() if now.get(n) != t]
+        assert not rewritten, f"finished tasks were recomputed after a kill, before {point}: {rewritten}"
+        if when.startswith("ckpt:"):
+            assert len(now) > len(finished), f"nothing was finished before the kill at {point}"
+        finished = now
+    _finish(_start(flow, work, data_dir, tmp_path / "last.log", db_templates), tmp_path / "last.log")
     after = {p.name: p.stat().st_mtime_ns for p in ckpts.glob("*.pt")}
-    rewritten = [n for n, t in before.items() if after.get(n) != t]
-    assert not rewritten, f"finished tasks were recomputed after the kill: {rewritten}"
+    rewritten = [n for n, t in finished.items() if after.get(n) != t]
+    assert not rewritten, f"finished tasks were recomputed after the kills: {rewritten}"
     from geodesic_core.checkpoint import load_checkpoint, load_tensors
 
     for path in ckpts.glob("*.pt"):  # no half-written checkpoint: each one loads and matches its content hash

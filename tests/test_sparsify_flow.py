@@ -6,7 +6,7 @@ from flows.cli import main
 from geodesic_core import build_model, save_checkpoint
 
 TINY = ["--sparsity", "90", "--sparsity", "60", "--schedule", "cubic", "--stages", "2", "--geo.max-steps", "8", "--train.epochs", "1",
-        "--finetune.epochs", "1", "--eval-every", "4"]
+        "--finetune.epochs", "1", "--eval-every", "4", "--polish-epochs", "1"]
 
 
 def _runs(tmp_path):
@@ -45,7 +45,7 @@ def test_flow_tracks_every_method_and_resumes_from_cache(harness, workdir, data_
         if p["method"] == "geodesic":
             assert {"path_metrics.parquet", "accuracy_along_path.png"} <= arts
             assert {"path_min_test_accuracy", "path_length", "steps"} <= set(m)
-            # the closing correction ran (2 epochs by default) after the projection, and its time is the geodesic's
+            # the closing correction ran (one epoch here) after the projection, and its time is the geodesic's
             assert 0 < m["polish_seconds"] < m["wall_seconds"] and 0 < m["projected_test_accuracy"] <= 100
             local = client.download_artifacts(r.info.run_id, "path_metrics.parquet", str(workdir))
             import pandas as pd
@@ -164,7 +164,8 @@ class _nullctx:
 def test_structured_filter_sparsification_runs_end_to_end(harness, workdir, data_dir, capsys):
     args = ["sparsify", "--data-dir", data_dir, "--model", "cnn", "--structured", "--layer", "0", "--n-filters", "8",
             "--stages", "2", "--geo.max-steps", "6", "--train.epochs", "1", "--finetune.epochs", "1",
-            "--no-finetune.equal-time", "--no-finetune.distill", "--geo.distill-steps", "2", "--prune-train-epochs", "0.02"]
+            "--no-finetune.equal-time", "--no-finetune.distill", "--geo.distill-steps", "2", "--prune-train-epochs", "0.02",
+            "--polish-epochs", "1"]
     assert main(args) == 0
     client, runs = _runs(workdir)
     cycle = [r for r in runs if r.data.params.get("method") == "prune_train"]  # the paper's structured baseline
