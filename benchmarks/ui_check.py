@@ -135,7 +135,8 @@ def shots(chromium: str, out: Path, prefect_url: str, mlflow_url: str) -> None:
                                             if w in body])
         # each field's description (its docstring, also its --help line) under its label
         print("Custom run form describes:", {w: w in " ".join(body.split()) for w in (
-            "η of eq. 7: the step length in weight space", "Weight of the Gauss-Newton correction after each step toward the anchor outputs",
+            "η of eq. 7: the step length in weight space",
+            "Weight of the Gauss-Newton correction after each step toward the anchor outputs",
             "Target sparsity levels in percent", "The closing correction after the final projection")})
         page.get_by_text("Weight of the Gauss-Newton correction", exact=False).first.scroll_into_view_if_needed()
         page.wait_for_timeout(500)

@@ -141,20 +141,23 @@ def test_a_run_killed_at_each_point_resumes_from_its_finished_tasks(reference, t
                                                                     flow):
     expected, histories = reference(flow)
     work, ckpts = tmp_path / "run", tmp_path / "run" / "outputs" / "checkpoints"
+    def kept(finished: dict[str, int], where: str) -> dict[str, int]:
+        """Every checkpoint's mtime now, after checking that none of ``finished`` was written again."""
+        now = {p.name: p.stat().st_mtime_ns for p in ckpts.glob("*.pt")} if ckpts.exists() else {}
+        rewritten = [n for n, t in finished.items() if now.get(n) != t]
+        assert not rewritten, f"finished tasks were recomputed after a kill, {where}: {rewritten}"
+        return now
+
     finished: dict[str, int] = {}  # checkpoint -> its mtime when a kill found it written
     for i, (point, when) in enumerate(KILL_POINTS[flow]):
         log = tmp_path / f"start-{i}.log"
         _kill_at(_start(flow, work, data_dir, log, db_templates), log, ckpts, point, when)
-        now = {p.name: p.stat().st_mtime_ns for p in ckpts.glob("*.pt")} if ckpts.exists() else {}
-        rewritten = [n for n, t in finished.items() if now.get(n) != t]
-        assert not rewritten, f"finished tasks were recomputed after a kill, before {point}: {rewritten}"
+        now = kept(finished, f"before {point}")
         if when.startswith("ckpt:"):
             assert len(now) > len(finished), f"nothing was finished before the kill at {point}"
         finished = now
     _finish(_start(flow, work, data_dir, tmp_path / "last.log", db_templates), tmp_path / "last.log")
-    after = {p.name: p.stat().st_mtime_ns for p in ckpts.glob("*.pt")}
-    rewritten = [n for n, t in finished.items() if after.get(n) != t]
-    assert not rewritten, f"finished tasks were recomputed after the kills: {rewritten}"
+    kept(finished, "at the end")
     from geodesic_core.checkpoint import load_checkpoint, load_tensors
 
     for path in ckpts.glob("*.pt"):  # no half-written checkpoint: each one loads and matches its content hash
