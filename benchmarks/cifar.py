@@ -13,14 +13,17 @@ it finishes, so a run stopped by a time limit keeps every finished experiment, a
   network, with its largest output difference from the masked network.
 - connect: for two networks trained from two seeds, the geodesic (Algorithm 3 with the output anchor and
   the completion step, as `geodesic connect` runs it, plus 10 distillation-corrector steps toward f_t per
-  Geo step that move the weights sideways, never back: `GeoConfig.keep_progress`), the straight line, the
+  Geo step that move the weights sideways, never back: `GeoConfig.keep_progress`), with ``--relax-epochs`` the
+  geodesic relaxed (`geodesic_core.connect.relax_path`: the chain through its points, fit toward the endpoints'
+  interpolated outputs without labels; its time is the traversal's plus the fit's), the straight line, the
   trained quadratic Bezier curve (Garipov et al. 2018) and its label-free counterpart (fit to the endpoints'
   interpolated outputs, the geodesic's anchor, no labels): path minimum / mean test accuracy (batch-norm
   statistics re-estimated at every evaluated point), length under g on one probe batch, Euclidean length,
   wall time.
 
 With ``--equal-time`` (on in the ``cpu`` profile, off in ``gpu``, whose device time is short) every peer runs a second
-time for the geodesic's wall time: prune-train with its epochs per filter, fine-tuning, distillation and the Bezier
+time for the geodesic's wall time (in the connect experiments with the relaxation: the traversal's and the
+fit's): prune-train with its epochs per filter, fine-tuning, distillation and the Bezier
 curves with their epochs scaled by the geodesic's time over their own first run's (evaluation excluded; the
 curves', fine-tuning's and distillation's epochs by `geodesic_core.train.equal_time_epochs`), and each table ends
 with the geodesic ahead of, level with or behind each peer.
@@ -57,7 +60,7 @@ from geodesic_core import (GeoConfig, build_model, cumulative_lengths, evaluate,
                            load_split, set_flat_params)
 from geodesic_core.config import cifar_recipe  # noqa: E402
 from geodesic_core.connect import (InterpolatedOutputs, bn_batch, connect_segment, distance_ratio,  # noqa: E402
-                                   evaluate_point, train_bezier)
+                                   evaluate_point, relax_path, train_bezier)
 from geodesic_core.data import Split  # noqa: E402
 from geodesic_core.geo import geo_step_passes  # noqa: E402
 from geodesic_core.checkpoint import atomic_write  # noqa: E402
@@ -117,6 +120,9 @@ class Settings:
     connect_distill_steps: int = 10  # the connect geodesic's first-order corrector toward f_t (0: off)
     connect_distill_lr: float = 0.003
     connect_keep_progress: bool = True  # the correctors move the weights sideways, never back (GeoConfig)
+    relax_epochs: int = 0  # the connect path's closing correction: epochs of the label-free chain fit (0: off)
+    relax_lr: float = 0.001  # its rate (chosen on a validation split of VGG16 at width 1/8)
+    relax_nodes: int = 8  # the chain's interior nodes, points of the geodesic
     metric_batch: int = 128
     bezier_epochs: int = 3
     bezier_distill_lr: float = 0.003  # the label-free curve's rate (logits matched), as `ConnectConfig`'s
@@ -133,7 +139,8 @@ class Settings:
 
 
 PROFILES = {
-    "cpu": Settings(equal_time=True, structured_train_epochs=6, connect_train_epochs=4, resnet_depth=11, stages=5,
+    "cpu": Settings(equal_time=True, relax_epochs=5, structured_train_epochs=6, connect_train_epochs=4, resnet_depth=11,
+                    stages=5,
                     stage_steps=20, geo_steps=120, metric_batch=64, bezier_epochs=2, finetune_epochs=3, line_points=9,
                     eval_points=6, probe=256),
     "gpu": Settings(width=1.0, resnet_width=1.0, resnet_depth=164, structured_train_epochs=None,
@@ -422,13 +429,16 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
                     distill_steps=s.connect_distill_steps, distill_lr=s.connect_distill_lr, distill_batch=128,
                     keep_progress=s.connect_keep_progress)
     every = max(1, s.geo_steps // s.eval_points)
-    points, eucl, last = [w_a.clone()], [0.0], [w_a.clone()]
+    every_node = max(1, s.geo_steps // (2 * s.relax_nodes))  # candidates for the chain's nodes, twice as many
+    points, eucl, last, candidates = [w_a.clone()], [0.0], [w_a.clone()], []
 
     def record(info):
         eucl[0] += float((info.weights - last[0]).norm())
         last[0] = info.weights.clone()
         if info.step % every == 0:
             points.append(info.weights.clone())
+        if s.relax_epochs and info.step % every_node == 0:
+            candidates.append(info.weights.clone())
 
     anchor = InterpolatedOutputs(copy.deepcopy(net_a), copy.deepcopy(net_b))
     _sync(device)
@@ -450,11 +460,25 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
     paths["geodesic"] = _path_summary(accs, cumulative_lengths(viewer, points, probe_x, bn_inputs=bn), eucl[0], geo_wall,
                                       steps=steps, completion_steps=completion, stop_reasons=stops, eta=eta,
                                       end_distance_ratio=distance_ratio(w_end, w_a, w_b))
+    budget = geo_wall
+    if s.relax_epochs:  # the closing correction: the chain through the geodesic's points, fit label-free to f_t
+        _sync(device)
+        t = time.perf_counter()
+        relax_cfg = bz_cfg.model_copy(update={"epochs": s.relax_epochs, "lr": s.relax_lr})
+        chain = relax_path(copy.deepcopy(net_a), candidates, w_a, w_b, train_data, relax_cfg, nodes=s.relax_nodes,
+                           augment=True, endpoints=(net_a, net_b))
+        _sync(device)
+        fit = time.perf_counter() - t
+        budget = geo_wall + fit
+        pts = chain.points(s.line_points)
+        paths["geodesic, relaxed"] = _path_summary(
+            evaluate_points(pts), cumulative_lengths(viewer, pts, probe_x, bn_inputs=bn), chain.euclidean_length(),
+            budget, epochs=s.relax_epochs, fit_seconds=fit, knots=chain.knots)
     for curve in ("bezier", "bezier-distill"):
         if s.equal_time and curve in paths:
-            # epochs sized to fit the geodesic's time, that time a cap
-            epochs = equal_time_epochs(s.bezier_epochs, paths[curve]["wall_seconds"], geo_wall)
-            paths[f"{curve}, equal time"] = bezier(epochs, geo_wall, distill=curve == "bezier-distill")
+            # epochs sized to fit the geodesic's time (with the relaxation, if any), that time a cap
+            epochs = equal_time_epochs(s.bezier_epochs, paths[curve]["wall_seconds"], budget)
+            paths[f"{curve}, equal time"] = bezier(epochs, budget, distill=curve == "bezier-distill")
     return {**result, "geo": cfg.model_dump()}
 
 
@@ -474,8 +498,14 @@ def print_connect(r: dict) -> None:
         print(f"\ngeodesic: {g['steps']} steps (η = {g['eta']:.3g}; {g['stop_reasons']}, {g['completion_steps']} "
               f"completion steps), ends at {g['end_distance_ratio']:.3f} of the distance")
         for name in ("bezier", "bezier, equal time", "bezier-distill", "bezier-distill, equal time"):
-            if name in r["paths"]:
-                print(f"geodesic vs {name}, path minimum: {versus(g['min'], r['paths'][name]['min'])}")
+            for mine in ("geodesic", "geodesic, relaxed"):
+                if name in r["paths"] and mine in r["paths"]:
+                    print(f"{mine} vs {name}, path minimum: {versus(r['paths'][mine]['min'], r['paths'][name]['min'])}")
+        relaxed = r["paths"].get("geodesic, relaxed")
+        if relaxed:
+            print(f"relaxed: {relaxed['epochs']} epochs of the chain's fit in {relaxed['fit_seconds']:.1f} s "
+                  f"(its wall s counts the traversal too); knots {', '.join(f'{k:.2f}' for k in relaxed['knots'])}; equal-time "
+                  f"curves sized by the traversal plus the fit")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -497,10 +527,11 @@ _POSITIVE = ("n_train", "n_test", "batch_size", "n_filters", "structured_train_e
              "stage_max_steps", "finetune_epochs", "resnet_depth", "connect_train_epochs", "resnet_geo_steps",
              "resnet_bezier_epochs", "geo_steps", "metric_batch", "bezier_epochs", "eval_points", "probe", "lr",
              "width", "vgg16_width", "resnet_width", "struct_eta", "epochs_per_filter", "distill_lr",
-             "connect_distill_lr", "bezier_distill_lr", "structured_train_seconds", "connect_train_seconds",
+             "connect_distill_lr", "bezier_distill_lr", "relax_lr", "relax_nodes", "structured_train_seconds",
+             "connect_train_seconds",
              "resnet_train_seconds", "time_limit")
 _NON_NEGATIVE = ("struct_anchor_radius", "connect_anchor_radius", "connect_distill_steps", "distill_steps", "bn_every",
-                 "struct_bn_every")
+                 "struct_bn_every", "relax_epochs")
 
 
 def check(s: Settings) -> None:

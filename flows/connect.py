@@ -4,8 +4,9 @@ Recipe: fingerprint the data -> train the two endpoint networks concurrently (or
 evaluate the straight line between them -> traverse Geo(w_1, g, w_2) in cached segments until it reaches
 w_2 (continuing a stalled traversal with the looser completion step if ``complete``), and train the peer
 baselines, a quadratic Bezier curve on the labels (if ``bezier``) and its label-free counterpart (if
-``bezier_distill``) -> (if ``bezier_equal_time``) each curve again for the geodesic's wall time -> one MLflow
-child run per path (geodesic, linear, bezier, bezier_distill and their equal-time runs) and a summary on the
+``bezier_distill``) -> (if ``relax_epochs``) the geodesic's closing correction, the chain through its points fit
+toward f_t -> (if ``bezier_equal_time``) each curve again for the geodesic's wall time -> one MLflow child run per
+path (geodesic, geodesic_relaxed, linear, bezier, bezier_distill and their equal-time runs) and a summary on the
 parent run.
 """
 
@@ -19,7 +20,8 @@ from geodesic_core.data import get_spec
 from geodesic_core.train import equal_time_epochs
 from flows.common import closing_parent_on_failure, confine_paths, default_task_runner
 from tasks.common import code_version
-from tasks.connect import bezier_curve_task, connect_segment_task, evaluate_endpoint, linear_path_task
+from tasks.connect import (bezier_curve_task, connect_segment_task, evaluate_endpoint, linear_path_task,
+                           relax_path_task)
 from tasks.data import fingerprint_data
 from tasks.plots import chord_view, connect_accuracy_plot
 from tasks.summaries import connect_rows
@@ -47,7 +49,8 @@ def _connect(params: ConnectConfig, parent: dict, data_dir: str, fingerprint: st
     common = (data_dir, fingerprint, version)
     settings = params.model_dump()
     tracks = {m: child_track(parent, f"{m}-{params.model}-{params.dataset}", settings, method=m)
-              for m in ("geodesic", "linear", *params.curves())}
+              for m in ("geodesic", *(["geodesic_relaxed"] if params.relax_epochs else []), "linear",
+                        *params.curves())}
     # --- the endpoints: trained concurrently, or given (every compute task is submitted: it runs in a
     # task-runner thread, never in the flow's own) -------------------------------------------------------------
     if params.checkpoint_a:
@@ -85,10 +88,19 @@ def _connect(params: ConnectConfig, parent: dict, data_dir: str, fingerprint: st
     else:
         log.warning("the geodesic did not reach w_2 in %d segments; raise --max-segments", params.max_segments)
 
+    # --- the closing correction: the chain through the geodesic's points, fit toward f_t ------------------------
+    budget = sum(seg["wall_seconds"] for seg in segments)
+    relaxed = {}
+    if params.relax_epochs:
+        relaxed["geodesic_relaxed"] = relax_path_task.submit(segments, a, b, params, *common,
+                                                             track=tracks["geodesic_relaxed"]).result()
+        budget = relaxed["geodesic_relaxed"]["wall_seconds"]  # the traversal's and the fit's
+        log.info("relaxed the geodesic: %d epochs of the chain's fit in %.0f s",
+                 params.relax_epochs, relaxed["geodesic_relaxed"]["fit_seconds"])
+
     # --- the peers at the geodesic's wall time: each curve's epochs scaled to fit it, one curve after the other -
-    peers = {"linear": line.result(), **{m: c.result() for m, c in curves.items()}}
+    peers = {**relaxed, "linear": line.result(), **{m: c.result() for m, c in curves.items()}}
     if params.bezier_equal_time:
-        budget = sum(seg["wall_seconds"] for seg in segments)
         for m in params.curves():
             tracks[f"{m}_equal_time"] = child_track(parent, f"{m}-equal_time-{params.model}-{params.dataset}",
                                                     settings, method=m, budget="equal_time")

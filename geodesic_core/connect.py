@@ -76,7 +76,18 @@ class ConnectConfig(_ModelOnDataset):
     on the Fashion-MNIST CNN, 0.003 trains on it and on LeNet-300-100, on a validation split)."""
     bezier_equal_time: bool = False
     """Also train each curve for the geodesic's wall time (budget equal_time): bezier_train.epochs scaled by
-    the geodesic's time over that curve's first training time, the geodesic's time as a cap."""
+    the geodesic's time over that curve's first training time, the geodesic's time as a cap (with relax_epochs:
+    the traversal's and the relaxation's time)."""
+    relax_epochs: int = Field(0, ge=0)
+    """The path's closing correction (child run geodesic_relaxed): the polygonal chain through relax_nodes of the
+    geodesic's evaluated points, each at its progress t, its nodes fit without labels toward f_t for this many
+    epochs (bezier_train's settings at relax_lr); 0: off."""
+    relax_lr: PositiveFloat = 0.0005
+    """Learning rate of the chain's fit (its nodes feel the full rate, a Bezier bend at most a quarter of it): 0.001
+    diverged on the Fashion-MNIST CNN, 0.003 moved LeNet-300-100's chain away from f_t; VGG16 on CIFAR-10 chose
+    0.001 on a validation split."""
+    relax_nodes: PositiveInt = 8
+    """Interior nodes of the relaxed chain: the geodesic's evaluated points nearest t = k / (relax_nodes + 1)."""
     geo: ConnectGeoConfig = Field(default_factory=ConnectGeoConfig)
     """The traversal's Geo steps; geo.anchor weights the output correction toward f_t (0: the plain
     algorithm)."""
@@ -191,18 +202,13 @@ def bn_batch(model: nn.Module, x: torch.Tensor, n: int = 2000) -> torch.Tensor |
 
 # --- Peer baseline: a trained quadratic Bezier curve (Garipov et al. 2018) -----------------------------------
 
-class BezierCurve(nn.Module):
-    """The quadratic Bezier curve between two networks of one architecture (Garipov et al. 2018, eq. 3-4):
-
-        φ_θ(t) = (1 − t)² w_1 + 2t(1 − t) θ + t² w_2,   t ∈ [0, 1],
-
-    with the bend θ ``(n,)`` (flat, `flat_params` order) its only trainable parameter, initialized at the
-    chord's midpoint (w_1 + w_2)/2. As a module it is the network at a point of the curve: in training mode
-    every forward call draws t ~ U(0, 1) from its own generator, so training it with the ordinary loop
-    minimizes E_t L(φ_θ(t)), the curve-finding objective; in eval mode it uses ``self.t``. The base network
-    ``model`` is used only as the function (its parameters are replaced through `functional_call`; its
-    batch-norm buffers are updated in training mode and re-estimated per point for evaluation).
-    """
+class _Curve(nn.Module):
+    """A curve φ(t), t ∈ [0, 1], from w_1 to w_2 in weight space whose trainable parameters shape it. As a module it
+    is the network at a point of the curve: in training mode every forward call draws t ~ U(0, 1) from its own
+    generator, so training it with the ordinary loop minimizes E_t L(φ(t)), the curve-finding objective of Garipov
+    et al. 2018; in eval mode it uses ``self.t``. The base network ``model`` is used only as the function (its
+    parameters are replaced through `functional_call`; its batch-norm buffers are updated in training mode and
+    re-estimated per point for evaluation). Subclasses define `point`."""
 
     def __init__(self, model: nn.Module, w_a: torch.Tensor, w_b: torch.Tensor, seed: int = 0):
         super().__init__()
@@ -213,16 +219,15 @@ class BezierCurve(nn.Module):
         self._unflatten = param_unflattener(model)
         self.register_buffer("w_a", w_a.detach().clone())
         self.register_buffer("w_b", w_b.detach().clone())
-        self.bend = nn.Parameter(0.5 * (self.w_a + self.w_b))
         self.gen = torch.Generator().manual_seed(seed)
         self.t = 0.5
         self.drawn_t = 0.5  # the t of the last training-mode forward call (what `CurveAnchor` matches)
 
     def point(self, t: float) -> torch.Tensor:
-        """φ_θ(t) ``(n,)``: differentiable in θ."""
-        return (1 - t) ** 2 * self.w_a + 2 * t * (1 - t) * self.bend + t ** 2 * self.w_b
+        """φ(t) ``(n,)``: differentiable in the curve's parameters."""
+        raise NotImplementedError
 
-    def train(self, mode: bool = True) -> "BezierCurve":
+    def train(self, mode: bool = True) -> "_Curve":
         super().train(mode)
         self.base.train(mode)
         return self
@@ -254,6 +259,56 @@ class BezierCurve(nn.Module):
             return total
 
 
+class BezierCurve(_Curve):
+    """The quadratic Bezier curve between two networks of one architecture (Garipov et al. 2018, eq. 3-4):
+
+        φ_θ(t) = (1 − t)² w_1 + 2t(1 − t) θ + t² w_2,   t ∈ [0, 1],
+
+    with the bend θ ``(n,)`` (flat, `flat_params` order) its only trainable parameter, initialized at the
+    chord's midpoint (w_1 + w_2)/2 (the module's behaviour: `_Curve`).
+    """
+
+    def __init__(self, model: nn.Module, w_a: torch.Tensor, w_b: torch.Tensor, seed: int = 0):
+        super().__init__(model, w_a, w_b, seed)
+        self.bend = nn.Parameter(0.5 * (self.w_a + self.w_b))
+
+    def point(self, t: float) -> torch.Tensor:
+        return (1 - t) ** 2 * self.w_a + 2 * t * (1 - t) * self.bend + t ** 2 * self.w_b
+
+
+class PolyChain(_Curve):
+    """A polygonal chain between two networks (Garipov et al. 2018's other curve family) through K interior nodes
+    θ_1..θ_K ``(K, n)`` placed at knots 0 < t_1 < ... < t_K < 1 (with θ_0 = w_1 at t_0 = 0, θ_{K+1} = w_2 at 1):
+
+        φ(t) = θ_j + (t − t_j) / (t_{j+1} − t_j) · (θ_{j+1} − θ_j),   t_j ≤ t ≤ t_{j+1}.
+
+    The nodes are the trainable parameter; the knots are fixed (`relax_path` starts the nodes on points of the
+    geodesic and puts each at its progress t, so that φ(t_j) is where the traversal was at t_j).
+    """
+
+    def __init__(self, model: nn.Module, w_a: torch.Tensor, w_b: torch.Tensor, nodes: torch.Tensor,
+                 knots: Sequence[float], seed: int = 0):
+        super().__init__(model, w_a, w_b, seed)
+        knots = [float(k) for k in knots]
+        if nodes.dim() != 2 or nodes.shape[0] != len(knots) or nodes.shape[1] != w_a.numel():
+            raise InputError(f"a chain needs one knot per node and nodes of the endpoints' {w_a.numel()} weights "
+                             f"(got nodes {tuple(nodes.shape)} and {len(knots)} knots)")
+        full = [0.0, *knots, 1.0]
+        if any(b <= a for a, b in zip(full, full[1:])):
+            raise InputError(f"a chain's knots must increase strictly inside (0, 1), got {knots}")
+        self.knots = full
+        self.nodes = nn.Parameter(nodes.detach().clone().to(self.w_a))
+
+    def _node(self, j: int) -> torch.Tensor:
+        return self.w_a if j == 0 else self.w_b if j == len(self.knots) - 1 else self.nodes[j - 1]
+
+    def point(self, t: float) -> torch.Tensor:
+        t = min(1.0, max(0.0, float(t)))
+        j = next(j for j in range(len(self.knots) - 1) if t <= self.knots[j + 1])
+        s = (t - self.knots[j]) / (self.knots[j + 1] - self.knots[j])
+        return (1 - s) * self._node(j) + s * self._node(j + 1)
+
+
 class CurveAnchor(InterpolatedOutputs):
     """The label-free curve's target: f_t(x) = (1 − t) f(x; w_1) + t f(x; w_2) at the t the curve drew for its
     last forward call (`BezierCurve.drawn_t`; `train` calls the model before its teacher), the same
@@ -268,25 +323,18 @@ class CurveAnchor(InterpolatedOutputs):
         return super().forward(x)
 
 
-def train_bezier(model: nn.Module, w_a: torch.Tensor, w_b: torch.Tensor, data: Split, cfg, *,
-                 augment: bool = False, callbacks=(), step_callbacks=(),
-                 budget_seconds: float | None = None,
-                 endpoints: tuple[nn.Module, nn.Module] | None = None) -> BezierCurve:
-    """Fit the bend θ of the Bezier curve between ``w_a`` and ``w_b`` ``(n,)`` by SGD on E_{t~U(0,1)} L(φ_θ(t)),
-    the cross-entropy on ``data`` (Garipov et al. 2018), with the training settings ``cfg`` (a `TrainConfig`:
-    epochs, lr, momentum, weight decay on θ, schedule, seed for the batches and the t draws). ``model`` is a
-    network of the endpoints' architecture; its weights are not used. ``budget_seconds``: stop once this much
-    wall time is spent (the equal-time comparison's cap). Returns the trained curve.
-
-    With ``endpoints`` (the networks w_1 and w_2 themselves, batch-norm statistics included), the label-free
-    curve instead: L(φ_θ(t)) = ½ mean_x ‖f(x; φ_θ(t)) − f_t(x)‖² with f_t = (1 − t) f(x; w_1) + t f(x; w_2)
-    (`CurveAnchor`), the outputs the geodesic's anchor follows; only the inputs of ``data`` are read, as the
-    geodesic reads them. Logits ``(B, K)`` are matched, so ``cfg.lr`` is a distillation rate (smaller than
-    the cross-entropy's)."""
+def fit_curve(curve: _Curve, data: Split, cfg, *, augment: bool = False, callbacks=(), step_callbacks=(),
+              budget_seconds: float | None = None, endpoints: tuple[nn.Module, nn.Module] | None = None) -> _Curve:
+    """Fit a curve's parameters by SGD on E_{t~U(0,1)} L(φ(t)) with the training settings ``cfg`` (a `TrainConfig`:
+    epochs, lr, momentum, weight decay on the curve's parameters, schedule, seed for the batches; the t draws come
+    from the curve's own generator). L is the cross-entropy on ``data`` (Garipov et al. 2018), or, with
+    ``endpoints`` (the networks w_1 and w_2 themselves, batch-norm statistics included), the label-free
+    L(φ(t)) = ½ mean_x ‖f(x; φ(t)) − f_t(x)‖², f_t = (1 − t) f(x; w_1) + t f(x; w_2) (`CurveAnchor`), the outputs the
+    geodesic's anchor follows; then only the inputs of ``data`` are read. ``budget_seconds``: stop once this much
+    wall time is spent (the equal-time comparison's cap). Returns the curve, in eval mode."""
     from .train import train
 
-    device = next(model.parameters()).device
-    curve = BezierCurve(model, w_a.to(device), w_b.to(device), seed=cfg.seed)
+    device = curve.w_a.device
     teacher = None
     if endpoints is not None:
         net_a, net_b = (copy.deepcopy(net).to(device) for net in endpoints)
@@ -294,3 +342,67 @@ def train_bezier(model: nn.Module, w_a: torch.Tensor, w_b: torch.Tensor, data: S
     train(curve, data, cfg, augment=augment, device=device, callbacks=callbacks, step_callbacks=step_callbacks,
           budget_seconds=budget_seconds, teacher=teacher)
     return curve.eval()
+
+
+def train_bezier(model: nn.Module, w_a: torch.Tensor, w_b: torch.Tensor, data: Split, cfg, *,
+                 augment: bool = False, callbacks=(), step_callbacks=(),
+                 budget_seconds: float | None = None,
+                 endpoints: tuple[nn.Module, nn.Module] | None = None) -> BezierCurve:
+    """Fit the bend θ of the Bezier curve between ``w_a`` and ``w_b`` ``(n,)`` (`fit_curve`: on the labels of
+    ``data``, or label-free toward f_t with ``endpoints``). ``model`` is a network of the endpoints'
+    architecture; its weights are not used. Logits ``(B, K)`` are matched label-free, so ``cfg.lr`` is then a
+    distillation rate (smaller than the cross-entropy's)."""
+    device = next(model.parameters()).device
+    curve = BezierCurve(model, w_a.to(device), w_b.to(device), seed=cfg.seed)
+    return fit_curve(curve, data, cfg, augment=augment, callbacks=callbacks, step_callbacks=step_callbacks,
+                     budget_seconds=budget_seconds, endpoints=endpoints)
+
+
+def chain_nodes(points: Sequence[torch.Tensor], w_a: torch.Tensor, w_b: torch.Tensor,
+                count: int) -> tuple[torch.Tensor, list[float]]:
+    """Up to ``count`` of a traversal's ``points`` (each ``(n,)``, in the order visited) as a chain's nodes, with
+    their knots: each point's progress t = 1 − |w − w_2| / |w_1 − w_2|, the t the geodesic's anchor gave it. Only
+    points whose progress exceeds every earlier one's (by 10⁻³, and inside (10⁻³, 1 − 10⁻³)) qualify; of those,
+    the one nearest each of t = k / (count + 1), k = 1..count, in order, each used once. Returns the nodes
+    ``(K, n)`` (K ≤ count) and their K knots."""
+    if count < 1:
+        raise InputError(f"a chain needs at least one interior node (got {count})")
+    total = float((w_b - w_a).norm())
+    if total == 0:
+        raise InputError("the two endpoints are the same network; nothing to connect")
+    eligible, floor = [], 1e-3
+    for w in points:
+        t = 1.0 - float((w.to(w_b) - w_b).norm()) / total
+        if floor < t < 1 - 1e-3:
+            eligible.append((t, w))
+            floor = t + 1e-3
+    chosen, start = [], 0
+    for k in range(1, count + 1):
+        if start >= len(eligible):
+            break
+        goal = k / (count + 1)
+        i = min(range(start, len(eligible)), key=lambda i: abs(eligible[i][0] - goal))
+        chosen.append(eligible[i])
+        start = i + 1
+    if not chosen:
+        raise InputError("no point of the path lies strictly between its endpoints; the chain has no node to "
+                         "start from (evaluate the geodesic more often: a smaller eval_every)")
+    return torch.stack([w.detach().to(w_a) for _, w in chosen]), [t for t, _ in chosen]
+
+
+def relax_path(model: nn.Module, points: Sequence[torch.Tensor], w_a: torch.Tensor, w_b: torch.Tensor, data: Split,
+               cfg, *, nodes: int = 8, augment: bool = False, step_callbacks=(), budget_seconds: float | None = None,
+               endpoints: tuple[nn.Module, nn.Module]) -> PolyChain:
+    """The closing correction of a path between two modes: the polygonal chain through ``nodes`` of the
+    traversal's ``points`` (`chain_nodes`: each at its progress t), its nodes fit label-free toward the outputs the
+    geodesic's anchor follows, E_{t~U(0,1)} ½ mean_x ‖f(x; φ(t)) − f_t(x)‖², f_t = (1 − t) f(x; w_1) + t f(x; w_2)
+    (`fit_curve` with ``endpoints``, the networks w_1 and w_2), by SGD with ``cfg`` (a `TrainConfig`; its lr a
+    distillation rate). It reads only the inputs of ``data``, as the geodesic does. Before the fit the chain is the
+    geodesic's polyline through those nodes. ``model``: a network of the endpoints' architecture (its
+    weights are not used); ``w_a``, ``w_b`` and every point ``(n,)``."""
+    device = next(model.parameters()).device
+    w_a, w_b = w_a.to(device), w_b.to(device)
+    node_w, knots = chain_nodes(points, w_a, w_b, nodes)
+    chain = PolyChain(model, w_a, w_b, node_w, knots, seed=cfg.seed)
+    return fit_curve(chain, data, cfg, augment=augment, step_callbacks=step_callbacks, budget_seconds=budget_seconds,
+                     endpoints=endpoints)

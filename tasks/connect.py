@@ -17,11 +17,12 @@ from prefect import task
 from geodesic_core import cumulative_lengths, flat_params, linear_path, set_flat_params
 from geodesic_core.metric import tempered
 from geodesic_core.connect import ConnectConfig
-from geodesic_core.connect import (BezierCurve, InterpolatedOutputs, bn_batch, chord_coordinates, connect_segment,
-                                   distance_ratio, evaluate_point, train_bezier)
+from geodesic_core.connect import (BezierCurve, InterpolatedOutputs, PolyChain, bn_batch, chord_coordinates,
+                                   connect_segment, distance_ratio, evaluate_point, relax_path, train_bezier)
+from geodesic_core.checkpoint import load_tensors, save_tensors
 from geodesic_core.data import get_spec
 
-from .common import CACHED, checkpoint_path, finished, open_ref, save_result, split
+from .common import CACHED, checkpoint_path, finished, open_ref, ref, save_result, split
 from .live import Live
 PROBE = 1024  # inputs of the fixed probe batch the path lengths are measured on
 
@@ -33,6 +34,20 @@ def _lengths(model, points, train_x: torch.Tensor, cfg: ConnectConfig) -> list[f
     probe = train_x[torch.randperm(train_x.shape[0], generator=torch.Generator().manual_seed(cfg.seed))[:PROBE]]
     return cumulative_lengths(tempered(model, cfg.geo.temperature), points, probe, cfg.geo.output_space,
                               bn_batch(model, train_x))
+
+
+def _curve_result(curve, model, w_a, w_b, cfg: ConnectConfig, data_dir: str | None) -> dict:
+    """A trained curve evaluated like the straight line: ``cfg.linear_points`` points at equally spaced t (test
+    accuracy and loss, chord view), its length under g and its Euclidean length."""
+    train_x = split(cfg.dataset, True, data_dir).x
+    test = split(cfg.dataset, False, data_dir)
+    points = [w.cpu() for w in curve.points(cfg.linear_points)]
+    bn = bn_batch(model, train_x)
+    rows = [_row(model, w, w_a, w_b, test, bn, t=float(t)) for w, t in zip(points, torch.linspace(0, 1, len(points)))]
+    lengths = _lengths(model, points, train_x, cfg)
+    for r, length in zip(rows, lengths):
+        r["path_length"] = length
+    return {"rows": rows, "path_length": lengths[-1], "path_length_euclidean": curve.euclidean_length()}
 
 
 def _row(model, w, w_a, w_b, test, bn, **extra) -> dict:
@@ -103,9 +118,13 @@ def connect_segment_task(start: dict, a: dict, b: dict, segment: int, loose: boo
     for r, length in zip(rows, lengths[1:]):
         r["segment_path_length"] = length
     end = rows[-1]
+    # the evaluated points, for the path's closing correction (`relax_path_task`): written before the segment's
+    # checkpoint, whose existence marks the segment finished
+    points_out = out.with_name("points-" + out.name.removeprefix("connect-").removesuffix(".pt") + ".tensors.pt")
+    points_ref = ref(points_out, save_tensors(points_out, {"points": torch.stack(points)}, {"segment": segment}))
     return save_result(out, model, meta, dict(
         segment=segment, loose=loose, steps=res.steps, end_step=first + res.steps, stop_reason=res.stop_reason,
-        end_path_length=offset + res.path_length,
+        end_path_length=offset + res.path_length, points=points_ref,
         distance=res.distance, wall_seconds=wall, rows=rows, path_length=lengths[-1],
         path_length_euclidean=euclid["length"]), test_accuracy=end["test_accuracy"], test_loss=end["test_loss"])
 
@@ -165,7 +184,6 @@ def bezier_curve_task(a: dict, b: dict, cfg: ConnectConfig, data_dir: str | None
     (model, meta), net_b = open_ref(a), open_ref(b)[0]
     w_a, w_b = flat_params(model).cpu(), flat_params(net_b).cpu()
     train_data = split(cfg.dataset, True, data_dir)
-    test = split(cfg.dataset, False, data_dir)
     probe_model = copy.deepcopy(model)
     if (trained := finished(out)) is None:
         title = (f"train {'label-free ' if distill else ''}Bezier curve {cfg.model}"
@@ -183,13 +201,48 @@ def bezier_curve_task(a: dict, b: dict, cfg: ConnectConfig, data_dir: str | None
         curve = BezierCurve(model, w_a.to(flat_params(model)), w_b.to(flat_params(model)))
         with torch.no_grad():
             curve.bend.copy_(flat_params(open_ref(trained)[0]))
-    points = [w.cpu() for w in curve.points(cfg.linear_points)]
-    bn = bn_batch(probe_model, train_data.x)
-    rows = [_row(probe_model, w, w_a, w_b, test, bn, t=float(t))
-            for w, t in zip(points, torch.linspace(0, 1, len(points)))]
-    lengths = _lengths(probe_model, points, train_data.x, cfg)
-    for r, length in zip(rows, lengths):
-        r["path_length"] = length
-    return {"rows": rows, "path_length": lengths[-1], "path_length_euclidean": curve.euclidean_length(),
-            "wall_seconds": trained["train_seconds"], "epochs": train_cfg.epochs, "path": trained["path"],
-            "sha256": trained["sha256"]}
+    return {**_curve_result(curve, probe_model, w_a, w_b, cfg, data_dir), "wall_seconds": trained["train_seconds"],
+            "epochs": train_cfg.epochs, "path": trained["path"], "sha256": trained["sha256"]}
+
+
+@task(**CACHED)
+def relax_path_task(segments: list[dict], a: dict, b: dict, cfg: ConnectConfig, data_dir: str | None,
+                    data_fingerprint: str, code_version: str, track: dict | None = None) -> dict:
+    """The geodesic's closing correction: the polygonal chain through ``cfg.relax_nodes`` of the points the
+    ``segments`` evaluated (each at its progress t), its nodes fit without labels toward f_t for
+    ``cfg.relax_epochs`` epochs (`relax_path`, ``cfg.bezier_train``'s settings at ``cfg.relax_lr``), then
+    evaluated like the curves. The nodes and knots are saved as a tensor file keyed by the segments and the fit;
+    ``wall_seconds`` is the path's whole cost, the traversal's and the fit's (``fit_seconds``)."""
+    fit_cfg = cfg.bezier_train.model_copy(update={"epochs": cfg.relax_epochs, "lr": cfg.relax_lr})
+    out = checkpoint_path("relaxed", [seg["sha256"] for seg in segments], a["sha256"], b["sha256"],
+                          fit_cfg.model_dump(), cfg.relax_nodes, data_fingerprint, code_version)
+    out = out.with_suffix(".tensors.pt")
+    (model, _), net_b = open_ref(a), open_ref(b)[0]
+    w_a, w_b = flat_params(model).cpu(), flat_params(net_b).cpu()
+    probe_model = copy.deepcopy(model)
+    if (fitted := finished(out)) is None:
+        points = []
+        for seg in segments:
+            tensors, meta = load_tensors(seg["points"]["path"])
+            if meta["sha256"] != seg["points"]["sha256"]:
+                raise RuntimeError(f"the points file {seg['points']['path']} changed since it was written; "
+                                   f"rerun the flow")
+            points += list(tensors["points"])
+        with Live(f"relax the geodesic {cfg.model}", track=track) as live:
+            t0 = time.perf_counter()
+            chain = relax_path(copy.deepcopy(model), points, w_a, w_b, split(cfg.dataset, True, data_dir), fit_cfg,
+                               nodes=cfg.relax_nodes, augment=get_spec(cfg.dataset).augment,
+                               step_callbacks=[live.train_step], endpoints=(model, net_b))
+            fit = time.perf_counter() - t0
+        knots = chain.knots[1:-1]
+        nodes = chain.nodes.detach().cpu()
+        fitted = ref(out, save_tensors(out, {"nodes": nodes}, {"result": {"knots": knots, "fit_seconds": fit}}),
+                     knots=knots, fit_seconds=fit)
+    else:  # fit by an earlier run (or attempt): only the evaluation is redone
+        nodes, knots = load_tensors(out)[0]["nodes"], fitted["knots"]
+    chain = PolyChain(probe_model, w_a.to(flat_params(probe_model)), w_b.to(flat_params(probe_model)),
+                      nodes.to(flat_params(probe_model)), knots).eval()
+    traversal = sum(seg["wall_seconds"] for seg in segments)
+    return {**_curve_result(chain, probe_model, w_a, w_b, cfg, data_dir),
+            "wall_seconds": traversal + fitted["fit_seconds"], "fit_seconds": fitted["fit_seconds"], "epochs": cfg.relax_epochs, "knots": knots, "path": str(out),
+            "sha256": fitted["sha256"]}

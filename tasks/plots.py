@@ -115,8 +115,8 @@ def accuracy_matrix_plot(summary: list[dict], k: int) -> Callable:
     return draw
 
 
-CONNECT_PATHS = {"geodesic": "o-", "linear": "s--", "bezier": "^:", "bezier_equal_time": "v-.",  # path -> line style
-                 "bezier_distill": "d:", "bezier_distill_equal_time": "x-."}
+CONNECT_PATHS = {"geodesic": "o-", "geodesic_relaxed": "*-", "linear": "s--", "bezier": "^:",  # path -> line style
+                 "bezier_equal_time": "v-.", "bezier_distill": "d:", "bezier_distill_equal_time": "x-."}
 
 
 def connect_accuracy_plot(tables: dict[str, list[dict]], params) -> Callable:

@@ -37,6 +37,9 @@ CASES = [
     ("connect", ["--seed-b", "0"], {"seed_b": 0}, "different seeds"),
     ("connect", ["--geo.max-steps", "0"], {"geo": {"max_steps": 0}}, "greater than 0"),
     ("connect", ["--max-segments", "0"], {"max_segments": 0}, "greater than 0"),
+    ("connect", ["--relax-epochs", "-1"], {"relax_epochs": -1}, "greater than or equal to 0"),
+    ("connect", ["--relax-lr", "0"], {"relax_lr": 0}, "greater than 0"),
+    ("connect", ["--relax-nodes", "0"], {"relax_nodes": 0}, "greater than 0"),
     # architecture options (width, depth) and the structured filter count at a width
     ("sparsify", ["--width", "0"], {"width": 0}, "greater than 0"),
     ("sparsify", ["--width", "0.5"], {"width": 0.5}, "has no width option"),

@@ -180,6 +180,8 @@ def test_iterative_prune_train_removes_one_filter_per_cycle(cifar_small):
     (["--stage-max-steps", "-1"], "--stage-max-steps must be positive"),
     (["--struct-anchor-radius", "-0.5"], "--struct-anchor-radius must be 0 or more"),
     (["--width", "0"], "--width must be positive"),
+    (["--relax-epochs", "-1"], "--relax-epochs must be 0 or more"),
+    (["--relax-lr", "0"], "--relax-lr must be positive"),
     (["--line-points", "1"], "--line-points must be at least 2"),
     (["--methods", "geodesic,prune"], r"--methods: unknown \['prune'\]; valid: geodesic, prune-train"),
     (["--paths", "line"], r"--paths: unknown \['line'\]"),
@@ -208,7 +210,7 @@ def test_cifar_benchmark_runs_end_to_end(tmp_path, data_dir):
     s = cifar.parse(["--data-dir", data_dir, "--n-train", "512", "--n-test", "256", "--width", "0.0625",
                      "--resnet-width", "0.25", "--resnet-depth", "11", "--structured-train-epochs", "1",
                      "--connect-train-epochs", "1", "--stages", "2", "--stage-steps", "4", "--geo-steps", "4",
-                     "--connect-distill-steps", "2",
+                     "--connect-distill-steps", "2", "--relax-epochs", "1", "--relax-nodes", "2",
                      "--bezier-epochs", "1", "--finetune-epochs", "1", "--line-points", "3", "--eval-points", "2",
                      "--probe", "64", "--metric-batch", "32", "--device", "cpu", "--out", str(tmp_path)])
     results = cifar.run(s)
@@ -240,19 +242,23 @@ def test_cifar_benchmark_runs_end_to_end(tmp_path, data_dir):
     for name, model in (("vgg16-connect", "vgg16"), ("resnet-connect", "resnet164")):
         r = json.loads((tmp_path / f"{name}.json").read_text())
         assert r["model"] == model
-        assert set(r["paths"]) == {"linear", "bezier", "bezier-distill", "geodesic", "bezier, equal time",
-                                   "bezier-distill, equal time"}
+        assert set(r["paths"]) == {"linear", "bezier", "bezier-distill", "geodesic", "geodesic, relaxed",
+                                   "bezier, equal time", "bezier-distill, equal time"}
         assert r["paths"]["geodesic"]["end_distance_ratio"] < 1e-6  # the path reaches w_2
         # ... with its correctors on and moving sideways only, so it needs no completion step
         assert r["geo"]["keep_progress"] and r["geo"]["distill_steps"] > 0
         assert r["paths"]["geodesic"]["completion_steps"] == 0
         for p in r["paths"].values():
             assert 0 <= p["min"] <= p["mean"] <= 100 and p["length_g"] > 0
-        geo = r["paths"]["geodesic"]
+        # the closing correction: the chain through 2 of the geodesic's points, fit for 1 epoch; its time counts
+        # the traversal too, and sizes the equal-time curves
+        geo, relaxed = r["paths"]["geodesic"], r["paths"]["geodesic, relaxed"]
+        assert len(relaxed["knots"]) == 4 and relaxed["knots"][0] == 0 and relaxed["knots"][-1] == 1
+        assert relaxed["wall_seconds"] == pytest.approx(geo["wall_seconds"] + relaxed["fit_seconds"])
         for curve in ("bezier", "bezier-distill"):
             bz, eq = r["paths"][curve], r["paths"][f"{curve}, equal time"]
-            assert eq["epochs"] == max(1, int(bz["epochs"] * geo["wall_seconds"] / bz["wall_seconds"]))
-            assert eq["wall_seconds"] <= geo["wall_seconds"] * 1.5 + 5  # the geodesic's time is its cap
+            assert eq["epochs"] == max(1, int(bz["epochs"] * relaxed["wall_seconds"] / bz["wall_seconds"]))
+            assert eq["wall_seconds"] <= relaxed["wall_seconds"] * 1.5 + 5  # the geodesic's time is its cap
     s_off = cifar.parse(["--no-equal-time"])
     assert s_off.equal_time is False and cifar.parse([]).equal_time is True
     assert cifar.parse(["--profile", "gpu"]).equal_time is False

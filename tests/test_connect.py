@@ -10,11 +10,11 @@ from flows.cli import main
 from geodesic_core import InputError, build_model, flat_params, save_checkpoint, train
 from geodesic_core.config import GeoConfig, TrainConfig
 from geodesic_core.connect import ConnectConfig
-from geodesic_core.connect import (BezierCurve, CurveAnchor, InterpolatedOutputs, bn_batch, chord_coordinates,
-                                   check_same_architecture, connect_segment, distance_ratio, evaluate_point,
-                                   train_bezier)
+from geodesic_core.connect import (BezierCurve, CurveAnchor, InterpolatedOutputs, PolyChain, bn_batch,
+                                   chain_nodes, chord_coordinates, check_same_architecture, connect_segment,
+                                   distance_ratio, evaluate_point, relax_path, train_bezier)
 from geodesic_core.data import Split, load_split
-from geodesic_core.metric import linear_path
+from geodesic_core.metric import linear_path, set_flat_params
 
 from conftest import tiny_cnn_bn, tiny_mlp
 
@@ -78,7 +78,26 @@ def two_modes(data_dir):
     return nets, tr, te
 
 
-def test_geodesic_between_two_modes_stays_near_the_weaker_endpoint(two_modes):
+@pytest.fixture(scope="module")
+def traversal(two_modes):
+    """Algorithm 3 between the two MNIST networks: the geodesic's points every 20 steps and their accuracies."""
+    (a, b), tr, te = two_modes
+    w_a, w_b = flat_params(a), flat_params(b)
+    probe = copy.deepcopy(a)
+    model, points, accs = copy.deepcopy(a), [w_a.clone()], []
+
+    def record(info):
+        if info.step % 20 == 0:
+            points.append(info.weights.detach().clone())
+            accs.append(evaluate_point(probe, info.weights, te, None)[0])
+
+    cfg = GeoConfig(eta=0.1, anchor=1.0, max_steps=1000, patience=50, metric_batch=128, solver="cg", cg_iters=10)
+    res = connect_segment(model, w_b, tr.x, cfg, anchor=InterpolatedOutputs(copy.deepcopy(a), copy.deepcopy(b)),
+                          total_distance=float((w_b - w_a).norm()), callbacks=[record])
+    return res, flat_params(model), points, accs
+
+
+def test_geodesic_between_two_modes_stays_near_the_weaker_endpoint(two_modes, traversal):
     """Algorithm 3 on two MNIST networks: the traversal reaches w_2 exactly, and its lowest accuracy is within
     1 point of the weaker endpoint while the straight line dips lower."""
     (a, b), tr, te = two_modes
@@ -86,15 +105,94 @@ def test_geodesic_between_two_modes_stays_near_the_weaker_endpoint(two_modes):
     probe = copy.deepcopy(a)
     ends = [evaluate_point(probe, w, te, None)[0] for w in (w_a, w_b)]
     line = [evaluate_point(probe, w, te, None)[0] for w in linear_path(w_a, w_b, 11)]
-    model, accs = copy.deepcopy(a), []
-    cfg = GeoConfig(eta=0.1, anchor=1.0, max_steps=1000, patience=50, metric_batch=128, solver="cg", cg_iters=10)
-    res = connect_segment(model, w_b, tr.x, cfg, anchor=InterpolatedOutputs(copy.deepcopy(a), copy.deepcopy(b)),
-                          total_distance=float((w_b - w_a).norm()),
-                          callbacks=[lambda i: accs.append(evaluate_point(probe, i.weights, te, None)[0])
-                                     if i.step % 20 == 0 else None])
-    assert res.stop_reason == "reached" and torch.equal(flat_params(model), w_b)
+    res, end, _, accs = traversal
+    assert res.stop_reason == "reached" and torch.equal(end, w_b)
     assert min(accs) > min(ends) - 1.0
     assert min(line) < min(accs) - 1.0
+
+
+def _network_gradient_at(curve, base, t: float) -> torch.Tensor:
+    """Check that the curve at ``t`` computes what the network with weights φ(t) computes, backpropagate one
+    cross-entropy through both, and return the network's flat gradient (the curve's parameters hold theirs)."""
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    curve.t = t
+    probe = copy.deepcopy(base)
+    set_flat_params(probe, curve.point(t).detach())
+    torch.testing.assert_close(curve(x), probe(x))
+    for net in (curve, probe):
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+    return torch.cat([p.grad.reshape(-1) for p in probe.parameters()])
+
+
+def test_chain_runs_through_its_nodes_and_trains_the_two_around_each_t():
+    """φ(t) is the polyline w_1 → θ_1 → ... → θ_K → w_2 with θ_j at knot t_j; the gradient reaching the nodes
+    at a t between t_j and t_{j+1} is (1 − s) and s times the network's gradient at φ(t) (s the fraction of the way
+    between them), nothing for the other nodes; knots that do not increase inside (0, 1) are refused."""
+    a, b = tiny_mlp(0), tiny_mlp(1)
+    w_a, w_b = flat_params(a), flat_params(b)
+    nodes = torch.stack([w_a + torch.randn_like(w_a), w_b + torch.randn_like(w_b)])
+    chain = PolyChain(copy.deepcopy(a), w_a, w_b, nodes, [0.25, 0.6], seed=0).eval()
+    assert [p.shape for p in chain.parameters()] == [nodes.shape]
+    for t, w in ((0.0, w_a), (0.25, nodes[0]), (0.6, nodes[1]), (1.0, w_b)):
+        torch.testing.assert_close(chain.point(t), w)
+    torch.testing.assert_close(chain.point(0.5), 2 / 7 * nodes[0] + 5 / 7 * nodes[1])
+    torch.testing.assert_close(chain.point(0.8), 0.5 * nodes[1] + 0.5 * w_b)
+    g = _network_gradient_at(chain, a, 0.5)
+    torch.testing.assert_close(chain.nodes.grad, torch.stack([2 / 7 * g, 5 / 7 * g]))
+    for bad in ([0.6, 0.25], [0.0, 0.5], [0.5, 1.0]):
+        with pytest.raises(InputError, match="knots must increase"):
+            PolyChain(copy.deepcopy(a), w_a, w_b, nodes, bad)
+    with pytest.raises(InputError, match="one knot per node"):
+        PolyChain(copy.deepcopy(a), w_a, w_b, nodes, [0.5])
+
+
+def test_chain_nodes_are_points_of_the_path_at_increasing_progress():
+    """Each node is one of the path's points at its progress t = 1 − |w − w_2| / |w_1 − w_2|, the knots
+    increase, points that do not advance past the last one are skipped, and each node is the point nearest
+    k / (K + 1)."""
+    w_a, w_b = torch.zeros(2), torch.tensor([10.0, 0.0])
+    ts = [0.0, 0.1, 0.22, 0.18, 0.4, 0.55, 0.75, 0.9, 1.0]  # one point steps back (0.18)
+    points = [torch.tensor([10.0 * t, 0.0]) for t in ts]
+    nodes, knots = chain_nodes(points, w_a, w_b, 3)
+    assert knots == pytest.approx([0.22, 0.55, 0.75])
+    torch.testing.assert_close(nodes, torch.tensor([[2.2, 0.0], [5.5, 0.0], [7.5, 0.0]]))
+    nodes, knots = chain_nodes(points, w_a, w_b, 20)  # more nodes asked than points: every qualifying point once
+    assert knots == pytest.approx([0.1, 0.22, 0.4, 0.55, 0.75, 0.9])
+    with pytest.raises(InputError, match="no point of the path"):
+        chain_nodes([w_a, w_b], w_a, w_b, 4)
+
+
+def test_relaxing_the_geodesic_fits_its_chain_to_the_interpolated_outputs_without_labels(two_modes, traversal):
+    """The closing correction of a connect path: the chain through the geodesic's points, fit toward f_t, ends
+    closer to f_t over the whole path (the label-free objective on held-out inputs, 11 t) than the unfitted
+    polyline, stays within 1 point of the weaker endpoint, and never reads a label (shuffled labels: the same
+    nodes to the bit)."""
+    (a, b), tr, te = two_modes
+    w_a, w_b = flat_params(a), flat_params(b)
+    _, _, points, _ = traversal
+    cfg = TrainConfig(epochs=2, lr=0.001, seed=0)  # measured: 0.003 diverges (the chain's nodes feel the full rate)
+    sub = Split(tr.x[:4000], tr.y[:4000])
+    relaxed = relax_path(copy.deepcopy(a), points, w_a, w_b, sub, cfg, nodes=6, endpoints=(a, b))
+    shuffled = relax_path(copy.deepcopy(a), points, w_a, w_b, Split(sub.x, sub.y[torch.randperm(4000)]), cfg,
+                          nodes=6, endpoints=(a, b))
+    assert torch.equal(relaxed.nodes, shuffled.nodes)
+    start = PolyChain(copy.deepcopy(a), w_a, w_b, *chain_nodes(points, w_a, w_b, 6))
+    assert len(start.knots) == 8 and not torch.equal(start.nodes, relaxed.nodes)
+    held = te.x[:2000]
+    probe, f = copy.deepcopy(a), InterpolatedOutputs(copy.deepcopy(a), copy.deepcopy(b))
+
+    def gap(chain) -> float:
+        total = 0.0
+        for t in torch.linspace(0, 1, 11):
+            f.t = float(t)
+            set_flat_params(probe, chain.point(float(t)).detach())
+            with torch.no_grad():
+                total += float(0.5 * ((probe(held) - f(held)) ** 2).sum(1).mean())
+        return total / 11
+
+    assert gap(relaxed) < 0.9 * gap(start)  # measured: 0.120 against 0.152
+    along = [evaluate_point(probe, w, te, None)[0] for w in relaxed.points(11)]
+    assert min(along) > min(along[0], along[-1]) - 1.0
 
 
 def test_bezier_curve_is_the_quadratic_between_the_endpoints_and_trains_its_bend_only():
@@ -108,18 +206,9 @@ def test_bezier_curve_is_the_quadratic_between_the_endpoints_and_trains_its_bend
     torch.testing.assert_close(curve.point(0.0), w_a)
     torch.testing.assert_close(curve.point(1.0), w_b)
     torch.testing.assert_close(curve.point(0.5), 0.5 * (w_a + w_b))  # straight line until trained
-    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
-    curve.t = 0.3
     with torch.no_grad():
         curve.bend += 0.1 * torch.randn_like(curve.bend)
-    probe = copy.deepcopy(a)
-    from geodesic_core.metric import set_flat_params
-
-    set_flat_params(probe, curve.point(0.3).detach())
-    torch.testing.assert_close(curve(x), probe(x))
-    torch.nn.functional.cross_entropy(curve(x), y).backward()
-    torch.nn.functional.cross_entropy(probe(x), y).backward()
-    g = torch.cat([p.grad.reshape(-1) for p in probe.parameters()])
+    g = _network_gradient_at(curve, a, 0.3)
     torch.testing.assert_close(curve.bend.grad, 2 * 0.3 * 0.7 * g)
     with pytest.raises(InputError, match="one architecture"):
         BezierCurve(copy.deepcopy(a), w_a, torch.zeros(3))
@@ -202,13 +291,19 @@ def _children(workdir):
 def test_flow_connects_tracks_every_path_and_resumes(harness, workdir, data_dir, monkeypatch, capsys):
     import math
 
-    assert main(["connect", "--data-dir", data_dir, *TINY, "--bezier-equal-time"]) == 0
+    relax = ["--relax-epochs", "1", "--relax-lr", "0.001"]
+    assert main(["connect", "--data-dir", data_dir, *TINY, "--bezier-equal-time", *relax]) == 0
     assert "geodesic" in capsys.readouterr().out
     client, children = _children(workdir)
     assert sorted(children) == ["bezier", "bezier_distill", "bezier_distill_equal_time", "bezier_equal_time",
-                                "geodesic", "linear"]
+                                "geodesic", "geodesic_relaxed", "linear"]
+    # the closing correction: the chain through the geodesic's points, fit for 1 epoch; its wall time is the
+    # traversal's and the fit's, and it is the budget of the equal-time curves
+    relaxed = children["geodesic_relaxed"].data
+    assert relaxed.metrics["epochs"] == 1 and relaxed.params["relax_lr"] == "0.001"
+    geo_wall = relaxed.metrics["wall_seconds"]
+    assert geo_wall > children["geodesic"].data.metrics["wall_seconds"]
     # each curve again: the epochs that fit the geodesic's wall time at its first run's speed, capped by it
-    geo_wall = children["geodesic"].data.metrics["wall_seconds"]
     for curve in ("bezier", "bezier_distill"):
         fixed, equal = children[curve].data.metrics, children[f"{curve}_equal_time"].data.metrics
         assert fixed["epochs"] == 1 and equal["epochs"] == max(1, math.floor(geo_wall / fixed["wall_seconds"]))
@@ -233,14 +328,17 @@ def test_flow_connects_tracks_every_path_and_resumes(harness, workdir, data_dir,
 
     monkeypatch.setattr("tasks.connect.connect_segment", boom)
     monkeypatch.setattr("tasks.connect.train_bezier", boom)
+    monkeypatch.setattr("tasks.connect.relax_path", boom)
     monkeypatch.setattr("tasks.training.train_and_save", boom)
-    assert main(["connect", "--data-dir", data_dir, *TINY, "--bezier-equal-time"]) == 0
-    # other evaluation settings: the trained curve (and the geodesic) are evaluated again, never retrained
-    assert main(["connect", "--data-dir", data_dir, *TINY, "--linear-points", "7"]) == 0
+    assert main(["connect", "--data-dir", data_dir, *TINY, "--bezier-equal-time", *relax]) == 0
+    # other evaluation settings: the trained curves and the relaxed chain (and the geodesic) are evaluated again,
+    # never retrained
+    assert main(["connect", "--data-dir", data_dir, *TINY, "--linear-points", "7", *relax]) == 0
     client, children = _children(workdir)
-    df = pd.read_parquet(client.download_artifacts(children["bezier"].info.run_id, "path_metrics.parquet",
-                                                   str(workdir / "bezier7")))
-    assert len(df) == 7 and df["t"].tolist() == pytest.approx([i / 6 for i in range(7)])
+    for path in ("bezier", "geodesic_relaxed"):
+        df = pd.read_parquet(client.download_artifacts(children[path].info.run_id, "path_metrics.parquet",
+                                                       str(workdir / f"{path}7")))
+        assert len(df) == 7 and df["t"].tolist() == pytest.approx([i / 6 for i in range(7)])
 
 
 def test_a_stalled_traversal_is_completed_or_reported(harness, workdir, data_dir, monkeypatch, capsys):

@@ -26,7 +26,8 @@ FLOWS = {
     "continual": ["--tasks", "2", "--methods", "geodesic", "--methods", "sgd", "--methods", "ewc", "--train.epochs", "1",
                   "--geo.max-steps", "12", "--eval-every", "4", "--fisher-samples", "200", "--linear-points", "5"],
     "connect": ["--train.epochs", "1", "--bezier-train.epochs", "1", "--geo.max-steps", "15", "--max-segments", "3",
-                "--eval-every", "5", "--linear-points", "5", "--geo.eta", "0.5"],
+                "--eval-every", "5", "--linear-points", "5", "--geo.eta", "0.5", "--relax-epochs", "1",
+                "--relax-lr", "0.001"],
 }
 # where to kill each flow's run, in the order the run gets there: a log line the run has printed (then 1 s later,
 # inside its first task), or a checkpoint kind written by the run just started
@@ -34,7 +35,7 @@ KILL_POINTS = {
     "sparsify": [("training", "log:Beginning flow run"), ("geodesic segment", "ckpt:geodesic-*.pt"),
                  ("evaluation and baselines", "ckpt:final-*.pt")],
     "continual": [("per-task training", "ckpt:task-*.pt"), ("traversal", "ckpt:continual-geodesic-*.pt")],
-    "connect": [("geodesic segment", "ckpt:connect-*.pt")],
+    "connect": [("geodesic segment", "ckpt:connect-*.pt"), ("relaxation", "ckpt:relaxed-*.tensors.pt")],
 }
 IGNORED = {"wall_seconds", "polish_seconds"}  # measured times differ between runs, everything else must not
 
