@@ -94,10 +94,11 @@ def main() -> None:
         for eta in ("0.2", "0.1"):
             run(str(BIN / "python"), "-m", "flows.cli", "sparsify", "--data-dir", env["GEODESIC_DATA_DIR"], *tiny,
                 "--geo.eta", eta, cwd=work)
-        # and one small connect run: its child runs, the two Bezier curves among them, in MLflow's run list
+        # and one small connect run: its child runs, the two Bezier curves and the relaxed geodesic among them, in
+        # MLflow's run list
         run(str(BIN / "python"), "-m", "flows.cli", "connect", "--data-dir", env["GEODESIC_DATA_DIR"], "--train.epochs",
             "1", "--bezier-train.epochs", "1", "--geo.max-steps", "40", "--max-segments", "1", "--eval-every", "10",
-            "--linear-points", "5", "--progress", "log", cwd=work)
+            "--linear-points", "5", "--relax-epochs", "1", "--relax-lr", "0.001", "--progress", "log", cwd=work)
         shots(args.chromium, out, prefect_url, mlflow_url)
     finally:
         for p in servers:
@@ -153,7 +154,7 @@ def shots(chromium: str, out: Path, prefect_url: str, mlflow_url: str) -> None:
             page.screenshot(path=str(out / f"prefect-{name}-form-width.png"))
             body = page.inner_text("body")
             wanted = (("Width", "Depth", "N Filters", "Distill Lr") if name == "sparsify" else
-                      ("Width", "Depth", "Bezier Equal Time", "Bezier Distill", "Bezier Distill Lr"))
+                      ("Width", "Depth", "Bezier Equal Time", "Bezier Distill", "Bezier Distill Lr", "Relax Epochs"))
             print(f"{name} form shows:", {w: w in body for w in wanted})
             # the model and dataset fields: a registered name from a list, or an import path typed in
             page.get_by_text("Model (Optional)", exact=True).first.scroll_into_view_if_needed()
@@ -218,8 +219,8 @@ def shots(chromium: str, out: Path, prefect_url: str, mlflow_url: str) -> None:
         page.screenshot(path=str(out / "mlflow-connect-runs.png"))
         body = page.inner_text("body")
         print("connect run list shows:", {w: w in body for w in (
-            "geodesic-lenet300-mnist", "linear-lenet300-mnist", "bezier-lenet300-mnist",
-            "bezier_distill-lenet300-mnist")})
+            "geodesic-lenet300-mnist", "geodesic_relaxed-lenet300-mnist", "linear-lenet300-mnist",
+            "bezier-lenet300-mnist", "bezier_distill-lenet300-mnist")})
         browser.close()
 
 
