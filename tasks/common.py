@@ -108,17 +108,24 @@ def finished(out: Path, result_from_meta=None) -> dict | None:
     task depends on, so a file there that loads (content hash verified) is that task's finished output, and
     its metadata holds the task's result. A damaged file is ignored and overwritten.
     """
+    done = finished_with_content(out, result_from_meta)
+    return None if done is None else done[0]
+
+
+def finished_with_content(out: Path, result_from_meta=None) -> tuple[dict, dict[str, torch.Tensor]] | None:
+    """`finished`, with the file's tensors (a checkpoint's state dict, a tensor file's tensors) as read and
+    verified once, for a task that reuses them (``(reference, tensors)``, or None)."""
     from geodesic_core import InputError
     from geodesic_core.checkpoint import load_checkpoint, load_tensors
 
     if not out.is_file():
         return None
     try:
-        _, meta = (load_tensors if out.name.endswith(".tensors.pt") else load_checkpoint)(out)
+        tensors, meta = (load_tensors if out.name.endswith(".tensors.pt") else load_checkpoint)(out)
     except InputError:
         return None
     result = result_from_meta(meta) if result_from_meta else meta.get("result")
-    return None if result is None else ref(out, meta["sha256"], **result)
+    return None if result is None else (ref(out, meta["sha256"], **result), tensors)
 
 
 def default_device() -> torch.device:

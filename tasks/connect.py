@@ -22,7 +22,7 @@ from geodesic_core.connect import (BezierCurve, InterpolatedOutputs, PolyChain, 
 from geodesic_core.checkpoint import load_tensors, save_tensors
 from geodesic_core.data import get_spec
 
-from .common import CACHED, checkpoint_path, finished, open_ref, ref, save_result, split
+from .common import CACHED, checkpoint_path, finished, finished_with_content, open_ref, ref, save_result, split
 from .live import Live
 PROBE = 1024  # inputs of the fixed probe batch the path lengths are measured on
 
@@ -185,7 +185,7 @@ def bezier_curve_task(a: dict, b: dict, cfg: ConnectConfig, data_dir: str | None
     w_a, w_b = flat_params(model).cpu(), flat_params(net_b).cpu()
     train_data = split(cfg.dataset, True, data_dir)
     probe_model = copy.deepcopy(model)
-    if (trained := finished(out)) is None:
+    if (done := finished_with_content(out)) is None:
         title = (f"train {'label-free ' if distill else ''}Bezier curve {cfg.model}"
                  + ("" if budget_seconds is None else f" ({budget_seconds:.0f} s)"))
         endpoints = (model, net_b) if distill else None  # copied before training
@@ -197,10 +197,12 @@ def bezier_curve_task(a: dict, b: dict, cfg: ConnectConfig, data_dir: str | None
             wall = time.perf_counter() - t0
         set_flat_params(probe_model, curve.bend.detach().to(flat_params(probe_model)))
         trained = save_result(out, probe_model, meta, dict(train_seconds=wall), role=f"{kind} bend")
-    else:  # trained by an earlier run (or attempt): only the evaluation is redone
+    else:  # trained by an earlier run (or attempt): only the evaluation is redone, from the bend read once
+        trained, state = done
+        probe_model.load_state_dict(state)
         curve = BezierCurve(model, w_a.to(flat_params(model)), w_b.to(flat_params(model)))
         with torch.no_grad():
-            curve.bend.copy_(flat_params(open_ref(trained)[0]))
+            curve.bend.copy_(flat_params(probe_model))
     return {**_curve_result(curve, probe_model, w_a, w_b, cfg, data_dir), "wall_seconds": trained["train_seconds"],
             "epochs": train_cfg.epochs, "path": trained["path"], "sha256": trained["sha256"]}
 
@@ -220,7 +222,7 @@ def relax_path_task(segments: list[dict], a: dict, b: dict, cfg: ConnectConfig, 
     (model, _), net_b = open_ref(a), open_ref(b)[0]
     w_a, w_b = flat_params(model).cpu(), flat_params(net_b).cpu()
     probe_model = copy.deepcopy(model)
-    if (fitted := finished(out)) is None:
+    if (done := finished_with_content(out)) is None:
         points = []
         for seg in segments:
             tensors, meta = load_tensors(seg["points"]["path"])
@@ -238,8 +240,9 @@ def relax_path_task(segments: list[dict], a: dict, b: dict, cfg: ConnectConfig, 
         nodes = chain.nodes.detach().cpu()
         fitted = ref(out, save_tensors(out, {"nodes": nodes}, {"result": {"knots": knots, "fit_seconds": fit}}),
                      knots=knots, fit_seconds=fit)
-    else:  # fit by an earlier run (or attempt): only the evaluation is redone
-        nodes, knots = load_tensors(out)[0]["nodes"], fitted["knots"]
+    else:  # fit by an earlier run (or attempt): only the evaluation is redone, from the nodes read once
+        fitted, tensors = done
+        nodes, knots = tensors["nodes"], fitted["knots"]
     chain = PolyChain(probe_model, w_a.to(flat_params(probe_model)), w_b.to(flat_params(probe_model)),
                       nodes.to(flat_params(probe_model)), knots).eval()
     traversal = sum(seg["wall_seconds"] for seg in segments)

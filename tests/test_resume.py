@@ -101,23 +101,6 @@ def _histories(work: Path) -> dict:
     return out
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, data_dir, db_templates):
-    """One uninterrupted run per flow (computed on first use). The sparsify flow's (the README's main job)
-    starts in a fresh Prefect home and MLflow file, so a first start with its migrations stays tested."""
-    cache: dict[str, dict] = {}
-
-    def get(flow: str) -> dict:
-        if flow not in cache:
-            work = tmp_path_factory.mktemp(f"reference-{flow}")
-            templates = None if flow == "sparsify" else db_templates
-            _finish(_start(flow, work, data_dir, work / "run.log", templates), work / "run.log")
-            cache[flow] = _metrics(work), _histories(work)
-        return cache[flow]
-
-    return get
-
-
 def _kill_at(proc: subprocess.Popen, log: Path, ckpts: Path, point: str, when: str) -> None:
     """SIGKILL the run's process group once it reaches ``when`` (a checkpoint must be one it wrote itself)."""
     kind, what = when.split(":", 1)
@@ -132,15 +115,27 @@ def _kill_at(proc: subprocess.Popen, log: Path, ckpts: Path, point: str, when: s
         if kind == "log":
             time.sleep(1.0)  # inside the first task
     finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGKILL the run's process group (its own session) unless it has ended."""
+    if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("flow", list(KILL_POINTS))
-def test_a_run_killed_at_each_point_resumes_from_its_finished_tasks(reference, tmp_path, data_dir, db_templates,
+def test_a_run_killed_at_each_point_resumes_from_its_finished_tasks(request, tmp_path, data_dir, db_templates,
                                                                     flow):
-    expected, histories = reference(flow)
+    # the uninterrupted run, in its own folder, runs beside the killed ones (the two share nothing but the CPU). The
+    # sparsify flow's (the README's main job) starts in a fresh Prefect home and MLflow file, so a first start with
+    # its migrations stays tested.
+    reference = tmp_path / "reference"
+    uninterrupted = _start(flow, reference, data_dir, tmp_path / "reference.log",
+                           None if flow == "sparsify" else db_templates)
+    request.addfinalizer(lambda: _stop(uninterrupted))  # a failed test leaves no run behind
     work, ckpts = tmp_path / "run", tmp_path / "run" / "outputs" / "checkpoints"
     def kept(finished: dict[str, int], where: str) -> dict[str, int]:
         """Every checkpoint's mtime now, after checking that none of ``finished`` was written again."""
@@ -159,6 +154,8 @@ def test_a_run_killed_at_each_point_resumes_from_its_finished_tasks(reference, t
         finished = now
     _finish(_start(flow, work, data_dir, tmp_path / "last.log", db_templates), tmp_path / "last.log")
     kept(finished, "at the end")
+    _finish(uninterrupted, tmp_path / "reference.log")
+    expected, histories = _metrics(reference), _histories(reference)
     from geodesic_core.checkpoint import load_checkpoint, load_tensors
 
     for path in ckpts.glob("*.pt"):  # no half-written checkpoint: each one loads and matches its content hash
