@@ -503,9 +503,10 @@ def print_connect(r: dict) -> None:
                     print(f"{mine} vs {name}, path minimum: {versus(r['paths'][mine]['min'], r['paths'][name]['min'])}")
         relaxed = r["paths"].get("geodesic, relaxed")
         if relaxed:
+            knots = ", ".join(f"{k:.2f}" for k in relaxed["knots"])
             print(f"relaxed: {relaxed['epochs']} epochs of the chain's fit in {relaxed['fit_seconds']:.1f} s "
-                  f"(its wall s counts the traversal too); knots {', '.join(f'{k:.2f}' for k in relaxed['knots'])}; equal-time "
-                  f"curves sized by the traversal plus the fit")
+                  f"(its wall s counts the traversal too); knots {knots}; equal-time curves sized by the traversal "
+                  f"plus the fit")
 
 
 # --------------------------------------------------------------------------------------------------------------

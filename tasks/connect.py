@@ -200,9 +200,10 @@ def bezier_curve_task(a: dict, b: dict, cfg: ConnectConfig, data_dir: str | None
     else:  # trained by an earlier run (or attempt): only the evaluation is redone, from the bend read once
         trained, state = done
         probe_model.load_state_dict(state)
-        curve = BezierCurve(model, w_a.to(flat_params(model)), w_b.to(flat_params(model)))
+        bend = flat_params(probe_model)
+        curve = BezierCurve(model, w_a.to(bend), w_b.to(bend))
         with torch.no_grad():
-            curve.bend.copy_(flat_params(probe_model))
+            curve.bend.copy_(bend)
     return {**_curve_result(curve, probe_model, w_a, w_b, cfg, data_dir), "wall_seconds": trained["train_seconds"],
             "epochs": train_cfg.epochs, "path": trained["path"], "sha256": trained["sha256"]}
 
@@ -243,9 +244,9 @@ def relax_path_task(segments: list[dict], a: dict, b: dict, cfg: ConnectConfig, 
     else:  # fit by an earlier run (or attempt): only the evaluation is redone, from the nodes read once
         fitted, tensors = done
         nodes, knots = tensors["nodes"], fitted["knots"]
-    chain = PolyChain(probe_model, w_a.to(flat_params(probe_model)), w_b.to(flat_params(probe_model)),
-                      nodes.to(flat_params(probe_model)), knots).eval()
+    like = w_a.to(next(probe_model.parameters()))  # the network's device and dtype
+    chain = PolyChain(probe_model, like, w_b.to(like), nodes.to(like), knots).eval()
     traversal = sum(seg["wall_seconds"] for seg in segments)
     return {**_curve_result(chain, probe_model, w_a, w_b, cfg, data_dir),
-            "wall_seconds": traversal + fitted["fit_seconds"], "fit_seconds": fitted["fit_seconds"], "epochs": cfg.relax_epochs, "knots": knots, "path": str(out),
-            "sha256": fitted["sha256"]}
+            "wall_seconds": traversal + fitted["fit_seconds"], "fit_seconds": fitted["fit_seconds"],
+            "epochs": cfg.relax_epochs, "knots": knots, "path": str(out), "sha256": fitted["sha256"]}
