@@ -76,7 +76,8 @@ def geodesic(dense, slices, level, cfg: SparsifyConfig, pool, test):
     wall = time.perf_counter() - t0 - seen["eval_time"]
     oneshot_prune(model, slices, level, cfg.scope)
     projected = _copy(model)
-    wall += closing_correction(model, anchor, pool, level, cfg.geo.model_copy(update={"seed": cfg.seed}), cfg.polish_epochs)
+    wall += closing_correction(model, anchor, pool, level, cfg.geo.model_copy(update={"seed": cfg.seed}), cfg.polish_epochs,
+                               lr=cfg.polish_lr, temperature=cfg.polish_temperature)
     return (model, wall, sum(r.steps for r in stages), seen["path_min"], len(stages),
             len(plan.history) - len(stages), projected)
 
@@ -98,7 +99,8 @@ def finetune_curve(dense, slices, level, cfg: SparsifyConfig, data, test, budget
         return clock["t"] >= budget
 
     train(model, data, cfg.finetune.train_config(cfg.seed, 10_000, distill), masks=masks, on_step=on_step,
-          device=next(model.parameters()).device, teacher=_copy(dense).requires_grad_(False) if distill else None)
+          device=next(model.parameters()).device, teacher=_copy(dense).requires_grad_(False) if distill else None,
+          teacher_temperature=cfg.finetune.distill_temperature)
     curve.append((clock["t"], evaluate(model, test)[0]))
     return model, curve
 
@@ -125,7 +127,8 @@ def polish_variant(geo_model, slices, cfg: SparsifyConfig, data, test, epochs, d
     tc = cfg.finetune.train_config(cfg.seed, epochs, distill).model_copy(update={"schedule": "cosine"})
     t = time.perf_counter()
     train(model, data, tc, masks=masks_from_zeros(model, slices), device=next(model.parameters()).device,
-          teacher=_copy(dense).requires_grad_(False) if distill else None)
+          teacher=_copy(dense).requires_grad_(False) if distill else None,
+          teacher_temperature=cfg.finetune.distill_temperature)
     return evaluate(model, test)[0], time.perf_counter() - t
 
 

@@ -75,8 +75,8 @@ def _as_split(test) -> Split | None:
 def sparsify(model: nn.Module, x: torch.Tensor, target: float, *, test: tuple[torch.Tensor, torch.Tensor] | None = None,
              stages: int = 5, schedule: Literal["cubic", "adaptive"] = "adaptive", stage_tolerance: float = 0.3,
              max_stages: int = 40, refresh_every: int = 10, scope: Literal["global", "layer"] = "global",
-             geo: GeoConfig | None = None, eval_every: int = 10, polish_epochs: int = 2,
-             callbacks: Sequence[Callable[[StepInfo], None]] = ()) -> SparsifyResult:
+             geo: GeoConfig | None = None, eval_every: int = 10, polish_epochs: int = 2, polish_lr: float = 0.1,
+             polish_temperature: float = 2.0, callbacks: Sequence[Callable[[StepInfo], None]] = ()) -> SparsifyResult:
     """Sparsify a copy of ``model`` to ``target`` percent zeros by traversing geodesics (paper Algorithm 1).
 
     Stage k traverses Geo(w, g, proj(w, H_{p_k}), s) toward the p_k-sparse projection of the current weights,
@@ -88,7 +88,8 @@ def sparsify(model: nn.Module, x: torch.Tensor, target: float, *, test: tuple[to
     most ``max_stages``), starting from steps of 1/``stages`` of the log density; ``"cubic"``: the fixed
     ``stages`` of `stage_sparsities`. Undone stages leave no rows in ``path`` or ``stages``; their time counts.
     After the path's end: ``polish_epochs`` epochs of the closing correction (`geodesic_core.sparsify.polish`,
-    masked distillation toward the dense outputs on ``x``; 0: none).
+    masked distillation toward the dense outputs on ``x`` at ``polish_lr``, on their softmax at
+    ``polish_temperature`` (0: on the logits); 0 epochs: none).
 
     Args:
         model: any ``nn.Module`` mapping ``(N, *input shape)`` to outputs ``(N, K)``; it is not modified.
@@ -108,6 +109,9 @@ def sparsify(model: nn.Module, x: torch.Tensor, target: float, *, test: tuple[to
                          f"{refresh_every}")
     if polish_epochs < 0:
         raise InputError(f"polish_epochs must be >= 0 (0: no closing correction), got {polish_epochs}")
+    if not polish_lr > 0 or not polish_temperature >= 0:
+        raise InputError(f"polish_lr must be > 0 and polish_temperature >= 0 (0: match the logits), got {polish_lr}, "
+                         f"{polish_temperature}")
     if schedule not in ("cubic", "adaptive"):
         raise InputError(f"schedule must be 'cubic' or 'adaptive', got {schedule!r}")
     plan = (AdaptiveSchedule(target, stages=stages, tolerance=stage_tolerance, max_stages=max_stages)
@@ -157,7 +161,7 @@ def sparsify(model: nn.Module, x: torch.Tensor, target: float, *, test: tuple[to
 
     t0 = time.perf_counter()
     run_schedule(net, plan, run_stage, dense, fidelity_probe(x, seed=cfg.seed), on_accept=accept, on_reject=undo)
-    polish(net, dense, x, target, cfg, polish_epochs)
+    polish(net, dense, x, target, cfg, polish_epochs, lr=polish_lr, temperature=polish_temperature)
     out.seconds = time.perf_counter() - t0 - spent[0]
     out.sparsity = 100.0 * sparsity(flat_params(net), slices)
     out.projected_test_accuracy = out.path[-1].get("test_accuracy")

@@ -63,6 +63,9 @@ class FinetuneConfig(_Config):
     """Also run the label-free baseline, prune + distillation toward the dense network's outputs."""
     distill_lr: PositiveFloat = 0.003
     """Learning rate of prune + distillation (constant)."""
+    distill_temperature: float = Field(0.0, ge=0.0)
+    """Prune + distillation's loss: 0 matches the dense logits (½‖·‖²); T > 0 their softmax at temperature T
+    (T² KL, Hinton et al. 2015), the closing correction's loss at polish_temperature."""
 
     def train_config(self, seed: int, epochs: int | None = None, distill: bool = False) -> TrainConfig:
         return TrainConfig(epochs=epochs or self.epochs, lr=self.distill_lr if distill else self.lr,
@@ -105,8 +108,13 @@ class SparsifyConfig(_ModelOnDataset):
     finetune settings (0: skip that baseline)."""
     polish_epochs: int = Field(2, ge=0)
     """The closing correction after the final projection: epochs of masked distillation toward the dense
-    network's outputs at geo.distill_lr decayed to 0, no labels, its time counted as the geodesic's (0: off,
-    the projected end is the result)."""
+    network's outputs at polish_lr decayed to 0, no labels, its time counted as the geodesic's (0: off, the
+    projected end is the result)."""
+    polish_lr: PositiveFloat = 0.1
+    """The closing correction's learning rate (SGD, momentum 0.9, cosine decay to 0)."""
+    polish_temperature: float = Field(2.0, ge=0.0)
+    """The closing correction's loss: T > 0 matches the dense network's softmax at temperature T (T² KL,
+    Hinton et al. 2015); 0 its logits (½‖·‖², the geodesic's own corrector's loss)."""
     stages: PositiveInt = 5
     """K: the stages of the cubic schedule, or the adaptive schedule's first and largest step, 1/K of the log
     density (one cached task per stage; structured: K equal steps of filters)."""
@@ -413,15 +421,17 @@ def level_masks(model: nn.Module, level: float, *, structured: bool = False, lay
 
 
 def polish(model: nn.Module, dense: nn.Module, x: torch.Tensor, level: float, cfg: GeoConfig, epochs: int, *,
-           structured: bool = False, layer: str = "", augment: bool = False, device: torch.device | None = None,
-           step_callbacks: Sequence[Callable] = ()) -> float:
-    """The geodesic's closing correction, after its final projection onto ``level`` (in place): the
-    first-order corrector of every Geo step (`GeoConfig.distill_steps`) run over the training inputs for
-    ``epochs`` epochs with the mask fixed, minimizing ½ mean_x ‖f(x; w) − f(x; w_dense)‖² by SGD (momentum 0.9,
-    lr ``cfg.distill_lr`` decayed to 0 by a cosine, batches of ``cfg.distill_batch``; seed ``cfg.seed``). The
-    projection's last jump moved the outputs off the dense network's; this brings them back as far as the
-    mask allows. Reads ``x`` ``(N, *input shape)`` only, no labels (``augment``: random crop + flip, as the
-    baselines train on CIFAR).
+           lr: float | None = None, temperature: float = 0.0, structured: bool = False, layer: str = "",
+           augment: bool = False, device: torch.device | None = None, step_callbacks: Sequence[Callable] = ()) -> float:
+    """The geodesic's closing correction, after its final projection onto ``level`` (in place): masked
+    distillation toward the dense network over the training inputs for ``epochs`` epochs with the mask fixed,
+    by SGD (momentum 0.9, ``lr`` (default ``cfg.distill_lr``) decayed to 0 by a cosine, batches of
+    ``cfg.distill_batch``; seed ``cfg.seed``) on `geodesic_core.train.distillation_loss`:
+    ½ mean_x ‖f(x; w) − f(x; w_dense)‖², the first-order corrector of every Geo step (`GeoConfig.distill_steps`),
+    at ``temperature`` 0; T² mean_x KL(softmax(f(x; w_dense) / T) ‖ softmax(f(x; w) / T)) at T > 0 (the
+    sparsify flow's default, T = 2 at lr 0.1, chosen on a validation split). The projection's last jump moved
+    the outputs off the dense network's; this brings them back as far as the mask allows. Reads ``x``
+    ``(N, *input shape)`` only, no labels (``augment``: random crop + flip, as the baselines train on CIFAR).
 
     Returns:
         wall seconds spent.
@@ -430,11 +440,11 @@ def polish(model: nn.Module, dense: nn.Module, x: torch.Tensor, level: float, cf
         return 0.0
     t0 = time.perf_counter()
     masks = level_masks(model, level, structured=structured, layer=layer)
-    tc = TrainConfig(epochs=epochs, lr=cfg.distill_lr, momentum=0.9, weight_decay=0.0, batch_size=cfg.distill_batch,
-                     schedule="cosine", seed=cfg.seed)
+    tc = TrainConfig(epochs=epochs, lr=cfg.distill_lr if lr is None else lr, momentum=0.9, weight_decay=0.0,
+                     batch_size=cfg.distill_batch, schedule="cosine", seed=cfg.seed)
     no_labels = torch.zeros(x.shape[0], dtype=torch.long)  # `train` reports accuracy on them; the loss never reads them
     train(model, Split(x, no_labels), tc, masks=masks, augment=augment, device=device, teacher=dense,
-          step_callbacks=step_callbacks)
+          teacher_temperature=temperature, step_callbacks=step_callbacks)
     return time.perf_counter() - t0
 
 
@@ -443,11 +453,12 @@ def prune_finetune(model: nn.Module, level: float, data: Split, cfg: TrainConfig
                    max_batches: int | None = None, augment: bool = False,
                    device: torch.device | None = None, callbacks: Sequence[Callable] = (),
                    step_callbacks: Sequence[Callable] = (),
-                   teacher: nn.Module | None = None) -> tuple[nn.Module, float, int]:
+                   teacher: nn.Module | None = None, teacher_temperature: float = 0.0) -> tuple[nn.Module, float, int]:
     """Baseline: hard projection (`project_to_level`), then masked SGD fine-tuning (pruned weights stay
     exactly zero), in place. On the labels (cross-entropy), or with ``teacher`` (the dense network) label-free:
-    prune + distillation, masked SGD on ½ mean_x ‖f(x; w) − f(x; w_dense)‖² over the training inputs, the
-    label-free peer of the geodesic (which reads only inputs too).
+    prune + distillation, masked SGD on ½ mean_x ‖f(x; w) − f(x; w_dense)‖² over the training inputs (or, at
+    ``teacher_temperature`` T > 0, on T² KL between the softmaxes at T: `geodesic_core.train.distillation_loss`),
+    the label-free peer of the geodesic (which reads only inputs too).
 
     The budget is ``cfg.epochs`` epochs, optionally capped by ``max_batches`` optimizer steps or by
     ``budget_seconds`` of wall time (the equal-compute comparison). The learning-rate schedule spans
@@ -462,7 +473,8 @@ def prune_finetune(model: nn.Module, level: float, data: Split, cfg: TrainConfig
     project_to_level(model, level, structured=structured, layer=layer, scope=scope)
     masks = level_masks(model, level, structured=structured, layer=layer)
     steps = train(model, data, cfg, masks=masks, augment=augment, device=device, max_batches=max_batches,
-                  budget_seconds=budget_seconds, callbacks=callbacks, step_callbacks=step_callbacks, teacher=teacher)
+                  budget_seconds=budget_seconds, callbacks=callbacks, step_callbacks=step_callbacks, teacher=teacher,
+                  teacher_temperature=teacher_temperature)
     return model, time.perf_counter() - t0, steps
 
 

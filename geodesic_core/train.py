@@ -79,11 +79,13 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
           budget_seconds: float | None = None, on_step: Callable[[int], bool] | None = None,
           penalty: Callable[[nn.Module], torch.Tensor] | None = None,
           step_callbacks: Sequence[Callable[[TrainStep], None]] = (),
-          teacher: nn.Module | None = None) -> int:
+          teacher: nn.Module | None = None, teacher_temperature: float = 0.0) -> int:
     """Minimize the mean (label-smoothed) cross-entropy on ``data`` (plus ``penalty(model)`` if given) with SGD
     (momentum or Nesterov, weight decay, schedule), in place. With ``teacher``, label-free distillation
-    instead: minimize ½ mean_x ‖f(x; w) − f_teacher(x)‖² over the training inputs (the teacher in eval mode,
-    the labels unused except to report ``TrainStep``'s accuracy).
+    instead: minimize ½ mean_x ‖f(x; w) − f_teacher(x)‖² over the training inputs, or with
+    ``teacher_temperature`` T > 0 the tempered loss of Hinton et al. (2015),
+    T² mean_x KL(softmax(f_teacher(x) / T) ‖ softmax(f(x; w) / T)) (the teacher in eval mode, the labels unused
+    except to report ``TrainStep``'s accuracy).
 
     Args:
         model: network mapping ``(B, C, H, W)`` to logits ``(B, K)``.
@@ -102,6 +104,8 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
             EWC baselines of continual learning).
         step_callbacks: called with a `TrainStep` after every step (progress, training curves).
         teacher: a network of the same outputs ``(B, K)`` whose outputs the model learns to match (distillation).
+        teacher_temperature: 0: match the teacher's logits (squared distance); T > 0: match its softmax at
+            temperature T (KL divergence, scaled by T² so its gradients keep their size across T).
 
     Returns:
         the number of optimizer steps taken.
@@ -151,7 +155,7 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
                     else:
                         with torch.no_grad():  # after the model: a teacher may read its draw (`CurveAnchor`)
                             wanted = teacher(xb).float()
-                        loss = 0.5 * (logits.float() - wanted).pow(2).sum(-1).mean()
+                        loss = distillation_loss(logits.float(), wanted, teacher_temperature)
                 objective = loss + penalty(model) if penalty is not None else loss
                 opt.zero_grad(set_to_none=True)
                 objective.backward()
@@ -186,6 +190,17 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
         if cl:  # flat-vector views (parameters_to_vector) need the default memory format
             model.to(memory_format=torch.contiguous_format)
     return done
+
+
+def distillation_loss(logits: torch.Tensor, wanted: torch.Tensor, temperature: float = 0.0) -> torch.Tensor:
+    """The label-free loss of a student's ``logits`` ``(B, K)`` against a teacher's ``wanted`` ``(B, K)``:
+    ½ mean_b ‖logits − wanted‖² (``temperature`` 0), or T² mean_b KL(softmax(wanted / T) ‖ softmax(logits / T))
+    (Hinton et al. 2015), whose gradient in the logits is T (softmax(logits / T) − softmax(wanted / T)) / B."""
+    if temperature <= 0:
+        return 0.5 * (logits - wanted).pow(2).sum(-1).mean()
+    t = temperature
+    return nn.functional.kl_div(torch.log_softmax(logits / t, -1), torch.log_softmax(wanted / t, -1),
+                                log_target=True, reduction="batchmean") * (t * t)
 
 
 def equal_time_epochs(epochs: int, seconds: float, budget_seconds: float) -> int:

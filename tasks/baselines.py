@@ -61,7 +61,8 @@ def finetune_baseline(dense: dict, level: float, cfg: SparsifyConfig, budget_sec
                                         structured=cfg.structured, layer=cfg.layer, scope=cfg.scope,
                                         budget_seconds=budget_seconds, augment=spec(cfg.dataset).augment,
                                         step_callbacks=[live.train_step] if budget_seconds is None else
-                                        [lambda s: live.train_step(s, total=False)], teacher=teacher)
+                                        [lambda s: live.train_step(s, total=False)], teacher=teacher,
+                                        teacher_temperature=cfg.finetune.distill_temperature)
         result = _result(model, method, level, split(cfg.dataset, False, data_dir), wall_seconds=wall, steps=steps)
     return save_result(out, model, meta, result)
 
