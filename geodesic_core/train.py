@@ -267,7 +267,8 @@ def train_and_save(model_name: str | None, dataset: str, cfg: TrainConfig, out: 
                    device: torch.device | None = None, task: int = 0, permutation_seed: int = 0,
                    callbacks: Sequence[Callable[[EpochInfo], None]] = (), width: float | None = None,
                    depth: int | None = None, step_callbacks: Sequence[Callable[[TrainStep], None]] = (),
-                   init: str | None = None, keep_zeros: bool = False, teacher: str | None = None) -> dict:
+                   init: str | None = None, keep_zeros: bool = False, teacher: str | None = None,
+                   teacher_temperature: float = 0.0) -> dict:
     """Train a model (registered, torchvision's or the user's) on a dataset (registered or the user's) from seed ``cfg.seed``, evaluate it on the test split
     and write the checkpoint atomically to ``out``. Inputs are checked before any work starts.
 
@@ -276,18 +277,21 @@ def train_and_save(model_name: str | None, dataset: str, cfg: TrainConfig, out: 
     instead of random ones; ``keep_zeros`` then keeps every parameter entry that is exactly zero
     there at exactly zero (masked SGD: fine-tuning a sparsified network keeps its mask, and a structured
     one its removed filters). With ``teacher`` (a checkpoint with the same classes and input shape) training
-    is label-free: masked SGD on ½ mean_x ‖f(x; w) − f(x; w_teacher)‖² over the training inputs (`train`).
-    Without ``init``, ``model_name`` is required and ``width`` defaults to 1.
+    is label-free: masked SGD on ½ mean_x ‖f(x; w) − f(x; w_teacher)‖² over the training inputs, or at
+    ``teacher_temperature`` T > 0 on T² KL between the softmaxes at T (`distillation_loss`). Without ``init``, ``model_name`` is required and ``width`` defaults to 1.
 
     Returns:
         the checkpoint metadata (model, dataset, test_accuracy, test_loss, sha256, ...; with ``init`` also
         ``init_sha256``, ``keep_zeros`` and ``zero_fraction``, the fraction of parameter entries held at zero;
-        with ``teacher`` ``teacher_sha256``).
+        with ``teacher`` ``teacher_sha256`` and ``teacher_temperature``).
     """
     from .checkpoint import arch_from_meta, load_checkpoint, load_model, model_from_checkpoint, save_checkpoint
     from .data import check_data_files, get_spec, check_dataset_name
     from .models import arch_kwargs, build_model, check_model_name
 
+    if not teacher_temperature >= 0 or (teacher_temperature and not teacher):
+        raise InputError(f"teacher_temperature (--teacher-temperature) must be >= 0 and needs a teacher (--teacher "
+                         f"CHECKPOINT), got {teacher_temperature} with teacher {teacher!r}")
     if keep_zeros and not init:
         raise InputError("keep_zeros (--keep-zeros) needs a checkpoint to start from (--init CHECKPOINT): a random "
                          "network has no zeros to keep")
@@ -322,12 +326,12 @@ def train_and_save(model_name: str | None, dataset: str, cfg: TrainConfig, out: 
     if teacher:
         teacher_model, teacher_meta = load_model(teacher, expect_num_classes=spec.num_classes)
         _check_input_shape(teacher, teacher_meta, spec)
-        extra["teacher_sha256"] = teacher_meta["sha256"]
+        extra.update(teacher_sha256=teacher_meta["sha256"], teacher_temperature=float(teacher_temperature))
     train_split = load_split(dataset, True, data_dir, task, permutation_seed)
     test_split = load_split(dataset, False, data_dir, task, permutation_seed)
     t0 = time.perf_counter()
     train(model, train_split, cfg, augment=spec.augment, device=device, callbacks=callbacks,
-          step_callbacks=step_callbacks, masks=masks, teacher=teacher_model)
+          step_callbacks=step_callbacks, masks=masks, teacher=teacher_model, teacher_temperature=teacher_temperature)
     train_seconds = time.perf_counter() - t0
     acc, loss = evaluate(model, test_split)
     meta = {"model": model_name, "dataset": dataset, "num_classes": spec.num_classes,

@@ -124,6 +124,18 @@ def test_train_with_a_teacher_moves_toward_its_outputs(tmp_path, data_dir, spars
     assert gap[1] < 0.5 * gap[0] and meta["teacher_sha256"] == t_meta["sha256"]
     assert all(torch.equal(p == 0, zeros[k]) for k, p in d.named_parameters() if zeros[k].any())
 
+    # --teacher-temperature: the tempered softmax instead (the closing correction's loss), recorded in the checkpoint
+    from geodesic_core.train import distillation_loss
+
+    soft = tmp_path / "distilled-t2.pt"
+    assert main(["train", "--init", str(sparse), "--keep-zeros", "--teacher", str(dense), "--teacher-temperature", "2",
+                 "--dataset", "mnist", "--epochs", "1", "--lr", "0.1", "--out", str(soft), "--data-dir", data_dir]) == 0
+    k, k_meta = load_model(soft)
+    with torch.no_grad():
+        kl = [float(distillation_loss(m(x), t(x), 2.0)) for m in (s, k)]
+    assert kl[1] < 0.5 * kl[0] and k_meta["teacher_temperature"] == 2.0 and meta["teacher_temperature"] == 0.0
+    assert all(torch.equal(p == 0, zeros[n]) for n, p in k.named_parameters() if zeros[n].any())
+
 
 @pytest.mark.parametrize("extra,match", [
     ([], "(--model) is required"),
@@ -132,6 +144,8 @@ def test_train_with_a_teacher_moves_toward_its_outputs(tmp_path, data_dir, spars
     (["--init", "{sparse}", "--width", "0.5"], "no width option"),
     (["--init", "{bad}"], "could not be loaded safely"),
     (["--init", "{sparse}", "--teacher", "{cifar}"], "inputs"),
+    (["--init", "{sparse}", "--teacher-temperature", "2"], "needs a teacher"),
+    (["--init", "{sparse}", "--teacher", "{sparse}", "--teacher-temperature", "-1"], "must be >= 0"),
 ])
 def test_train_from_a_checkpoint_rejects_bad_input_before_work(tmp_path, data_dir, capsys, sparse_lenet,
                                                                extra, match):
