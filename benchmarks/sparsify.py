@@ -6,7 +6,8 @@ For every sparsity level, on the same dense network and in one process (no orche
   finetune_2ep    magnitude pruning + 2 epochs of masked SGD fine-tuning (lr 0.01, momentum 0.9)
   finetune_eq     the same fine-tuning for the geodesic's wall time (equal compute)
   distill_2ep     the label-free peer: magnitude pruning + 2 epochs of masked SGD toward the dense network's
-                  outputs (½ |f(x; w) - f(x; w_dense)|², lr ``finetune.distill_lr``), no labels read
+                  outputs (½ |f(x; w) - f(x; w_dense)|², lr ``finetune.distill_lr``; with ``--set
+                  finetune.distill_temperature=T`` the closing correction's tempered loss), no labels read
   distill_eq      the same distillation for the geodesic's wall time
 and the wall time masked fine-tuning needs to reach the geodesic's accuracy (test set evaluated every 100
 steps, evaluation time excluded), as the ratio geodesic time / fine-tune time at equal accuracy.
