@@ -120,7 +120,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(TrainConfig, args)
     meta = train_and_save(args.model, args.dataset, cfg, args.out, args.data_dir, task=args.task, width=args.width,
                           depth=args.depth, init=args.init, keep_zeros=args.keep_zeros, teacher=args.teacher,
-                          teacher_temperature=args.teacher_temperature, callbacks=[lambda e: print(f"epoch {e.epoch + 1}/{cfg.epochs}  loss {e.train_loss:.4f}",
+                          teacher_temperature=args.teacher_temperature,
+                          callbacks=[lambda e: print(f"epoch {e.epoch + 1}/{cfg.epochs}  loss {e.train_loss:.4f}",
                                                      flush=True)])
     kept = f"  {100 * meta['zero_fraction']:.2f}% of the parameters held at zero" if meta.get("keep_zeros") else ""
     print(f"test accuracy {meta['test_accuracy']:.2f}%  loss {meta['test_loss']:.4f}{kept}  -> {args.out}")

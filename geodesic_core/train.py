@@ -278,7 +278,8 @@ def train_and_save(model_name: str | None, dataset: str, cfg: TrainConfig, out: 
     there at exactly zero (masked SGD: fine-tuning a sparsified network keeps its mask, and a structured
     one its removed filters). With ``teacher`` (a checkpoint with the same classes and input shape) training
     is label-free: masked SGD on ½ mean_x ‖f(x; w) − f(x; w_teacher)‖² over the training inputs, or at
-    ``teacher_temperature`` T > 0 on T² KL between the softmaxes at T (`distillation_loss`). Without ``init``, ``model_name`` is required and ``width`` defaults to 1.
+    ``teacher_temperature`` T > 0 on T² KL between the softmaxes at T (`distillation_loss`). Without ``init``,
+    ``model_name`` is required and ``width`` defaults to 1.
 
     Returns:
         the checkpoint metadata (model, dataset, test_accuracy, test_loss, sha256, ...; with ``init`` also
