@@ -77,8 +77,8 @@ def geodesic(dense, slices, level, cfg: SparsifyConfig, pool, test):
     wall = time.perf_counter() - t0 - seen["eval_time"]
     oneshot_prune(model, slices, level, cfg.scope)
     projected = _copy(model)
-    wall += closing_correction(model, anchor, pool, level, cfg.geo.model_copy(update={"seed": cfg.seed}), cfg.polish_epochs,
-                               lr=cfg.polish_lr, temperature=cfg.polish_temperature)
+    wall += closing_correction(model, anchor, pool, level, cfg.geo.model_copy(update={"seed": cfg.seed}),
+                               cfg.polish_epochs, lr=cfg.polish_lr, temperature=cfg.polish_temperature)
     return (model, wall, sum(r.steps for r in stages), seen["path_min"], len(stages),
             len(plan.history) - len(stages), projected)
 

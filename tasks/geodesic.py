@@ -129,11 +129,11 @@ def closing_correction(final: dict, anchor: dict, level: float, cfg: SparsifyCon
                        data_fingerprint: str, code_version: str) -> dict:
     """The closing correction of the projected end ``final`` (`geodesic_core.sparsify.polish`):
     ``cfg.polish_epochs`` epochs of masked distillation toward the dense network ``anchor``'s outputs over the
-    training inputs at ``cfg.polish_lr`` and ``cfg.polish_temperature``, no labels. Returns its reference with test accuracy, loss, sparsity (the projection's,
-    kept exactly), the projection's accuracy before it and the wall seconds it took (counted as the geodesic's)."""
+    training inputs at ``cfg.polish_lr`` and ``cfg.polish_temperature``, no labels. Returns its reference with test
+    accuracy, loss, sparsity (the projection's, kept exactly), the projection's accuracy before it and the wall
+    seconds it took (counted as the geodesic's)."""
     out = checkpoint_path("polished", final["sha256"], level, cfg.polish_epochs, cfg.polish_lr, cfg.polish_temperature,
-                          cfg.geo.model_dump(), cfg.seed,
-                          cfg.structured, cfg.layer, code_version)
+                          cfg.geo.model_dump(), cfg.seed, cfg.structured, cfg.layer, code_version)
     if (done := finished(out)) is not None:
         return done
     model, meta = open_ref(final)
@@ -148,8 +148,8 @@ def closing_correction(final: dict, anchor: dict, level: float, cfg: SparsifyCon
                 live.advance(info.step, loss=f"distillation loss {float(info.loss):.4f}")
 
         wall = polish(model, dense, train_x, level, cfg.geo.model_copy(update={"seed": cfg.seed}), cfg.polish_epochs,
-                      lr=cfg.polish_lr, temperature=cfg.polish_temperature, structured=cfg.structured, layer=cfg.layer, augment=spec(cfg.dataset, data_dir).augment,
-                      step_callbacks=[progress])
+                      lr=cfg.polish_lr, temperature=cfg.polish_temperature, structured=cfg.structured,
+                      layer=cfg.layer, augment=spec(cfg.dataset, data_dir).augment, step_callbacks=[progress])
     acc, loss = evaluate(model, split(cfg.dataset, False, data_dir))
     return save_result(out, model, meta, dict(test_accuracy=acc, test_loss=loss, sparsity=final["sparsity"],
                                               projected_test_accuracy=final["test_accuracy"], polish_seconds=wall))
