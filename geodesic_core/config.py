@@ -218,6 +218,9 @@ class GeoConfig(_Config):
     """Learning rate of the first-order corrector."""
     distill_batch: PositiveInt = 128
     """Inputs per first-order corrector step."""
+    distill_temperature: float = Field(0.0, ge=0.0)
+    """The first-order corrector's loss: 0 the squared output distance; T > 0 T² KL(softmax(y*/T) ‖ softmax(f/T))
+    between the anchor's and the network's logits at temperature T (Hinton et al. 2015)."""
     patience: PositiveInt = 50
     """Oscillation criterion: stop after this many steps without a new minimum distance to the target."""
     bn_every: int = Field(10, ge=0)

@@ -10,7 +10,9 @@ step the damped Gauss-Newton correction toward an anchor network's outputs y* on
 which lies in the row space of J and so leaves the null-space motion toward the target untouched
 (``GeoConfig.anchor_radius`` = r > 0 bounds ‖δ‖ ≤ r η, a trust region for the correction as eq. 6 has one for θ).
 Optionally (``GeoConfig.distill_steps``) a first-order corrector follows: a few SGD steps on fresh batches
-that minimize |f(x; w) − y*(x)|² (it sees far more data per second than the exact step's batch). For a
+that minimize |f(x; w) − y*(x)|², or with ``GeoConfig.distill_temperature`` T > 0 the tempered
+T² KL(softmax(y*/T) ‖ softmax(f/T)) of knowledge distillation (it sees far more data per second than the exact
+step's batch). For a
 sparse target both correctors move only the weights the target leaves free, so they never undo its zeros.
 With ``GeoConfig.keep_progress`` they never undo the step's progress either: where the corrected weights end
 farther from w_a than the predictor w + Δw, they are pulled radially onto the sphere ‖w − w_a‖ = ‖w + Δw − w_a‖
@@ -34,7 +36,7 @@ from .errors import InputError, NonFiniteError
 from .metric import MetricOperator, eval_mode, flat_params, output_fn, pushforward, set_flat_params, tempered
 from .solve import GramFactor, _check_qp_args, _solve_exact, _solve_lanczos
 from .targets import Target
-from .train import has_batchnorm, recompute_bn
+from .train import distillation_loss, has_batchnorm, recompute_bn
 
 
 class StepInfo(NamedTuple):
@@ -85,7 +87,8 @@ def _cg(op_apply: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters
 
 
 class _Distiller:
-    """First-order corrector: SGD (momentum 0.9) on (1/B) sum_i |f(x_i; w) - y*(x_i)|^2 over fresh batches,
+    """First-order corrector: SGD (momentum 0.9) on (1/B) sum_i |f(x_i; w) - y*(x_i)|^2 over fresh batches (or,
+    with ``distill_temperature`` T > 0, on `geodesic_core.train.distillation_loss` at T between the logits),
     updating only the weights the target leaves free. Momentum persists across Geo steps. Each SGD step is
     at most η long (the Geo step's own length): with large outputs (a CNN's logits) the gradient is large and
     an unbounded step at a learning rate tuned for a small network diverges."""
@@ -103,12 +106,16 @@ class _Distiller:
             set_flat_params(self.model, w)
             idx = torch.randperm(self.pool.shape[0], generator=self.gen)[: self.cfg.distill_batch]
             x = self.pool[idx].to(device)
-            y = _anchor_outputs(self.anchor, x, self.cfg.output_space)
+            T = self.cfg.distill_temperature
+            y = _anchor_outputs(self.anchor, x, "logits" if T > 0 else self.cfg.output_space)
             with eval_mode(self.model), torch.enable_grad():
                 out = self.model(x)
-                if self.cfg.output_space == "softmax":
-                    out = out.softmax(-1)
-                loss = (out - y).pow(2).sum(-1).mean()
+                if T > 0:
+                    loss = distillation_loss(out, y, T)
+                else:
+                    if self.cfg.output_space == "softmax":
+                        out = out.softmax(-1)
+                    loss = (out - y).pow(2).sum(-1).mean()
                 grads = torch.autograd.grad(loss, f_params)
             g = torch.cat([t.reshape(-1) for t in grads]).detach()
             if mask is not None:

@@ -9,7 +9,8 @@ fixed cubic schedule p_k = p (1 − (1 − k/K)^3), k = 1..K, of Zhu & Gupta 201
 The schedule keeps every stage's distance short, where the local metric describes the functional change
 well; the final network has exactly the requested fraction of zeros among its prunable weights. The
 anchor of every stage is the dense network: the correctors of `geodesic_core.geo` pull the path's outputs
-back toward the dense network's, which is what keeps high sparsities accurate.
+back toward the dense network's, which is what keeps high sparsities accurate (`SparsifyGeoConfig`: 20 first-order
+corrector steps per Geo step on the tempered loss T² KL at T = 2, lr 0.1, chosen on a validation split).
 
 Baselines on the same dense network: one-shot magnitude projection, and magnitude pruning followed by
 masked fine-tuning (SGD) under a compute budget.
@@ -76,7 +77,7 @@ class FinetuneConfig(_Config):
 
 
 SparsifyGeoConfig = with_defaults(GeoConfig, "SparsifyGeoConfig", __name__, max_steps=150, eta=0.2, anchor=1.0, patience=40,
-                                  distill_steps=20, distill_lr=0.003)
+                                  distill_steps=20, distill_lr=0.1, distill_temperature=2.0)
 SparsifyTrainConfig = with_defaults(TrainConfig, "SparsifyTrainConfig", __name__, epochs=15, lr=0.05)
 
 

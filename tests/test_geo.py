@@ -136,7 +136,12 @@ def test_temperature_is_the_softmax_of_the_tempered_logits_throughout_the_traver
     assert torch.equal(flat_params(a), flat_params(b))
 
 
-def test_distillation_corrector_reduces_drift_and_respects_target_zeros():
+@pytest.mark.parametrize("temperature,lr", [(0.0, 0.01), (2.0, 0.3)])
+def test_distillation_corrector_reduces_drift_and_respects_target_zeros(temperature, lr):
+    """The first-order corrector (squared logit distance, or T² KL between the softmaxes at T) pulls the outputs
+    back toward the anchor's, measured in its own loss, and never moves the weights the target prunes."""
+    from geodesic_core.train import distillation_loss
+
     pool = _pool(256)
     with torch.no_grad():
         y0 = tiny_mlp(0)(pool)
@@ -145,13 +150,13 @@ def test_distillation_corrector_reduces_drift_and_respects_target_zeros():
         model = tiny_mlp(0)
         slices = param_slices(model)
         target = SparseTarget(slices, 50, refresh_every=1000)
-        cfg = GeoConfig(eta=0.02, max_steps=15, metric_batch=16, anchor=0.0, distill_steps=steps, distill_lr=0.01,
-                        distill_batch=64)
+        cfg = GeoConfig(eta=0.02, max_steps=15, metric_batch=16, anchor=0.0, distill_steps=steps, distill_lr=lr,
+                        distill_batch=64, distill_temperature=temperature)
         seen = []
         geo(model, target, pool, cfg, anchor=tiny_mlp(0), callbacks=[lambda i: seen.append(i.distance)])
         assert all(b < a for a, b in zip(seen, seen[1:]))  # the corrector never moves the pruned weights
         with torch.no_grad():
-            drift[steps] = float((model(pool) - y0).pow(2).mean())
+            drift[steps] = float(distillation_loss(model(pool), y0, temperature))
     assert drift[10] < 0.5 * drift[0]
 
 
