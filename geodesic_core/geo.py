@@ -12,8 +12,8 @@ which lies in the row space of J and so leaves the null-space motion toward the 
 Optionally (``GeoConfig.distill_steps``) a first-order corrector follows: a few SGD steps on fresh batches
 that minimize |f(x; w) − y*(x)|², or with ``GeoConfig.distill_temperature`` T > 0 the tempered
 T² KL(softmax(y*/T) ‖ softmax(f/T)) of knowledge distillation (it sees far more data per second than the exact
-step's batch). For a
-sparse target both correctors move only the weights the target leaves free, so they never undo its zeros.
+step's batch). For a sparse target both correctors move only the weights the target leaves free, so they never
+undo its zeros.
 With ``GeoConfig.keep_progress`` they never undo the step's progress either: where the corrected weights end
 farther from w_a than the predictor w + Δw, they are pulled radially onto the sphere ‖w − w_a‖ = ‖w + Δw − w_a‖
 (the corrector of a predictor-corrector continuation, which moves on the predictor's level set of progress).
