@@ -102,19 +102,19 @@ class _Distiller:
         mask = free(w_a).to(w.dtype) if free is not None else None
         f_params = list(self.model.parameters())
         device = w.device
+        T = self.cfg.distill_temperature
+        space = "logits" if T > 0 else self.cfg.output_space  # the tempered loss reads the logits
         for _ in range(self.cfg.distill_steps):
             set_flat_params(self.model, w)
             idx = torch.randperm(self.pool.shape[0], generator=self.gen)[: self.cfg.distill_batch]
             x = self.pool[idx].to(device)
-            T = self.cfg.distill_temperature
-            y = _anchor_outputs(self.anchor, x, "logits" if T > 0 else self.cfg.output_space)
+            y = _anchor_outputs(self.anchor, x, space)
             with eval_mode(self.model), torch.enable_grad():
                 out = self.model(x)
                 if T > 0:
                     loss = distillation_loss(out, y, T)
                 else:
-                    if self.cfg.output_space == "softmax":
-                        out = out.softmax(-1)
+                    out = out.softmax(-1) if space == "softmax" else out
                     loss = (out - y).pow(2).sum(-1).mean()
                 grads = torch.autograd.grad(loss, f_params)
             g = torch.cat([t.reshape(-1) for t in grads]).detach()
