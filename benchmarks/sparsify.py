@@ -182,7 +182,7 @@ def main() -> None:
     print(f"dense lenet300: {evaluate(dense, te)[0]:.2f}% ({time.perf_counter() - t0:.1f} s), device {device}, "
           f"{torch.get_num_threads()} threads; geodesic: {cfg.stages} stages, eta {cfg.geo.eta}, "
           f"anchor {cfg.geo.anchor}, distill {cfg.geo.distill_steps}x lr {cfg.geo.distill_lr} "
-          f"T {cfg.geo.distill_temperature:g}, "
+          f"T {cfg.geo.distill_temperature:g} radius {cfg.geo.distill_radius:g}, "
           f"metric batch {cfg.geo.metric_batch}, solver {cfg.geo.solver}")
     slices = param_slices(dense)
     if args.save:

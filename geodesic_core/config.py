@@ -221,6 +221,11 @@ class GeoConfig(_Config):
     distill_temperature: float = Field(0.0, ge=0.0)
     """The first-order corrector's loss: 0 the squared output distance; T > 0 T² KL(softmax(y*/T) ‖ softmax(f/T))
     between the anchor's and the network's logits at temperature T (Hinton et al. 2015)."""
+    distill_radius: float = Field(0.0, ge=0.0)
+    """The first-order corrector's trust region: its whole move after one Geo step at most distill_radius × η
+    long (0: each of its SGD steps at most η, the whole up to distill_steps × η; at a learning rate high enough
+    to correct the last stages of extreme sparsity, the unbounded corrector's noise dips the path between
+    stage ends)."""
     patience: PositiveInt = 50
     """Oscillation criterion: stop after this many steps without a new minimum distance to the target."""
     bn_every: int = Field(10, ge=0)

@@ -12,8 +12,9 @@ which lies in the row space of J and so leaves the null-space motion toward the 
 Optionally (``GeoConfig.distill_steps``) a first-order corrector follows: a few SGD steps on fresh batches
 that minimize |f(x; w) − y*(x)|², or with ``GeoConfig.distill_temperature`` T > 0 the tempered
 T² KL(softmax(y*/T) ‖ softmax(f/T)) of knowledge distillation (it sees far more data per second than the exact
-step's batch). For a sparse target both correctors move only the weights the target leaves free, so they never
-undo its zeros.
+step's batch). Each of its SGD steps is at most η long, and ``GeoConfig.distill_radius`` = r > 0 bounds its whole
+move after one Geo step to r η. For a sparse target both correctors move only the weights the target leaves free,
+so they never undo its zeros.
 With ``GeoConfig.keep_progress`` they never undo the step's progress either: where the corrected weights end
 farther from w_a than the predictor w + Δw, they are pulled radially onto the sphere ‖w − w_a‖ = ‖w + Δw − w_a‖
 (the corrector of a predictor-corrector continuation, which moves on the predictor's level set of progress).
@@ -91,7 +92,8 @@ class _Distiller:
     with ``distill_temperature`` T > 0, on `geodesic_core.train.distillation_loss` at T between the logits),
     updating only the weights the target leaves free. Momentum persists across Geo steps. Each SGD step is
     at most η long (the Geo step's own length): with large outputs (a CNN's logits) the gradient is large and
-    an unbounded step at a learning rate tuned for a small network diverges."""
+    an unbounded step at a learning rate tuned for a small network diverges. With ``distill_radius`` r > 0 the
+    whole move of one call is then scaled onto ‖w − w_start‖ ≤ r η (the momentum keeps its raw value)."""
 
     def __init__(self, model, anchor, pool, cfg: GeoConfig, target, gen):
         self.model, self.anchor, self.pool, self.cfg, self.target, self.gen = model, anchor, pool, cfg, target, gen
@@ -104,6 +106,7 @@ class _Distiller:
         device = w.device
         T = self.cfg.distill_temperature
         space = "logits" if T > 0 else self.cfg.output_space  # the tempered loss reads the logits
+        w_start = w
         for _ in range(self.cfg.distill_steps):
             set_flat_params(self.model, w)
             idx = torch.randperm(self.pool.shape[0], generator=self.gen)[: self.cfg.distill_batch]
@@ -127,6 +130,12 @@ class _Distiller:
                 step = step * (self.cfg.eta / norm)
                 self.buf = step / self.cfg.distill_lr  # the momentum carries the bounded step, not the raw one
             w = w - step
+        radius = self.cfg.distill_radius * self.cfg.eta
+        if radius > 0:  # the corrector's trust region: the whole move at most distill_radius × η
+            move = w - w_start
+            norm = float(move.norm())
+            if norm > radius:
+                w = w_start + move * (radius / norm)
         return w
 
 

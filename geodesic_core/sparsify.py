@@ -77,7 +77,7 @@ class FinetuneConfig(_Config):
 
 
 SparsifyGeoConfig = with_defaults(GeoConfig, "SparsifyGeoConfig", __name__, max_steps=150, eta=0.2, anchor=1.0, patience=40,
-                                  distill_steps=20, distill_lr=0.1, distill_temperature=2.0)
+                                  distill_steps=20, distill_lr=0.1, distill_temperature=2.0, distill_radius=3.0)
 SparsifyTrainConfig = with_defaults(TrainConfig, "SparsifyTrainConfig", __name__, epochs=15, lr=0.05)
 
 

@@ -27,6 +27,7 @@ CASES = [
     ("sparsify", ["--train.batch-size", "-8"], {"train": {"batch_size": -8}}, "greater than 0"),
     ("sparsify", ["--geo.metric-batch", "0"], {"geo": {"metric_batch": 0}}, "greater than 0"),
     ("sparsify", ["--geo.distill-temperature", "-1"], {"geo": {"distill_temperature": -1}}, "greater than or equal to 0"),
+    ("sparsify", ["--geo.distill-radius", "-1"], {"geo": {"distill_radius": -1}}, "greater than or equal to 0"),
     ("continual", ["--tasks", "1"], {"tasks": 1}, "at least 2 tasks"),
     ("continual", ["--scenario", "split-cifar"], {"scenario": "split-cifar"}, "valid scenarios"),
     ("continual", ["--methods", "foo"], {"methods": ["foo"]}, "valid methods"),

@@ -175,6 +175,23 @@ def test_distiller_steps_are_bounded_by_eta():
         prev = w
 
 
+def test_distill_radius_bounds_the_correctors_whole_move():
+    """``distill_radius`` r: the corrector's whole move after a Geo step is at most r η, so the path moves at
+    most (1 + r) η per step; without it the same corrector, pulling toward another network's outputs, moves
+    farther (the bound binds)."""
+    moves = {}
+    for radius in (0.0, 1.0):
+        model = tiny_mlp(0)
+        cfg = GeoConfig(eta=0.05, max_steps=5, metric_batch=16, anchor=0.0, distill_steps=5, distill_lr=1.0,
+                        patience=100, distill_radius=radius)
+        seen = [flat_params(model)]
+        geo(model, FixedTarget(flat_params(tiny_mlp(1))), _pool(), cfg, anchor=tiny_mlp(2),
+            callbacks=[lambda i: seen.append(i.weights.clone())])
+        moves[radius] = max(float((b - a).norm()) for a, b in zip(seen, seen[1:]))
+    assert moves[1.0] <= 2 * 0.05 + 1e-5
+    assert moves[0.0] > 3 * 0.05
+
+
 def test_batchnorm_statistics_follow_the_weights_when_asked():
     """``bn_every``: the running statistics are re-estimated at the current weights (the network the metric and
     the anchor see is the network at w); 0 keeps the start network's statistics."""
