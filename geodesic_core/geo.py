@@ -87,6 +87,13 @@ def _cg(op_apply: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters
     return x
 
 
+def _shrink(v: torch.Tensor, radius: float) -> float:
+    """The factor min(1, radius / ‖v‖) that scales ``v`` onto the ball ‖v‖ ≤ radius (every trust region of the
+    correctors: each distillation step within η, the distiller's whole move, the Gauss-Newton correction)."""
+    norm = float(v.norm())
+    return radius / norm if norm > radius else 1.0
+
+
 class _Distiller:
     """First-order corrector: SGD (momentum 0.9) on (1/B) sum_i |f(x_i; w) - y*(x_i)|^2 over fresh batches (or,
     with ``distill_temperature`` T > 0, on `geodesic_core.train.distillation_loss` at T between the logits),
@@ -125,17 +132,16 @@ class _Distiller:
                 g = g * mask
             self.buf = g if self.buf is None else 0.9 * self.buf + g
             step = self.cfg.distill_lr * self.buf
-            norm = float(step.norm())
-            if norm > self.cfg.eta:
-                step = step * (self.cfg.eta / norm)
+            s = _shrink(step, self.cfg.eta)
+            if s < 1:
+                step = step * s
                 self.buf = step / self.cfg.distill_lr  # the momentum carries the bounded step, not the raw one
             w = w - step
-        radius = self.cfg.distill_radius * self.cfg.eta
-        if radius > 0:  # the corrector's trust region: the whole move at most distill_radius × η
+        if self.cfg.distill_radius > 0:  # the corrector's trust region: the whole move at most distill_radius × η
             move = w - w_start
-            norm = float(move.norm())
-            if norm > radius:
-                w = w_start + move * (radius / norm)
+            s = _shrink(move, self.cfg.distill_radius * self.cfg.eta)
+            if s < 1:
+                w = w_start + move * s
         return w
 
 
@@ -258,10 +264,9 @@ def geo(model: nn.Module, target: Target, pool: torch.Tensor, cfg: GeoConfig, *,
                 corr = corr * free(w_a).to(corr.dtype)
                 j_corr = op.jvp(corr)
             if cfg.anchor_radius > 0:  # the correction's trust region: at most anchor_radius * eta long
-                cnorm = float(corr.norm())
-                if cnorm > cfg.anchor_radius * cfg.eta:
-                    shrink = cfg.anchor_radius * cfg.eta / cnorm
-                    corr, j_corr = corr * shrink, j_corr * shrink
+                s = _shrink(corr, cfg.anchor_radius * cfg.eta)
+                if s < 1:
+                    corr, j_corr = corr * s, j_corr * s
             delta = delta + corr
             j_delta = j_delta + j_corr
         w_new = w + delta

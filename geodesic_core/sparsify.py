@@ -10,7 +10,8 @@ The schedule keeps every stage's distance short, where the local metric describe
 well; the final network has exactly the requested fraction of zeros among its prunable weights. The
 anchor of every stage is the dense network: the correctors of `geodesic_core.geo` pull the path's outputs
 back toward the dense network's, which is what keeps high sparsities accurate (`SparsifyGeoConfig`: 20 first-order
-corrector steps per Geo step on the tempered loss T² KL at T = 2, lr 0.1, chosen on a validation split).
+corrector steps per Geo step on the tempered loss T² KL at T = 2, lr 0.1, their whole move at most 3 η,
+chosen on a validation split).
 
 Baselines on the same dense network: one-shot magnitude projection, and magnitude pruning followed by
 masked fine-tuning (SGD) under a compute budget.
