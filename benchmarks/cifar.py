@@ -56,8 +56,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from geodesic_core import (GeoConfig, build_model, cumulative_lengths, evaluate, flat_params, linear_path,  # noqa: E402
-                           load_split, set_flat_params)
+from geodesic_core import (GeoConfig, NonFiniteError, build_model, cumulative_lengths, evaluate,  # noqa: E402
+                           flat_params, linear_path, load_split, set_flat_params)
 from geodesic_core.config import cifar_recipe  # noqa: E402
 from geodesic_core.connect import (InterpolatedOutputs, bn_batch, connect_segment, distance_ratio,  # noqa: E402
                                    evaluate_point, relax_path, train_bezier)
@@ -444,7 +444,11 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
     anchor = InterpolatedOutputs(copy.deepcopy(net_a), copy.deepcopy(net_b))
     _sync(device)
     t = time.perf_counter()
-    res = connect_segment(model, w_b, train_data.x, cfg, anchor=anchor, total_distance=dist, callbacks=[record])
+    try:
+        res = connect_segment(model, w_b, train_data.x, cfg, anchor=anchor, total_distance=dist, callbacks=[record])
+    except NonFiniteError as e:  # the other paths stay measured (one GPU try must not lose them)
+        print(f"  geodesic failed after {len(points) - 1} recorded points: {e}", flush=True)
+        return {**result, "geo": cfg.model_dump(), "geodesic_error": str(e)}
     steps, stops, completion = res.steps, [res.stop_reason], 0
     if res.stop_reason != "reached":  # the completion step: anchor off, a 10x looser trust region
         loose = cfg.completion(10, seed=1, max_steps=s.geo_steps)
@@ -494,6 +498,8 @@ def print_connect(r: dict) -> None:
     for name, p in r["paths"].items():
         print(f"| {name} | {p['min']:.2f} | {p['mean']:.2f} | {p['length_g']:.2f} | {p['euclidean']:.1f} | "
               f"{p.get('epochs', '')} | {p['wall_seconds']:.1f} |")
+    if "geodesic_error" in r:
+        print(f"\ngeodesic: failed ({r['geodesic_error']})")
     g = r["paths"].get("geodesic")
     if g:
         print(f"\ngeodesic: {g['steps']} steps (η = {g['eta']:.3g}; {g['stop_reasons']}, {g['completion_steps']} "

@@ -70,13 +70,23 @@ def _anchor_outputs(anchor: nn.Module, x: torch.Tensor, output_space: str) -> to
 
 
 def _cg(op_apply: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int) -> torch.Tensor:
+    """At most ``iters`` conjugate-gradient steps on A x = b for a symmetric positive semi-definite A given by its
+    products (``b``, x: ``(n,)``). A direction of curvature p^T A p ≤ 1e-12 ‖p‖² max(‖A b‖/‖b‖, tiny) (float32
+    round-off in a matrix-free J^T J product can make it zero or negative) ends the iteration with the x so far:
+    dividing by it would send x to ±Inf."""
     x = torch.zeros_like(b)
     r = b.clone()
     p = r.clone()
     rr = torch.dot(r, r)
+    scale = None
     for _ in range(iters):
         ap = op_apply(p)
-        alpha = rr / torch.dot(p, ap).clamp_min(1e-30)
+        pap = float(torch.dot(p, ap))
+        if scale is None:  # the operator's size along b, the yardstick of "no curvature"
+            scale = float(ap.norm()) / max(float(p.norm()), 1e-30)
+        if not math.isfinite(pap) or pap <= 1e-12 * max(scale, 1e-30) * float(torch.dot(p, p)):
+            break
+        alpha = rr / pap
         x += alpha * p
         r -= alpha * ap
         rr_new = torch.dot(r, r)

@@ -264,6 +264,28 @@ def test_cifar_benchmark_runs_end_to_end(tmp_path, data_dir):
     assert cifar.parse(["--profile", "gpu"]).equal_time is False
 
 
+def test_cifar_connect_keeps_the_other_paths_when_the_geodesic_fails(tmp_path, data_dir, monkeypatch):
+    """A geodesic that stops on NaN/Inf weights (as ResNet-164's did on the GPU) costs only its own row: the line's
+    result is written, with the error, and the run goes on to the next experiment."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import cifar
+
+    def diverge(*args, **kwargs):
+        raise cifar.NonFiniteError("Geo step 15 produced NaN/Inf weights")
+
+    monkeypatch.setattr(cifar, "connect_segment", diverge)
+    s = cifar.parse(["--data-dir", data_dir, "--n-train", "256", "--n-test", "128", "--width", "0.0625",
+                     "--experiments", "vgg16-connect", "--connect-train-epochs", "1", "--paths", "linear,geodesic",
+                     "--line-points", "3", "--probe", "32", "--metric-batch", "16", "--no-equal-time",
+                     "--device", "cpu", "--out", str(tmp_path)])
+    results = cifar.run(s)
+    r = json.loads((tmp_path / "vgg16-connect.json").read_text())
+    assert set(results) == {"vgg16-connect"} and set(r["paths"]) == {"linear"}
+    assert "NaN/Inf" in r["geodesic_error"] and len(r["paths"]["linear"]["accuracies"]) == 3
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_training_recipe_bf16_channels_last(cifar_small):

@@ -264,3 +264,23 @@ def test_keep_progress_lets_correctors_move_sideways_never_back(kw):
     assert all(b <= a - 0.9 * eta for a, b in zip(kept, kept[1:]))  # an advance of about η every step
     free, _ = distances(False)
     assert free[-1] > free[0]  # unconstrained, the correctors gave more ground than the steps made
+
+
+def test_matrix_free_cg_solves_and_stops_at_a_direction_without_curvature():
+    """The anchor's Gauss-Newton correction solves (J^T J + μ I) δ = -J^T r by CG on products. On a positive
+    definite system it converges; where float32 round-off leaves a direction with zero or negative curvature it
+    stops with the iterate so far instead of dividing by that curvature (the old guard divided by 1e-30 and sent
+    the correction, and the weights, to Inf)."""
+    import importlib
+
+    _cg = importlib.import_module("geodesic_core.geo")._cg
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(20, 20, generator=g, dtype=torch.float64)
+    a = m @ m.T + 0.5 * torch.eye(20, dtype=torch.float64)
+    b = torch.randn(20, generator=g, dtype=torch.float64)
+    assert torch.allclose(_cg(lambda v: a @ v, b, 60), torch.linalg.solve(a, b), atol=1e-8)
+    flat = torch.diag(torch.tensor([1.0, 0.0, -1e-7], dtype=torch.float64))  # b's second half: no curvature
+    x = _cg(lambda v: flat @ v, torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64), 5)
+    assert torch.isfinite(x).all() and float(x.norm()) == 0.0
+    x = _cg(lambda v: flat @ v, torch.tensor([1.0, 1e-3, 0.0], dtype=torch.float64), 5)
+    assert torch.isfinite(x).all() and abs(float(x[0]) - 1.0) < 1e-3 and float(x.norm()) < 2.0
