@@ -170,8 +170,9 @@ def epoch_seconds(model: torch.nn.Module, data: Split, cfg, device: torch.device
     t = time.perf_counter()
     train(probe, data, cfg.model_copy(update={"epochs": 1}), augment=True, device=device, max_batches=steps)
     _sync(device)
-    per_step = (time.perf_counter() - t) / steps
-    return per_step * math.ceil(data.x.shape[0] / cfg.batch_size)
+    batches = math.ceil(data.x.shape[0] / cfg.batch_size)
+    per_step = (time.perf_counter() - t) / min(steps, batches)  # one epoch of fewer batches ends the probe early
+    return per_step * batches
 
 
 def train_endpoint(name: str, arch: dict, seed: int, data: Split, test: Split, s: Settings, epochs: int | None,

@@ -5,10 +5,14 @@
 # VGG11 structured, ResNet-164 connect): one torch import and one data load, and an experiment that would start
 # past the time limit is skipped. Each experiment's results land in $OUT (<name>.json) as soon as it finishes.
 # benchmarks/metric_cost.py is not run here (measured once on an H200, README; run it separately).
-#   usage (on the GPU machine, repository root): OUT=dir bash benchmarks/cifar_gpu.sh [seconds, default 540]
+#   usage (on the GPU machine, repository root):
+#     OUT=dir bash benchmarks/cifar_gpu.sh [seconds, default 540] [experiments, default all three] [more cifar.py options]
+#   e.g. the one a lease has not measured yet: OUT=dir bash benchmarks/cifar_gpu.sh 540 resnet-connect
 set -u
 OUT=${OUT:-gpu-results}
 LIMIT=${1:-540}
+EXPERIMENTS=${2:-vgg16-connect,structured,resnet-connect}
+shift $(( $# < 2 ? $# : 2 ))
 mkdir -p "$OUT" /tmp/c10
 (cd /tmp/c10 && cat part.a? | xz -d -T8 | tar x && md5sum cifar-10-batches-py/*) > "$OUT/md5.txt" 2>&1
 if [ -d .whl ]; then  # the core's one dependency beyond PyTorch (pydantic), carried as wheels
@@ -20,5 +24,5 @@ left() { echo $(( LIMIT - SECONDS )); }
 nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
 # the last experiment starts only with at least 150 s left (ResNet-164's endpoints alone take about 80 s)
 timeout $(( $(left) - 5 )) python3 benchmarks/cifar.py --profile gpu --data-dir /tmp/c10 --out "$OUT" \
-  --time-limit $(( $(left) - 150 )) 2>&1 | tee "$OUT/log.txt"
+  --experiments "$EXPERIMENTS" --time-limit $(( $(left) - 150 )) "$@" 2>&1 | tee "$OUT/log.txt"
 echo "total ${SECONDS} s" | tee -a "$OUT/log.txt"

@@ -264,6 +264,27 @@ def test_cifar_benchmark_runs_end_to_end(tmp_path, data_dir):
     assert cifar.parse(["--profile", "gpu"]).equal_time is False
 
 
+@pytest.mark.parametrize("n", [256, 384, 10240])
+def test_throughput_probe_counts_the_steps_it_ran(cifar_small, monkeypatch, n):
+    """`benchmarks/cifar.py` sizes training from a probe of 20 steps; on a split of fewer batches one epoch ends the
+    probe early, and the time per step is the elapsed time over the steps that ran (it was over 20: a 256-image
+    epoch was estimated 20x too fast and trained for 10x its budget). A fake clock advances 1 s per step."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import cifar
+
+    clock = [0.0]
+
+    def fake_train(model, data, cfg, max_batches=None, **kwargs):
+        clock[0] += min(max_batches, math.ceil(data.x.shape[0] / cfg.batch_size))
+
+    monkeypatch.setattr(cifar, "train", fake_train)
+    monkeypatch.setattr(cifar.time, "perf_counter", lambda: clock[0])
+    tr, _ = cifar_small
+    data = Split(tr.x[:1].expand(n, -1, -1, -1), tr.y[:1].expand(n))
+    cfg = cifar_recipe(epochs=1, batch_size=256)
+    assert cifar.epoch_seconds(nn.Linear(1, 1), data, cfg, torch.device("cpu")) == math.ceil(n / 256)
+
+
 def test_cifar_connect_keeps_the_other_paths_when_the_geodesic_fails(tmp_path, data_dir, monkeypatch):
     """A geodesic that stops on NaN/Inf weights (as ResNet-164's did on the GPU) costs only its own row: the line's
     result is written, with the error, and the run goes on to the next experiment."""
