@@ -284,3 +284,5 @@ def test_matrix_free_cg_solves_and_stops_at_a_direction_without_curvature():
     assert torch.isfinite(x).all() and float(x.norm()) == 0.0
     x = _cg(lambda v: flat @ v, torch.tensor([1.0, 1e-3, 0.0], dtype=torch.float64), 5)
     assert torch.isfinite(x).all() and abs(float(x[0]) - 1.0) < 1e-3 and float(x.norm()) < 2.0
+    zero = _cg(lambda v: a @ v, torch.zeros(20, dtype=torch.float64), 5)  # nothing to correct (was 0/0: NaN)
+    assert torch.isfinite(zero).all() and float(zero.norm()) == 0.0
