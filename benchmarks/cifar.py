@@ -120,6 +120,7 @@ class Settings:
     connect_distill_steps: int = 10  # the connect geodesic's first-order corrector toward f_t (0: off)
     connect_distill_lr: float = 0.003
     connect_keep_progress: bool = True  # the correctors move the weights sideways, never back (GeoConfig)
+    connect_distill_radius: float = 0.0  # the corrector's whole move after a Geo step at most this x eta (0: off)
     relax_epochs: int = 0  # the connect path's closing correction: epochs of the label-free chain fit (0: off)
     relax_lr: float = 0.001  # its rate (chosen on a validation split of VGG16 at width 1/8)
     relax_nodes: int = 8  # the chain's interior nodes, points of the geodesic
@@ -429,7 +430,7 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
     cfg = GeoConfig(eta=eta, anchor=1.0, anchor_radius=s.connect_anchor_radius, max_steps=(3 * s.geo_steps) // 2,
                     patience=50, metric_batch=s.metric_batch, solver="cg", cg_iters=10, bn_every=s.bn_every,
                     distill_steps=s.connect_distill_steps, distill_lr=s.connect_distill_lr, distill_batch=128,
-                    keep_progress=s.connect_keep_progress)
+                    keep_progress=s.connect_keep_progress, distill_radius=s.connect_distill_radius)
     every = max(1, s.geo_steps // s.eval_points)
     every_node = max(1, s.geo_steps // (2 * s.relax_nodes))  # candidates for the chain's nodes, twice as many
     points, eucl, last, candidates = [w_a.clone()], [0.0], [w_a.clone()], []
@@ -539,8 +540,8 @@ _POSITIVE = ("n_train", "n_test", "batch_size", "n_filters", "structured_train_e
              "connect_distill_lr", "bezier_distill_lr", "relax_lr", "relax_nodes", "structured_train_seconds",
              "connect_train_seconds",
              "resnet_train_seconds", "time_limit")
-_NON_NEGATIVE = ("struct_anchor_radius", "connect_anchor_radius", "connect_distill_steps", "distill_steps", "bn_every",
-                 "struct_bn_every", "relax_epochs")
+_NON_NEGATIVE = ("struct_anchor_radius", "connect_anchor_radius", "connect_distill_radius", "connect_distill_steps",
+                 "distill_steps", "bn_every", "struct_bn_every", "relax_epochs")
 
 
 def check(s: Settings) -> None:

@@ -181,6 +181,7 @@ def test_iterative_prune_train_removes_one_filter_per_cycle(cifar_small):
     (["--struct-anchor-radius", "-0.5"], "--struct-anchor-radius must be 0 or more"),
     (["--width", "0"], "--width must be positive"),
     (["--relax-epochs", "-1"], "--relax-epochs must be 0 or more"),
+    (["--connect-distill-radius", "-1"], "--connect-distill-radius must be 0 or more"),
     (["--relax-lr", "0"], "--relax-lr must be positive"),
     (["--line-points", "1"], "--line-points must be at least 2"),
     (["--methods", "geodesic,prune"], r"--methods: unknown \['prune'\]; valid: geodesic, prune-train"),
@@ -247,6 +248,7 @@ def test_cifar_benchmark_runs_end_to_end(tmp_path, data_dir):
         assert r["paths"]["geodesic"]["end_distance_ratio"] < 1e-6  # the path reaches w_2
         # ... with its correctors on and moving sideways only, so it needs no completion step
         assert r["geo"]["keep_progress"] and r["geo"]["distill_steps"] > 0
+        assert r["geo"]["distill_radius"] == 0.0  # the corrector's whole move unbounded unless asked
         assert r["paths"]["geodesic"]["completion_steps"] == 0
         for p in r["paths"].values():
             assert 0 <= p["min"] <= p["mean"] <= 100 and p["length_g"] > 0
