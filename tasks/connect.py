@@ -172,14 +172,15 @@ def bezier_curve_task(a: dict, b: dict, cfg: ConnectConfig, data_dir: str | None
     for ``cfg.bezier_train.epochs`` epochs (or ``epochs``, stopping at ``budget_seconds`` if given: the
     equal-time curve) on the task's training data, then evaluate the curve at ``cfg.linear_points`` equally
     spaced t like the straight line. ``distill``: the label-free curve, fit to the endpoints' interpolated
-    outputs at ``cfg.bezier_distill_lr`` (`train_bezier` with ``endpoints``). The checkpoint holds θ (a network
-    of the endpoints' architecture) and is keyed by the training alone: a rerun with other evaluation settings
-    re-evaluates the trained curve. ``wall_seconds`` is the training cost, the evaluation excluded; ``epochs``
-    the epochs it was given."""
+    outputs at ``cfg.bezier_distill_lr`` and ``cfg.bezier_distill_temperature`` (`train_bezier` with
+    ``endpoints``). The checkpoint holds θ (a network of the endpoints' architecture) and is keyed by the
+    training alone: a rerun with other evaluation settings re-evaluates the trained curve. ``wall_seconds`` is
+    the training cost, the evaluation excluded; ``epochs`` the epochs it was given."""
     train_cfg = cfg.bezier_train.model_copy(update={"epochs": epochs or cfg.bezier_train.epochs,
                                                     **({"lr": cfg.bezier_distill_lr} if distill else {})})
     kind = "bezier_distill" if distill else "bezier"
-    out = checkpoint_path(kind, a["sha256"], b["sha256"], train_cfg.model_dump(), budget_seconds,
+    temperature = cfg.bezier_distill_temperature if distill else 0.0
+    out = checkpoint_path(kind, a["sha256"], b["sha256"], train_cfg.model_dump(), budget_seconds, temperature,
                           data_fingerprint, code_version)
     (model, meta), net_b = open_ref(a), open_ref(b)[0]
     w_a, w_b = flat_params(model).cpu(), flat_params(net_b).cpu()
@@ -193,7 +194,7 @@ def bezier_curve_task(a: dict, b: dict, cfg: ConnectConfig, data_dir: str | None
             t0 = time.perf_counter()
             curve = train_bezier(model, w_a, w_b, train_data, train_cfg, augment=get_spec(cfg.dataset).augment,
                                  step_callbacks=[live.train_step], budget_seconds=budget_seconds,
-                                 endpoints=endpoints)
+                                 endpoints=endpoints, temperature=temperature)
             wall = time.perf_counter() - t0
         set_flat_params(probe_model, curve.bend.detach().to(flat_params(probe_model)))
         trained = save_result(out, probe_model, meta, dict(train_seconds=wall), role=f"{kind} bend")
@@ -213,12 +214,14 @@ def relax_path_task(segments: list[dict], a: dict, b: dict, cfg: ConnectConfig, 
                     data_fingerprint: str, code_version: str, track: dict | None = None) -> dict:
     """The geodesic's closing correction: the polygonal chain through ``cfg.relax_nodes`` of the points the
     ``segments`` evaluated (each at its progress t), its nodes fit without labels toward f_t for
-    ``cfg.relax_epochs`` epochs (`relax_path`, ``cfg.bezier_train``'s settings at ``cfg.relax_lr``), then
+    ``cfg.relax_epochs`` epochs (`relax_path`, ``cfg.bezier_train``'s settings at ``cfg.relax_lr`` and
+    ``cfg.relax_temperature``), then
     evaluated like the curves. The nodes and knots are saved as a tensor file keyed by the segments and the fit;
     ``wall_seconds`` is the path's whole cost, the traversal's and the fit's (``fit_seconds``)."""
     fit_cfg = cfg.bezier_train.model_copy(update={"epochs": cfg.relax_epochs, "lr": cfg.relax_lr})
     out = checkpoint_path("relaxed", [seg["sha256"] for seg in segments], a["sha256"], b["sha256"],
-                          fit_cfg.model_dump(), cfg.relax_nodes, data_fingerprint, code_version)
+                          fit_cfg.model_dump(), cfg.relax_nodes, cfg.relax_temperature, data_fingerprint,
+                          code_version)
     out = out.with_suffix(".tensors.pt")
     (model, _), net_b = open_ref(a), open_ref(b)[0]
     w_a, w_b = flat_params(model).cpu(), flat_params(net_b).cpu()
@@ -235,7 +238,8 @@ def relax_path_task(segments: list[dict], a: dict, b: dict, cfg: ConnectConfig, 
             t0 = time.perf_counter()
             chain = relax_path(copy.deepcopy(model), points, w_a, w_b, split(cfg.dataset, True, data_dir), fit_cfg,
                                nodes=cfg.relax_nodes, augment=get_spec(cfg.dataset).augment,
-                               step_callbacks=[live.train_step], endpoints=(model, net_b))
+                               step_callbacks=[live.train_step], endpoints=(model, net_b),
+                               temperature=cfg.relax_temperature)
             fit = time.perf_counter() - t0
         knots = chain.knots[1:-1]
         nodes = chain.nodes.detach().cpu()

@@ -42,6 +42,9 @@ CASES = [
     ("connect", ["--relax-epochs", "-1"], {"relax_epochs": -1}, "greater than or equal to 0"),
     ("connect", ["--relax-lr", "0"], {"relax_lr": 0}, "greater than 0"),
     ("connect", ["--relax-nodes", "0"], {"relax_nodes": 0}, "greater than 0"),
+    ("connect", ["--relax-temperature", "-1"], {"relax_temperature": -1}, "greater than or equal to 0"),
+    ("connect", ["--bezier-distill-temperature", "-2"], {"bezier_distill_temperature": -2},
+     "greater than or equal to 0"),
     # architecture options (width, depth) and the structured filter count at a width
     ("sparsify", ["--width", "0"], {"width": 0}, "greater than 0"),
     ("sparsify", ["--width", "0.5"], {"width": 0.5}, "has no width option"),

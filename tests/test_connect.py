@@ -252,6 +252,13 @@ def test_label_free_curve_matches_the_interpolated_outputs_at_the_t_it_drew_and_
     assert torch.equal(one.bend, other.bend) and not torch.equal(one.bend, 0.5 * (w_a + w_b))
     labelled = train_bezier(copy.deepcopy(a), w_a, w_b, Split(xs, ys), cfg)
     assert not torch.equal(one.bend, labelled.bend)
+    # at a temperature: the endpoints' softmax matched by T² KL, still without reading a label
+    soft = train_bezier(copy.deepcopy(a), w_a, w_b, Split(xs, ys), cfg, endpoints=(a, b), temperature=2.0)
+    soft_shuffled = train_bezier(copy.deepcopy(a), w_a, w_b, Split(xs, ys[torch.randperm(64)]), cfg,
+                                 endpoints=(a, b), temperature=2.0)
+    assert torch.equal(soft.bend, soft_shuffled.bend) and not torch.equal(soft.bend, one.bend)
+    with pytest.raises(InputError, match="temperature"):
+        train_bezier(copy.deepcopy(a), w_a, w_b, Split(xs, ys), cfg, endpoints=(a, b), temperature=-1.0)
     torch.testing.assert_close(flat_params(a), w_a)  # the endpoints are not touched
     torch.testing.assert_close(flat_params(b), w_b)
 
@@ -308,7 +315,8 @@ def test_flow_connects_tracks_every_path_and_resumes(harness, workdir, data_dir,
         fixed, equal = children[curve].data.metrics, children[f"{curve}_equal_time"].data.metrics
         assert fixed["epochs"] == 1 and equal["epochs"] == max(1, math.floor(geo_wall / fixed["wall_seconds"]))
         assert equal["wall_seconds"] <= 1.2 * geo_wall + 1.0
-    assert children["bezier_distill"].data.params["bezier_distill_lr"] == "0.003"
+    params = children["bezier_distill"].data.params  # the label-free curve: softmax at T = 2, the CE's rate
+    assert params["bezier_distill_lr"] == "0.1" and params["bezier_distill_temperature"] == "2.0"
     keys = {"endpoint_a_accuracy", "endpoint_b_accuracy", "path_min_test_accuracy", "path_mean_test_accuracy",
             "path_length", "path_length_euclidean", "final_distance_ratio", "wall_seconds"}
     for method, r in children.items():
