@@ -79,8 +79,8 @@ class ConnectConfig(_ModelOnDataset):
     bezier_distill_temperature: float = Field(2.0, ge=0.0)
     """The label-free curve's loss: T > 0 matches the softmax of f_t at T by T² KL (Hinton et al. 2015), the
     shape of the labels' cross-entropy, at the cross-entropy's rates; 0 matches f_t's logits (½ mean_x
-    ‖f − f_t‖², at a distillation rate). T = 2 held a path 0.6-1.0 point higher than the logits on validation
-    splits (the README's connect section)."""
+    ‖f − f_t‖², at a distillation rate). T = 2 held a path 0.3-1.2 points higher than the logits on three
+    validation pairs (the README's connect section)."""
     bezier_equal_time: bool = False
     """Also train each curve for the geodesic's wall time (budget equal_time): bezier_train.epochs scaled by
     the geodesic's time over that curve's first training time, the geodesic's time as a cap (with relax_epochs:
@@ -411,11 +411,11 @@ def relax_path(model: nn.Module, points: Sequence[torch.Tensor], w_a: torch.Tens
                endpoints: tuple[nn.Module, nn.Module], temperature: float = 0.0) -> PolyChain:
     """The closing correction of a path between two modes: the polygonal chain through ``nodes`` of the
     traversal's ``points`` (`chain_nodes`: each at its progress t), its nodes fit label-free toward the outputs the
-    geodesic's anchor follows, E_{t~U(0,1)} ½ mean_x ‖f(x; φ(t)) − f_t(x)‖², f_t = (1 − t) f(x; w_1) + t f(x; w_2)
-    (`fit_curve` with ``endpoints``, the networks w_1 and w_2; at ``temperature`` T > 0 their softmaxes at T by
-    T²·KL instead), by SGD with ``cfg`` (a `TrainConfig`). It reads only the inputs of ``data``, as the geodesic does. Before the fit the chain is the
-    geodesic's polyline through those nodes. ``model``: a network of the endpoints' architecture (its
-    weights are not used); ``w_a``, ``w_b`` and every point ``(n,)``."""
+    geodesic's anchor follows, f_t = (1 − t) f(x; w_1) + t f(x; w_2): E_{t~U(0,1)} ½ mean_x ‖f(x; φ(t)) − f_t(x)‖²
+    at ``temperature`` 0, T² KL between their softmaxes at T > 0 (`fit_curve` with ``endpoints``, the networks w_1
+    and w_2), by SGD with ``cfg`` (a `TrainConfig`). It reads only the inputs of ``data``, as the geodesic does.
+    Before the fit the chain is the geodesic's polyline through those nodes. ``model``: a network of the
+    endpoints' architecture (its weights are not used); ``w_a``, ``w_b`` and every point ``(n,)``."""
     device = next(model.parameters()).device
     w_a, w_b = w_a.to(device), w_b.to(device)
     node_w, knots = chain_nodes(points, w_a, w_b, nodes)

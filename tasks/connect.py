@@ -215,9 +215,9 @@ def relax_path_task(segments: list[dict], a: dict, b: dict, cfg: ConnectConfig, 
     """The geodesic's closing correction: the polygonal chain through ``cfg.relax_nodes`` of the points the
     ``segments`` evaluated (each at its progress t), its nodes fit without labels toward f_t for
     ``cfg.relax_epochs`` epochs (`relax_path`, ``cfg.bezier_train``'s settings at ``cfg.relax_lr`` and
-    ``cfg.relax_temperature``), then
-    evaluated like the curves. The nodes and knots are saved as a tensor file keyed by the segments and the fit;
-    ``wall_seconds`` is the path's whole cost, the traversal's and the fit's (``fit_seconds``)."""
+    ``cfg.relax_temperature``), then evaluated like the curves. The nodes and knots are saved as a tensor file
+    keyed by the segments and the fit; ``wall_seconds`` is the path's whole cost, the traversal's and the fit's
+    (``fit_seconds``)."""
     fit_cfg = cfg.bezier_train.model_copy(update={"epochs": cfg.relax_epochs, "lr": cfg.relax_lr})
     out = checkpoint_path("relaxed", [seg["sha256"] for seg in segments], a["sha256"], b["sha256"],
                           fit_cfg.model_dump(), cfg.relax_nodes, cfg.relax_temperature, data_fingerprint,
