@@ -76,7 +76,7 @@ class ConnectConfig(_ModelOnDataset):
     """Learning rate of the label-free curve. At bezier_distill_temperature 2 (the default) 0.1 holds the highest
     path on a validation split of both the Fashion-MNIST CNN and LeNet-300-100 on MNIST (0.05 lower); with the
     logits matched (temperature 0) use 0.003: matched logits are stiffer, and 0.01 diverged on the CNN."""
-    bezier_distill_temperature: float = Field(2.0, ge=0.0)
+    bezier_distill_temperature: float = Field(2.0, ge=0.0, allow_inf_nan=False)
     """The label-free curve's loss: T > 0 matches the softmax of f_t at T by T² KL (Hinton et al. 2015), the
     shape of the labels' cross-entropy, at the cross-entropy's rates; 0 matches f_t's logits (½ mean_x
     ‖f − f_t‖², at a distillation rate). T = 2 held a path 0.3-1.2 points higher than the logits on three
@@ -93,7 +93,7 @@ class ConnectConfig(_ModelOnDataset):
     """Learning rate of the chain's fit (its nodes feel the full rate, a Bezier bend at most a quarter of it). At
     relax_temperature 2 (the default) 0.01 on the Fashion-MNIST CNN, on a validation split; with the logits
     matched (temperature 0) 0.0005: 0.001 diverged on the CNN, and VGG16 on CIFAR-10 chose 0.001."""
-    relax_temperature: float = Field(2.0, ge=0.0)
+    relax_temperature: float = Field(2.0, ge=0.0, allow_inf_nan=False)
     """The chain's fit loss, as bezier_distill_temperature: T > 0 matches the softmax of f_t at T, 0 its
     logits."""
     relax_nodes: PositiveInt = 8

@@ -45,6 +45,7 @@ CASES = [
     ("connect", ["--relax-temperature", "-1"], {"relax_temperature": -1}, "greater than or equal to 0"),
     ("connect", ["--bezier-distill-temperature", "-2"], {"bezier_distill_temperature": -2},
      "greater than or equal to 0"),
+    ("connect", ["--relax-temperature", "inf"], {"relax_temperature": float("inf")}, "finite number"),
     # architecture options (width, depth) and the structured filter count at a width
     ("sparsify", ["--width", "0"], {"width": 0}, "greater than 0"),
     ("sparsify", ["--width", "0.5"], {"width": 0.5}, "has no width option"),
