@@ -356,7 +356,7 @@ def fit_curve(curve: _Curve, data: Split, cfg, *, augment: bool = False, callbac
         net_a, net_b = (copy.deepcopy(net).to(device) for net in endpoints)
         teacher = CurveAnchor(curve, net_a, net_b)
     train(curve, data, cfg, augment=augment, device=device, callbacks=callbacks, step_callbacks=step_callbacks,
-          budget_seconds=budget_seconds, teacher=teacher, teacher_temperature=temperature if teacher else 0.0)
+          budget_seconds=budget_seconds, teacher=teacher, teacher_temperature=temperature)
     return curve.eval()
 
 
