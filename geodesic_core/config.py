@@ -230,8 +230,9 @@ class GeoConfig(_Config):
     """Oscillation criterion: stop after this many steps without a new minimum distance to the target."""
     bn_every: int = Field(10, ge=0)
     """Networks with batch norm: re-estimate the running statistics at the current weights every bn_every
-    steps, so g, the anchor and the end network describe the network at w (0: keep the start's statistics, the
-    paper as written)."""
+    steps, so g, the anchor and the end network describe the network at w; the anchor network's statistics are
+    estimated the same way, on the first step's inputs, for the traversal's duration, so that the correction compares
+    two functions read alike (0: keep the start's statistics, the paper as written)."""
     bn_samples: PositiveInt = 1024
     """Inputs over which the batch-norm statistics are re-estimated."""
     seed: int = 0

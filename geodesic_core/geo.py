@@ -27,6 +27,7 @@ steps. Per-step information goes to callbacks; nothing here logs or tracks.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import Callable, NamedTuple, Sequence
 
 import torch
@@ -37,7 +38,7 @@ from .errors import InputError, NonFiniteError
 from .metric import MetricOperator, eval_mode, flat_params, output_fn, pushforward, set_flat_params, tempered
 from .solve import GramFactor, _check_qp_args, _solve_exact, _solve_lanczos
 from .targets import Target
-from .train import distillation_loss, has_batchnorm, recompute_bn
+from .train import bn_estimated, distillation_loss, has_batchnorm, recompute_bn
 
 
 class StepInfo(NamedTuple):
@@ -201,10 +202,8 @@ def geo(model: nn.Module, target: Target, pool: torch.Tensor, cfg: GeoConfig, *,
         raise InputError(f"eta (the step length of eq. 7) must be positive, got {cfg.eta}")
     if pool.shape[0] == 0:
         raise InputError("the metric's input pool is empty; pass the task's training inputs")
-    device = next(model.parameters()).device
     gen = generator or torch.Generator().manual_seed(cfg.seed)
-    w = flat_params(model)
-    if not torch.isfinite(w).all():
+    if not torch.isfinite(flat_params(model)).all():
         raise NonFiniteError("the start network holds NaN/Inf weights; start from a finite checkpoint")
     if (cfg.anchor > 0 or cfg.distill_steps > 0) and anchor is None:
         import copy
@@ -213,16 +212,29 @@ def geo(model: nn.Module, target: Target, pool: torch.Tensor, cfg: GeoConfig, *,
     # softmax of logits / T: the metric, the anchor and the corrector all see the tempered network (same weights)
     model = tempered(model, cfg.temperature)
     anchor = tempered(anchor, cfg.temperature) if anchor is not None else None
-    n_batch = min(cfg.metric_batch, pool.shape[0])
     distiller = _Distiller(model, anchor, pool, cfg, target, gen) if cfg.distill_steps else None
+    refresh_bn = cfg.bn_every > 0 and has_batchnorm(model)
+    bn_first = pool[torch.randperm(pool.shape[0], generator=gen)[:cfg.bn_samples]] if refresh_bn else None
+    # the anchor's function is read with statistics estimated as the model's are, on the first step's inputs (its
+    # stored ones, averaged over training, can differ enough to start the correction off a residual that is only
+    # the two estimates' difference); its own statistics are put back when the traversal ends
+    with (bn_estimated(anchor, bn_first) if refresh_bn and anchor is not None else nullcontext()):
+        return _traverse(model, target, pool, cfg, anchor, callbacks, gen, start_step, distiller, refresh_bn, bn_first)
+
+
+def _traverse(model, target, pool, cfg, anchor, callbacks, gen, start_step, distiller, refresh_bn, bn_first):
+    """`geo`'s loop (arguments checked, the model and anchor tempered, the anchor's statistics estimated)."""
+    device = next(model.parameters()).device
+    w = flat_params(model)
+    n_batch = min(cfg.metric_batch, pool.shape[0])
     best, last_improve, total = math.inf, start_step, 0.0
     dist = math.inf
     step = start_step
     stop = "max_steps"
-    refresh_bn = cfg.bn_every > 0 and has_batchnorm(model)
     for step in range(start_step, start_step + cfg.max_steps):
         if refresh_bn and (step - start_step) % cfg.bn_every == 0:  # the statistics of the network at w
-            recompute_bn(model, pool[torch.randperm(pool.shape[0], generator=gen)[:cfg.bn_samples]])
+            recompute_bn(model, bn_first if step == start_step else
+                         pool[torch.randperm(pool.shape[0], generator=gen)[:cfg.bn_samples]])
         w_a = target(w, step).to(w)
         if w_a.shape != w.shape:
             raise InputError(f"target has {w_a.numel()} weights, the network {w.numel()}: not the same architecture")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, NamedTuple, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -261,6 +262,24 @@ def recompute_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> nn
         model(x[i:i + batch_size].to(device))
     model.train(was_training)
     return model
+
+
+@contextmanager
+def bn_estimated(model: nn.Module, x: torch.Tensor) -> Iterator[nn.Module]:
+    """``model`` with its batch-norm statistics re-estimated on ``x (N, C, H, W)`` (`recompute_bn`) for the duration
+    of the block; its own statistics (and momenta) are put back afterwards. A no-op for networks without batch
+    norm."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, {k: b.clone() for k, b in m.named_buffers(recurse=False)}) for m in bns]
+    recompute_bn(model, x)
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for m, (momentum, buffers) in zip(bns, saved):
+                m.momentum = momentum
+                for k, b in m.named_buffers(recurse=False):
+                    b.copy_(buffers[k])
 
 
 def train_and_save(model_name: str | None, dataset: str, cfg: TrainConfig, out: str, data_dir: str | None = None,

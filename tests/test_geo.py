@@ -219,6 +219,30 @@ def test_batchnorm_statistics_follow_the_weights_when_asked():
     assert not torch.allclose(fresh[1].running_mean, start[1].running_mean)
 
 
+def test_anchor_is_read_with_statistics_estimated_like_the_models():
+    """With ``bn_every`` > 0 the model's batch-norm statistics are re-estimated on the pool from the first step,
+    and so are the anchor's (on the same inputs, for the traversal's duration): a start network whose stored
+    statistics are stale begins with no residual against its own anchor, so the first corrected step moves about
+    η, not the many η of correcting the two estimates' difference. The anchor's own statistics come back after."""
+    import copy
+
+    from conftest import tiny_cnn_bn
+
+    pool = torch.randn(64, 2, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 + 1
+    start = tiny_cnn_bn(0)  # stored statistics unrelated to the pool's: as stale as they get
+    anchor = copy.deepcopy(start)
+    saved = {k: v.clone() for k, v in anchor.state_dict().items()}
+    cfg = GeoConfig(eta=0.02, max_steps=1, metric_batch=32, anchor=1.0, solver="cg", cg_iters=10, bn_every=10,
+                    bn_samples=64)
+    model = copy.deepcopy(start)
+    geo(model, FixedTarget(flat_params(tiny_cnn_bn(1))), pool, cfg, anchor=anchor)
+    move = float((flat_params(model) - flat_params(start)).norm())
+    assert move < 1.5 * cfg.eta
+    for k, v in anchor.state_dict().items():
+        assert torch.equal(v, saved[k]), k
+    assert anchor[1].momentum == start[1].momentum
+
+
 def test_anchor_correction_is_bounded_by_its_radius():
     """``anchor_radius`` = r: the Gauss-Newton correction toward the anchor is at most r·η long, so with the
     Geo step (η) a step moves at most (1 + r) η; unbounded (0), a far anchor's correction is many times η
