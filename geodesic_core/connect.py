@@ -333,6 +333,19 @@ class CurveAnchor(InterpolatedOutputs):
         return super().forward(x)
 
 
+def endpoint_teachers(endpoints: tuple[nn.Module, nn.Module], x: torch.Tensor,
+                      device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """Copies of the two endpoint networks on ``device`` for a label-free fit to read f_t from, each as every point
+    of a path is evaluated: batch-norm statistics re-estimated on the first training inputs ``x`` (`bn_batch`),
+    not the running averages stored during training. The networks passed in are not changed."""
+    net_a, net_b = (copy.deepcopy(net).to(device) for net in endpoints)
+    bn_x = bn_batch(net_a, x)
+    if bn_x is not None:
+        recompute_bn(net_a, bn_x)
+        recompute_bn(net_b, bn_x)
+    return net_a, net_b
+
+
 def fit_curve(curve: _Curve, data: Split, cfg, *, augment: bool = False, callbacks=(), step_callbacks=(),
               budget_seconds: float | None = None, endpoints: tuple[nn.Module, nn.Module] | None = None,
               temperature: float = 0.0) -> _Curve:
@@ -344,8 +357,9 @@ def fit_curve(curve: _Curve, data: Split, cfg, *, augment: bool = False, callbac
     inputs of ``data`` are read. At ``temperature`` 0 it matches f_t's logits, L(φ(t)) = ½ mean_x ‖f(x; φ(t)) −
     f_t(x)‖²; at T > 0 its softmax, L(φ(t)) = T² mean_x KL(softmax(f_t(x) / T) ‖ softmax(f(x; φ(t)) / T)) (Hinton et
     al. 2015: the shape of the labels' cross-entropy, at the cross-entropy's learning rates;
-    `geodesic_core.train.distillation_loss`). ``budget_seconds``: stop once this much wall time is spent (the
-    equal-time comparison's cap). Returns the curve, in eval mode."""
+    `geodesic_core.train.distillation_loss`). Endpoints with batch norm are read as every point of a path is
+    evaluated (`endpoint_teachers`), not with their stored running averages. ``budget_seconds``: stop once this much
+    wall time is spent (the equal-time comparison's cap). Returns the curve, in eval mode."""
     from .train import train
 
     if not (temperature >= 0 and math.isfinite(temperature)):
@@ -353,8 +367,7 @@ def fit_curve(curve: _Curve, data: Split, cfg, *, augment: bool = False, callbac
     device = curve.w_a.device
     teacher = None
     if endpoints is not None:
-        net_a, net_b = (copy.deepcopy(net).to(device) for net in endpoints)
-        teacher = CurveAnchor(curve, net_a, net_b)
+        teacher = CurveAnchor(curve, *endpoint_teachers(endpoints, data.x, device))
     train(curve, data, cfg, augment=augment, device=device, callbacks=callbacks, step_callbacks=step_callbacks,
           budget_seconds=budget_seconds, teacher=teacher, teacher_temperature=temperature)
     return curve.eval()

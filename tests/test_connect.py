@@ -12,7 +12,7 @@ from geodesic_core.config import GeoConfig, TrainConfig
 from geodesic_core.connect import ConnectConfig
 from geodesic_core.connect import (BezierCurve, CurveAnchor, InterpolatedOutputs, PolyChain, bn_batch,
                                    chain_nodes, chord_coordinates, check_same_architecture, connect_segment,
-                                   distance_ratio, evaluate_point, relax_path, train_bezier)
+                                   distance_ratio, endpoint_teachers, evaluate_point, relax_path, train_bezier)
 from geodesic_core.data import Split, load_split
 from geodesic_core.metric import linear_path, set_flat_params
 
@@ -63,6 +63,27 @@ def test_points_of_batch_norm_networks_are_evaluated_with_their_own_statistics()
     bn = model[1]
     assert not torch.allclose(bn.running_mean, stale["1.running_mean"])
     torch.testing.assert_close(bn.running_mean, model[0](x).mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+
+
+def test_label_free_fits_read_the_endpoints_as_points_are_evaluated():
+    """The teachers of the label-free fits are copies of the endpoints with batch-norm statistics re-estimated on
+    the same training inputs every point of a path is evaluated with (not their stored running averages), so
+    f_0 and f_1 are the endpoints as the path's table reports them; the networks passed in stay as they were."""
+    a, b = tiny_cnn_bn(0), tiny_cnn_bn(1)
+    x = torch.randn(64, 2, 4, 4) * 3 + 1
+    stale = [copy.deepcopy(n.state_dict()) for n in (a, b)]
+    ta, tb = endpoint_teachers((a, b), x, torch.device("cpu"))
+    for net, teacher, kept in zip((a, b), (ta, tb), stale):
+        assert teacher is not net
+        for k, v in net.state_dict().items():
+            assert torch.equal(v, kept[k]), k
+        probe = copy.deepcopy(net)
+        evaluate_point(probe, flat_params(net), Split(x[:4], torch.zeros(4, dtype=torch.long)), bn_batch(net, x))
+        torch.testing.assert_close(teacher.eval()(x), probe.eval()(x))
+        assert not torch.allclose(teacher[1].running_mean, kept["1.running_mean"])
+    mlp = tiny_mlp(0)
+    plain, _ = endpoint_teachers((mlp, tiny_mlp(1)), torch.randn(8, 6), torch.device("cpu"))
+    torch.testing.assert_close(plain(torch.ones(2, 6)), mlp(torch.ones(2, 6)))
 
 
 @pytest.fixture(scope="module")
