@@ -230,11 +230,15 @@ class GeoConfig(_Config):
     """Oscillation criterion: stop after this many steps without a new minimum distance to the target."""
     bn_every: int = Field(10, ge=0)
     """Networks with batch norm: re-estimate the running statistics at the current weights every bn_every
-    steps, so g, the anchor and the end network describe the network at w; the anchor network's statistics are
-    estimated the same way, on the first step's inputs, for the traversal's duration, so that the correction compares
-    two functions read alike (0: keep the start's statistics, the paper as written)."""
+    steps, so g, the anchor and the end network describe the network at w (0: keep the start's statistics, the
+    paper as written)."""
     bn_samples: PositiveInt = 1024
     """Inputs over which the batch-norm statistics are re-estimated."""
+    bn_anchor: bool = True
+    """With bn_every > 0: the anchor network's statistics are re-estimated too, on the first step's inputs, for the
+    traversal's duration, so that the correction compares two functions read alike (False: the anchor keeps the
+    running averages stored during training, as before this option; on CIFAR-10 at CPU scale True raised two VGG16
+    paths' minimum by 3.6 and 1.9 points and lowered a ResNet's by 2.0, README)."""
     seed: int = 0
     """Seed of the metric and corrector batches."""
 

@@ -215,10 +215,10 @@ def geo(model: nn.Module, target: Target, pool: torch.Tensor, cfg: GeoConfig, *,
     distiller = _Distiller(model, anchor, pool, cfg, target, gen) if cfg.distill_steps else None
     refresh_bn = cfg.bn_every > 0 and has_batchnorm(model)
     bn_first = pool[torch.randperm(pool.shape[0], generator=gen)[:cfg.bn_samples]] if refresh_bn else None
-    # the anchor's function is read with statistics estimated as the model's are, on the first step's inputs (its
-    # stored ones, averaged over training, can differ enough to start the correction off a residual that is only
-    # the two estimates' difference); its own statistics are put back when the traversal ends
-    with (bn_estimated(anchor, bn_first) if refresh_bn and anchor is not None else nullcontext()):
+    # bn_anchor: the anchor's function is read with statistics estimated as the model's are, on the first step's
+    # inputs (its stored ones, averaged over training, can differ enough to start the correction off a residual that
+    # is only the two estimates' difference); its own statistics are put back when the traversal ends
+    with (bn_estimated(anchor, bn_first) if refresh_bn and cfg.bn_anchor and anchor is not None else nullcontext()):
         return _traverse(model, target, pool, cfg, anchor, callbacks, gen, start_step, distiller, refresh_bn, bn_first)
 
 

@@ -223,7 +223,8 @@ def test_anchor_is_read_with_statistics_estimated_like_the_models():
     """With ``bn_every`` > 0 the model's batch-norm statistics are re-estimated on the pool from the first step,
     and so are the anchor's (on the same inputs, for the traversal's duration): a start network whose stored
     statistics are stale begins with no residual against its own anchor, so the first corrected step moves about
-    η, not the many η of correcting the two estimates' difference. The anchor's own statistics come back after."""
+    η, not the many η of correcting the two estimates' difference (``bn_anchor`` False: the stored statistics, as
+    before). The anchor's own statistics come back after."""
     import copy
 
     from conftest import tiny_cnn_bn
@@ -234,13 +235,17 @@ def test_anchor_is_read_with_statistics_estimated_like_the_models():
     saved = {k: v.clone() for k, v in anchor.state_dict().items()}
     cfg = GeoConfig(eta=0.02, max_steps=1, metric_batch=32, anchor=1.0, solver="cg", cg_iters=10, bn_every=10,
                     bn_samples=64)
-    model = copy.deepcopy(start)
-    geo(model, FixedTarget(flat_params(tiny_cnn_bn(1))), pool, cfg, anchor=anchor)
-    move = float((flat_params(model) - flat_params(start)).norm())
-    assert move < 1.5 * cfg.eta
-    for k, v in anchor.state_dict().items():
-        assert torch.equal(v, saved[k]), k
-    assert anchor[1].momentum == start[1].momentum
+    moves = {}
+    for bn_anchor in (True, False):
+        model = copy.deepcopy(start)
+        geo(model, FixedTarget(flat_params(tiny_cnn_bn(1))), pool, cfg.model_copy(update={"bn_anchor": bn_anchor}),
+            anchor=anchor)
+        moves[bn_anchor] = float((flat_params(model) - flat_params(start)).norm())
+        for k, v in anchor.state_dict().items():
+            assert torch.equal(v, saved[k]), k
+        assert anchor[1].momentum == start[1].momentum
+    assert moves[True] < 1.5 * cfg.eta
+    assert moves[False] > 2 * cfg.eta  # the stored statistics: the correction chases the two estimates' difference
 
 
 def test_anchor_correction_is_bounded_by_its_radius():
