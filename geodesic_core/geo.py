@@ -193,6 +193,8 @@ def geo(model: nn.Module, target: Target, pool: torch.Tensor, cfg: GeoConfig, *,
         cfg: Geo settings (β, ε, η, s = max_steps, batch, output space, solver, anchor, patience).
         anchor: network whose outputs the correction pulls toward (default: a frozen copy of the start
             network). Unused when both correctors are off (``cfg.anchor == 0`` and ``cfg.distill_steps == 0``).
+            With ``cfg.bn_every`` > 0 and ``cfg.bn_anchor`` its batch-norm statistics are re-estimated on the first
+            step's inputs for the traversal and put back at its end.
         callbacks: called with a `StepInfo` after every step.
         generator: CPU generator for the metric batches (default: seeded from ``cfg.seed``).
         start_step: step counter offset (for target refresh schedules across segments).
