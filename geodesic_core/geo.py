@@ -207,7 +207,8 @@ def geo(model: nn.Module, target: Target, pool: torch.Tensor, cfg: GeoConfig, *,
     gen = generator or torch.Generator().manual_seed(cfg.seed)
     if not torch.isfinite(flat_params(model)).all():
         raise NonFiniteError("the start network holds NaN/Inf weights; start from a finite checkpoint")
-    if (cfg.anchor > 0 or cfg.distill_steps > 0) and anchor is None:
+    corrects = cfg.anchor > 0 or cfg.distill_steps > 0  # the anchor is read at all
+    if corrects and anchor is None:
         import copy
 
         anchor = copy.deepcopy(model).requires_grad_(False)
@@ -217,15 +218,18 @@ def geo(model: nn.Module, target: Target, pool: torch.Tensor, cfg: GeoConfig, *,
     distiller = _Distiller(model, anchor, pool, cfg, target, gen) if cfg.distill_steps else None
     refresh_bn = cfg.bn_every > 0 and has_batchnorm(model)
     bn_first = pool[torch.randperm(pool.shape[0], generator=gen)[:cfg.bn_samples]] if refresh_bn else None
+    fresh_anchor = refresh_bn and cfg.bn_anchor and corrects and anchor is not None
     # bn_anchor: the anchor's function is read with statistics estimated as the model's are, on the first step's
     # inputs (its stored ones, averaged over training, can differ enough to start the correction off a residual that
     # is only the two estimates' difference); its own statistics are put back when the traversal ends
-    with (bn_estimated(anchor, bn_first) if refresh_bn and cfg.bn_anchor and anchor is not None else nullcontext()):
-        return _traverse(model, target, pool, cfg, anchor, callbacks, gen, start_step, distiller, refresh_bn, bn_first)
+    with (bn_estimated(anchor, bn_first) if fresh_anchor else nullcontext()):
+        return _traverse(model, target, pool, cfg, anchor, callbacks, gen, start_step, distiller, bn_first)
 
 
-def _traverse(model, target, pool, cfg, anchor, callbacks, gen, start_step, distiller, refresh_bn, bn_first):
-    """`geo`'s loop (arguments checked, the model and anchor tempered, the anchor's statistics estimated)."""
+def _traverse(model, target, pool, cfg, anchor, callbacks, gen, start_step, distiller, bn_first):
+    """`geo`'s loop (arguments checked, the model and anchor tempered, the anchor's statistics estimated;
+    ``bn_first``: the inputs of the first batch-norm re-estimation, None when the statistics are not refreshed)."""
+    refresh_bn = bn_first is not None
     device = next(model.parameters()).device
     w = flat_params(model)
     n_batch = min(cfg.metric_batch, pool.shape[0])
