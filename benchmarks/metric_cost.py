@@ -1,10 +1,12 @@
 """Cost of the geodesic primitives relative to one SGD step, measured side by side on the same batch.
 
 For a registered model on a dataset (default ``lenet300`` on MNIST; a briefly trained network, a real batch):
-one SGD step (forward, backward, momentum
-update), one metric-vector product g v (one-shot and per product on a `MetricOperator` that reuses one forward pass at w, as the cg solver's iterations do), and one Geo step
-(eq. 6-7) with each solver; plus the exact solver's KKT residual and its agreement with a dense reference
-solve on the same sub-problem restricted to the Gram matrix. Timings are medians over interleaved repeats.
+one SGD step (forward, backward, momentum update), one metric-vector product g v (one-shot; per product on a
+`MetricOperator` that reuses one forward pass at w, J v as the double vjp; and per product with J v from the
+`TracedPushforward` that the traversal's cg solver uses, traced once, plus what pointing it at a new w and batch
+costs per step), and one Geo step (eq. 6-7) with each solver (cg with each J v); plus the exact solver's KKT
+residual and its agreement with a dense reference solve on the same sub-problem restricted to the Gram matrix.
+Timings are medians over interleaved repeats.
 
     python benchmarks/metric_cost.py --data-dir ../shared/data [--batch 64] [--device cpu|cuda]
     python benchmarks/metric_cost.py --model vgg16 --dataset cifar10 [--width 0.25] [--depth 20]
@@ -30,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a bare
 from geodesic_core import (GeoConfig, GramFactor, SparseTarget, TrainConfig, build_model, flat_params,
                            load_split, metric_vector_product, param_slices, solve_geo_qp, train)
 from geodesic_core.data import get_spec
-from geodesic_core.metric import MetricOperator
-from geodesic_core.solve import _solve_exact
+from geodesic_core.metric import MetricOperator, TracedPushforward
+from geodesic_core.solve import _solve_exact, _solve_lanczos
 
 warnings.filterwarnings("ignore")
 
@@ -77,15 +79,29 @@ def main() -> None:
 
     op = MetricOperator(model, x)
     op(v)  # forward pass and pushforward graph built once at w
+    traced = TracedPushforward(model)
+    _sync(device)
+    t = time.perf_counter()
+    traced_op = MetricOperator(model, x, "logits", traced)  # the trace, once per traversal
+    _sync(device)
+    trace_s = time.perf_counter() - t
+    if traced.failed:
+        raise SystemExit(f"J v could not be traced for {args.model}: {traced.failed}")
+    stepper = TracedPushforward(model)  # a second trace, re-pointed at every call as the traversal does per step
+    MetricOperator(model, x, "logits", stepper)
     cfg = GeoConfig()
     cases = {
         "sgd_step": sgd_step,
         "metric_vector_product": lambda: metric_vector_product(model, x, v),
         "metric_vector_product_cached": lambda: op(v),
+        "metric_vector_product_traced": lambda: traced_op(v),
+        "traced_point (forward part, per step)": lambda: MetricOperator(model, x, "logits", stepper),
         "gram_matrix_eigh": lambda: GramFactor.compute(model, x),
         "geo_step_exact": lambda: solve_geo_qp(model, x, d, cfg.beta, cfg.eps, "exact"),
         f"geo_step_cg{args.cg_iters}": lambda: solve_geo_qp(model, x, d, cfg.beta, cfg.eps, "cg",
                                                               cg_iters=args.cg_iters),
+        f"geo_step_cg{args.cg_iters}_traced": lambda: _solve_lanczos(MetricOperator(model, x, "logits", stepper), d,
+                                                                     cfg.beta, cfg.eps, args.cg_iters),
     }
     times: dict[str, list[float]] = {k: [] for k in cases}
     peak: dict[str, float] = {}
@@ -110,11 +126,11 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
     print(f"{args.model} (width {args.width}{f', depth {args.depth}' if args.depth else ''}, {n} weights) / "
           f"{args.dataset}, batch {args.batch} (N m = {args.batch * spec.num_classes}), {where}, median of "
-          f"{args.repeats}")
-    print(f"{'operation':36s} {'median ms':>10s} {'x SGD step':>11s} {'peak GiB':>9s}")
+          f"{args.repeats}; J v traced once in {trace_s:.2f} s")
+    print(f"{'operation':40s} {'median ms':>10s} {'x SGD step':>11s} {'peak GiB':>9s}")
     for name, ts in times.items():
         med = statistics.median(ts)
-        print(f"{name:36s} {1e3 * med:10.3f} {med / base:11.2f} {peak.get(name, float('nan')):9.2f}")
+        print(f"{name:40s} {1e3 * med:10.3f} {med / base:11.2f} {peak.get(name, float('nan')):9.2f}")
 
     # exact solver accuracy: KKT residual of eq. 6 with metric products, and relative step error vs cg
     gf = GramFactor.compute(model, x)

@@ -35,7 +35,8 @@ from torch import nn
 
 from .config import GeoConfig
 from .errors import InputError, NonFiniteError
-from .metric import MetricOperator, eval_mode, flat_params, output_fn, pushforward, set_flat_params, tempered
+from .metric import (MetricOperator, TracedPushforward, eval_mode, flat_params, output_fn, pushforward, set_flat_params,
+                     tempered)
 from .solve import GramFactor, _check_qp_args, _solve_exact, _solve_lanczos
 from .targets import Target
 from .train import bn_estimated, distillation_loss, has_batchnorm, recompute_bn
@@ -237,6 +238,9 @@ def _traverse(model, target, pool, cfg, anchor, callbacks, gen, start_step, dist
     dist = math.inf
     step = start_step
     stop = "max_steps"
+    # the cg solver takes 2 cg_iters products J v at each point (the step, then the correction): traced once here,
+    # pointed at each step's w and batch (the exact solver takes one or two, where the double vjp is cheaper)
+    traced = TracedPushforward(model, cfg.output_space) if cfg.solver == "cg" else None
     for step in range(start_step, start_step + cfg.max_steps):
         if refresh_bn and (step - start_step) % cfg.bn_every == 0:  # the statistics of the network at w
             recompute_bn(model, bn_first if step == start_step else
@@ -265,7 +269,7 @@ def _traverse(model, target, pool, cfg, anchor, callbacks, gen, start_step, dist
             op = factor.op
             sol = _solve_exact(factor, d, cfg.beta, cfg.eps)
         else:
-            factor, op = None, MetricOperator(model, x, cfg.output_space)
+            factor, op = None, MetricOperator(model, x, cfg.output_space, traced)
             sol = _solve_lanczos(op, d, cfg.beta, cfg.eps, cfg.cg_iters)
         tnorm = float(sol.theta.norm())
         if not math.isfinite(tnorm) or tnorm == 0.0:

@@ -315,3 +315,32 @@ def test_matrix_free_cg_solves_and_stops_at_a_direction_without_curvature():
     assert torch.isfinite(x).all() and abs(float(x[0]) - 1.0) < 1e-3 and float(x.norm()) < 2.0
     zero = _cg(lambda v: a @ v, torch.zeros(20, dtype=torch.float64), 5)  # nothing to correct (was 0/0: NaN)
     assert torch.isfinite(zero).all() and float(zero.norm()) == 0.0
+
+
+def test_cg_traversal_with_the_traced_pushforward_equals_the_double_vjp(monkeypatch):
+    """The cg solver's products J v come from one traced graph pointed at each step's weights, batch and
+    re-estimated batch-norm statistics (`TracedPushforward`); the traversal is the one the double vjp gives, step
+    for step, to float32 rounding (anchor, keep_progress and the distillation corrector all read J v)."""
+    import copy
+
+    from conftest import tiny_cnn_bn
+    from geodesic_core import metric
+
+    pool = torch.randn(64, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    cfg = GeoConfig(eta=0.05, max_steps=6, metric_batch=16, anchor=1.0, solver="cg", cg_iters=8, bn_every=2,
+                    bn_samples=32, distill_steps=2, distill_batch=16, keep_progress=True)
+    target = FixedTarget(flat_params(tiny_cnn_bn(1)))
+    paths = {}
+    calls = []
+    real_at = metric.TracedPushforward.at
+    monkeypatch.setattr(metric.TracedPushforward, "at", lambda self, x: calls.append(1) or real_at(self, x))
+    for mode in ("traced", "double_vjp"):
+        if mode == "double_vjp":
+            monkeypatch.setattr(metric.TracedPushforward, "at", lambda self, x: False)
+        seen = []
+        geo(copy.deepcopy(tiny_cnn_bn(0)), target, pool, cfg, callbacks=[lambda i: seen.append(i.weights.clone())])
+        paths[mode] = torch.stack(seen)
+    assert len(calls) == cfg.max_steps  # one point per step
+    assert paths["traced"].shape == paths["double_vjp"].shape
+    moved = (paths["double_vjp"][-1] - flat_params(tiny_cnn_bn(0))).norm()
+    assert float((paths["traced"] - paths["double_vjp"]).norm(dim=1).max()) < 1e-4 * float(moved)

@@ -3,7 +3,7 @@ import torch
 from torch.func import jacrev, jvp
 
 from geodesic_core import InputError, MetricOperator, flat_params, gram_matrix, linear_path, metric_vector_product
-from geodesic_core.metric import eval_mode, output_fn, path_length, segment_lengths
+from geodesic_core.metric import TracedPushforward, eval_mode, output_fn, path_length, segment_lengths, set_flat_params
 
 
 def explicit_jacobian(model, x, space):
@@ -23,6 +23,76 @@ def test_metric_vector_product_matches_explicit_jacobian(tiny, space):
         got = metric_vector_product(model, x, v, space)
         assert torch.allclose(got, ref, rtol=1e-5, atol=1e-6 * ref.abs().max())
         assert torch.allclose(MetricOperator(model, x, space)(v), ref, rtol=1e-5, atol=1e-6 * ref.abs().max())
+
+
+@pytest.mark.parametrize("space", ["logits", "softmax"])
+def test_traced_pushforward_follows_the_point_and_the_batch(tiny, space):
+    """One trace, pointed at three (w, x) in turn (new weights, batch-norm statistics and inputs, written into its
+    slots): J v and g v equal the explicit Jacobian's at each, and a product on an operator of an earlier point is
+    refused rather than silently taken at the new one."""
+    model, x0 = tiny
+    model, x0 = model.double(), x0.double()  # float64: a wrong point shows, float32 rounding does not
+    traced = TracedPushforward(model, space)
+    gen = torch.Generator().manual_seed(2)
+    w0 = flat_params(model)
+    ops = []
+    for i in range(3):
+        w = w0 + 0.3 * i * torch.randn(w0.shape, generator=gen, dtype=w0.dtype)
+        x = x0 + 0.5 * i * torch.randn(x0.shape, generator=gen, dtype=x0.dtype)
+        set_flat_params(model, w)
+        for b in model.buffers():
+            if b.is_floating_point():
+                b.mul_(1.1)  # running statistics move too (the traversal's bn_every re-estimation)
+        J = explicit_jacobian(model, x, space)
+        op = MetricOperator(model, x, space, traced)
+        assert traced.failed is None and traced.point == i + 1
+        v = torch.randn(J.shape[1], generator=gen, dtype=w0.dtype)
+        ref = J @ v
+        got = op.jvp(v).reshape(-1)
+        assert torch.allclose(got, ref, rtol=1e-9, atol=1e-10 * float(ref.abs().max()))
+        gv = J.T @ ref / x.shape[0]
+        assert torch.allclose(op(v), gv, rtol=1e-9, atol=1e-10 * float(gv.abs().max()))
+        ops.append(op)
+    with pytest.raises(RuntimeError, match="another w"):
+        ops[0].jvp(v)
+    set_flat_params(model, w0)
+
+
+class _NoForwardMode(torch.autograd.Function):
+    """tanh with a backward rule and no forward-mode (jvp) rule: a network `make_fx` cannot linearize."""
+
+    @staticmethod
+    def forward(x):
+        return torch.tanh(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g * (1 - y * y)
+
+
+def test_traced_pushforward_falls_back_to_the_double_vjp():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(6, 5), torch.nn.Linear(5, 3)
+
+        def forward(self, x):
+            return self.b(_NoForwardMode.apply(self.a(x)))
+
+    torch.manual_seed(0)
+    model, x = Net(), torch.randn(7, 6)
+    traced = TracedPushforward(model)
+    with pytest.warns(UserWarning, match="double vjp"):
+        op = MetricOperator(model, x, "logits", traced)
+    assert traced.failed is not None
+    J = explicit_jacobian(model, x, "logits")
+    v = torch.randn(J.shape[1])
+    assert torch.allclose(op.jvp(v).reshape(-1), J @ v, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("space", ["logits", "softmax"])
