@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+import warnings
 from typing import Callable, Iterator, Literal, Sequence
 
 import torch
@@ -161,8 +162,6 @@ class TracedPushforward:
 
     def _trace(self, inputs: torch.Tensor) -> None:
         import torch.autograd.forward_ad as fwAD
-        import warnings
-
         from torch.fx.experimental import const_fold
         from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -200,8 +199,6 @@ class TracedPushforward:
                 self._gm.run_folding()  # the (w, x) part, once per point
                 self.point += 1
             except Exception as e:  # noqa: BLE001 - an operation without a forward-mode rule, or one make_fx rejects
-                import warnings
-
                 self.failed = f"{type(e).__name__}: {e}"
                 warnings.warn(f"J v cannot be traced for this network ({self.failed}); using the double vjp")
                 return False
