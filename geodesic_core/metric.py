@@ -92,11 +92,15 @@ def param_unflattener(model: nn.Module) -> Callable[[torch.Tensor], dict[str, to
     return lambda w: {k: t.view(s) for k, t, s in zip(names, torch.split(w, sizes), shapes)}
 
 
+def _check_output_space(output_space: str) -> None:
+    if output_space not in ("logits", "softmax"):
+        raise InputError(f"unknown output space {output_space!r}; valid: logits, softmax")
+
+
 def output_fn(model: nn.Module, inputs: torch.Tensor, output_space: OutputSpace = "logits"
               ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``F(w_flat (n,)) -> f(inputs; w) (N, m)`` as a pure function of the flat weight vector."""
-    if output_space not in ("logits", "softmax"):
-        raise InputError(f"unknown output space {output_space!r}; valid: logits, softmax")
+    _check_output_space(output_space)
     unflatten = param_unflattener(model)
     buffers = dict(model.named_buffers())
 
@@ -152,21 +156,20 @@ class TracedPushforward:
     """
 
     def __init__(self, model: nn.Module, output_space: OutputSpace = "logits"):
-        if output_space not in ("logits", "softmax"):
-            raise InputError(f"unknown output space {output_space!r}; valid: logits, softmax")
+        _check_output_space(output_space)
         self.model, self.output_space = model, output_space
         self._gm = None  # the folded graph module
         self._key: tuple | None = None  # inputs' shape, dtype, device the graph was traced for
         self.failed: str | None = None
         self.point = 0  # counts `at` calls: a product is only valid at the point the graph was last set to
 
-    def _trace(self, inputs: torch.Tensor) -> None:
+    def _trace(self, inputs: torch.Tensor, w: torch.Tensor) -> None:
         import torch.autograd.forward_ad as fwAD
         from torch.fx.experimental import const_fold
         from torch.fx.experimental.proxy_tensor import make_fx
 
         model = self.model
-        self._w = flat_params(model)
+        self._w = w.detach().clone()
         self._x = inputs.detach().clone()
         self._buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
         unflatten, softmax = param_unflattener(model), self.output_space == "softmax"
@@ -181,17 +184,19 @@ class TracedPushforward:
             self._gm = const_fold.split_const_subgraphs(make_fx(tangent)(torch.zeros_like(self._w)))
         self._key = (tuple(inputs.shape), inputs.dtype, inputs.device)
 
-    def at(self, inputs: torch.Tensor) -> bool:
-        """Point the graph at the model's current weights and buffers and at ``inputs (N, ...)`` (the model in eval
-        mode); False when the network cannot be traced (then use the double vjp)."""
+    def at(self, inputs: torch.Tensor, w: torch.Tensor | None = None) -> bool:
+        """Point the graph at the model's current weights ``w (n,)`` (default: read from the model) and buffers and at
+        ``inputs (N, ...)`` (the model in eval mode); False when the network cannot be traced (then use the double
+        vjp)."""
         if self.failed is not None:
             return False
         with FUNC_LOCK, eval_mode(self.model), torch.no_grad():
+            w = flat_params(self.model) if w is None else w
             try:
                 if self._key != (tuple(inputs.shape), inputs.dtype, inputs.device):
-                    self._trace(inputs)
+                    self._trace(inputs, w)
                 else:
-                    self._w.copy_(torch.nn.utils.parameters_to_vector(self.model.parameters()))
+                    self._w.copy_(w)
                     self._x.copy_(inputs)
                     for k, b in self.model.named_buffers():
                         self._buffers[k].copy_(b)
@@ -231,7 +236,7 @@ class MetricOperator:
         if traced is not None and (traced.model is not model or traced.output_space != output_space):
             raise InputError("the traced pushforward belongs to another network or output space")
         self._pushforward: Callable | None = None
-        if traced is not None and traced.at(inputs):
+        if traced is not None and traced.at(inputs, self.w):
             point = traced.point
             self._pushforward = lambda t: traced(t, point)
 

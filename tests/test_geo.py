@@ -333,10 +333,10 @@ def test_cg_traversal_with_the_traced_pushforward_equals_the_double_vjp(monkeypa
     paths = {}
     calls = []
     real_at = metric.TracedPushforward.at
-    monkeypatch.setattr(metric.TracedPushforward, "at", lambda self, x: calls.append(1) or real_at(self, x))
+    monkeypatch.setattr(metric.TracedPushforward, "at", lambda self, *a: calls.append(1) or real_at(self, *a))
     for mode in ("traced", "double_vjp"):
         if mode == "double_vjp":
-            monkeypatch.setattr(metric.TracedPushforward, "at", lambda self, x: False)
+            monkeypatch.setattr(metric.TracedPushforward, "at", lambda self, *a: False)
         seen = []
         geo(copy.deepcopy(tiny_cnn_bn(0)), target, pool, cfg, callbacks=[lambda i: seen.append(i.weights.clone())])
         paths[mode] = torch.stack(seen)
