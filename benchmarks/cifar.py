@@ -56,8 +56,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from geodesic_core import (GeoConfig, NonFiniteError, build_model, cumulative_lengths, evaluate,  # noqa: E402
-                           flat_params, linear_path, load_split, set_flat_params)
+from geodesic_core import (GeoConfig, InputError, NonFiniteError, build_model, cumulative_lengths,  # noqa: E402
+                           evaluate, flat_params, linear_path, load_split, set_flat_params)
 from geodesic_core.config import cifar_recipe  # noqa: E402
 from geodesic_core.connect import (InterpolatedOutputs, bn_batch, connect_segment, distance_ratio,  # noqa: E402
                                    evaluate_point, relax_path, train_bezier)
@@ -68,6 +68,7 @@ from geodesic_core.sparsify import (iterative_prune_train, polish, project_to_le
                                     structured_stage)
 from geodesic_core.targets import FilterTarget  # noqa: E402
 from geodesic_core.structured import compact_filters  # noqa: E402
+from geodesic_core.align import align_to  # noqa: E402
 from geodesic_core.train import default_device, equal_time_epochs, train  # noqa: E402
 from _flowrun import versus  # noqa: E402  (benchmarks/_flowrun.py: the other benchmarks' "level" tolerance)
 
@@ -121,6 +122,8 @@ class Settings:
     connect_distill_lr: float = 0.003
     connect_keep_progress: bool = True  # the correctors move the weights sideways, never back (GeoConfig)
     connect_distill_radius: float = 0.0  # the corrector's whole move after a Geo step at most this x eta (0: off)
+    align: str = "auto"  # permute w_2's hidden units to match w_1's first (activation matching, every path), as
+    # `ConnectConfig.align`: auto (where the architecture allows: VGG and the pre-activation ResNet), activations, none
     relax_epochs: int = 0  # the connect path's closing correction: epochs of the label-free chain fit (0: off)
     relax_lr: float = 0.001  # its rate (chosen on a validation split of VGG16 at width 1/8)
     relax_nodes: int = 8  # the chain's interior nodes, points of the geodesic
@@ -382,6 +385,14 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
     ends = [train_endpoint(name, arch, seed, train_data, test, s, s.connect_train_epochs, train_seconds, device)
             for seed in s.seeds]
     (net_a, info_a), (net_b, info_b) = ends
+    try:  # the same function as w_2, its hidden units in w_1's order: every path connects w_1 to it
+        if s.align != "none":
+            info_b = {**info_b, "alignment": align_to(net_a, net_b, train_data.x[:5000])}
+            print(f"  aligned w_2 to w_1: {info_b['alignment']}", flush=True)
+    except InputError as e:
+        if s.align == "activations":
+            raise
+        print(f"  w_2 not aligned: {e}", flush=True)
     w_a, w_b = flat_params(net_a), flat_params(net_b)
     dist = float((w_b - w_a).norm())
     probe_x = train_data.x[torch.randperm(train_data.x.shape[0], generator=torch.Generator().manual_seed(0))[:s.probe]]

@@ -46,6 +46,8 @@ def main(argv: list[str]) -> None:
     geo = summary[0]
     print(f"\ngeodesic: {geo['steps']} Geo steps ({geo['stop_reasons']}), {geo['completion_steps']} of them "
           f"completion steps")
+    print(f"w_2 aligned to w_1 (--align {params.align}): "
+          + (f"yes, {geo['aligned_units_moved']} hidden units moved" if geo.get("aligned") else "no"))
     rows = {r["method"]: r for r in summary}
     for curve, what in (("bezier", "Bezier curve"), ("bezier_distill", "label-free Bezier curve")):
         if (fixed := rows.get(curve)) is not None:

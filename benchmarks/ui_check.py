@@ -155,7 +155,8 @@ def shots(chromium: str, out: Path, prefect_url: str, mlflow_url: str) -> None:
             body = page.inner_text("body")
             wanted = (("Width", "Depth", "N Filters", "Distill Lr") if name == "sparsify" else
                       ("Width", "Depth", "Bezier Equal Time", "Bezier Distill", "Bezier Distill Lr",
-                       "Bezier Distill Temperature", "Relax Epochs", "Relax Temperature", "Bn Anchor"))
+                       "Bezier Distill Temperature", "Relax Epochs", "Relax Temperature", "Bn Anchor",
+                       "Align (Optional)", "permute w_2's hidden units to match w_1's"))
             print(f"{name} form shows:", {w: w in body for w in wanted})
             # the model and dataset fields: a registered name from a list, or an import path typed in
             page.get_by_text("Model (Optional)", exact=True).first.scroll_into_view_if_needed()

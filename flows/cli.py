@@ -285,6 +285,9 @@ def cmd_connect(args: argparse.Namespace) -> int:
     params = config_from_args(ConnectConfig, args)
     check_data_files(params.dataset, args.data_dir)
     in_fresh_thread(check_endpoints_given, params)
+    from tasks.connect import alignment_plan
+
+    in_fresh_thread(alignment_plan, params, args.data_dir)  # --align activations on a network it cannot align
     from flows.connect import EXPERIMENT, connect_flow
 
     summary = _run_flow(connect_flow, params, args, EXPERIMENT)

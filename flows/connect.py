@@ -20,8 +20,8 @@ from geodesic_core.data import get_spec
 from geodesic_core.train import equal_time_epochs
 from flows.common import closing_parent_on_failure, confine_paths, default_task_runner
 from tasks.common import code_version
-from tasks.connect import (bezier_curve_task, connect_segment_task, evaluate_endpoint, linear_path_task,
-                           relax_path_task)
+from tasks.connect import (align_endpoint, alignment_plan, bezier_curve_task, connect_segment_task,
+                           evaluate_endpoint, linear_path_task, relax_path_task)
 from tasks.data import fingerprint_data
 from tasks.plots import chord_view, connect_accuracy_plot
 from tasks.summaries import connect_rows
@@ -39,13 +39,15 @@ def connect_flow(params: ConnectConfig = ConnectConfig(), data_dir: str | None =
     log = get_run_logger()
     version = code_version(params.model)
     fingerprint = fingerprint_data(params.dataset, data_dir)
+    not_aligned = alignment_plan(params, data_dir)  # before any work: --align activations on a ResNet is an error
     parent = start_parent_run(experiment, params.model_dump(), fingerprint, version, str(flow_run.get_id()),
                               f"connect-{params.model}-{params.dataset}")
     with closing_parent_on_failure(parent):
-        return _connect(params, parent, data_dir, fingerprint, version, log)
+        return _connect(params, parent, data_dir, fingerprint, version, log, not_aligned)
 
 
-def _connect(params: ConnectConfig, parent: dict, data_dir: str, fingerprint: str, version: str, log) -> list[dict]:
+def _connect(params: ConnectConfig, parent: dict, data_dir: str, fingerprint: str, version: str, log,
+             not_aligned: str | None) -> list[dict]:
     common = (data_dir, fingerprint, version)
     settings = params.model_dump()
     tracks = {m: child_track(parent, f"{m}-{params.model}-{params.dataset}", settings, method=m)
@@ -64,6 +66,12 @@ def _connect(params: ConnectConfig, parent: dict, data_dir: str, fingerprint: st
                                                           method="train", endpoint=name))
                    for name, s in (("a", params.seed), ("b", params.seed_b))]
         a, b = (f.result() for f in futures)
+    if not_aligned is None:  # w_2's hidden units in w_1's order (the same function): every path ends there
+        b = align_endpoint.submit(a, b, params, *common).result()
+        log.info("aligned w_2 to w_1: %d of %d hidden units moved, mean unit correlation %.3f -> %.3f", b["moved"],
+                 b["units"], b["mean_correlation_before"], b["mean_correlation_after"])
+    else:
+        log.info("w_2 not aligned to w_1 (%s)", not_aligned)
     ends = [evaluate_endpoint.submit(w, a, b, params, *common) for w in (a, b)]
     line = linear_path_task.submit(a, b, params, *common, track=tracks["linear"])
     curves = {m: bezier_curve_task.submit(a, b, params, *common, track=tracks[m], distill=m == "bezier_distill")
@@ -112,7 +120,7 @@ def _connect(params: ConnectConfig, parent: dict, data_dir: str, fingerprint: st
 
     # --- evaluate and track ---------------------------------------------------------------------------------
     endpoints = [e.result() for e in ends]
-    summary, tables = connect_rows(endpoints, segments, peers)
+    summary, tables = connect_rows(endpoints, segments, peers, b if not_aligned is None else None)
     log_connect_runs(tracks, params, summary, tables, segments[-1]["path"])
     finish_parent_run(parent, summary, {"accuracy_along_paths.png": connect_accuracy_plot(tables, params),
                                         "paths_2d.png": chord_view(tables)},

@@ -1,5 +1,8 @@
 """Mode connectivity (paper Algorithm 3): a high-accuracy path between two trained networks w_1, w_2.
 
+By default (``ConnectConfig.align``) w_2's hidden units are first permuted to match w_1's (`geodesic_core.align`:
+the same function, other weights), and every path connects w_1 to that copy.
+
 The geodesic Geo(w_1, g, w_2) is traversed under the task's metric g (the task's training inputs), in
 segments of Geo steps; every point along it is evaluated on the test set (with batch-norm statistics
 re-estimated for that point: the stored ones belong to an endpoint), and so is the straight line between the
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 from torch import nn
@@ -51,6 +54,13 @@ class ConnectConfig(_ModelOnDataset):
     """Endpoint w_1 from this checkpoint instead of training it (give both checkpoints or neither)."""
     checkpoint_b: str | None = None
     """Endpoint w_2 from this checkpoint instead of training it (give both checkpoints or neither)."""
+    align: Literal["auto", "activations", "none"] = "auto"
+    """Before any path is built, permute w_2's hidden units to match w_1's (activation matching, Tatro et al. 2020;
+    `geodesic_core.align`): w_2's function is unchanged, and every path (the line, the curves, the geodesic) then
+    connects w_1 to the aligned w_2. auto: where the architecture allows it (chain networks such as LeNet-300-100,
+    the CNN and VGG, and the pre-activation ResNet), not elsewhere (other skip connections, e.g. torchvision's
+    ResNets); activations: always (an architecture it cannot align is an error before any training); none: w_2 as
+    trained, the paper as written."""
     max_segments: PositiveInt = 10
     """The traversal runs in cached segments of geo.max_steps steps, at most this many."""
     complete: bool = True

@@ -14,7 +14,8 @@ import time
 import torch
 from prefect import task
 
-from geodesic_core import cumulative_lengths, flat_params, linear_path, set_flat_params
+from geodesic_core import InputError, build_model, cumulative_lengths, flat_params, linear_path, set_flat_params
+from geodesic_core.align import align_to, check_alignable
 from geodesic_core.metric import tempered
 from geodesic_core.connect import ConnectConfig
 from geodesic_core.connect import (BezierCurve, InterpolatedOutputs, PolyChain, bn_batch, chord_coordinates,
@@ -25,6 +26,41 @@ from geodesic_core.data import get_spec
 from .common import CACHED, checkpoint_path, finished, finished_with_content, open_ref, ref, save_result, split
 from .live import Live
 PROBE = 1024  # inputs of the fixed probe batch the path lengths are measured on
+ALIGN_INPUTS = 5000  # training inputs over which the two endpoints' unit activations are correlated
+
+
+def alignment_plan(cfg: ConnectConfig, data_dir: str | None) -> str | None:
+    """Whether the run aligns w_2 to w_1, decided before any training from the architecture alone: None when it
+    does, else the reason it does not (``align`` none, or auto on a network `align_to` cannot align). With
+    ``align`` activations such a network is an `InputError` here, before any work."""
+    if cfg.align == "none":
+        return "align none"
+    spec = get_spec(cfg.dataset, data_dir)
+    model = build_model(cfg.model, spec.num_classes, spec.in_channels, spec.image_size, seed=0, **cfg.arch())
+    try:
+        check_alignable(model, torch.randn(4, *spec.input_shape))
+    except InputError as e:
+        if cfg.align == "activations":
+            raise
+        return str(e)
+    return None
+
+
+@task(**CACHED)
+def align_endpoint(a: dict, b: dict, cfg: ConnectConfig, data_dir: str | None, data_fingerprint: str,
+                   code_version: str) -> dict:
+    """Endpoint w_2 with its hidden units permuted to match w_1's (`geodesic_core.align.align_to`, activation
+    matching on ``ALIGN_INPUTS`` training inputs drawn from ``cfg.seed``): the same function as w_2, saved as its
+    own checkpoint; the reference carries the alignment's summary (units moved, mean unit correlation before and
+    after)."""
+    out = checkpoint_path("aligned", a["sha256"], b["sha256"], ALIGN_INPUTS, cfg.seed, data_fingerprint, code_version)
+    if (done := finished(out)) is not None:
+        return done
+    net_a, net_b, meta = open_ref(a)[0], *open_ref(b)
+    train_x = split(cfg.dataset, True, data_dir).x
+    x = train_x[torch.randperm(train_x.shape[0], generator=torch.Generator().manual_seed(cfg.seed))[:ALIGN_INPUTS]]
+    info = align_to(net_a, net_b, x.to(flat_params(net_a).device))
+    return save_result(out, net_b, meta, {**info, "aligned_from": b["path"]}, role="endpoint b aligned to a")
 
 
 def _lengths(model, points, train_x: torch.Tensor, cfg: ConnectConfig) -> list[float]:

@@ -86,11 +86,12 @@ def continual_row(method: str, params, trained: list[dict], results: list[dict],
     return row, matrix
 
 
-def connect_rows(endpoints: list[dict], segments: list[dict],
-                 peers: dict[str, dict]) -> tuple[list[dict], dict[str, list[dict]]]:
+def connect_rows(endpoints: list[dict], segments: list[dict], peers: dict[str, dict],
+                 alignment: dict | None = None) -> tuple[list[dict], dict[str, list[dict]]]:
     """Summary rows (the geodesic, then every path of ``peers``, by name: ``linear``, and the trained curves
-    ``bezier``, ``bezier_distill`` and their ``*_equal_time`` runs) and path tables of a mode-connectivity run.
-    The geodesic's table starts
+    ``bezier``, ``bezier_distill`` and their ``*_equal_time`` runs) and path tables of a mode-connectivity run;
+    every row says whether w_2 was aligned to w_1 (``alignment``: the `align_endpoint` reference, None when not;
+    then also how many hidden units moved). The geodesic's table starts
     at w_1; its path length is cumulative over the segments. Path minimum and mean are over the evaluated
     points, endpoints included."""
     start = {**endpoints[0], "path_length": 0.0}
@@ -100,7 +101,8 @@ def connect_rows(endpoints: list[dict], segments: list[dict],
         geo_rows += [{k: v for k, v in {**r, "path_length": offset + r["segment_path_length"]}.items()
                       if k != "segment_path_length"} for r in seg["rows"]]
         offset += seg["path_length"]
-    ends = {"endpoint_a_accuracy": endpoints[0]["test_accuracy"], "endpoint_b_accuracy": endpoints[1]["test_accuracy"]}
+    ends = {"endpoint_a_accuracy": endpoints[0]["test_accuracy"], "endpoint_b_accuracy": endpoints[1]["test_accuracy"],
+            "aligned": alignment is not None, **({"aligned_units_moved": alignment["moved"]} if alignment else {})}
 
     def stats(rows):
         accs = [r["test_accuracy"] for r in rows]

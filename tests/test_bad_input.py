@@ -46,6 +46,7 @@ CASES = [
     ("connect", ["--bezier-distill-temperature", "-2"], {"bezier_distill_temperature": -2},
      "greater than or equal to 0"),
     ("connect", ["--relax-temperature", "inf"], {"relax_temperature": float("inf")}, "finite number"),
+    ("connect", ["--align", "weights"], {"align": "weights"}, "'activations' or 'none'"),
     # architecture options (width, depth) and the structured filter count at a width
     ("sparsify", ["--width", "0"], {"width": 0}, "greater than 0"),
     ("sparsify", ["--width", "0.5"], {"width": 0.5}, "has no width option"),
@@ -80,7 +81,7 @@ def test_cli_refuses_bad_input_before_any_work(tmp_path, monkeypatch, data_dir, 
         code = exc.code
     assert code == 2
     err = capsys.readouterr().err
-    assert match in err or (match == "'exact' or 'cg'" and "invalid choice" in err), err
+    assert match in err or (match in ("'exact' or 'cg'", "'activations' or 'none'") and "invalid choice" in err), err
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "outputs").exists()
 
 

@@ -351,6 +351,9 @@ def test_flow_connects_tracks_every_path_and_resumes(harness, workdir, data_dir,
         assert df["path_length"].is_monotonic_increasing and df["distance_ratio"].iloc[-1] == 0.0
     ends = children["linear"].data.metrics
     assert children["geodesic"].data.metrics["endpoint_a_accuracy"] == ends["endpoint_a_accuracy"]
+    # --align auto (the default) on LeNet-300-100: every path ends at w_2 with its units in w_1's order
+    for r in children.values():
+        assert r.data.params["align"] == "auto" and r.data.metrics["aligned_units_moved"] > 0
 
     def boom(*a, **k):
         raise AssertionError("a cached task ran again")
@@ -358,6 +361,7 @@ def test_flow_connects_tracks_every_path_and_resumes(harness, workdir, data_dir,
     monkeypatch.setattr("tasks.connect.connect_segment", boom)
     monkeypatch.setattr("tasks.connect.train_bezier", boom)
     monkeypatch.setattr("tasks.connect.relax_path", boom)
+    monkeypatch.setattr("tasks.connect.align_to", boom)
     monkeypatch.setattr("tasks.training.train_and_save", boom)
     assert main(["connect", "--data-dir", data_dir, *TINY, "--bezier-equal-time", *relax]) == 0
     # other evaluation settings: the trained curves and the relaxed chain (and the geodesic) are evaluated again,
@@ -411,6 +415,7 @@ def test_bad_endpoints_fail_before_any_work(tmp_path, monkeypatch, data_dir, cap
               "could not be loaded safely"),
              (["--checkpoint-a", str(tmp_path / "a.pt"), "--checkpoint-b", str(tmp_path / "none.pt")], "does not exist"),
              (["--seed-b", "0"], "different seeds"),
+             (["--model", "torchvision:resnet18", "--align", "activations"], "neuron alignment supports"),
              (["--model", "resnet18"], "valid models")]
     for args, match in cases:
         assert main(["connect", "--data-dir", data_dir, *args]) == 2
