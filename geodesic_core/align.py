@@ -2,9 +2,8 @@
 
 Permuting the hidden units of a layer (the output channels of a Linear or Conv2d layer, the matching entries of
 the batch norm that follows it, and the input channels of the next layer) leaves the network's function
-unchanged. Two networks trained from different seeds are, in general, permuted copies of each other's solution
-as much as they are different solutions, and the straight line, the Bezier curve and the geodesic between them
-all pay for the mismatch. `align_to` permutes network B's hidden units to match network A's by activation
+unchanged. Two networks trained from different seeds differ partly by such a permutation, and the straight
+line, the Bezier curve and the geodesic between them all pay for the mismatch. `align_to` permutes network B's hidden units to match network A's by activation
 matching (Tatro et al. 2020, "Optimizing mode connectivity via neuron alignment"; Li et al. 2015): for every
 hidden layer, the permutation π maximizing Σ_i corr(a_i, b_π(i)), the correlation of unit i of A with unit
 π(i) of B over the task's inputs (a linear assignment problem, solved exactly by `scipy.optimize.
