@@ -158,6 +158,10 @@ def shots(chromium: str, out: Path, prefect_url: str, mlflow_url: str) -> None:
                        "Bezier Distill Temperature", "Relax Epochs", "Relax Temperature", "Bn Anchor",
                        "Align (Optional)", "permute w_2's hidden units to match w_1's"))
             print(f"{name} form shows:", {w: w in body for w in wanted})
+            if name == "connect":  # the alignment switch: a choice of auto, activations, none
+                page.get_by_text("Align (Optional)", exact=True).first.scroll_into_view_if_needed()
+                page.wait_for_timeout(500)
+                page.screenshot(path=str(out / "prefect-connect-form-align.png"))
             # the model and dataset fields: a registered name from a list, or an import path typed in
             page.get_by_text("Model (Optional)", exact=True).first.scroll_into_view_if_needed()
             page.wait_for_timeout(500)
