@@ -21,7 +21,8 @@ from .train import evaluate, recompute_bn, train
 
 __all__ = [
     "DATASETS", "MODELS", "FilterTarget", "FixedTarget", "GeoConfig", "GeoQPSolution", "GeoResult", "GramFactor",
-    "InputError", "MetricOperator", "NonFiniteError", "SparseTarget", "StepInfo", "TrainConfig", "align_to", "build_model",
+    "InputError", "MetricOperator", "NonFiniteError", "SparseTarget", "StepInfo", "TrainConfig", "align_to",
+    "build_model",
     "check_data_files", "check_dataset_name", "check_model_name", "cumulative_lengths", "dataset_fingerprint",
     "evaluate", "flat_params", "geo", "gram_matrix", "linear_path", "load_checkpoint", "load_model", "load_split",
     "load_tensors", "metric_vector_product", "param_slices", "path_length", "project_sparse", "prunable_mask",

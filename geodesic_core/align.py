@@ -3,9 +3,9 @@
 Permuting the hidden units of a layer (the output channels of a Linear or Conv2d layer, the matching entries of
 the batch norm that follows it, and the input channels of the next layer) leaves the network's function
 unchanged. Two networks trained from different seeds differ partly by such a permutation, and the straight
-line, the Bezier curve and the geodesic between them all pay for the mismatch. `align_to` permutes network B's hidden units to match network A's by activation
-matching (Tatro et al. 2020, "Optimizing mode connectivity via neuron alignment"; Li et al. 2015): for every
-hidden layer, the permutation π maximizing Σ_i corr(a_i, b_π(i)), the correlation of unit i of A with unit
+line, the Bezier curve and the geodesic between them all pay for the mismatch. `align_to` permutes network B's
+hidden units to match network A's by activation matching (Tatro et al. 2020, "Optimizing mode connectivity via
+neuron alignment"; Li et al. 2015): for every hidden layer, the permutation π maximizing Σ_i corr(a_i, b_π(i)), the correlation of unit i of A with unit
 π(i) of B over the task's inputs (a linear assignment problem, solved exactly by `scipy.optimize.
 linear_sum_assignment`). B's function is unchanged, to round-off; only its weights move.
 
@@ -245,14 +245,17 @@ def align_to(model_a: nn.Module, model_b: nn.Module, x: torch.Tensor, batch: int
     state = {k: v.clone() for k, v in model_b.state_dict().items()}
     with eval_mode(model_b), torch.no_grad():
         ref = model_b(x[:batch])
-    mods_a = [m for g in ga for m in (*g.reads, *g.pres)]
-    mods_b = [m for g in gb for m in (*g.reads, *g.pres)]
-    corrs = iter(_unit_correlations(model_a, model_b, mods_a, mods_b, x, batch))
+    # every module read once, however many roles it has (the ResNet reads its units where it uses them; a layer
+    # followed by the next layer is both)
+    pairs = {id(ma): (ma, mb) for g_a, g_b in zip(ga, gb)
+             for ma, mb in zip((*g_a.reads, *g_a.pres), (*g_b.reads, *g_b.pres))}
+    corr_of = dict(zip(pairs, _unit_correlations(model_a, model_b, [p[0] for p in pairs.values()],
+                                                 [p[1] for p in pairs.values()], x, batch)))
     before, after, moved = [], [], 0
     perms = []
     for g in ga:  # a group read at several places (a residual stream): its correlations averaged over them
-        corr = sum(next(corrs) for _ in g.reads) / len(g.reads)
-        pre = sum(next(corrs) for _ in g.pres) / len(g.pres)
+        corr = sum(corr_of[id(m)] for m in g.reads) / len(g.reads)
+        pre = sum(corr_of[id(m)] for m in g.pres) / len(g.pres)
         _, cols = linear_sum_assignment((corr + TIE_BREAK * pre).cpu().numpy(), maximize=True)
         perm = torch.as_tensor(cols, dtype=torch.long)
         before.append(corr.diagonal().mean().item())
