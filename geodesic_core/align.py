@@ -5,9 +5,9 @@ the batch norm that follows it, and the input channels of the next layer) leaves
 unchanged. Two networks trained from different seeds differ partly by such a permutation, and the straight
 line, the Bezier curve and the geodesic between them all pay for the mismatch. `align_to` permutes network B's
 hidden units to match network A's by activation matching (Tatro et al. 2020, "Optimizing mode connectivity via
-neuron alignment"; Li et al. 2015): for every hidden layer, the permutation π maximizing Σ_i corr(a_i, b_π(i)), the correlation of unit i of A with unit
-π(i) of B over the task's inputs (a linear assignment problem, solved exactly by `scipy.optimize.
-linear_sum_assignment`). B's function is unchanged, to round-off; only its weights move.
+neuron alignment"; Li et al. 2015): for every hidden layer, the permutation π maximizing Σ_i corr(a_i, b_π(i)),
+the correlation of unit i of A with unit π(i) of B over the task's inputs (a linear assignment problem, solved
+exactly by `scipy.optimize.linear_sum_assignment`). B's function is unchanged, to round-off; only its weights move.
 
 Supported: chain networks, a sequence of Linear / Conv2d layers (groups = 1), each optionally followed by
 BatchNorm1d/2d, with element-wise activations, pooling, dropout and Flatten between them (LeNet-300-100, the
