@@ -257,6 +257,10 @@ def cmd_continual(args: argparse.Namespace) -> int:
 
     params = config_from_args(ContinualConfig, args)
     check_scenario_data(get_scenario(params.scenario), args.data_dir)
+    from flows.common import in_fresh_thread
+    from tasks.continual import alignment_plan
+
+    in_fresh_thread(alignment_plan, params)  # --align activations on a network it cannot align: refused first
     from flows.continual import EXPERIMENT, continual_flow
 
     summary = _run_flow(continual_flow, params, args, EXPERIMENT)

@@ -17,7 +17,7 @@ from geodesic_core.continual import get_scenario
 from geodesic_core.train import equal_time_epochs
 from flows.common import closing_parent_on_failure, confine_paths, default_task_runner, raise_first_failure
 from tasks.common import code_version
-from tasks.continual import (consolidate_fisher, geodesic_stage, linear_stage, sequential_stage,
+from tasks.continual import (alignment_plan, consolidate_fisher, geodesic_stage, linear_stage, sequential_stage,
                              train_task_network)
 from tasks.data import fingerprint_data
 from tasks.summaries import continual_row
@@ -31,7 +31,7 @@ def _for_method(params: ContinualConfig, method: str | None = None) -> Continual
     """The settings one method's tasks depend on (their cache key): the per-task networks (``method=None``)
     depend on neither the methods nor their settings, and a method's chain not on the other methods'."""
     keep = {"scenario", "tasks", "model", "permutation_seed", "shared_init", "seed", "train"}
-    keep |= {"geodesic": {"geo", "eval_every", "linear_points"}, "linear": {"linear_points"},
+    keep |= {"geodesic": {"geo", "eval_every", "linear_points", "align"}, "linear": {"linear_points", "align"},
              "l2": {"l2_strength"}, "ewc": {"ewc_strength", "fisher_samples"}}.get(method, set())
     return ContinualConfig(**{k: getattr(params, k) for k in keep}, methods=[method] if method else ["geodesic"])
 
@@ -45,6 +45,9 @@ def continual_flow(params: ContinualConfig = ContinualConfig(), data_dir: str | 
     version = code_version(params.scenario, params.model_name())
     scenario = get_scenario(params.scenario)
     fingerprint = "+".join(fingerprint_data(d, data_dir) for d in scenario.datasets)
+    not_aligned = alignment_plan(params)  # before any work: --align activations on a network it cannot align
+    if not_aligned is not None and params.align != "none" and {"geodesic", "linear"} & set(params.methods):
+        log.info("w_i not aligned to w_{1:i-1} (%s)", not_aligned)
     parent = start_parent_run(experiment, params.model_dump(), fingerprint, version, str(flow_run.get_id()),
                               f"continual-{params.scenario}-{params.n_tasks()}")
     with closing_parent_on_failure(parent):

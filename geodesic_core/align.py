@@ -178,6 +178,25 @@ def check_alignable(model: nn.Module, x: torch.Tensor) -> list[_Group]:
     return groups
 
 
+ALIGN_INPUTS = 5000  # inputs over which the flows correlate two networks' unit activations
+
+
+def alignment_plan(model: nn.Module, align: str, x: torch.Tensor) -> str | None:
+    """Whether the flows align networks of ``model``'s architecture under the setting ``align`` (auto, activations,
+    none), decided before any training: None when they do, else the reason they do not (``align`` none, or auto on
+    an architecture `check_alignable` refuses, ``x (N, ...)`` a few inputs of the task's shape). With activations an
+    architecture it cannot align is the `InputError` itself."""
+    if align == "none":
+        return "align none"
+    try:
+        check_alignable(model, x)
+    except InputError as e:
+        if align == "activations":
+            raise
+        return str(e)
+    return None
+
+
 def _unit_correlations(model_a: nn.Module, model_b: nn.Module, mods_a: list[nn.Module], mods_b: list[nn.Module],
                        x: torch.Tensor, batch: int) -> list[torch.Tensor]:
     """corr(a_i, b_j) ``(units, units)`` between the outputs of ``mods_a[k]`` in A and ``mods_b[k]`` in B over the

@@ -14,8 +14,9 @@ import time
 import torch
 from prefect import task
 
-from geodesic_core import InputError, build_model, cumulative_lengths, flat_params, linear_path, set_flat_params
-from geodesic_core.align import align_to, check_alignable
+from geodesic_core import build_model, cumulative_lengths, flat_params, linear_path, set_flat_params
+from geodesic_core.align import ALIGN_INPUTS, align_to
+from geodesic_core.align import alignment_plan as core_alignment_plan
 from geodesic_core.metric import tempered
 from geodesic_core.connect import ConnectConfig
 from geodesic_core.connect import (BezierCurve, InterpolatedOutputs, PolyChain, bn_batch, chord_coordinates,
@@ -26,24 +27,15 @@ from geodesic_core.data import get_spec
 from .common import CACHED, checkpoint_path, finished, finished_with_content, open_ref, ref, save_result, split
 from .live import Live
 PROBE = 1024  # inputs of the fixed probe batch the path lengths are measured on
-ALIGN_INPUTS = 5000  # training inputs over which the two endpoints' unit activations are correlated
 
 
 def alignment_plan(cfg: ConnectConfig, data_dir: str | None) -> str | None:
-    """Whether the run aligns w_2 to w_1, decided before any training from the architecture alone: None when it
-    does, else the reason it does not (``align`` none, or auto on a network `align_to` cannot align). With
-    ``align`` activations such a network is an `InputError` here, before any work."""
-    if cfg.align == "none":
-        return "align none"
+    """Whether the run aligns w_2 to w_1 (`geodesic_core.align.alignment_plan` on ``cfg.model``): None when it does,
+    else the reason it does not. With ``align`` activations an architecture it cannot align is an `InputError` here,
+    before any work."""
     spec = get_spec(cfg.dataset, data_dir)
     model = build_model(cfg.model, spec.num_classes, spec.in_channels, spec.image_size, seed=0, **cfg.arch())
-    try:
-        check_alignable(model, torch.randn(4, *spec.input_shape))
-    except InputError as e:
-        if cfg.align == "activations":
-            raise
-        return str(e)
-    return None
+    return core_alignment_plan(model, cfg.align, torch.randn(4, *spec.input_shape))
 
 
 @task(**CACHED)

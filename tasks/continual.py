@@ -19,6 +19,8 @@ from geodesic_core.continual import ContinualConfig
 from geodesic_core.continual import (QuadraticPull, build_scenario_model, continual_geodesic, fisher_diagonal,
                                      get_scenario, linear_scan, load_task, pca_2d, task_accuracies,
                                      task_view)
+from geodesic_core.align import ALIGN_INPUTS, align_to
+from geodesic_core.align import alignment_plan as core_alignment_plan
 from geodesic_core.data import Split
 from geodesic_core.metric import tempered
 
@@ -55,6 +57,28 @@ def _meta(cfg: ContinualConfig, **extra) -> dict:
             "image_size": s.image_size, "dataset": s.name, **extra}
 
 
+def alignment_plan(cfg: ContinualConfig) -> str | None:
+    """Whether the geodesic and linear stages align w_i to w_{1:i-1} (`geodesic_core.align.alignment_plan` on the
+    scenario's network): None when they do, else the reason they do not. With ``align`` activations an architecture
+    it cannot align is an `InputError` here, before any work."""
+    scenario = get_scenario(cfg.scenario)
+    model = build_scenario_model(scenario, cfg.model, 0)
+    x = torch.randn(4, scenario.in_channels, scenario.image_size, scenario.image_size)
+    return core_alignment_plan(model, cfg.align, x)
+
+
+def _align_start(model, prev, pool: torch.Tensor, index: int, cfg: ContinualConfig) -> dict:
+    """Stage i's start: w_i (``model``, in place) with its hidden units permuted to match w_{1:i-1}'s
+    (``prev``) by activation matching on ``ALIGN_INPUTS`` of task i's training inputs ``pool`` (the stage reads
+    no other task's data); the same function. Returns the result fields: ``aligned`` and the units moved."""
+    if alignment_plan(cfg) is not None:
+        return {"aligned": False}
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + index)
+    x = pool[torch.randperm(pool.shape[0], generator=gen)[:ALIGN_INPUTS]]
+    info = align_to(prev, model, x.to(flat_params(model).device))
+    return {"aligned": True, "aligned_units_moved": info["moved"]}
+
+
 @task(**CACHED)
 def train_task_network(index: int, cfg: ContinualConfig, data_dir: str | None, data_fingerprint: str,
                        code_version: str, track: dict | None = None) -> dict:
@@ -89,15 +113,18 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
     ``acc_task_j``) go to the child run ``track`` at the geodesic step counted over all stages.
     """
     out = checkpoint_path("continual-geodesic", current["sha256"], previous["sha256"], index, cfg.geo.model_dump(),
-                          cfg.seed, data_fingerprint, code_version)
+                          cfg.seed, cfg.align, data_fingerprint, code_version)
     if (done := finished(out)) is not None:
         return done
     model, meta = open_ref(current)
     prev, _ = open_ref(previous)
+    pool = _train_split(cfg, index, data_dir).x
+    t_align = time.perf_counter()
+    aligned = _align_start(model, prev, pool, index, cfg)
+    t_align = time.perf_counter() - t_align
     w_start, w_prev = flat_params(model), flat_params(prev)
     tests = _tests(cfg, data_dir)[: index + 1]
     specs = _specs(cfg)[: index + 1]
-    pool = _train_split(cfg, index, data_dir).x
     rows, points, spent = [], [w_start.cpu()], [0.0]
     euclid = {"length": 0.0, "last": w_start.clone()}
     # the stage's steps counted after those of the earlier stages (its start, w_i, is a point of its own)
@@ -127,7 +154,7 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
         res = continual_geodesic(model, prev, pool, cfg.geo.model_copy(update={"seed": cfg.seed}), task=specs[index],
                                  callbacks=[lambda info: live.geo_step(
                                      info._replace(step=first + info.step), offset), record], generator=gen)
-        wall = time.perf_counter() - t0 - spent[0]
+        wall = time.perf_counter() - t0 - spent[0] + t_align
         w_end = flat_params(model)
         if rows[-1]["step"] != res.steps:
             rows.append(row(res.steps, res.distance))
@@ -161,7 +188,7 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
         end_step=first + res.steps, end_path_length=offset + res.path_length,
         distance=res.distance, path_rows=rows, line_rows=line_rows, path_length=geo_len[-1],
         path_length_euclidean=euclid["length"], line_path_length=lin_len[-1],
-        line_path_length_euclidean=float((w_prev - w_start).norm())), task=index, test_accuracy=accs[index])
+        line_path_length_euclidean=float((w_prev - w_start).norm()), **aligned), task=index, test_accuracy=accs[index])
 
 
 @task(**CACHED)
@@ -170,11 +197,14 @@ def linear_stage(current: dict, previous: dict, index: int, cfg: ContinualConfig
     """Baseline: the best point (highest minimum accuracy over tasks 1..i, an oracle on the test sets) on the
     straight line between w_i and the previous linear-baseline network."""
     out = checkpoint_path("continual-linear", current["sha256"], previous["sha256"], index, cfg.linear_points,
-                          data_fingerprint, code_version)
+                          cfg.seed, cfg.align, data_fingerprint, code_version)
     if (done := finished(out)) is not None:
         return done
     model, meta = open_ref(current)
     prev, _ = open_ref(previous)
+    t_align = time.perf_counter()
+    aligned = _align_start(model, prev, _train_split(cfg, index, data_dir).x, index, cfg)
+    t_align = time.perf_counter() - t_align
     tests = _tests(cfg, data_dir)[: index + 1]
     specs = _specs(cfg)[: index + 1]
     w_start, w_prev = flat_params(model), flat_params(prev)
@@ -190,10 +220,10 @@ def linear_stage(current: dict, previous: dict, index: int, cfg: ContinualConfig
         values, best = linear_scan(linear_path(w_start, w_prev, cfg.linear_points), measure)
         alpha = best / (cfg.linear_points - 1)
         set_flat_params(model, torch.lerp(w_start, w_prev, alpha))
-        wall = time.perf_counter() - t0
+        wall = time.perf_counter() - t0 + t_align
         accs = _accs(model, cfg, data_dir)
         live.log(index + 1, {f"acc_task_{j + 1}": a for j, a in enumerate(accs)})
-    return save_result(out, model, meta, dict(index=index, accuracies=accs, wall_seconds=wall, alpha=alpha),
+    return save_result(out, model, meta, dict(index=index, accuracies=accs, wall_seconds=wall, alpha=alpha, **aligned),
                        task=index, test_accuracy=accs[index])
 
 

@@ -79,6 +79,10 @@ def continual_row(method: str, params, trained: list[dict], results: list[dict],
            "wall_seconds": wall}
     if results and "epochs" in results[0]:  # the sequential baselines: their epochs over all stages
         row["epochs"] = sum(r["epochs"] for r in results)
+    if method in ("geodesic", "linear"):  # w_i aligned to w_{1:i-1} before each stage (ContinualConfig.align)
+        row["aligned"] = bool(results) and all(r.get("aligned", False) for r in results)
+        if row["aligned"]:
+            row["aligned_units_moved"] = sum(r["aligned_units_moved"] for r in results)
     if method == "geodesic":
         row.update(steps=sum(r["steps"] for r in results), stop_reasons=",".join(r["stop_reason"] for r in results),
                    **{key: sum(r[key] for r in results) for key in ("path_length", "path_length_euclidean",

@@ -47,6 +47,7 @@ CASES = [
      "greater than or equal to 0"),
     ("connect", ["--relax-temperature", "inf"], {"relax_temperature": float("inf")}, "finite number"),
     ("connect", ["--align", "weights"], {"align": "weights"}, "'activations' or 'none'"),
+    ("continual", ["--align", "weights"], {"align": "weights"}, "'activations' or 'none'"),
     # architecture options (width, depth) and the structured filter count at a width
     ("sparsify", ["--width", "0"], {"width": 0}, "greater than 0"),
     ("sparsify", ["--width", "0.5"], {"width": 0.5}, "has no width option"),

@@ -6,7 +6,7 @@ import pytest
 from flows.cli import main
 
 TINY = ["--tasks", "3", "--train.epochs", "1", "--geo.max-steps", "12", "--eval-every", "4", "--fisher-samples",
-        "64", "--linear-points", "5"]
+        "64", "--linear-points", "5", "--align", "auto"]
 
 
 def test_flow_tracks_every_method_and_resumes_from_cache(harness, workdir, data_dir, monkeypatch, capsys):
@@ -53,6 +53,12 @@ def test_flow_tracks_every_method_and_resumes_from_cache(harness, workdir, data_
         assert stage["step"].iloc[0] == 0 and stage["path_length"].is_monotonic_increasing
     assert path[path.stage == 2]["acc_task_3"].isna().all()  # stage 2 only evaluates tasks 1, 2
     assert geo.data.metrics["steps"] > 0 and geo.data.metrics["path_length"] > 0
+    # --align auto on LeNet-300-100: each stage of the geodesic and the line starts from w_i with its hidden units
+    # in w_{1:i-1}'s order (two stages of 400 units each)
+    for method in ("geodesic", "linear"):
+        assert children[method].data.params["align"] == "auto"
+        assert 0 < children[method].data.metrics["aligned_units_moved"] <= 800
+    assert "aligned_units_moved" not in children["sgd"].data.metrics
     # the path as metric histories at the geodesic step counted over both stages: one point per step
     assert {"global_step"} <= set(path.columns) and path["global_step"].is_unique
     for key in ("acc_task_1", "acc_task_2", "distance", "step_length"):
@@ -67,7 +73,7 @@ def test_flow_tracks_every_method_and_resumes_from_cache(harness, workdir, data_
     def boom(*a, **k):
         raise AssertionError("a cached task ran again")
 
-    for name in ("train", "continual_geodesic", "fisher_diagonal", "linear_scan"):
+    for name in ("train", "continual_geodesic", "fisher_diagonal", "linear_scan", "align_to"):
         monkeypatch.setattr(f"tasks.continual.{name}", boom)
     assert main(["continual", "--data-dir", data_dir, *TINY]) == 0
 
@@ -128,6 +134,7 @@ def test_mnist_to_fashion_with_the_papers_shared_10_way_head(harness, workdir, d
     (["--train.epochs", "0"], "--train.epochs"),
     (["--ewc-strength", "-1"], "--ewc-strength"),
     (["--equal-time", "--methods", "geodesic", "--methods", "linear"], "--equal-time"),
+    (["--model", "torchvision:resnet18", "--align", "activations"], "neuron alignment supports"),
 ])
 def test_bad_input_fails_before_any_work(tmp_path, monkeypatch, data_dir, capsys, args, match):
     monkeypatch.chdir(tmp_path)
@@ -152,3 +159,43 @@ def test_a_methods_cache_key_ignores_the_other_methods_settings():
     assert _for_method(a, "sgd") == _for_method(b, "sgd") and _for_method(a) == _for_method(b)
     assert _for_method(a, "ewc") != _for_method(b, "ewc")
     assert _for_method(a, "geodesic") != _for_method(b, "geodesic")
+
+
+def test_the_stages_alignment_is_decided_before_any_work():
+    """auto aligns w_i to w_{1:i-1} where the scenario's network allows it and gives the reason where not;
+    activations refuses such a network; none (the default) never aligns."""
+    from geodesic_core import InputError
+    from geodesic_core.continual import ContinualConfig
+    from tasks.continual import alignment_plan
+
+    assert alignment_plan(ContinualConfig(align="auto")) is None
+    assert alignment_plan(ContinualConfig(scenario="mnist_fashion_heads", align="auto")) is None
+    assert alignment_plan(ContinualConfig()) == "align none"  # the default: the paper as written
+    assert "--align none" in alignment_plan(ContinualConfig(model="torchvision:resnet18", align="auto"))
+    with pytest.raises(InputError, match="neuron alignment supports"):
+        alignment_plan(ContinualConfig(model="torchvision:resnet18", align="activations"))
+
+
+def test_a_stage_starts_from_w_i_aligned_to_the_previous_network(data_dir):
+    """The stage's start keeps w_i's function on task i's inputs and moves it closer to w_{1:i-1}; with align none
+    it is w_i untouched."""
+    import copy
+
+    import torch
+
+    from geodesic_core import flat_params
+    from geodesic_core.continual import ContinualConfig, build_scenario_model, get_scenario
+    from tasks.continual import _align_start, task_split
+
+    scenario = get_scenario("permuted_mnist")
+    prev, w_i = (build_scenario_model(scenario, None, s) for s in (0, 1))
+    pool = task_split("permuted_mnist", 1, True, data_dir, 0).x[:600]
+    start = copy.deepcopy(w_i)
+    got = _align_start(start, prev, pool, 1, ContinualConfig(align="auto"))
+    assert got["aligned"] and got["aligned_units_moved"] > 0
+    with torch.no_grad():
+        torch.testing.assert_close(start(pool), w_i(pool), rtol=1e-5, atol=1e-5)
+    assert (flat_params(start) - flat_params(prev)).norm() < (flat_params(w_i) - flat_params(prev)).norm()
+    same = copy.deepcopy(w_i)
+    assert _align_start(same, prev, pool, 1, ContinualConfig(align="none")) == {"aligned": False}
+    assert torch.equal(flat_params(same), flat_params(w_i))
