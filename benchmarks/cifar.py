@@ -375,6 +375,16 @@ def print_structured(r: dict) -> None:
 # Mode connectivity (Figure 7A/B)
 # --------------------------------------------------------------------------------------------------------------
 
+class _Paths(dict):
+    """The connect experiment's paths by name: each one printed the moment it is measured, so that a run stopped
+    before its table (a spent GPU lease, a killed CPU run) keeps in its log every path it finished."""
+
+    def __setitem__(self, name: str, p: dict) -> None:
+        super().__setitem__(name, p)
+        print(f"  {name}: min {p['min']:.2f}, mean {p['mean']:.2f}, length under g {p['length_g']:.2f}, "
+              f"{p['wall_seconds']:.1f} s", flush=True)
+
+
 def _path_summary(accs: list[float], lengths: list[float], euclid: float, wall: float, **extra) -> dict:
     return {"min": min(accs), "mean": sum(accs) / len(accs), "length_g": lengths[-1], "euclidean": euclid,
             "wall_seconds": wall, "accuracies": accs, **extra}
@@ -402,7 +412,7 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
     def evaluate_points(points):
         return [evaluate_point(viewer, w, test, bn)[0] for w in points]
 
-    paths = {}
+    paths = _Paths()
     # --- the straight line ---------------------------------------------------------------------------------------
     t = time.perf_counter()
     pts = linear_path(w_a, w_b, s.line_points)

@@ -178,7 +178,11 @@ def shots(chromium: str, out: Path, prefect_url: str, mlflow_url: str) -> None:
         page.get_by_text("Equal Time (Optional)", exact=True).first.scroll_into_view_if_needed()
         page.wait_for_timeout(500)
         page.screenshot(path=str(out / "prefect-continual-form-equal-time.png"))
-        print("continual form shows:", {w: w in page.inner_text("body") for w in ("Equal Time", "Ewc Strength")})
+        print("continual form shows:", {w: w in page.inner_text("body") for w in (
+            "Equal Time", "Ewc Strength", "Align (Optional)", "permute w_i's hidden units to match")})
+        page.get_by_text("Align (Optional)", exact=True).first.scroll_into_view_if_needed()
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(out / "prefect-continual-form-align.png"))
         page.goto(f"{prefect_url}/runs/flow-run/{flow_run['id']}", wait_until="networkidle")
         page.get_by_text("Artifacts", exact=True).first.click()
         page.wait_for_timeout(3000)

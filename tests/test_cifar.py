@@ -201,7 +201,7 @@ def test_cifar_benchmark_refuses_bad_settings_before_any_work(tmp_path, argv, ma
 
 
 @pytest.mark.slow
-def test_cifar_benchmark_runs_end_to_end(tmp_path, data_dir):
+def test_cifar_benchmark_runs_end_to_end(tmp_path, data_dir, capsys):
     """`benchmarks/cifar.py`: both experiments, start to finish, on 512 training images at tiny widths."""
     import json
 
@@ -240,6 +240,7 @@ def test_cifar_benchmark_runs_end_to_end(tmp_path, data_dir):
     steps_per_epoch = 2  # 512 images, batch 256: a cycle of e epochs per filter is round(2 e) steps
     per_cycle = max(1, round(st["epochs_per_filter"] * geo_seconds / own["prune-train"] * steps_per_epoch))
     assert st["curves"]["prune-train, equal time"][-1]["epochs"] == pytest.approx(3 * per_cycle / steps_per_epoch)
+    log = capsys.readouterr().out
     for name, model in (("vgg16-connect", "vgg16"), ("resnet-connect", "resnet164")):
         r = json.loads((tmp_path / f"{name}.json").read_text())
         assert r["model"] == model
@@ -261,6 +262,10 @@ def test_cifar_benchmark_runs_end_to_end(tmp_path, data_dir):
             bz, eq = r["paths"][curve], r["paths"][f"{curve}, equal time"]
             assert eq["epochs"] == max(1, int(bz["epochs"] * relaxed["wall_seconds"] / bz["wall_seconds"]))
             assert eq["wall_seconds"] <= relaxed["wall_seconds"] * 1.5 + 5  # the geodesic's time is its cap
+        # every path is in the log the moment it is measured, before the experiment's table
+        for path, p in r["paths"].items():
+            line = f"  {path}: min {p['min']:.2f}, mean {p['mean']:.2f}"
+            assert line in log and log.index(line) < log.index(f"### {model}"), (name, path)
     s_off = cifar.parse(["--no-equal-time"])
     assert s_off.equal_time is False and cifar.parse([]).equal_time is True
     assert cifar.parse(["--profile", "gpu"]).equal_time is False
