@@ -26,7 +26,8 @@ time for the geodesic's wall time (in the connect experiments with the relaxatio
 fit's): prune-train with its epochs per filter, fine-tuning, distillation and the Bezier
 curves with their epochs scaled by the geodesic's time over their own first run's (evaluation excluded; the
 curves', fine-tuning's and distillation's epochs by `geodesic_core.train.equal_time_epochs`), and each table ends
-with the geodesic ahead of, level with or behind each peer.
+with the geodesic ahead of, level with or behind each peer. Each experiment's results go to ``--out`` as JSON when it
+ends, and each connect path is printed the moment it is measured, so a stopped run keeps what it finished.
 
 Profiles fix the scale: ``cpu`` (VGG at width 1/8, where an epoch takes 13-21 s on 2 cores; the
 pre-activation ResNet at depth 11 and width 1/2; a few epochs each: the whole run in 55 minutes with the
