@@ -591,10 +591,12 @@ def run(s: Settings) -> dict[str, dict]:
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.backends.cudnn.benchmark = True
-    # float32 means float32: no TF32 in convolutions and matrix products (metric products, Geo steps,
-    # evaluation); training runs under bf16 autocast regardless
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    # float32 means float32: no TF32 in convolutions and matrix products anywhere in the run (the core's metric
+    # products, Geo steps and evaluation make sure of it themselves, `full_float32`; this covers the rest, e.g. the
+    # export's comparison); training runs under bf16 autocast regardless. PyTorch's fp32_precision settings, which
+    # must not be mixed with the legacy allow_tf32 ones
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
+    torch.backends.cudnn.conv.fp32_precision = torch.backends.cudnn.rnn.fp32_precision = "ieee"
     t_start = time.perf_counter()
     train_data = _resident(load_split("cifar10", True, s.data_dir), device, s.n_train)
     test = _resident(load_split("cifar10", False, s.data_dir), device, s.n_test)

@@ -39,7 +39,7 @@ from .metric import (MetricOperator, TracedPushforward, eval_mode, flat_params, 
                      tempered)
 from .solve import GramFactor, _check_qp_args, _solve_exact, _solve_lanczos
 from .targets import Target
-from .train import bn_estimated, distillation_loss, has_batchnorm, recompute_bn
+from .train import bn_estimated, distillation_loss, full_float32, has_batchnorm, recompute_bn
 
 
 class StepInfo(NamedTuple):
@@ -199,6 +199,8 @@ def geo(model: nn.Module, target: Target, pool: torch.Tensor, cfg: GeoConfig, *,
         callbacks: called with a `StepInfo` after every step.
         generator: CPU generator for the metric batches (default: seeded from ``cfg.seed``).
         start_step: step counter offset (for target refresh schedules across segments).
+
+    The whole traversal runs in IEEE float32 (`full_float32`: no TF32 convolutions or matrix products on a GPU).
     """
     _check_qp_args(cfg.beta, cfg.eps)
     if cfg.eta <= 0:
@@ -223,7 +225,7 @@ def geo(model: nn.Module, target: Target, pool: torch.Tensor, cfg: GeoConfig, *,
     # bn_anchor: the anchor's function is read with statistics estimated as the model's are, on the first step's
     # inputs (its stored ones, averaged over training, can differ enough to start the correction off a residual that
     # is only the two estimates' difference); its own statistics are put back when the traversal ends
-    with (bn_estimated(anchor, bn_first) if fresh_anchor else nullcontext()):
+    with full_float32(), (bn_estimated(anchor, bn_first) if fresh_anchor else nullcontext()):
         return _traverse(model, target, pool, cfg, anchor, callbacks, gen, start_step, distiller, bn_first)
 
 

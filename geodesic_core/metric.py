@@ -22,7 +22,7 @@ from torch import nn
 from torch.func import functional_call, jvp, vjp
 
 from .errors import InputError, NonFiniteError
-from .train import has_batchnorm, recompute_bn
+from .train import full_float32, has_batchnorm, recompute_bn
 
 OutputSpace = Literal["logits", "softmax"]
 
@@ -118,6 +118,7 @@ def _check_vector(model: nn.Module, v: torch.Tensor, what: str) -> None:
                          f"(flat, in parameters_to_vector order)")
 
 
+@full_float32()
 def metric_vector_product(model: nn.Module, inputs: torch.Tensor, v: torch.Tensor,
                           output_space: OutputSpace = "logits") -> torch.Tensor:
     """g v = (1/N) J^T (J v) at the model's current weights (eq. 2-3), without forming g.
@@ -275,6 +276,7 @@ def _param_modules(model: nn.Module) -> list[nn.Module]:
     return mods
 
 
+@full_float32()
 def gram_matrix(model: nn.Module, inputs: torch.Tensor, output_space: OutputSpace = "logits",
                 max_elements: int = 400_000_000) -> torch.Tensor:
     """K = J J^T ``(N m, N m)`` for the stacked Jacobian J ``(N m, n)`` of all outputs on ``inputs``.
@@ -360,6 +362,7 @@ def gram_matrix(model: nn.Module, inputs: torch.Tensor, output_space: OutputSpac
     return K
 
 
+@full_float32()
 def segment_lengths(model: nn.Module, points: Sequence[torch.Tensor], inputs: torch.Tensor,
                     output_space: OutputSpace = "logits", bn_inputs: torch.Tensor | None = None) -> torch.Tensor:
     """Riemannian length of each segment of a discrete path under g at the segment midpoint.

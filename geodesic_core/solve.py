@@ -28,6 +28,7 @@ from torch import nn
 
 from .errors import InputError, NonFiniteError
 from .metric import MetricOperator, OutputSpace, _check_vector, gram_matrix
+from .train import full_float32
 
 
 class GeoQPSolution(NamedTuple):
@@ -165,6 +166,7 @@ def _solve_lanczos(op: MetricOperator, d: torch.Tensor, beta: float, eps: float,
     return GeoQPSolution(theta, lam, tgt, j_theta, residual, "cg")
 
 
+@full_float32()
 def solve_geo_qp(model: nn.Module, inputs: torch.Tensor, d: torch.Tensor, beta: float = 1.0, eps: float = 0.01,
                  solver: str = "exact", output_space: OutputSpace = "logits", cg_iters: int = 20,
                  return_info: bool = False, factor: GramFactor | None = None):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from contextlib import contextmanager
 from typing import Callable, Iterator, NamedTuple, Sequence
@@ -36,6 +37,40 @@ class TrainStep(NamedTuple):
     lr: float
     total: int
     last: bool
+
+
+_FP32_LOCK = threading.Lock()
+_FP32_USERS = 0
+_FP32_SAVED: tuple[str, str, str] | None = None
+
+
+@contextmanager
+def full_float32() -> Iterator[None]:
+    """float32 means float32 inside the block: cuBLAS matrix products and cuDNN convolutions use IEEE float32, not
+    TF32 (PyTorch's default for convolutions on Ampere and later GPUs, whose 10-bit mantissa reads J v to about
+    1e-3). Metric products, the Geo step's solvers, path lengths and evaluation run inside it; training does not
+    (it runs under bf16 autocast on a GPU anyway). A no-op on the CPU.
+
+    The flags are process-wide, and the flows run tasks on threads: the first block to enter sets them and the
+    last to leave puts back what it found, so a traversal never sees them restored under it by another thread.
+    It sets PyTorch's ``fp32_precision`` settings (cuDNN's convolutions and RNNs alike, so that the legacy
+    ``torch.backends.cudnn.allow_tf32`` still reads one value inside the block). Also a decorator.
+    """
+    global _FP32_USERS, _FP32_SAVED
+    matmul, conv, rnn = torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn
+    with _FP32_LOCK:
+        if _FP32_USERS == 0:
+            _FP32_SAVED = (matmul.fp32_precision, conv.fp32_precision, rnn.fp32_precision)
+            matmul.fp32_precision = conv.fp32_precision = rnn.fp32_precision = "ieee"
+        _FP32_USERS += 1
+    try:
+        yield
+    finally:
+        with _FP32_LOCK:
+            _FP32_USERS -= 1
+            if _FP32_USERS == 0 and _FP32_SAVED is not None:
+                matmul.fp32_precision, conv.fp32_precision, rnn.fp32_precision = _FP32_SAVED
+                _FP32_SAVED = None
 
 
 def default_device() -> torch.device:
@@ -219,10 +254,11 @@ def equal_time_epochs(epochs: int, seconds: float, budget_seconds: float) -> int
 
 
 @torch.no_grad()
+@full_float32()
 def evaluate(model: nn.Module, data: Split, batch_size: int = 1000,
              device: torch.device | None = None) -> tuple[float, float]:
-    """Test accuracy in percent and mean cross-entropy loss of ``model`` (eval mode) on ``data`` (a `Split` or
-    any ``(x (N, ...), y (N,))`` pair of tensors)."""
+    """Test accuracy in percent and mean cross-entropy loss of ``model`` (eval mode, `full_float32`) on ``data`` (a
+    `Split` or any ``(x (N, ...), y (N,))`` pair of tensors)."""
     data = Split(*data)
     device = device or next(model.parameters()).device
     was_training = model.training
@@ -243,6 +279,7 @@ def has_batchnorm(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
+@full_float32()
 def recompute_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> nn.Module:
     """Re-estimate batch-norm running statistics for the current weights from inputs ``x (N, C, H, W)``.
 

@@ -214,3 +214,89 @@ def test_products_are_safe_from_concurrent_threads(tiny):
     for t in threads:
         t.join()
     assert not errors, repr(errors[0])
+
+
+def _precisions():
+    b = torch.backends
+    return b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision, b.cudnn.rnn.fp32_precision
+
+
+class _Recorder(torch.nn.Module):
+    """The tiny MLP, recording the TF32 settings its forward pass runs under."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+        self.seen = set()
+
+    def forward(self, x):
+        self.seen.add(_precisions())
+        return self.net(x)
+
+
+def test_metric_products_geo_steps_and_evaluation_run_in_ieee_float32():
+    """Issue 14: metric products, Geo steps and evaluation stay float32 on a GPU, where PyTorch runs float32
+    convolutions in TF32 by default. The core sets the fp32 precisions itself and puts back the caller's."""
+    from geodesic_core import GeoConfig, evaluate, geo, solve_geo_qp
+    from geodesic_core.targets import FixedTarget
+
+    b = torch.backends
+    before = _precisions()
+    b.cuda.matmul.fp32_precision = b.cudnn.conv.fp32_precision = b.cudnn.rnn.fp32_precision = "tf32"
+    try:
+        model, x = _Recorder(), torch.randn(16, 6, generator=torch.Generator().manual_seed(0))
+        w = flat_params(model)
+        d = torch.randn(w.numel(), generator=torch.Generator().manual_seed(1))
+        calls = {
+            "metric_vector_product": lambda: metric_vector_product(model, x, d),
+            "gram_matrix": lambda: gram_matrix(model, x),
+            "solve_geo_qp exact": lambda: solve_geo_qp(model, x, d, solver="exact"),
+            "solve_geo_qp cg": lambda: solve_geo_qp(model, x, d, solver="cg"),
+            "path_length": lambda: path_length(model, linear_path(w, w + d, 3), x),
+            "evaluate": lambda: evaluate(model, (x, torch.zeros(16, dtype=torch.long))),
+            "geo": lambda: geo(model, FixedTarget(w + d), x, GeoConfig(eta=0.05, max_steps=3, metric_batch=8,
+                                                                        anchor=0.5, distill_steps=2)),
+        }
+        for name, call in calls.items():
+            model.seen.clear()
+            call()
+            assert model.seen == {("ieee", "ieee", "ieee")}, (name, model.seen)
+            assert _precisions() == ("tf32", "tf32", "tf32"), f"{name} did not put the caller's settings back"
+        assert b.cudnn.allow_tf32  # the legacy reading still works: conv and rnn agree again
+    finally:
+        b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision, b.cudnn.rnn.fp32_precision = before
+
+
+def test_full_float32_holds_until_the_last_thread_leaves():
+    """The flags are process-wide and the flows run tasks on threads: a block that ends must not restore TF32 under
+    another thread's traversal."""
+    import threading
+
+    from geodesic_core.train import full_float32
+
+    b = torch.backends
+    before = _precisions()
+    b.cudnn.conv.fp32_precision = "tf32"
+    try:
+        entered, release = threading.Event(), threading.Event()
+        seen = []
+
+        def long_block():
+            with full_float32():
+                entered.set()
+                release.wait(10)
+                seen.append(b.cudnn.conv.fp32_precision)
+
+        t = threading.Thread(target=long_block)
+        t.start()
+        assert entered.wait(10)
+        with full_float32():  # a short block, nested in time inside the long one, ends first
+            assert b.cudnn.conv.fp32_precision == "ieee"
+        assert b.cudnn.conv.fp32_precision == "ieee"  # the long block still runs
+        release.set()
+        t.join()
+        assert seen == ["ieee"]
+        assert b.cudnn.conv.fp32_precision == "tf32"
+    finally:
+        b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision, b.cudnn.rnn.fp32_precision = before
