@@ -36,7 +36,7 @@ from torch import nn
 from .config import GeoConfig
 from .errors import InputError, NonFiniteError
 from .metric import (MetricOperator, TracedPushforward, eval_mode, flat_params, output_fn, pushforward, set_flat_params,
-                     tempered)
+                     Tempered, tempered)
 from .solve import GramFactor, _check_qp_args, _solve_exact, _solve_lanczos
 from .targets import Target
 from .train import bn_estimated, distillation_loss, full_float32, has_batchnorm, recompute_bn
@@ -126,7 +126,7 @@ class _Distiller:
         T = self.cfg.distill_temperature
         space = "logits" if T > 0 else self.cfg.output_space  # the tempered loss reads the logits
         w_start = w
-        for _ in range(self.cfg.distill_steps):
+        for k in range(self.cfg.distill_steps):
             set_flat_params(self.model, w)
             idx = torch.randperm(self.pool.shape[0], generator=self.gen)[: self.cfg.distill_batch]
             x = self.pool[idx].to(device)
@@ -140,6 +140,11 @@ class _Distiller:
                     loss = (out - y).pow(2).sum(-1).mean()
                 grads = torch.autograd.grad(loss, f_params)
             g = torch.cat([t.reshape(-1) for t in grads]).detach()
+            if not torch.isfinite(g).all():  # NaN passes `_shrink`'s bound: stop here, with what overflowed
+                raise NonFiniteError(f"its gradient is NaN/Inf at its step {k + 1} of "
+                                     f"{self.cfg.distill_steps} (loss {float(loss.detach()):.3g}, largest |output| "
+                                     f"{float(out.detach().abs().max()):.3g}, largest |wanted output| "
+                                     f"{float(y.abs().max()):.3g})")
             if mask is not None:
                 g = g * mask
             self.buf = g if self.buf is None else 0.9 * self.buf + g
@@ -229,6 +234,30 @@ def geo(model: nn.Module, target: Target, pool: torch.Tensor, cfg: GeoConfig, *,
         return _traverse(model, target, pool, cfg, anchor, callbacks, gen, start_step, distiller, bn_first)
 
 
+def _nonfinite(model: nn.Module, w: torch.Tensor, x: torch.Tensor, step: int, where: str, cfg: GeoConfig,
+               since_bn: int | None) -> NonFiniteError:
+    """The error for a Geo step whose new weights hold NaN/Inf: the model is put back at the last good weights ``w``
+    ``(n,)``, and the message says which part of the step failed (``where``) and how large the network's outputs
+    on the step's batch ``x`` ``(N, ...)`` (its logits) are there: with the stored batch-norm statistics and, for a network with
+    batch norm, with statistics re-estimated on ``x`` (stale statistics of a deep network that moved far since
+    their last re-estimation can overflow its activations)."""
+    set_flat_params(model, w)
+    net = model.model if isinstance(model, Tempered) else model  # the logits, not logits / T
+    with torch.no_grad(), eval_mode(net):
+        stored = float(net(x).abs().max())
+    facts = [f"largest |logit| at the last good weights {stored:.3g}"]
+    if has_batchnorm(net):
+        with bn_estimated(net, x), torch.no_grad(), eval_mode(net):
+            fresh = float(net(x).abs().max())
+        facts[0] += " with the stored batch-norm statistics"
+        facts.append(f"{fresh:.3g} with statistics re-estimated on this batch" +
+                     (f" ({since_bn} steps after the last re-estimation)" if since_bn is not None else ""))
+    return NonFiniteError(
+        f"Geo step {step + 1} produced NaN/Inf weights in {where}; the last good weights are kept ({'; '.join(facts)}). "
+        f"Lower eta, bound the correctors (anchor_radius, distill_radius), re-estimate batch-norm statistics more "
+        f"often (bn_every), or check the data for NaN/Inf")
+
+
 def _traverse(model, target, pool, cfg, anchor, callbacks, gen, start_step, distiller, bn_first):
     """`geo`'s loop (arguments checked, the model and anchor tempered, the anchor's statistics estimated;
     ``bn_first``: the inputs of the first batch-norm re-estimation, None when the statistics are not refreshed)."""
@@ -244,7 +273,8 @@ def _traverse(model, target, pool, cfg, anchor, callbacks, gen, start_step, dist
     # pointed at each step's w and batch (the exact solver takes one or two, where the double vjp is cheaper)
     traced = TracedPushforward(model, cfg.output_space) if cfg.solver == "cg" else None
     for step in range(start_step, start_step + cfg.max_steps):
-        if refresh_bn and (step - start_step) % cfg.bn_every == 0:  # the statistics of the network at w
+        since_bn = (step - start_step) % cfg.bn_every if refresh_bn else None
+        if refresh_bn and since_bn == 0:  # the statistics of the network at w
             recompute_bn(model, bn_first if step == start_step else
                          pool[torch.randperm(pool.shape[0], generator=gen)[:cfg.bn_samples]])
         w_a = target(w, step).to(w)
@@ -304,9 +334,15 @@ def _traverse(model, target, pool, cfg, anchor, callbacks, gen, start_step, dist
             delta = delta + corr
             j_delta = j_delta + j_corr
         w_new = w + delta
+        if not torch.isfinite(w_new).all():
+            raise _nonfinite(model, w, x, step, "the output anchor's correction" if cfg.anchor > 0 else "the Geo step",
+                             cfg, since_bn)
         moved = distiller is not None
         if distiller is not None:
-            w_new = distiller.run(w_new, w_a)
+            try:
+                w_new = distiller.run(w_new, w_a)
+            except NonFiniteError as exc:
+                raise _nonfinite(model, w, x, step, f"the distillation corrector ({exc})", cfg, since_bn) from None
         if cfg.keep_progress and (cfg.anchor > 0 or distiller is not None):
             # the correctors may move the weights sideways, never back: w_new is pulled radially onto the sphere
             # around w_a through the predictor's point w + η θ/|θ| when it ended outside it
@@ -317,8 +353,8 @@ def _traverse(model, target, pool, cfg, anchor, callbacks, gen, start_step, dist
         if moved:
             j_delta = op.jvp(w_new - w)  # the step's length under g covers the correctors' motion too
         if not torch.isfinite(w_new).all():
-            raise NonFiniteError(f"Geo step {step + 1} produced NaN/Inf weights; the last good weights are kept. "
-                                 f"Lower eta or the anchor weight, or check the data for NaN/Inf")
+            raise _nonfinite(model, w, x, step, "the distillation corrector" if distiller is not None else
+                             "the sideways projection (keep_progress)", cfg, since_bn)
         w = w_new
         set_flat_params(model, w)
         seg = math.sqrt(float((j_delta.double() ** 2).sum()) / n_batch)

@@ -344,3 +344,32 @@ def test_cg_traversal_with_the_traced_pushforward_equals_the_double_vjp(monkeypa
     assert paths["traced"].shape == paths["double_vjp"].shape
     moved = (paths["double_vjp"][-1] - flat_params(tiny_cnn_bn(0))).norm()
     assert float((paths["traced"] - paths["double_vjp"]).norm(dim=1).max()) < 1e-4 * float(moved)
+
+
+class _Overflowing(torch.nn.Module):
+    """An anchor whose outputs overflow: every corrector that reads them produces NaN/Inf."""
+
+    def forward(self, x):
+        return torch.full((x.shape[0], 4), float("inf"))  # tiny_cnn_bn has 4 outputs
+
+
+@pytest.mark.parametrize("anchor, distill_steps, where", [(1.0, 0, "the output anchor's correction"),
+                                                          (0.0, 3, "the distillation corrector (its gradient is "
+                                                                   "NaN/Inf at its step 1 of 3 (loss inf")])
+def test_a_nonfinite_step_says_which_part_failed_and_how_large_the_outputs_are(anchor, distill_steps, where):
+    """The GPU's ResNet-164 stopped on 'NaN/Inf weights' with nothing else to go on: the error now names the part of
+    the step that failed and the logits at the last good weights (stored and re-estimated batch-norm statistics)."""
+    from conftest import tiny_cnn_bn
+
+    model = tiny_cnn_bn(0)
+    w0 = flat_params(model)
+    pool = torch.randn(64, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    cfg = GeoConfig(metric_batch=8, eta=0.05, anchor=anchor, distill_steps=distill_steps, bn_every=5)
+    with pytest.raises(NonFiniteError) as err:
+        geo(model, FixedTarget(flat_params(tiny_cnn_bn(1))), pool, cfg, anchor=_Overflowing())
+    msg = str(err.value)
+    assert f"Geo step 1 produced NaN/Inf weights in {where}" in msg
+    assert "largest |logit| at the last good weights" in msg and "with the stored batch-norm statistics" in msg
+    assert "re-estimated on this batch (0 steps after the last re-estimation)" in msg
+    assert "bn_every" in msg
+    assert torch.equal(flat_params(model), w0)  # the last good weights, not a corrector's intermediate
