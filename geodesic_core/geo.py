@@ -237,8 +237,8 @@ def geo(model: nn.Module, target: Target, pool: torch.Tensor, cfg: GeoConfig, *,
 def _nonfinite(model: nn.Module, w: torch.Tensor, x: torch.Tensor, step: int, where: str, cfg: GeoConfig,
                since_bn: int | None) -> NonFiniteError:
     """The error for a Geo step whose new weights hold NaN/Inf: the model is put back at the last good weights ``w``
-    ``(n,)``, and the message says which part of the step failed (``where``) and how large the network's outputs
-    on the step's batch ``x`` ``(N, ...)`` (its logits) are there: with the stored batch-norm statistics and, for a network with
+    ``(n,)``, and the message says which part of the step failed (``where``) and how large the network's logits on
+    the step's batch ``x`` ``(N, ...)`` are there: with the stored batch-norm statistics and, for a network with
     batch norm, with statistics re-estimated on ``x`` (stale statistics of a deep network that moved far since
     their last re-estimation can overflow its activations)."""
     set_flat_params(model, w)
@@ -253,7 +253,8 @@ def _nonfinite(model: nn.Module, w: torch.Tensor, x: torch.Tensor, step: int, wh
         facts.append(f"{fresh:.3g} with statistics re-estimated on this batch" +
                      (f" ({since_bn} steps after the last re-estimation)" if since_bn is not None else ""))
     return NonFiniteError(
-        f"Geo step {step + 1} produced NaN/Inf weights in {where}; the last good weights are kept ({'; '.join(facts)}). "
+        f"Geo step {step + 1} produced NaN/Inf weights in {where}; the last good weights are kept "
+        f"({'; '.join(facts)}). "
         f"Lower eta, bound the correctors (anchor_radius, distill_radius), re-estimate batch-norm statistics more "
         f"often (bn_every), or check the data for NaN/Inf")
 
