@@ -421,3 +421,28 @@ def test_bad_endpoints_fail_before_any_work(tmp_path, monkeypatch, data_dir, cap
         assert main(["connect", "--data-dir", data_dir, *args]) == 2
         assert match in capsys.readouterr().err
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "outputs").exists()
+
+
+def test_connect_benchmark_compares_the_relaxed_path_with_the_curves_given_its_time():
+    """With --relax-epochs the curves' equal-time budget is the relaxed path's time (traversal + fit): the verdict at
+    equal time is the relaxed path's, not the bare traversal's (the benchmark printed the latter until this version)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from connect import curve_lines
+
+    def row(method, path_min, wall, epochs=None):
+        return {"method": method, "path_min_test_accuracy": path_min, "wall_seconds": wall,
+                **({"epochs": epochs} if epochs else {})}
+
+    curves = [row("bezier", 90.05, 68.5, 5), row("bezier_equal_time", 90.08, 403.6, 34),
+              row("bezier_distill", 89.87, 135.2, 5), row("bezier_distill_equal_time", 90.07, 288.2, 17)]
+    relaxed = curve_lines([row("geodesic", 89.53, 216.8), row("geodesic_relaxed", 89.93, 470.2), *curves])
+    assert relaxed[1] == ("at equal wall time (470 s; the curve 34 epochs in 404 s), the relaxed geodesic's path "
+                          "minimum vs the Bezier curve's: level (-0.15)")
+    assert relaxed[3].endswith("the relaxed geodesic's path minimum vs the label-free Bezier curve's: level (-0.14)")
+    assert relaxed[0].startswith("Bezier curve (5 epochs): path minimum 90.05 vs the geodesic's 89.53")
+    bare = curve_lines([row("geodesic", 89.53, 216.8), *curves])
+    assert bare[1].startswith("at equal wall time (217 s;") and bare[1].endswith("the geodesic's path minimum vs the "
+                                                                                 "Bezier curve's: behind (-0.55)")
