@@ -162,6 +162,13 @@ def shots(chromium: str, out: Path, prefect_url: str, mlflow_url: str) -> None:
                 page.get_by_text("Align (Optional)", exact=True).first.scroll_into_view_if_needed()
                 page.wait_for_timeout(500)
                 page.screenshot(path=str(out / "prefect-connect-form-align.png"))
+                # the closing correction, on by default: the field's value as the form shows it
+                label = page.get_by_text("Relax Epochs (Optional)", exact=True).first
+                label.scroll_into_view_if_needed()
+                page.wait_for_timeout(500)
+                field = label.locator("xpath=ancestor::*[.//input][1]").locator("input").first
+                print("connect form Relax Epochs value:", field.input_value())
+                page.screenshot(path=str(out / "prefect-connect-form-relax.png"))
             # the model and dataset fields: a registered name from a list, or an import path typed in
             page.get_by_text("Model (Optional)", exact=True).first.scroll_into_view_if_needed()
             page.wait_for_timeout(500)
