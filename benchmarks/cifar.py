@@ -126,7 +126,8 @@ class Settings:
     align: str = "auto"  # permute w_2's hidden units to match w_1's first (activation matching, every path), as
     # `ConnectConfig.align`: auto (where the architecture allows: VGG and the pre-activation ResNet), activations, none
     relax_epochs: int = 0  # the connect path's closing correction: epochs of the label-free chain fit (0: off)
-    relax_lr: float = 0.001  # its rate (chosen on a validation split of VGG16 at width 1/8)
+    relax_lr: float = 0.001  # its rate (chosen on a validation split of VGG16 at width 1/8, with the logits matched)
+    relax_temperature: float = 0.0  # its loss: 0 matches f_t's logits, T > 0 its softmax at T (the connect flow's 2)
     relax_nodes: int = 8  # the chain's interior nodes, points of the geodesic
     metric_batch: int = 128
     bezier_epochs: int = 3
@@ -497,7 +498,7 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
         t = time.perf_counter()
         relax_cfg = bz_cfg.model_copy(update={"epochs": s.relax_epochs, "lr": s.relax_lr})
         chain = relax_path(copy.deepcopy(net_a), candidates, w_a, w_b, train_data, relax_cfg, nodes=s.relax_nodes,
-                           augment=True, endpoints=(net_a, net_b))
+                           augment=True, endpoints=(net_a, net_b), temperature=s.relax_temperature)
         _sync(device)
         fit = time.perf_counter() - t
         budget = geo_wall + fit
@@ -565,7 +566,7 @@ _POSITIVE = ("n_train", "n_test", "batch_size", "n_filters", "structured_train_e
              "connect_train_seconds",
              "resnet_train_seconds", "time_limit")
 _NON_NEGATIVE = ("struct_anchor_radius", "connect_anchor_radius", "connect_distill_radius", "connect_distill_steps",
-                 "distill_steps", "bn_every", "struct_bn_every", "relax_epochs")
+                 "distill_steps", "bn_every", "struct_bn_every", "relax_epochs", "relax_temperature")
 
 
 def check(s: Settings) -> None:

@@ -183,6 +183,7 @@ def test_iterative_prune_train_removes_one_filter_per_cycle(cifar_small):
     (["--relax-epochs", "-1"], "--relax-epochs must be 0 or more"),
     (["--connect-distill-radius", "-1"], "--connect-distill-radius must be 0 or more"),
     (["--relax-lr", "0"], "--relax-lr must be positive"),
+    (["--relax-temperature", "-1"], "--relax-temperature must be 0 or more"),
     (["--line-points", "1"], "--line-points must be at least 2"),
     (["--methods", "geodesic,prune"], r"--methods: unknown \['prune'\]; valid: geodesic, prune-train"),
     (["--paths", "line"], r"--paths: unknown \['line'\]"),
