@@ -70,7 +70,7 @@ from geodesic_core.sparsify import (iterative_prune_train, polish, project_to_le
 from geodesic_core.targets import FilterTarget  # noqa: E402
 from geodesic_core.structured import compact_filters  # noqa: E402
 from geodesic_core.align import align_to  # noqa: E402
-from geodesic_core.train import default_device, equal_time_epochs, train  # noqa: E402
+from geodesic_core.train import default_device, equal_time_epochs, full_float32, train  # noqa: E402
 from _flowrun import versus  # noqa: E402  (benchmarks/_flowrun.py: the other benchmarks' "level" tolerance)
 
 EXPERIMENTS = ("vgg16-connect", "structured", "resnet-connect")
@@ -588,16 +588,18 @@ def check(s: Settings) -> None:
 
 def run(s: Settings) -> dict[str, dict]:
     check(s)
+    # float32 means float32: no TF32 in convolutions and matrix products anywhere in the run (the core's metric
+    # products, Geo steps and evaluation make sure of it themselves; this covers the rest, e.g. the export's
+    # comparison); training runs under bf16 autocast regardless
+    with full_float32():
+        return _run(s)
+
+
+def _run(s: Settings) -> dict[str, dict]:
     device = torch.device(s.device)
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.backends.cudnn.benchmark = True
-    # float32 means float32: no TF32 in convolutions and matrix products anywhere in the run (the core's metric
-    # products, Geo steps and evaluation make sure of it themselves, `full_float32`; this covers the rest, e.g. the
-    # export's comparison); training runs under bf16 autocast regardless. PyTorch's fp32_precision settings, which
-    # must not be mixed with the legacy allow_tf32 ones
-    torch.backends.cuda.matmul.fp32_precision = "ieee"
-    torch.backends.cudnn.conv.fp32_precision = torch.backends.cudnn.rnn.fp32_precision = "ieee"
     t_start = time.perf_counter()
     train_data = _resident(load_split("cifar10", True, s.data_dir), device, s.n_train)
     test = _resident(load_split("cifar10", False, s.data_dir), device, s.n_test)

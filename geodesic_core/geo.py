@@ -351,11 +351,11 @@ def _traverse(model, target, pool, cfg, anchor, callbacks, gen, start_step, dist
             off_norm = float(off.norm())
             if off_norm > reach:
                 w_new, moved = w_a + off * (reach / off_norm), True
-        if moved:
+        if moved:  # (unmoved, w_new is the predictor's point, checked above)
+            if not torch.isfinite(w_new).all():
+                raise _nonfinite(model, w, x, step, "the distillation corrector" if distiller is not None else
+                                 "the sideways projection (keep_progress)", cfg, since_bn)
             j_delta = op.jvp(w_new - w)  # the step's length under g covers the correctors' motion too
-        if not torch.isfinite(w_new).all():
-            raise _nonfinite(model, w, x, step, "the distillation corrector" if distiller is not None else
-                             "the sideways projection (keep_progress)", cfg, since_bn)
         w = w_new
         set_flat_params(model, w)
         seg = math.sqrt(float((j_delta.double() ** 2).sum()) / n_batch)
