@@ -33,8 +33,9 @@ Profiles fix the scale: ``cpu`` (VGG at width 1/8, where an epoch takes 13-21 s 
 pre-activation ResNet at depth 11 and width 1/2; a few epochs each: the whole run in 55 minutes with the
 equal-time peers, measured on 2 cores before the label-free peers joined; with them not timed as one run) and
 ``gpu`` (the paper's networks at width 1; training epochs chosen from a measured throughput probe to fit
-``--*-train-seconds``). ``--cache DIR`` keeps trained endpoints (fixed epochs only) for reruns. Every setting
-can be overridden:
+``--*-train-seconds``). ``--cache DIR`` keeps trained endpoints (fixed epochs only) for reruns. ``--validation N``
+holds out N training images (`benchmarks/heldout.py`'s draw) and reports every accuracy on them, never reading
+the test set: the way to choose a setting. Every setting can be overridden:
 
     python benchmarks/cifar.py --data-dir ../shared/data --profile cpu
     python benchmarks/cifar.py --data-dir /tmp/c10 --profile gpu --out results/       # on a GPU
@@ -71,6 +72,7 @@ from geodesic_core.targets import FilterTarget  # noqa: E402
 from geodesic_core.structured import compact_filters  # noqa: E402
 from geodesic_core.align import align_to  # noqa: E402
 from geodesic_core.train import default_device, equal_time_epochs, full_float32, train  # noqa: E402
+from heldout import heldout  # noqa: E402  (benchmarks/heldout.py: the validation draw every benchmark holds out)
 from _flowrun import versus  # noqa: E402  (benchmarks/_flowrun.py: the other benchmarks' "level" tolerance)
 
 EXPERIMENTS = ("vgg16-connect", "structured", "resnet-connect")
@@ -143,6 +145,8 @@ class Settings:
     paths: str = "linear,bezier,bezier-distill,geodesic"  # the connect experiments' paths
     cache: str | None = None  # a folder for trained endpoints (fixed epochs only): reruns reuse them
     time_limit: float | None = None  # seconds for the whole run; later experiments are skipped past it
+    validation: int = 0  # hold out this many training images (benchmarks/heldout.py's seeded draw) and report every
+    # accuracy on them instead of the test set: settings are chosen without reading it (0: the test set)
     equal_time: bool = False  # also run every peer for the geodesic's wall time (epochs sized to fit)
 
 
@@ -566,7 +570,7 @@ _POSITIVE = ("n_train", "n_test", "batch_size", "n_filters", "structured_train_e
              "connect_train_seconds",
              "resnet_train_seconds", "time_limit")
 _NON_NEGATIVE = ("struct_anchor_radius", "connect_anchor_radius", "connect_distill_radius", "connect_distill_steps",
-                 "distill_steps", "bn_every", "struct_bn_every", "relax_epochs", "relax_temperature")
+                 "distill_steps", "bn_every", "struct_bn_every", "relax_epochs", "relax_temperature", "validation")
 
 
 def check(s: Settings) -> None:
@@ -575,6 +579,8 @@ def check(s: Settings) -> None:
     for names, what, ok in ((_POSITIVE, "positive", lambda v: v > 0), (_NON_NEGATIVE, "0 or more", lambda v: v >= 0)):
         problems += [f"--{n.replace('_', '-')} must be {what} (got {getattr(s, n)})" for n in names
                      if getattr(s, n) is not None and not ok(getattr(s, n))]
+    if s.validation >= 50000:
+        problems.append(f"--validation must leave training images: CIFAR-10 has 50000 (got {s.validation})")
     if s.line_points < 2:
         problems.append(f"--line-points must be at least 2, the path's two ends (got {s.line_points})")
     for option, given, valid in (("--experiments", s.experiments, EXPERIMENTS),
@@ -601,9 +607,15 @@ def _run(s: Settings) -> dict[str, dict]:
     out.mkdir(parents=True, exist_ok=True)
     torch.backends.cudnn.benchmark = True
     t_start = time.perf_counter()
-    train_data = _resident(load_split("cifar10", True, s.data_dir), device, s.n_train)
-    test = _resident(load_split("cifar10", False, s.data_dir), device, s.n_test)
-    print(f"CIFAR-10: {train_data.x.shape[0]} training / {test.x.shape[0]} test images on {device}"
+    if s.validation:  # the held-out images stand in for the test set, which is never read
+        x_tr, y_tr, x_val, y_val, _ = heldout("cifar10", s.data_dir, s.validation)
+        train_data = _resident(Split(x_tr, y_tr), device, s.n_train)
+        test = _resident(Split(x_val, y_val), device, s.n_test)
+    else:
+        train_data = _resident(load_split("cifar10", True, s.data_dir), device, s.n_train)
+        test = _resident(load_split("cifar10", False, s.data_dir), device, s.n_test)
+    evaluated_on = "held-out training (--validation: every accuracy below is on these)" if s.validation else "test"
+    print(f"CIFAR-10: {train_data.x.shape[0]} training / {test.x.shape[0]} {evaluated_on} images on {device}"
           f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}", flush=True)
     results: dict[str, dict] = {}
     for name in s.experiments:

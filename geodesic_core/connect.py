@@ -154,6 +154,11 @@ class InterpolatedOutputs(nn.Module):
         self.net_a, self.net_b = net_a.requires_grad_(False), net_b.requires_grad_(False)
         self.t = 0.0
 
+    def mixture(self) -> list[tuple[float, nn.Module]]:
+        """[(1 - t, f_a), (t, f_b)]: the fixed networks and their current weights (`geo`'s `AnchorCache` keeps each
+        network's outputs and mixes them at the traversal's t)."""
+        return [(1.0 - self.t, self.net_a), (self.t, self.net_b)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (1.0 - self.t) * self.net_a(x) + self.t * self.net_b(x)
 

@@ -71,6 +71,68 @@ def _anchor_outputs(anchor: nn.Module, x: torch.Tensor, output_space: str) -> to
         return out.softmax(-1) if output_space == "softmax" else out
 
 
+class AnchorCache:
+    """The anchor's outputs on the traversal's pool, each input's computed once: y*(x_i) for the correctors.
+
+    During one traversal the anchor is a fixed function of its input (frozen weights, eval mode, its batch-norm
+    statistics fixed for the traversal), and the output anchor and the distillation corrector read it at every
+    step on batches drawn from the same pool ``(P, ...)``: a table ``(P, m)`` of its logits, filled as indices are
+    drawn, replaces one forward pass of the anchor per corrector batch (two for the connect anchor). An anchor
+    whose output is a mixture of fixed networks with coefficients that change between steps (`InterpolatedOutputs`:
+    f_t = (1 - t) f_a + t f_b) exposes ``mixture() -> [(coefficient, network), ...]``: one table per network, mixed
+    at the current coefficients. A `Tempered` anchor's logits / T are mixed the same way (the division is linear).
+    Tables larger than ``max_floats`` in all are not kept (the anchor is then run on every batch, as without the
+    cache); ``calls`` counts the anchor forward passes that were run (a test's handle)."""
+
+    def __init__(self, anchor: nn.Module, pool: torch.Tensor, max_floats: int = 1 << 26):
+        self.anchor, self.pool, self.max_floats = anchor, pool, max_floats
+        inner, self.scale = (anchor.model, 1.0 / anchor.temperature) if isinstance(anchor, Tempered) else (anchor, 1.0)
+        self.inner = inner
+        self.tables: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(network) -> (P, m) logits, (P,) filled
+        self.off = False
+        self.calls = 0
+
+    def _parts(self) -> list[tuple[float, nn.Module]]:
+        mixture = getattr(self.inner, "mixture", None)
+        return list(mixture()) if callable(mixture) else [(1.0, self.inner)]
+
+    def _table(self, net: nn.Module, idx: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+        """``net``'s logits on ``pool[idx]`` ``(N, m)`` from its table, computing the inputs not seen yet (None when
+        the tables would outgrow ``max_floats``: the cache is then off)."""
+        idx = idx.to(device)
+        table, filled = self.tables.get(id(net), (None, None))
+        missing = torch.unique(idx if filled is None else idx[~filled[idx]])
+        if missing.numel():
+            with torch.no_grad(), eval_mode(net):
+                out = net(self.pool[missing.to(self.pool.device)].to(device))
+            self.calls += 1
+            if table is None:
+                if self.pool.shape[0] * out.shape[-1] * (len(self.tables) + 1) > self.max_floats:
+                    self.off = True
+                    return None
+                table = torch.zeros(self.pool.shape[0], out.shape[-1], device=device, dtype=out.dtype)
+                filled = torch.zeros(self.pool.shape[0], dtype=torch.bool, device=device)
+                self.tables[id(net)] = (table, filled)
+            table[missing] = out
+            filled[missing] = True
+        return table[idx]
+
+    def __call__(self, idx: torch.Tensor, x: torch.Tensor, output_space: str) -> torch.Tensor:
+        """y* on the inputs ``x = pool[idx]`` ``(N, ...)``: the anchor's outputs ``(N, m)`` in ``output_space``."""
+        if not self.off:
+            out = None
+            for coef, net in self._parts():
+                part = self._table(net, idx, x.device)
+                if part is None:
+                    break
+                out = coef * part if out is None else out + coef * part
+            else:
+                out = out * self.scale if self.scale != 1.0 else out
+                return out.softmax(-1) if output_space == "softmax" else out
+        self.calls += 1
+        return _anchor_outputs(self.anchor, x, output_space)
+
+
 def _cg(op_apply: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int) -> torch.Tensor:
     """At most ``iters`` conjugate-gradient steps on A x = b for a symmetric positive semi-definite A given by its
     products (``b``, x: ``(n,)``). A direction of curvature p^T A p ≤ 1e-12 ‖p‖² max(‖A b‖/‖b‖, tiny) (float32
@@ -114,7 +176,7 @@ class _Distiller:
     an unbounded step at a learning rate tuned for a small network diverges. With ``distill_radius`` r > 0 the
     whole move of one call is then scaled onto ‖w − w_start‖ ≤ r η (the momentum keeps its raw value)."""
 
-    def __init__(self, model, anchor, pool, cfg: GeoConfig, target, gen):
+    def __init__(self, model, anchor: AnchorCache, pool, cfg: GeoConfig, target, gen):
         self.model, self.anchor, self.pool, self.cfg, self.target, self.gen = model, anchor, pool, cfg, target, gen
         self.buf: torch.Tensor | None = None
 
@@ -130,7 +192,7 @@ class _Distiller:
             set_flat_params(self.model, w)
             idx = torch.randperm(self.pool.shape[0], generator=self.gen)[: self.cfg.distill_batch]
             x = self.pool[idx].to(device)
-            y = _anchor_outputs(self.anchor, x, space)
+            y = self.anchor(idx, x, space)
             with eval_mode(self.model), torch.enable_grad():
                 out = self.model(x)
                 if T > 0:
@@ -223,7 +285,10 @@ def geo(model: nn.Module, target: Target, pool: torch.Tensor, cfg: GeoConfig, *,
     # softmax of logits / T: the metric, the anchor and the corrector all see the tempered network (same weights)
     model = tempered(model, cfg.temperature)
     anchor = tempered(anchor, cfg.temperature) if anchor is not None else None
-    distiller = _Distiller(model, anchor, pool, cfg, target, gen) if cfg.distill_steps else None
+    # the anchor as the correctors read it: its outputs on the pool, each computed once (filled lazily inside the
+    # batch-norm context below, so with the statistics the traversal reads it at)
+    y_star = AnchorCache(anchor, pool) if corrects and anchor is not None else None
+    distiller = _Distiller(model, y_star, pool, cfg, target, gen) if cfg.distill_steps else None
     refresh_bn = cfg.bn_every > 0 and has_batchnorm(model)
     bn_first = pool[torch.randperm(pool.shape[0], generator=gen)[:cfg.bn_samples]] if refresh_bn else None
     fresh_anchor = refresh_bn and cfg.bn_anchor and corrects and anchor is not None
@@ -231,7 +296,7 @@ def geo(model: nn.Module, target: Target, pool: torch.Tensor, cfg: GeoConfig, *,
     # inputs (its stored ones, averaged over training, can differ enough to start the correction off a residual that
     # is only the two estimates' difference); its own statistics are put back when the traversal ends
     with full_float32(), (bn_estimated(anchor, bn_first) if fresh_anchor else nullcontext()):
-        return _traverse(model, target, pool, cfg, anchor, callbacks, gen, start_step, distiller, bn_first)
+        return _traverse(model, target, pool, cfg, y_star, callbacks, gen, start_step, distiller, bn_first)
 
 
 def _nonfinite(model: nn.Module, w: torch.Tensor, x: torch.Tensor, step: int, where: str, cfg: GeoConfig,
@@ -260,8 +325,8 @@ def _nonfinite(model: nn.Module, w: torch.Tensor, x: torch.Tensor, step: int, wh
 
 
 def _traverse(model, target, pool, cfg, anchor, callbacks, gen, start_step, distiller, bn_first):
-    """`geo`'s loop (arguments checked, the model and anchor tempered, the anchor's statistics estimated;
-    ``bn_first``: the inputs of the first batch-norm re-estimation, None when the statistics are not refreshed)."""
+    """`geo`'s loop (arguments checked, the model and anchor tempered, the anchor's statistics estimated, the anchor
+    read through its `AnchorCache`, called with the batch's pool indices and inputs; ``bn_first``: the inputs of the first batch-norm re-estimation, None when the statistics are not refreshed)."""
     refresh_bn = bn_first is not None
     device = next(model.parameters()).device
     w = flat_params(model)
@@ -283,7 +348,8 @@ def _traverse(model, target, pool, cfg, anchor, callbacks, gen, start_step, dist
             raise InputError(f"target has {w_a.numel()} weights, the network {w.numel()}: not the same architecture")
         d = w_a - w
         dist = float(d.norm())
-        x = pool[torch.randperm(pool.shape[0], generator=gen)[:n_batch]].to(device)
+        idx = torch.randperm(pool.shape[0], generator=gen)[:n_batch]
+        x = pool[idx].to(device)
         if dist <= cfg.eta:  # criterion (i): land on the target
             with eval_mode(model):
                 jd = pushforward(output_fn(model, x, cfg.output_space), w, d)
@@ -312,7 +378,7 @@ def _traverse(model, target, pool, cfg, anchor, callbacks, gen, start_step, dist
         delta = c * sol.theta
         j_delta = c * sol.j_theta  # (N, m)
         if cfg.anchor > 0:
-            resid = op.outputs.detach() + j_delta - _anchor_outputs(anchor, x, cfg.output_space)
+            resid = op.outputs.detach() + j_delta - anchor(idx, x, cfg.output_space)
             if factor is not None:
                 mu = cfg.anchor_damping * float(factor.sigma.mean().clamp_min(1e-30))
                 u = factor.solve_damped(resid, mu)  # (K + μI)^{-1} r

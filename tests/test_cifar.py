@@ -185,6 +185,8 @@ def test_iterative_prune_train_removes_one_filter_per_cycle(cifar_small):
     (["--relax-lr", "0"], "--relax-lr must be positive"),
     (["--relax-temperature", "-1"], "--relax-temperature must be 0 or more"),
     (["--line-points", "1"], "--line-points must be at least 2"),
+    (["--validation", "50000"], "--validation must leave training images"),
+    (["--validation", "-5"], "--validation must be 0 or more"),
     (["--methods", "geodesic,prune"], r"--methods: unknown \['prune'\]; valid: geodesic, prune-train"),
     (["--paths", "line"], r"--paths: unknown \['line'\]"),
     (["--experiments", "structured,vgg19"], r"--experiments: unknown \['vgg19'\]"),
@@ -313,6 +315,33 @@ def test_cifar_connect_keeps_the_other_paths_when_the_geodesic_fails(tmp_path, d
     r = json.loads((tmp_path / "vgg16-connect.json").read_text())
     assert set(results) == {"vgg16-connect"} and set(r["paths"]) == {"linear"}
     assert "NaN/Inf" in r["geodesic_error"] and len(r["paths"]["linear"]["accuracies"]) == 3
+
+
+def test_cifar_benchmark_validation_reads_held_out_training_images_never_the_test_set(tmp_path, data_dir,
+                                                                                    monkeypatch, capsys):
+    """``--validation N``: the paths are evaluated on N held-out training images (benchmarks/heldout.py's draw),
+    the endpoints trained without them, and the test set is never loaded."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import cifar
+    import heldout
+
+    loaded = []
+    real = heldout.load_split
+    monkeypatch.setattr(heldout, "load_split", lambda name, train, *a, **k: loaded.append(train) or real(
+        name, train, *a, **k))
+    monkeypatch.setattr(cifar, "load_split", lambda *a, **k: pytest.fail("the test set was read"))
+    s = cifar.parse(["--data-dir", data_dir, "--validation", "200", "--n-train", "256", "--width", "0.0625",
+                     "--experiments", "vgg16-connect", "--connect-train-epochs", "1", "--paths", "linear",
+                     "--line-points", "3", "--probe", "32", "--no-equal-time", "--device", "cpu",
+                     "--out", str(tmp_path)])
+    cifar.run(s)
+    assert loaded == [True]
+    r = json.loads((tmp_path / "vgg16-connect.json").read_text())
+    # accuracies on 200 images: multiples of 0.5
+    assert all(abs(a * 2 - round(a * 2)) < 1e-9 for a in r["paths"]["linear"]["accuracies"])
+    assert "256 training / 200 held-out training (--validation" in capsys.readouterr().out
 
 
 @pytest.mark.gpu

@@ -373,3 +373,68 @@ def test_a_nonfinite_step_says_which_part_failed_and_how_large_the_outputs_are(a
     assert "re-estimated on this batch (0 steps after the last re-estimation)" in msg
     assert "bn_every" in msg
     assert torch.equal(flat_params(model), w0)  # the last good weights, not a corrector's intermediate
+
+
+def test_anchor_cache_computes_each_pool_input_once_and_equals_the_anchor():
+    """`AnchorCache`: the correctors' y* on pool[idx] are the anchor's outputs (a tempered mixture of two networks,
+    mixed at the current t; logits and softmax), each pool input run through each network once; over its memory
+    bound the cache is off and the anchor runs on every batch, with the same outputs."""
+    from conftest import tiny_cnn_bn
+    from geodesic_core.connect import InterpolatedOutputs
+    from geodesic_core.geo import AnchorCache, _anchor_outputs
+    from geodesic_core.metric import tempered
+
+    pool = torch.randn(40, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    anchor = tempered(InterpolatedOutputs(tiny_cnn_bn(0), tiny_cnn_bn(1)), 2.0)
+    cache, off = AnchorCache(anchor, pool), AnchorCache(anchor, pool, max_floats=0)
+    first, overlap = torch.arange(0, 20), torch.arange(10, 30).flip(0)
+    for t in (0.3, 0.8):
+        anchor.model.t = t
+        for idx in (first, overlap, first):
+            for space in ("logits", "softmax"):
+                want = _anchor_outputs(anchor, pool[idx], space)
+                assert torch.allclose(cache(idx, pool[idx], space), want, atol=1e-6)
+                assert torch.allclose(off(idx, pool[idx], space), want, atol=1e-6)
+    # two networks: the first batch runs each once, the overlap each once more on its 10 new inputs, then nothing
+    assert cache.calls == 4 and not cache.off
+    assert off.off and off.calls > 4
+
+
+@pytest.mark.parametrize("solver", ["cg", "exact"])
+def test_traversal_with_the_anchor_cache_is_the_one_that_runs_the_anchor_every_batch(monkeypatch, solver):
+    """The output anchor and the distillation corrector read the anchor's outputs from the `AnchorCache`: the
+    traversal (batch-norm re-estimation with the anchor read at its own re-estimated statistics, the connect anchor
+    whose t follows the progress, keep_progress) is the same step for step, with far fewer anchor forward passes."""
+    import copy
+    import importlib
+
+    from conftest import tiny_cnn_bn
+    from geodesic_core.connect import InterpolatedOutputs, connect_segment
+
+    geo_mod = importlib.import_module("geodesic_core.geo")  # the module (the package's `geo` is the function)
+
+    pool = torch.randn(64, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    w_b = flat_params(tiny_cnn_bn(1))
+    cfg = GeoConfig(eta=0.05, max_steps=8, metric_batch=16, anchor=1.0, solver=solver, cg_iters=8, bn_every=3,
+                    bn_samples=32, distill_steps=3, distill_batch=16, keep_progress=True)
+    real = geo_mod.AnchorCache
+    paths, forwards = {}, {}
+    for mode in ("cached", "every_batch"):
+        if mode == "every_batch":
+            monkeypatch.setattr(geo_mod, "AnchorCache", lambda anchor, pool: real(anchor, pool, max_floats=0))
+        anchor = InterpolatedOutputs(tiny_cnn_bn(0), tiny_cnn_bn(1))
+        count = [0]
+        anchor.net_a.register_forward_hook(lambda *a: count.__setitem__(0, count[0] + 1))
+        seen = []
+        start = tiny_cnn_bn(0)
+        dist = float((flat_params(start) - w_b).norm())
+        connect_segment(copy.deepcopy(start), w_b, pool, cfg, anchor=anchor, total_distance=dist,
+                        callbacks=[lambda i: seen.append(i.weights.clone())])
+        paths[mode], forwards[mode] = torch.stack(seen), count[0]
+    assert paths["cached"].shape == paths["every_batch"].shape == (cfg.max_steps, w_b.numel())
+    moved = float((paths["every_batch"][-1] - flat_params(tiny_cnn_bn(0))).norm())
+    assert float((paths["cached"] - paths["every_batch"]).norm(dim=1).max()) < 1e-4 * moved
+    # uncached: one anchor pass per step and per distillation batch (+ the statistics); cached: only while the
+    # 64 pool inputs are still being seen
+    assert forwards["every_batch"] >= cfg.max_steps * (1 + cfg.distill_steps)
+    assert forwards["cached"] < forwards["every_batch"] / 2
