@@ -91,8 +91,8 @@ def main() -> None:
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         t = time.perf_counter()
-        connect_segment(model, w_b, pool, cfg.model_copy(update={"max_steps": steps}), anchor=anchor, total_distance=dist,
-                        generator=torch.Generator().manual_seed(0))
+        connect_segment(model, w_b, pool, cfg.model_copy(update={"max_steps": steps}), anchor=anchor,
+                        total_distance=dist, generator=torch.Generator().manual_seed(0))
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         return time.perf_counter() - t, flat_params(model)
@@ -107,9 +107,9 @@ def main() -> None:
     geo_mod.AnchorCache = real
     off, on = statistics.median(times[False]), statistics.median(times[True])
     moved = float((ends[False] - flat_params(net_a)).norm())
-    print(f"{args.model} {args.dataset} width {args.width} depth {args.depth} on {args.device}: {args.steps} Geo steps, "
-          f"metric batch {args.metric_batch}, {args.distill_steps} distillation steps of {args.distill_batch} per step, "
-          f"pool {pool.shape[0]}, {torch.get_num_threads()} threads")
+    print(f"{args.model} {args.dataset} width {args.width} depth {args.depth} on {args.device}: {args.steps} Geo "
+          f"steps, metric batch {args.metric_batch}, {args.distill_steps} distillation steps of {args.distill_batch} "
+          f"per step, pool {pool.shape[0]}, {torch.get_num_threads()} threads")
     print(f"anchor run on every batch: {off:.2f} s (median of {args.repeats}: "
           f"{', '.join(f'{t:.2f}' for t in times[False])})")
     print(f"anchor's output table:     {on:.2f} s ({', '.join(f'{t:.2f}' for t in times[True])})")

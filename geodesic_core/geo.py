@@ -72,7 +72,7 @@ def _anchor_outputs(anchor: nn.Module, x: torch.Tensor, output_space: str) -> to
 
 
 class AnchorCache:
-    """The anchor's outputs on the traversal's pool, each input's computed once: y*(x_i) for the correctors.
+    """The anchor's outputs y*(x_i) on the traversal's pool for the correctors, computed once for each input.
 
     During one traversal the anchor is a fixed function of its input (frozen weights, eval mode, its batch-norm
     statistics fixed for the traversal), and the output anchor and the distillation corrector read it at every
@@ -326,7 +326,8 @@ def _nonfinite(model: nn.Module, w: torch.Tensor, x: torch.Tensor, step: int, wh
 
 def _traverse(model, target, pool, cfg, anchor, callbacks, gen, start_step, distiller, bn_first):
     """`geo`'s loop (arguments checked, the model and anchor tempered, the anchor's statistics estimated, the anchor
-    read through its `AnchorCache`, called with the batch's pool indices and inputs; ``bn_first``: the inputs of the first batch-norm re-estimation, None when the statistics are not refreshed)."""
+    read through its `AnchorCache`, called with the batch's pool indices and inputs; ``bn_first``: the inputs of the
+    first batch-norm re-estimation, None when the statistics are not refreshed)."""
     refresh_bn = bn_first is not None
     device = next(model.parameters()).device
     w = flat_params(model)
