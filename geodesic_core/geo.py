@@ -86,8 +86,9 @@ class AnchorCache:
 
     def __init__(self, anchor: nn.Module, pool: torch.Tensor, max_floats: int = 1 << 26):
         self.anchor, self.pool, self.max_floats = anchor, pool, max_floats
-        inner, self.scale = (anchor.model, 1.0 / anchor.temperature) if isinstance(anchor, Tempered) else (anchor, 1.0)
-        self.inner = inner
+        tempered_ = isinstance(anchor, Tempered)
+        self.inner = anchor.model if tempered_ else anchor  # the network(s) whose logits are tabled
+        self.scale = 1.0 / anchor.temperature if tempered_ else 1.0
         self.tables: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(network) -> (P, m) logits, (P,) filled
         self.off = False
         self.calls = 0
