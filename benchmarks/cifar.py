@@ -256,7 +256,7 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
         step0 += res.steps
         acc, _ = evaluate(model, test)
         rows.append({"epochs": step0 * per_step, "seconds": spent, "test_accuracy": acc, "filters": level,
-                     "steps": step0, "stop_reason": res.stop_reason,
+                     "steps": step0, "stop_reason": res.stop_reason, "nonfinite_retries": res.retries,
                      "projection_distance": res.distance_before_projection})
     if s.polish_epochs:  # the closing correction: masked distillation toward the dense logits at geo.distill_lr (as
         # measured here; the flow's default matches the softmax at T = 2, lr 0.1, chosen on MNIST, not measured on CIFAR)
@@ -368,6 +368,8 @@ def print_structured(r: dict) -> None:
               f"{rows[-1]['epochs']:.2f} | {'not reached' if rec is None else f'{rec:.2f}'} | "
               f"{rows[-1]['seconds']:.1f} |")
     geo_final = r["curves"]["geodesic"][-1]["test_accuracy"]
+    if retried := sum(x.get("nonfinite_retries", 0) for x in r["curves"]["geodesic"]):
+        print(f"geodesic: {retried} steps overflowed and were taken again shorter (GeoConfig.nonfinite_retries)")
     for name, rows in r["curves"].items():
         if name != "geodesic":
             print(f"geodesic vs {name}, final accuracy: {versus(geo_final, rows[-1]['test_accuracy'])}")
@@ -480,13 +482,14 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
     except NonFiniteError as e:  # the other paths stay measured (one GPU try must not lose them)
         print(f"  geodesic failed after {len(points) - 1} recorded points: {e}", flush=True)
         return {**result, "geo": cfg.model_dump(), "geodesic_error": str(e)}
-    steps, stops, completion = res.steps, [res.stop_reason], 0
+    steps, stops, completion, retries = res.steps, [res.stop_reason], 0, res.retries
     if res.stop_reason != "reached":  # the completion step: anchor off, a 10x looser trust region
         loose = cfg.completion(10, seed=1, max_steps=s.geo_steps)
         res = connect_segment(model, w_b, train_data.x, loose, callbacks=[record], start_step=steps)
         completion = res.steps
         steps += res.steps
         stops.append(res.stop_reason)
+        retries += res.retries
     _sync(device)
     geo_wall = time.perf_counter() - t
     w_end = flat_params(model)
@@ -495,6 +498,7 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
     accs = evaluate_points(points)
     paths["geodesic"] = _path_summary(accs, cumulative_lengths(viewer, points, probe_x, bn_inputs=bn), eucl[0], geo_wall,
                                       steps=steps, completion_steps=completion, stop_reasons=stops, eta=eta,
+                                      nonfinite_retries=retries,
                                       end_distance_ratio=distance_ratio(w_end, w_a, w_b))
     budget = geo_wall
     if s.relax_epochs:  # the closing correction: the chain through the geodesic's points, fit label-free to f_t
@@ -534,7 +538,9 @@ def print_connect(r: dict) -> None:
     g = r["paths"].get("geodesic")
     if g:
         print(f"\ngeodesic: {g['steps']} steps (η = {g['eta']:.3g}; {g['stop_reasons']}, {g['completion_steps']} "
-              f"completion steps), ends at {g['end_distance_ratio']:.3f} of the distance")
+              f"completion steps), ends at {g['end_distance_ratio']:.3f} of the distance"
+              + (f"; {g['nonfinite_retries']} steps overflowed and were taken again shorter"
+                 if g.get("nonfinite_retries") else ""))
         for name in ("bezier", "bezier, equal time", "bezier-distill", "bezier-distill, equal time"):
             for mine in ("geodesic", "geodesic, relaxed"):
                 if name in r["paths"] and mine in r["paths"]:

@@ -55,6 +55,7 @@ class StepInfo(NamedTuple):
     lam: float
     residual: float
     weights: torch.Tensor
+    retries: int = 0  # times this step was taken again, shorter, after its weights came out NaN/Inf
 
 
 class GeoResult(NamedTuple):
@@ -63,6 +64,7 @@ class GeoResult(NamedTuple):
     stop_reason: str  # "reached" | "max_steps" | "oscillation"
     distance: float  # distance to the target at the end
     path_length: float
+    retries: int = 0  # steps retried shorter after NaN/Inf weights, over the traversal (GeoConfig.nonfinite_retries)
 
 
 def _anchor_outputs(anchor: nn.Module, x: torch.Tensor, output_space: str) -> torch.Tensor:
@@ -181,7 +183,9 @@ class _Distiller:
         self.model, self.anchor, self.pool, self.cfg, self.target, self.gen = model, anchor, pool, cfg, target, gen
         self.buf: torch.Tensor | None = None
 
-    def run(self, w: torch.Tensor, w_a: torch.Tensor) -> torch.Tensor:
+    def run(self, w: torch.Tensor, w_a: torch.Tensor, eta: float) -> torch.Tensor:
+        """The corrector after one Geo step of length ``eta`` (``cfg.eta``, or less on a retried step): w, w_a
+        ``(n,)``."""
         free = getattr(self.target, "free_mask", None)
         mask = free(w_a).to(w.dtype) if free is not None else None
         f_params = list(self.model.parameters())
@@ -212,14 +216,14 @@ class _Distiller:
                 g = g * mask
             self.buf = g if self.buf is None else 0.9 * self.buf + g
             step = self.cfg.distill_lr * self.buf
-            s = _shrink(step, self.cfg.eta)
+            s = _shrink(step, eta)
             if s < 1:
                 step = step * s
                 self.buf = step / self.cfg.distill_lr  # the momentum carries the bounded step, not the raw one
             w = w - step
         if self.cfg.distill_radius > 0:  # the corrector's trust region: the whole move at most distill_radius × η
             move = w - w_start
-            s = _shrink(move, self.cfg.distill_radius * self.cfg.eta)
+            s = _shrink(move, self.cfg.distill_radius * eta)
             if s < 1:
                 w = w_start + move * s
         return w
@@ -325,6 +329,84 @@ def _nonfinite(model: nn.Module, w: torch.Tensor, x: torch.Tensor, step: int, wh
         f"often (bn_every), or check the data for NaN/Inf")
 
 
+class _Overflow(Exception):
+    """A step whose weights came out NaN/Inf (or whose direction did): `_traverse` takes it again shorter, at most
+    ``GeoConfig.nonfinite_retries`` times, then raises its `NonFiniteError` (the ``args[0]``)."""
+
+
+def _corrected_step(model, w, w_a, d, idx, x, eta, cfg, anchor, distiller, traced, target, step, since_bn):
+    """One Geo step of length ``eta`` from ``w`` toward ``w_a`` (``d = w_a − w``, all ``(n,)``) on the metric batch
+    ``x = pool[idx]`` ``(N, ...)``: eq. 6 solved (exactly or by Lanczos-CG), Δw = η θ / ‖θ‖ (eq. 7), then the
+    correctors (the output anchor's Gauss-Newton correction, the distillation corrector, the sideways projection).
+    Returns the new weights ``(n,)``, J Δw on the batch ``(N, m)`` and the sub-problem's solution. The model is left
+    at whatever weights the correctors set last; raises `_Overflow` on NaN/Inf (the model put back at ``w``)."""
+    n_batch = x.shape[0]
+    if cfg.solver == "exact":
+        factor = GramFactor.compute(model, x, cfg.output_space)
+        op = factor.op
+        sol = _solve_exact(factor, d, cfg.beta, cfg.eps)
+    else:
+        factor, op = None, MetricOperator(model, x, cfg.output_space, traced)
+        sol = _solve_lanczos(op, d, cfg.beta, cfg.eps, cfg.cg_iters)
+    tnorm = float(sol.theta.norm())
+    if not math.isfinite(tnorm) or tnorm == 0.0:
+        error = NonFiniteError(f"Geo step {step + 1}: the direction θ is {'zero' if tnorm == 0 else 'NaN/Inf'}; the "
+                               f"last good weights are kept. Lower eta, raise eps, or check the data for NaN/Inf")
+        if tnorm == 0.0:  # no direction to shorten: taking it again cannot help
+            raise error
+        raise _Overflow(error)
+    c = eta / tnorm
+    delta = c * sol.theta
+    j_delta = c * sol.j_theta  # (N, m)
+    if cfg.anchor > 0:
+        resid = op.outputs.detach() + j_delta - anchor(idx, x, cfg.output_space)
+        if factor is not None:
+            mu = cfg.anchor_damping * float(factor.sigma.mean().clamp_min(1e-30))
+            u = factor.solve_damped(resid, mu)  # (K + μI)^{-1} r
+            corr = -cfg.anchor * op.vjp(u)
+            j_corr = -cfg.anchor * (factor.U @ (factor.sigma * (factor.U.T @ u.reshape(-1).double())))
+            j_corr = j_corr.to(j_delta.dtype).reshape(j_delta.shape)
+        else:  # (J^T J + μ' I) δ = -J^T r, matrix-free
+            rhs = op.vjp(resid)
+            mu = cfg.anchor_damping * float((rhs.norm() / max(float(resid.norm()), 1e-30)) ** 2 / n_batch + 1e-12)
+            corr = -cfg.anchor * _cg(lambda v: op(v) * n_batch + mu * v, rhs, cfg.cg_iters)
+            j_corr = op.jvp(corr)
+        free = getattr(target, "free_mask", None)
+        if free is not None:  # never undo the target's zeros: correct with the free weights only
+            corr = corr * free(w_a).to(corr.dtype)
+            j_corr = op.jvp(corr)
+        if cfg.anchor_radius > 0:  # the correction's trust region: at most anchor_radius * eta long
+            s = _shrink(corr, cfg.anchor_radius * eta)
+            if s < 1:
+                corr, j_corr = corr * s, j_corr * s
+        delta = delta + corr
+        j_delta = j_delta + j_corr
+    w_new = w + delta
+    if not torch.isfinite(w_new).all():
+        raise _Overflow(_nonfinite(model, w, x, step, "the output anchor's correction" if cfg.anchor > 0 else
+                                   "the Geo step", cfg, since_bn))
+    moved = distiller is not None
+    if distiller is not None:
+        try:
+            w_new = distiller.run(w_new, w_a, eta)
+        except NonFiniteError as exc:
+            raise _Overflow(_nonfinite(model, w, x, step, f"the distillation corrector ({exc})", cfg,
+                                       since_bn)) from None
+    if cfg.keep_progress and (cfg.anchor > 0 or distiller is not None):
+        # the correctors may move the weights sideways, never back: w_new is pulled radially onto the sphere
+        # around w_a through the predictor's point w + η θ/|θ| when it ended outside it
+        reach, off = float((d - c * sol.theta).norm()), w_new - w_a
+        off_norm = float(off.norm())
+        if off_norm > reach:
+            w_new, moved = w_a + off * (reach / off_norm), True
+    if moved:  # (unmoved, w_new is the predictor's point, checked above)
+        if not torch.isfinite(w_new).all():
+            raise _Overflow(_nonfinite(model, w, x, step, "the distillation corrector" if distiller is not None else
+                                       "the sideways projection (keep_progress)", cfg, since_bn))
+        j_delta = op.jvp(w_new - w)  # the step's length under g covers the correctors' motion too
+    return w_new, j_delta, sol
+
+
 def _traverse(model, target, pool, cfg, anchor, callbacks, gen, start_step, distiller, bn_first):
     """`geo`'s loop (arguments checked, the model and anchor tempered, the anchor's statistics estimated, the anchor
     read through its `AnchorCache`, called with the batch's pool indices and inputs; ``bn_first``: the inputs of the
@@ -334,7 +416,7 @@ def _traverse(model, target, pool, cfg, anchor, callbacks, gen, start_step, dist
     w = flat_params(model)
     n_batch = min(cfg.metric_batch, pool.shape[0])
     best, last_improve, total = math.inf, start_step, 0.0
-    dist = math.inf
+    dist, retries = math.inf, 0
     step = start_step
     stop = "max_steps"
     # the cg solver takes 2 cg_iters products J v at each point (the step, then the correction): traced once here,
@@ -365,70 +447,32 @@ def _traverse(model, target, pool, cfg, anchor, callbacks, gen, start_step, dist
             step += 1
             stop, dist = "reached", 0.0
             break
-        if cfg.solver == "exact":
-            factor = GramFactor.compute(model, x, cfg.output_space)
-            op = factor.op
-            sol = _solve_exact(factor, d, cfg.beta, cfg.eps)
-        else:
-            factor, op = None, MetricOperator(model, x, cfg.output_space, traced)
-            sol = _solve_lanczos(op, d, cfg.beta, cfg.eps, cfg.cg_iters)
-        tnorm = float(sol.theta.norm())
-        if not math.isfinite(tnorm) or tnorm == 0.0:
-            raise NonFiniteError(f"Geo step {step + 1}: the direction θ is {'zero' if tnorm == 0 else 'NaN/Inf'}; "
-                                 f"the last good weights are kept. Lower eta, raise eps, or check the data for NaN/Inf")
-        c = cfg.eta / tnorm
-        delta = c * sol.theta
-        j_delta = c * sol.j_theta  # (N, m)
-        if cfg.anchor > 0:
-            resid = op.outputs.detach() + j_delta - anchor(idx, x, cfg.output_space)
-            if factor is not None:
-                mu = cfg.anchor_damping * float(factor.sigma.mean().clamp_min(1e-30))
-                u = factor.solve_damped(resid, mu)  # (K + μI)^{-1} r
-                corr = -cfg.anchor * op.vjp(u)
-                j_corr = -cfg.anchor * (factor.U @ (factor.sigma * (factor.U.T @ u.reshape(-1).double())))
-                j_corr = j_corr.to(j_delta.dtype).reshape(j_delta.shape)
-            else:  # (J^T J + μ' I) δ = -J^T r, matrix-free
-                rhs = op.vjp(resid)
-                mu = cfg.anchor_damping * float((rhs.norm() / max(float(resid.norm()), 1e-30)) ** 2 / n_batch + 1e-12)
-                corr = -cfg.anchor * _cg(lambda v: op(v) * n_batch + mu * v, rhs, cfg.cg_iters)
-                j_corr = op.jvp(corr)
-            free = getattr(target, "free_mask", None)
-            if free is not None:  # never undo the target's zeros: correct with the free weights only
-                corr = corr * free(w_a).to(corr.dtype)
-                j_corr = op.jvp(corr)
-            if cfg.anchor_radius > 0:  # the correction's trust region: at most anchor_radius * eta long
-                s = _shrink(corr, cfg.anchor_radius * cfg.eta)
-                if s < 1:
-                    corr, j_corr = corr * s, j_corr * s
-            delta = delta + corr
-            j_delta = j_delta + j_corr
-        w_new = w + delta
-        if not torch.isfinite(w_new).all():
-            raise _nonfinite(model, w, x, step, "the output anchor's correction" if cfg.anchor > 0 else "the Geo step",
-                             cfg, since_bn)
-        moved = distiller is not None
-        if distiller is not None:
+        eta, tries = cfg.eta, 0
+        while True:  # the step, taken again shorter on fresh statistics and a fresh batch when it overflows
             try:
-                w_new = distiller.run(w_new, w_a)
-            except NonFiniteError as exc:
-                raise _nonfinite(model, w, x, step, f"the distillation corrector ({exc})", cfg, since_bn) from None
-        if cfg.keep_progress and (cfg.anchor > 0 or distiller is not None):
-            # the correctors may move the weights sideways, never back: w_new is pulled radially onto the sphere
-            # around w_a through the predictor's point w + η θ/|θ| when it ended outside it
-            reach, off = float((d - c * sol.theta).norm()), w_new - w_a
-            off_norm = float(off.norm())
-            if off_norm > reach:
-                w_new, moved = w_a + off * (reach / off_norm), True
-        if moved:  # (unmoved, w_new is the predictor's point, checked above)
-            if not torch.isfinite(w_new).all():
-                raise _nonfinite(model, w, x, step, "the distillation corrector" if distiller is not None else
-                                 "the sideways projection (keep_progress)", cfg, since_bn)
-            j_delta = op.jvp(w_new - w)  # the step's length under g covers the correctors' motion too
+                w_new, j_delta, sol = _corrected_step(model, w, w_a, d, idx, x, eta, cfg, anchor, distiller, traced,
+                                                      target, step, since_bn)
+                break
+            except _Overflow as exc:
+                if tries == cfg.nonfinite_retries:
+                    again = (f" (and after {tries} retries, each with half the step, down to eta = {eta:.3g}, from "
+                             f"re-estimated batch-norm statistics and a fresh batch)" if tries else "")
+                    raise NonFiniteError(str(exc.args[0]) + again) from None
+            tries, eta = tries + 1, eta / 2
+            set_flat_params(model, w)
+            if distiller is not None:
+                distiller.buf = None  # its momentum carried the step that overflowed
+            if refresh_bn:
+                recompute_bn(model, pool[torch.randperm(pool.shape[0], generator=gen)[:cfg.bn_samples]])
+                since_bn = 0
+            idx = torch.randperm(pool.shape[0], generator=gen)[:n_batch]
+            x = pool[idx].to(device)
+        retries += tries
         w = w_new
         set_flat_params(model, w)
         seg = math.sqrt(float((j_delta.double() ** 2).sum()) / n_batch)
         total += seg
-        info = StepInfo(step + 1, dist, sol.theta_g_theta, seg, total, sol.lam, sol.residual, w)
+        info = StepInfo(step + 1, dist, sol.theta_g_theta, seg, total, sol.lam, sol.residual, w, tries)
         for cb in callbacks:
             cb(info)
         if dist < best * (1 - 1e-4):
@@ -441,4 +485,4 @@ def _traverse(model, target, pool, cfg, anchor, callbacks, gen, start_step, dist
         step = start_step + cfg.max_steps
     if stop != "reached":
         dist = float((target(w, step).to(w) - w).norm())
-    return GeoResult(w, step - start_step, stop, dist, total)
+    return GeoResult(w, step - start_step, stop, dist, total, retries)

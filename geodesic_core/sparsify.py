@@ -321,6 +321,7 @@ class StageResult(NamedTuple):
     stop_reason: str
     distance_before_projection: float
     path_length: float
+    retries: int = 0  # steps taken again shorter after NaN/Inf weights (GeoConfig.nonfinite_retries)
 
 
 def _run_stage(model: nn.Module, target: SparseTarget | FilterTarget, level: float, pool: torch.Tensor,
@@ -336,7 +337,8 @@ def _run_stage(model: nn.Module, target: SparseTarget | FilterTarget, level: flo
     set_flat_params(model, w_p)
     if cfg.bn_every > 0:  # the statistics of the stage's end network (the projection moved it), as during the stage
         recompute_bn(model, pool[torch.randperm(pool.shape[0], generator=gen)[:cfg.bn_samples]])
-    return StageResult(stage, level, res.steps, res.stop_reason, float((w_p - w).norm()), res.path_length)
+    return StageResult(stage, level, res.steps, res.stop_reason, float((w_p - w).norm()), res.path_length,
+                       res.retries)
 
 
 def geodesic_stage(model: nn.Module, slices: list[ParamSlice], stage_sparsity: float, pool: torch.Tensor,

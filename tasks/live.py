@@ -341,7 +341,8 @@ class Live:
         """One Geo step (a `geodesic_core.geo.StepInfo`): progress, distance and its fraction of the start
         distance, steps per second; metrics ``step_length`` and ``path_length`` (S(γ) so far, plus
         ``path_offset``, the length of the earlier segments) at the step, and ``distance`` to the target at the
-        step before (the one the step started from)."""
+        step before (the one the step started from); ``nonfinite_retries`` at a step that overflowed and was taken
+        again shorter."""
         if not hasattr(self, "d0"):
             self.d0 = start_distance if start_distance is not None else info.distance
         elapsed = max(time.monotonic() - self.t0, 1e-9)
@@ -350,6 +351,8 @@ class Live:
                      rate=f"{(self.completed + 1) / elapsed:.1f} steps/s")
         self.log(info.step - 1, {"distance": info.distance})  # the distance before step s is the one after s - 1
         self.log(info.step, {"step_length": info.step_length, "path_length": path_offset + info.path_length})
+        if info.retries:  # the step overflowed and was taken again shorter (GeoConfig.nonfinite_retries)
+            self.log(info.step, {"nonfinite_retries": info.retries})
 
     @COST.timed
     def train_step(self, info, step_offset: int = 0, every: int = 20, total: bool = True) -> None:

@@ -317,6 +317,35 @@ def test_cifar_connect_keeps_the_other_paths_when_the_geodesic_fails(tmp_path, d
     assert "NaN/Inf" in r["geodesic_error"] and len(r["paths"]["linear"]["accuracies"]) == 3
 
 
+def test_cifar_connect_takes_an_overflowing_step_again_and_says_so(tmp_path, data_dir, monkeypatch, capsys):
+    """A Geo step that comes out NaN/Inf once (the ResNet-164 GPU failure's kind) is taken again shorter
+    (`GeoConfig.nonfinite_retries`): the geodesic's row is measured, and its result and printout say how many steps
+    were retried."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import cifar
+
+    geo_mod = sys.modules["geodesic_core.geo"]
+    real, calls = geo_mod._solve_lanczos, []
+
+    def once_nan(*a):
+        calls.append(1)
+        sol = real(*a)
+        return sol._replace(theta=sol.theta * float("nan")) if len(calls) == 3 else sol
+
+    monkeypatch.setattr(geo_mod, "_solve_lanczos", once_nan)
+    s = cifar.parse(["--data-dir", data_dir, "--n-train", "256", "--n-test", "128", "--width", "0.0625",
+                     "--experiments", "vgg16-connect", "--connect-train-epochs", "1", "--paths", "geodesic",
+                     "--geo-steps", "6", "--line-points", "3", "--eval-points", "3", "--probe", "32",
+                     "--metric-batch", "16", "--connect-distill-steps", "1", "--no-equal-time", "--device", "cpu",
+                     "--out", str(tmp_path)])
+    cifar.run(s)
+    g = json.loads((tmp_path / "vgg16-connect.json").read_text())["paths"]["geodesic"]
+    assert g["nonfinite_retries"] == 1 and len(calls) > 3
+    assert "1 steps overflowed and were taken again shorter" in capsys.readouterr().out
+
+
 def test_cifar_benchmark_validation_reads_held_out_training_images_never_the_test_set(tmp_path, data_dir,
                                                                                     monkeypatch, capsys):
     """``--validation N``: the paths are evaluated on N held-out training images (benchmarks/heldout.py's draw),

@@ -372,7 +372,67 @@ def test_a_nonfinite_step_says_which_part_failed_and_how_large_the_outputs_are(a
     assert "largest |logit| at the last good weights" in msg and "with the stored batch-norm statistics" in msg
     assert "re-estimated on this batch (0 steps after the last re-estimation)" in msg
     assert "bn_every" in msg
+    assert "(and after 2 retries, each with half the step, down to eta = 0.0125" in msg  # GeoConfig's default 2
     assert torch.equal(flat_params(model), w0)  # the last good weights, not a corrector's intermediate
+
+
+@pytest.mark.parametrize("solver, part", [("exact", "direction"), ("cg", "direction"), ("exact", "distiller")])
+def test_a_step_that_overflows_once_is_taken_again_shorter_from_the_last_good_weights(monkeypatch, solver, part):
+    """`GeoConfig.nonfinite_retries`: a step whose direction or corrected weights come out NaN/Inf is taken again from
+    the last good weights with half the step (batch-norm statistics re-estimated there, a fresh batch, the
+    corrector's momentum restarted); the traversal goes on and says how many steps it retried. With 0 retries the
+    same overflow stops it."""
+    import sys
+
+    from conftest import tiny_cnn_bn
+
+    geo_mod = sys.modules["geodesic_core.geo"]  # (the package exports the function `geo` under the module's name)
+    pool = torch.randn(64, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    target = FixedTarget(flat_params(tiny_cnn_bn(1)))
+    fail_on = {2}  # the second step overflows once
+
+    calls = {"solve": 0, "distill": 0}
+    if part == "direction":
+        name = "_solve_exact" if solver == "exact" else "_solve_lanczos"
+        real = getattr(geo_mod, name)
+
+        def solve(*a):
+            calls["solve"] += 1
+            sol = real(*a)
+            return sol._replace(theta=sol.theta * float("nan")) if calls["solve"] in fail_on else sol
+
+        monkeypatch.setattr(geo_mod, name, solve)
+    else:
+        real_run = geo_mod._Distiller.run
+
+        def run(self, w, w_a, eta):
+            calls["distill"] += 1
+            out = real_run(self, w, w_a, eta)
+            return out * float("inf") if calls["distill"] in fail_on else out
+
+        monkeypatch.setattr(geo_mod._Distiller, "run", run)
+    cfg = GeoConfig(metric_batch=8, eta=0.05, anchor=0.0, solver=solver, cg_iters=8, bn_every=5, bn_samples=32,
+                    distill_steps=2 if part == "distiller" else 0, distill_batch=8, max_steps=4)
+    model, infos = tiny_cnn_bn(0), []
+    moved = []
+    prev = flat_params(model)
+
+    def record(info):
+        nonlocal prev
+        moved.append(float((info.weights - prev).norm()))
+        prev = info.weights.clone()
+        infos.append(info)
+
+    res = geo(model, target, pool, cfg, callbacks=[record])
+    assert res.steps == 4 and res.retries == 1
+    assert [i.retries for i in infos] == [0, 1, 0, 0]
+    assert torch.isfinite(flat_params(model)).all()
+    if part == "direction":  # no corrector: each step is exactly eta long, the retried one eta / 2
+        assert moved == pytest.approx([0.05, 0.025, 0.05, 0.05], rel=1e-4)
+    calls.update(solve=0, distill=0)
+    with pytest.raises(NonFiniteError, match="Geo step 2") as err:
+        geo(tiny_cnn_bn(0), target, pool, cfg.model_copy(update={"nonfinite_retries": 0}))
+    assert "retries" not in str(err.value)
 
 
 def test_anchor_cache_computes_each_pool_input_once_and_equals_the_anchor():
