@@ -120,6 +120,7 @@ class Settings:
     resnet_geo_steps: int | None = None  # default geo_steps
     resnet_bezier_epochs: int | None = None  # default bezier_epochs
     geo_steps: int = 150
+    connect_anchor: float = 1.0  # the connect geodesic's output-anchor weight (GeoConfig.anchor; 0: off)
     connect_anchor_radius: float = 0.0  # the connect geodesic's anchor correction at most this x eta (0: unbounded)
     connect_distill_steps: int = 10  # the connect geodesic's first-order corrector toward f_t (0: off)
     connect_distill_lr: float = 0.003
@@ -458,7 +459,7 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
     # --- the geodesic: Algorithm 3 with the output anchor; the completion step if it stalls ------------------------
     model = copy.deepcopy(net_a).requires_grad_(True)
     eta = dist / s.geo_steps
-    cfg = GeoConfig(eta=eta, anchor=1.0, anchor_radius=s.connect_anchor_radius, max_steps=(3 * s.geo_steps) // 2,
+    cfg = GeoConfig(eta=eta, anchor=s.connect_anchor, anchor_radius=s.connect_anchor_radius, max_steps=(3 * s.geo_steps) // 2,
                     patience=50, metric_batch=s.metric_batch, solver="cg", cg_iters=10, bn_every=s.bn_every,
                     distill_steps=s.connect_distill_steps, distill_lr=s.connect_distill_lr, distill_batch=128,
                     keep_progress=s.connect_keep_progress, distill_radius=s.connect_distill_radius)
@@ -587,6 +588,8 @@ def check(s: Settings) -> None:
                      if getattr(s, n) is not None and not ok(getattr(s, n))]
     if s.validation >= 50000:
         problems.append(f"--validation must leave training images: CIFAR-10 has 50000 (got {s.validation})")
+    if not 0 <= s.connect_anchor <= 1:
+        problems.append(f"--connect-anchor must lie in [0, 1] (got {s.connect_anchor})")
     if s.line_points < 2:
         problems.append(f"--line-points must be at least 2, the path's two ends (got {s.line_points})")
     for option, given, valid in (("--experiments", s.experiments, EXPERIMENTS),

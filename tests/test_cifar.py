@@ -184,6 +184,7 @@ def test_iterative_prune_train_removes_one_filter_per_cycle(cifar_small):
     (["--connect-distill-radius", "-1"], "--connect-distill-radius must be 0 or more"),
     (["--relax-lr", "0"], "--relax-lr must be positive"),
     (["--relax-temperature", "-1"], "--relax-temperature must be 0 or more"),
+    (["--connect-anchor", "1.5"], r"--connect-anchor must lie in \[0, 1\]"),
     (["--line-points", "1"], "--line-points must be at least 2"),
     (["--validation", "50000"], "--validation must leave training images"),
     (["--validation", "-5"], "--validation must be 0 or more"),
