@@ -334,12 +334,17 @@ class _Overflow(Exception):
     ``GeoConfig.nonfinite_retries`` times, then raises its `NonFiniteError` (the ``args[0]``)."""
 
 
+class _ZeroDirection(NonFiniteError):
+    """Eq. 6 gave θ = 0 at finite weights: there is no step to shorten, so it is not taken again."""
+
+
 def _corrected_step(model, w, w_a, d, idx, x, eta, cfg, anchor, distiller, traced, target, step, since_bn):
     """One Geo step of length ``eta`` from ``w`` toward ``w_a`` (``d = w_a − w``, all ``(n,)``) on the metric batch
     ``x = pool[idx]`` ``(N, ...)``: eq. 6 solved (exactly or by Lanczos-CG), Δw = η θ / ‖θ‖ (eq. 7), then the
     correctors (the output anchor's Gauss-Newton correction, the distillation corrector, the sideways projection).
     Returns the new weights ``(n,)``, J Δw on the batch ``(N, m)`` and the sub-problem's solution. The model is left
-    at whatever weights the correctors set last; raises `_Overflow` on NaN/Inf (the model put back at ``w``)."""
+    at whatever weights the correctors set last; raises `_Overflow` on NaN/Inf weights (the model put back at ``w``),
+    `NonFiniteError` where a product or the Gram matrix overflowed, `_ZeroDirection` for θ = 0."""
     n_batch = x.shape[0]
     if cfg.solver == "exact":
         factor = GramFactor.compute(model, x, cfg.output_space)
@@ -350,11 +355,9 @@ def _corrected_step(model, w, w_a, d, idx, x, eta, cfg, anchor, distiller, trace
         sol = _solve_lanczos(op, d, cfg.beta, cfg.eps, cfg.cg_iters)
     tnorm = float(sol.theta.norm())
     if not math.isfinite(tnorm) or tnorm == 0.0:
-        error = NonFiniteError(f"Geo step {step + 1}: the direction θ is {'zero' if tnorm == 0 else 'NaN/Inf'}; the "
-                               f"last good weights are kept. Lower eta, raise eps, or check the data for NaN/Inf")
-        if tnorm == 0.0:  # no direction to shorten: taking it again cannot help
-            raise error
-        raise _Overflow(error)
+        error = _ZeroDirection if tnorm == 0.0 else NonFiniteError
+        raise error(f"Geo step {step + 1}: the direction θ is {'zero' if tnorm == 0 else 'NaN/Inf'}; the last good "
+                    f"weights are kept. Lower eta, raise eps, or check the data for NaN/Inf")
     c = eta / tnorm
     delta = c * sol.theta
     j_delta = c * sol.j_theta  # (N, m)
@@ -453,11 +456,16 @@ def _traverse(model, target, pool, cfg, anchor, callbacks, gen, start_step, dist
                 w_new, j_delta, sol = _corrected_step(model, w, w_a, d, idx, x, eta, cfg, anchor, distiller, traced,
                                                       target, step, since_bn)
                 break
-            except _Overflow as exc:
+            except _ZeroDirection:  # no step to shorten
+                raise
+            except (_Overflow, NonFiniteError) as exc:  # the new weights, or the Gram matrix, a product on the way
+                error = str(exc.args[0] if isinstance(exc, _Overflow) else exc)
                 if tries == cfg.nonfinite_retries:
+                    set_flat_params(model, w)  # the last good weights
                     again = (f" (and after {tries} retries, each with half the step, down to eta = {eta:.3g}, from "
                              f"re-estimated batch-norm statistics and a fresh batch)" if tries else "")
-                    raise NonFiniteError(str(exc.args[0]) + again) from None
+                    where = "" if error.startswith("Geo step") else f"Geo step {step + 1}: "
+                    raise NonFiniteError(where + error + again) from None
             tries, eta = tries + 1, eta / 2
             set_flat_params(model, w)
             if distiller is not None:

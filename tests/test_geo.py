@@ -376,7 +376,8 @@ def test_a_nonfinite_step_says_which_part_failed_and_how_large_the_outputs_are(a
     assert torch.equal(flat_params(model), w0)  # the last good weights, not a corrector's intermediate
 
 
-@pytest.mark.parametrize("solver, part", [("exact", "direction"), ("cg", "direction"), ("exact", "distiller")])
+@pytest.mark.parametrize("solver, part", [("exact", "direction"), ("cg", "direction"), ("exact", "distiller"),
+                                          ("exact", "gram")])
 def test_a_step_that_overflows_once_is_taken_again_shorter_from_the_last_good_weights(monkeypatch, solver, part):
     """`GeoConfig.nonfinite_retries`: a step whose direction or corrected weights come out NaN/Inf is taken again from
     the last good weights with half the step (batch-norm statistics re-estimated there, a fresh batch, the
@@ -402,6 +403,16 @@ def test_a_step_that_overflows_once_is_taken_again_shorter_from_the_last_good_we
             return sol._replace(theta=sol.theta * float("nan")) if calls["solve"] in fail_on else sol
 
         monkeypatch.setattr(geo_mod, name, solve)
+    elif part == "gram":  # the Gram matrix J J^T at the step's weights overflows (stale statistics, say)
+        real_compute = geo_mod.GramFactor.compute
+
+        def compute(*a):
+            calls["solve"] += 1
+            if calls["solve"] in fail_on:
+                raise NonFiniteError("non-finite Gram matrix J J^T; the network's weights or outputs hold NaN/Inf")
+            return real_compute(*a)
+
+        monkeypatch.setattr(geo_mod.GramFactor, "compute", compute)
     else:
         real_run = geo_mod._Distiller.run
 
@@ -427,10 +438,10 @@ def test_a_step_that_overflows_once_is_taken_again_shorter_from_the_last_good_we
     assert res.steps == 4 and res.retries == 1
     assert [i.retries for i in infos] == [0, 1, 0, 0]
     assert torch.isfinite(flat_params(model)).all()
-    if part == "direction":  # no corrector: each step is exactly eta long, the retried one eta / 2
+    if part != "distiller":  # no corrector: each step is exactly eta long, the retried one eta / 2
         assert moved == pytest.approx([0.05, 0.025, 0.05, 0.05], rel=1e-4)
     calls.update(solve=0, distill=0)
-    with pytest.raises(NonFiniteError, match="Geo step 2") as err:
+    with pytest.raises(NonFiniteError, match="Geo step 2: " if part == "gram" else "Geo step 2") as err:
         geo(tiny_cnn_bn(0), target, pool, cfg.model_copy(update={"nonfinite_retries": 0}))
     assert "retries" not in str(err.value)
 
