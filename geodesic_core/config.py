@@ -240,10 +240,10 @@ class GeoConfig(_Config):
     running averages stored during training, as before this option; on CIFAR-10 at CPU scale True raised two VGG16
     paths' minimum by 3.6 and 1.9 points and lowered a ResNet's by 2.0, README)."""
     nonfinite_retries: int = Field(2, ge=0)
-    """A step whose weights come out NaN/Inf (a deep network's correctors overflowing on stale batch-norm statistics,
-    say) is taken again from the last good weights with half its length, on batch-norm statistics re-estimated there
-    and a fresh batch, at most this many times (η/2, η/4, ...); then the traversal stops with an error naming the
-    part of the step that failed (0: stop at the first)."""
+    """A step whose Gram matrix, metric products, direction or new weights come out NaN/Inf (a deep network's
+    correctors overflowing on stale batch-norm statistics, say) is taken again from the last good weights with half
+    its length, on batch-norm statistics re-estimated there and a fresh batch, at most this many times (η/2, η/4,
+    ...); then the traversal stops with an error naming the part of the step that failed (0: stop at the first)."""
     seed: int = 0
     """Seed of the metric and corrector batches."""
 

@@ -142,6 +142,23 @@ def test_bar_mode_draws_rows_and_prints_prefects_logs_above_them():
         ReportConfig.from_env(progress="fancy")
 
 
+def test_a_retried_geo_step_is_a_metric_at_its_step():
+    """A Geo step that overflowed and was taken again shorter (`GeoConfig.nonfinite_retries`) shows in MLflow as the
+    metric ``nonfinite_retries`` at that step; a step that did not overflow logs no such point."""
+    import torch
+
+    from geodesic_core.geo import StepInfo
+    from tasks.live import Live, ReportConfig
+
+    logged = []
+    with Live("g", 4, cfg=ReportConfig(progress="off", live_metrics=False)) as live:
+        live.log = lambda step, values: logged.append((step, values))
+        for step, retries in ((1, 0), (2, 2), (3, 0)):
+            live.geo_step(StepInfo(step, 5.0 - step, 1.0, 0.1, 0.1 * step, 0.0, 0.0, torch.zeros(3), retries))
+    assert [(s, v) for s, v in logged if "nonfinite_retries" in v] == [(2, {"nonfinite_retries": 2})]
+    assert {s for s, v in logged if "step_length" in v} == {1, 2, 3}
+
+
 def test_an_option_not_given_keeps_the_environments_setting(monkeypatch):
     from flows.common import RunnerConfig
     from tasks.live import ReportConfig
