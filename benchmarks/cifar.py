@@ -460,7 +460,8 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
     model = copy.deepcopy(net_a).requires_grad_(True)
     eta = dist / s.geo_steps
     cfg = GeoConfig(eta=eta, anchor=s.connect_anchor, anchor_radius=s.connect_anchor_radius,
-                    max_steps=(3 * s.geo_steps) // 2, patience=50, metric_batch=s.metric_batch, solver="cg", cg_iters=10, bn_every=s.bn_every,
+                    max_steps=(3 * s.geo_steps) // 2, patience=50, metric_batch=s.metric_batch, solver="cg",
+                    cg_iters=10, bn_every=s.bn_every,
                     distill_steps=s.connect_distill_steps, distill_lr=s.connect_distill_lr, distill_batch=128,
                     keep_progress=s.connect_keep_progress, distill_radius=s.connect_distill_radius)
     every = max(1, s.geo_steps // s.eval_points)
