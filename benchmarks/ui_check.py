@@ -153,10 +153,10 @@ def shots(chromium: str, out: Path, prefect_url: str, mlflow_url: str) -> None:
             page.wait_for_timeout(500)
             page.screenshot(path=str(out / f"prefect-{name}-form-width.png"))
             body = page.inner_text("body")
-            wanted = (("Width", "Depth", "N Filters", "Distill Lr") if name == "sparsify" else
+            wanted = (("Width", "Depth", "N Filters", "Distill Lr", "Nonfinite Retries") if name == "sparsify" else
                       ("Width", "Depth", "Bezier Equal Time", "Bezier Distill", "Bezier Distill Lr",
                        "Bezier Distill Temperature", "Relax Epochs", "Relax Temperature", "Bn Anchor",
-                       "Align (Optional)", "permute w_2's hidden units to match w_1's"))
+                       "Nonfinite Retries", "Align (Optional)", "permute w_2's hidden units to match w_1's"))
             print(f"{name} form shows:", {w: w in body for w in wanted})
             if name == "connect":  # the alignment switch: a choice of auto, activations, none
                 page.get_by_text("Align (Optional)", exact=True).first.scroll_into_view_if_needed()
@@ -169,6 +169,14 @@ def shots(chromium: str, out: Path, prefect_url: str, mlflow_url: str) -> None:
                 field = label.locator("xpath=ancestor::*[.//input][1]").locator("input").first
                 print("connect form Relax Epochs value:", field.input_value())
                 page.screenshot(path=str(out / "prefect-connect-form-relax.png"))
+                # a step that overflows is taken again shorter: the geo field, its default and its description
+                label = page.get_by_text("Nonfinite Retries (Optional)", exact=True).first
+                label.scroll_into_view_if_needed()
+                page.wait_for_timeout(500)
+                field = label.locator("xpath=ancestor::*[.//input][1]").locator("input").first
+                print("connect form Nonfinite Retries value:", field.input_value(), "described:",
+                      "is taken again from the last good weights" in page.inner_text("body"))
+                page.screenshot(path=str(out / "prefect-connect-form-retries.png"))
             # the model and dataset fields: a registered name from a list, or an import path typed in
             page.get_by_text("Model (Optional)", exact=True).first.scroll_into_view_if_needed()
             page.wait_for_timeout(500)
