@@ -329,11 +329,6 @@ def _nonfinite(model: nn.Module, w: torch.Tensor, x: torch.Tensor, step: int, wh
         f"often (bn_every), or check the data for NaN/Inf")
 
 
-class _Overflow(Exception):
-    """A step whose weights came out NaN/Inf (or whose direction did): `_traverse` takes it again shorter, at most
-    ``GeoConfig.nonfinite_retries`` times, then raises its `NonFiniteError` (the ``args[0]``)."""
-
-
 class _ZeroDirection(NonFiniteError):
     """Eq. 6 gave θ = 0 at finite weights: there is no step to shorten, so it is not taken again."""
 
@@ -343,8 +338,9 @@ def _corrected_step(model, w, w_a, d, idx, x, eta, cfg, anchor, distiller, trace
     ``x = pool[idx]`` ``(N, ...)``: eq. 6 solved (exactly or by Lanczos-CG), Δw = η θ / ‖θ‖ (eq. 7), then the
     correctors (the output anchor's Gauss-Newton correction, the distillation corrector, the sideways projection).
     Returns the new weights ``(n,)``, J Δw on the batch ``(N, m)`` and the sub-problem's solution. The model is left
-    at whatever weights the correctors set last; raises `_Overflow` on NaN/Inf weights (the model put back at ``w``),
-    `NonFiniteError` where a product or the Gram matrix overflowed, `_ZeroDirection` for θ = 0."""
+    at whatever weights the correctors set last. Raises `NonFiniteError` where the new weights (the model put back at
+    ``w``), a product, the Gram matrix or θ overflowed (`_traverse` takes the step again shorter, at most
+    ``GeoConfig.nonfinite_retries`` times), `_ZeroDirection` for θ = 0 (not taken again)."""
     n_batch = x.shape[0]
     if cfg.solver == "exact":
         factor = GramFactor.compute(model, x, cfg.output_space)
@@ -386,15 +382,14 @@ def _corrected_step(model, w, w_a, d, idx, x, eta, cfg, anchor, distiller, trace
         j_delta = j_delta + j_corr
     w_new = w + delta
     if not torch.isfinite(w_new).all():
-        raise _Overflow(_nonfinite(model, w, x, step, "the output anchor's correction" if cfg.anchor > 0 else
-                                   "the Geo step", cfg, since_bn))
+        raise _nonfinite(model, w, x, step, "the output anchor's correction" if cfg.anchor > 0 else "the Geo step",
+                         cfg, since_bn)
     moved = distiller is not None
     if distiller is not None:
         try:
             w_new = distiller.run(w_new, w_a, eta)
         except NonFiniteError as exc:
-            raise _Overflow(_nonfinite(model, w, x, step, f"the distillation corrector ({exc})", cfg,
-                                       since_bn)) from None
+            raise _nonfinite(model, w, x, step, f"the distillation corrector ({exc})", cfg, since_bn) from None
     if cfg.keep_progress and (cfg.anchor > 0 or distiller is not None):
         # the correctors may move the weights sideways, never back: w_new is pulled radially onto the sphere
         # around w_a through the predictor's point w + η θ/|θ| when it ended outside it
@@ -404,8 +399,8 @@ def _corrected_step(model, w, w_a, d, idx, x, eta, cfg, anchor, distiller, trace
             w_new, moved = w_a + off * (reach / off_norm), True
     if moved:  # (unmoved, w_new is the predictor's point, checked above)
         if not torch.isfinite(w_new).all():
-            raise _Overflow(_nonfinite(model, w, x, step, "the distillation corrector" if distiller is not None else
-                                       "the sideways projection (keep_progress)", cfg, since_bn))
+            raise _nonfinite(model, w, x, step, "the distillation corrector" if distiller is not None else
+                             "the sideways projection (keep_progress)", cfg, since_bn)
         j_delta = op.jvp(w_new - w)  # the step's length under g covers the correctors' motion too
     return w_new, j_delta, sol
 
@@ -458,8 +453,8 @@ def _traverse(model, target, pool, cfg, anchor, callbacks, gen, start_step, dist
                 break
             except _ZeroDirection:  # no step to shorten
                 raise
-            except (_Overflow, NonFiniteError) as exc:  # the new weights, or the Gram matrix, a product on the way
-                error = str(exc.args[0] if isinstance(exc, _Overflow) else exc)
+            except NonFiniteError as exc:  # the new weights, or the Gram matrix, a product on the way
+                error = str(exc)
                 if tries == cfg.nonfinite_retries:
                     set_flat_params(model, w)  # the last good weights
                     again = (f" (and after {tries} retries, each with half the step, down to eta = {eta:.3g}, from "
