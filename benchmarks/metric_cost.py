@@ -4,8 +4,10 @@ For a registered model on a dataset (default ``lenet300`` on MNIST; a briefly tr
 one SGD step (forward, backward, momentum update), one metric-vector product g v (one-shot; per product on a
 `MetricOperator` that reuses one forward pass at w, J v as the double vjp; and per product with J v from the
 `TracedPushforward` that the traversal's cg solver uses, traced once, plus what pointing it at a new w and batch
-costs per step), and one Geo step (eq. 6-7) with each solver (cg with each J v); plus the exact solver's KKT
-residual and its agreement with a dense reference solve on the same sub-problem restricted to the Gram matrix.
+costs per step), the exact solver's Gram matrix (its convolutions by the cheaper rule, and all by the direct
+rule used until stop 51: `geodesic_core.metric.conv_weight_gram`), and one Geo step (eq. 6-7) with each solver
+(cg with each J v); plus the exact solver's KKT residual and its agreement with a dense reference solve on the
+same sub-problem restricted to the Gram matrix.
 Timings are medians over interleaved repeats.
 
     python benchmarks/metric_cost.py --data-dir ../shared/data [--batch 64] [--device cpu|cuda]
@@ -29,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a bare checkout too (a GPU machine)
 
-from geodesic_core import (GeoConfig, GramFactor, SparseTarget, TrainConfig, build_model, flat_params,
+from geodesic_core import (GeoConfig, GramFactor, SparseTarget, TrainConfig, build_model, flat_params, gram_matrix,
                            load_split, metric_vector_product, param_slices, solve_geo_qp, train)
 from geodesic_core.data import get_spec
 from geodesic_core.metric import MetricOperator, TracedPushforward
@@ -97,6 +99,8 @@ def main() -> None:
         "metric_vector_product_cached": lambda: op(v),
         "metric_vector_product_traced": lambda: traced_op(v),
         "traced_point (forward part, per step)": lambda: MetricOperator(model, x, "logits", stepper),
+        "gram_matrix": lambda: gram_matrix(model, x),
+        "gram_matrix, direct conv rule": lambda: gram_matrix(model, x, conv_rule="direct"),
         "gram_matrix_eigh": lambda: GramFactor.compute(model, x),
         "geo_step_exact": lambda: solve_geo_qp(model, x, d, cfg.beta, cfg.eps, "exact"),
         f"geo_step_cg{args.cg_iters}": lambda: solve_geo_qp(model, x, d, cfg.beta, cfg.eps, "cg",

@@ -276,17 +276,86 @@ def _param_modules(model: nn.Module) -> list[nn.Module]:
     return mods
 
 
+ConvGramRule = Literal["auto", "direct", "kernel"]
+
+
+def conv_gram_costs(n_in: int, m_out: int, c_out: int, ckk: int, positions: int) -> dict[str, int]:
+    """Multiply-adds of `conv_weight_gram`'s two exact rules for one convolution (N inputs, m outputs each,
+    C_out filters of CKK weights applied at P positions; S = N m):
+
+    - ``direct``: S C_out CKK P to form the per-row gradients G, then S^2 C_out CKK for G G^T;
+    - ``kernel``: (S P)^2 C_out for the output-gradient inner products, (N P)^2 CKK for the patch inner
+      products, and (S P)^2 to combine them, counted as 64 multiply-adds each: an elementwise product and sum
+      reads and writes memory where a matrix product reuses it (measured on the CPU: at P = 16, C_out = 64 the
+      two rules take about equally long when CKK = 576).
+    """
+    s = n_in * m_out
+    return {"direct": s * c_out * ckk * positions + s * s * c_out * ckk,
+            "kernel": (s * positions) ** 2 * (c_out + 64) + (n_in * positions) ** 2 * ckk}
+
+
+def conv_weight_gram(dflat: torch.Tensor, patches: torch.Tensor, rule: ConvGramRule = "auto",
+                     max_elements: int = 400_000_000, layer: nn.Module | None = None) -> torch.Tensor:
+    """One convolution's weight block of K = J J^T: ``(N m, N m)`` float64, rows ordered (sample i, output k).
+
+    With ``dflat (N, m, C_out, P)`` the gradients of output k of sample i at the layer's outputs and
+    ``patches (N, CKK, P)`` the unfolded inputs, row (i, k) of J restricted to the weights is
+    G_ik = sum_p d_ikp x_ip^T (C_out x CKK), and the block is <G_ik, G_jl>. Two exact rules:
+
+    - ``direct``: form G ``(N m, C_out CKK)`` a few output channels at a time (each chunk at most
+      ``max_elements`` entries) and sum G_c G_c^T;
+    - ``kernel``: <G_ik, G_jl> = sum_{p, q} (d_ikp . d_jlq) (x_ip . x_jq), never forming G, in chunks of
+      positions, each an (N m, N m P) product of at most ``max_elements`` entries. Far cheaper where a
+      layer has few positions and large filters: VGG's last blocks (P = 4 or 16) at N m = 640.
+
+    ``auto`` takes the rule with fewer multiply-adds (`conv_gram_costs`); where the direct rule cannot fit one
+    output channel in ``max_elements``, the kernel rule. Raises `InputError` when neither fits.
+    """
+    n, m, c_out, p = dflat.shape
+    ckk = patches.shape[1]
+    size = n * m
+    direct_fits = size * ckk <= max_elements
+    kernel_fits = size * p * size <= max_elements
+    if rule == "auto":
+        costs = conv_gram_costs(n, m, c_out, ckk, p)
+        rule = "kernel" if kernel_fits and (costs["kernel"] < costs["direct"] or not direct_fits) else "direct"
+    if (rule == "direct" and not direct_fits) or (rule == "kernel" and not kernel_fits):
+        raise InputError(f"conv layer {layer if layer is not None else ''} ({c_out} filters of {ckk} weights at {p} "
+                         f"positions) x {size} outputs is too large for the exact solver; use solver='cg' or a "
+                         f"smaller metric batch")
+    K = torch.zeros(size, size, device=dflat.device, dtype=torch.float64)
+    if rule == "direct":
+        chunk = max(1, min(c_out, max_elements // (size * ckk)))
+        for c0 in range(0, c_out, chunk):
+            g_w = torch.einsum("ikcp,idp->ikcd", dflat[:, :, c0:c0 + chunk], patches).reshape(size, -1)
+            K += (g_w @ g_w.T).double()
+        return K
+    d = dflat.permute(3, 0, 1, 2).reshape(p * size, c_out)  # rows (p, i, k)
+    x = patches.permute(2, 0, 1)  # (P, N, CKK)
+    xx = torch.einsum("pie,qje->piqj", x, x)  # (P, N, P, N): x_ip . x_jq
+    acc = torch.zeros(size, size, device=dflat.device, dtype=dflat.dtype)
+    for q in range(p):  # one position at a time: (S, P S) products stay in cache (twice as fast as one block)
+        dd = (d[q * size:(q + 1) * size] @ d.T).view(n, m, p, n, m)  # d_ikq . d_jlr over r
+        dd *= xx[q].view(n, 1, p, n, 1)
+        acc += dd.sum(2).view(size, size)
+    K += acc.double()
+    return K
+
+
 @full_float32()
 def gram_matrix(model: nn.Module, inputs: torch.Tensor, output_space: OutputSpace = "logits",
-                max_elements: int = 400_000_000) -> torch.Tensor:
+                max_elements: int = 400_000_000, conv_rule: ConvGramRule = "auto") -> torch.Tensor:
     """K = J J^T ``(N m, N m)`` for the stacked Jacobian J ``(N m, n)`` of all outputs on ``inputs``.
 
     Built layer by layer from per-sample output gradients (one batched backward for the m outputs), without
     forming J for fully connected layers: for y = W h + b, the block is (D D^T) * (H H^T + 1) with D the
-    per-(sample, output) gradients at y and H the layer inputs. Convolution and batch-norm blocks form their
-    per-sample gradients G (N m x n_layer) and add G G^T; a large convolution in chunks of output channels of
-    at most ``max_elements`` gradient entries each (VGG16 at N m = 640: 2.4 M-weight layers in 0.4 G-entry
-    chunks), so memory stays O(N m x chunk) whatever the layer's size.
+    per-(sample, output) gradients at y and H the layer inputs. Batch-norm blocks form their per-sample gradients
+    G (N m x n_layer) and add G G^T. A convolution's block is `conv_weight_gram`, by whichever of its two exact
+    rules costs fewer multiply-adds: G G^T formed in chunks of output channels of at most ``max_elements``
+    gradient entries each, or, for layers with few positions and large filters (VGG's last blocks), the inner
+    products of output gradients and of input patches combined without forming G. Memory stays
+    O(max_elements) whatever the layer's size. ``conv_rule`` forces one rule for every convolution (for
+    benchmarks; both are exact).
 
     Raises:
         InputError: a layer type without a Gram rule, or a block too large (use solver='cg').
@@ -332,16 +401,7 @@ def gram_matrix(model: nn.Module, inputs: torch.Tensor, output_space: OutputSpac
                 raise InputError("the exact solver does not support grouped convolutions; use solver='cg'")
             patches = nn.functional.unfold(h, mod.kernel_size, mod.dilation, mod.padding, mod.stride)  # (N, CKK, P)
             dflat = delta.reshape(n_in, m_out, delta.shape[1], -1)  # (N, m, C_out, P)
-            # per-sample weight gradients (N m, C_out CKK), formed a few output channels at a time so that no
-            # block exceeds max_elements: K = sum over channel chunks of G_c G_c^T (exact, any layer size)
-            per_channel = size * patches.shape[1]
-            if per_channel > max_elements:
-                raise InputError(f"one filter of conv layer {mod} ({patches.shape[1]} weights) x {size} outputs is "
-                                 f"too large for the exact solver; use solver='cg' or a smaller metric batch")
-            chunk = max(1, min(dflat.shape[2], max_elements // per_channel))
-            for c0 in range(0, dflat.shape[2], chunk):
-                g_w = torch.einsum("ikcp,idp->ikcd", dflat[:, :, c0:c0 + chunk], patches).reshape(size, -1)
-                K += (g_w @ g_w.T).double()
+            K += conv_weight_gram(dflat, patches, conv_rule, max_elements=max_elements, layer=mod)
             if mod.bias is not None:
                 g_b = dflat.sum(-1).reshape(size, -1)
                 K += (g_b @ g_b.T).double()

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch import nn
 from torch.func import jacrev, jvp
 
 from geodesic_core import InputError, MetricOperator, flat_params, gram_matrix, linear_path, metric_vector_product
@@ -300,3 +301,56 @@ def test_full_float32_holds_until_the_last_thread_leaves():
         assert b.cudnn.conv.fp32_precision == "tf32"
     finally:
         b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision, b.cudnn.rnn.fp32_precision = before
+
+
+@pytest.mark.parametrize("positions", [1, 4, 16])
+def test_conv_gram_rules_agree_with_explicit_per_sample_gradients(positions):
+    """Both exact rules of a convolution's Gram block equal <G_ik, G_jl> from explicit per-row gradients, also
+    when chunked; auto picks the rule with fewer multiply-adds."""
+    from geodesic_core.metric import conv_gram_costs, conv_weight_gram
+
+    gen = torch.Generator().manual_seed(positions)
+    n, m, c_out, ckk = 3, 4, 5, 7
+    dflat = torch.randn(n, m, c_out, positions, generator=gen)
+    patches = torch.randn(n, ckk, positions, generator=gen)
+    G = torch.einsum("ikcp,idp->ikcd", dflat.double(), patches.double()).reshape(n * m, -1)
+    ref = G @ G.T
+    smallest = {"direct": n * m * ckk, "kernel": (n * m) ** 2 * positions, "auto": 400_000_000}
+    for rule in ("direct", "kernel", "auto"):
+        for max_elements in (400_000_000, smallest[rule]):  # the second: the least each rule fits in
+            K = conv_weight_gram(dflat, patches, rule, max_elements=max_elements)
+            assert K.dtype == torch.float64 and K.shape == (n * m, n * m)
+            assert torch.allclose(K, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max())), (rule, max_elements)
+    costs = conv_gram_costs(64, 10, 512, 4608, 4)  # VGG's last block at N m = 640: the kernel rule is far cheaper
+    assert costs["kernel"] * 100 < costs["direct"]
+    costs = conv_gram_costs(64, 10, 64, 27, 1024)  # its first layer: the direct rule
+    assert costs["direct"] * 100 < costs["kernel"]
+
+
+def test_conv_gram_refuses_a_block_no_rule_fits():
+    from geodesic_core.metric import conv_weight_gram
+
+    dflat, patches = torch.randn(2, 3, 4, 9), torch.randn(2, 50, 9)
+    with pytest.raises(InputError, match="too large for the exact solver; use solver='cg'"):
+        conv_weight_gram(dflat, patches, "auto", max_elements=100)
+    with pytest.raises(InputError, match="too large"):
+        conv_weight_gram(dflat, patches, "kernel", max_elements=310)  # direct fits (6 x 50), kernel not (6 x 9 x 6)
+    K = conv_weight_gram(dflat, patches, "auto", max_elements=310)  # auto falls back to direct
+    assert K.shape == (6, 6)
+
+
+def test_gram_matrix_with_kernel_rule_layers_equals_j_jt():
+    """A network whose late convolution has few positions and large filters (as VGG's last blocks): gram_matrix
+    takes the kernel rule there and still equals J J^T."""
+    from geodesic_core.metric import conv_gram_costs
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(8, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(32 * 2 * 2, 3)).eval()
+    x = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(2))
+    costs = conv_gram_costs(3, 3, 32, 8 * 9, 4)
+    assert costs["kernel"] < costs["direct"]  # the second convolution goes by the kernel rule
+    J = explicit_jacobian(model, x, "logits").double()
+    K = gram_matrix(model, x)
+    assert torch.allclose(K, J @ J.T, rtol=1e-5, atol=1e-6 * float((J @ J.T).abs().max()))
