@@ -320,9 +320,9 @@ def conv_weight_gram(dflat: torch.Tensor, patches: torch.Tensor, rule: ConvGramR
         costs = conv_gram_costs(n, m, c_out, ckk, p)
         rule = "kernel" if kernel_fits and (costs["kernel"] < costs["direct"] or not direct_fits) else "direct"
     if (rule == "direct" and not direct_fits) or (rule == "kernel" and not kernel_fits):
-        raise InputError(f"conv layer {layer if layer is not None else ''} ({c_out} filters of {ckk} weights at {p} "
-                         f"positions) x {size} outputs is too large for the exact solver; use solver='cg' or a "
-                         f"smaller metric batch")
+        name = f"conv layer {layer}" if layer is not None else "a conv layer"
+        raise InputError(f"{name} ({c_out} filters of {ckk} weights at {p} positions) x {size} outputs is too large "
+                         f"for the exact solver's {rule} rule; use solver='cg' or a smaller metric batch")
     K = torch.zeros(size, size, device=dflat.device, dtype=torch.float64)
     if rule == "direct":
         chunk = max(1, min(c_out, max_elements // (size * ckk)))

@@ -331,9 +331,9 @@ def test_conv_gram_refuses_a_block_no_rule_fits():
     from geodesic_core.metric import conv_weight_gram
 
     dflat, patches = torch.randn(2, 3, 4, 9), torch.randn(2, 50, 9)
-    with pytest.raises(InputError, match="too large for the exact solver; use solver='cg'"):
+    with pytest.raises(InputError, match="too large for the exact solver's direct rule; use solver='cg'"):
         conv_weight_gram(dflat, patches, "auto", max_elements=100)
-    with pytest.raises(InputError, match="too large"):
+    with pytest.raises(InputError, match="kernel rule"):
         conv_weight_gram(dflat, patches, "kernel", max_elements=310)  # direct fits (6 x 50), kernel not (6 x 9 x 6)
     K = conv_weight_gram(dflat, patches, "auto", max_elements=310)  # auto falls back to direct
     assert K.shape == (6, 6)
@@ -354,3 +354,5 @@ def test_gram_matrix_with_kernel_rule_layers_equals_j_jt():
     J = explicit_jacobian(model, x, "logits").double()
     K = gram_matrix(model, x)
     assert torch.allclose(K, J @ J.T, rtol=1e-5, atol=1e-6 * float((J @ J.T).abs().max()))
+    for rule in ("direct", "kernel"):  # each rule forced on every convolution
+        assert torch.allclose(gram_matrix(model, x, conv_rule=rule), K, rtol=1e-5, atol=1e-6 * float(K.abs().max()))
