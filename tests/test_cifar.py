@@ -114,6 +114,20 @@ def test_chunked_gram_matrix_equals_the_one_block_gram_matrix():
     assert torch.allclose(full, chunked, rtol=1e-5, atol=1e-6 * float(full.abs().max()))  # float32 blocks
 
 
+def test_gram_matrix_rules_agree_on_strided_and_pointwise_convolutions():
+    """The pre-activation ResNet's strided 3x3 and 1x1 convolutions: the kernel rule, forced on every layer, gives
+    the direct rule's Gram matrix (the unit tests draw patches at random; here they come from unfold)."""
+    torch.manual_seed(0)
+    model = build_model("resnet164", 10, 3, 32, depth=11, width=0.25).eval()
+    assert any(m.stride != (1, 1) for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert any(m.kernel_size == (1, 1) for m in model.modules() if isinstance(m, nn.Conv2d))
+    x = torch.randn(3, 3, 32, 32)
+    direct = gram_matrix(model, x, conv_rule="direct")
+    for rule in ("kernel", "auto"):
+        K = gram_matrix(model, x, conv_rule=rule)
+        assert torch.allclose(K, direct, rtol=1e-5, atol=1e-6 * float(direct.abs().max())), rule
+
+
 def test_geo_step_pass_count_follows_the_implementation():
     cg = GeoConfig(solver="cg", cg_iters=10, anchor=0.0)
     assert geo_step_passes(cg, 64, 10) == 64 * 22
