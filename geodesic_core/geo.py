@@ -454,15 +454,14 @@ def _traverse(model, target, pool, cfg, anchor, callbacks, gen, start_step, dist
             except _ZeroDirection:  # no step to shorten
                 raise
             except NonFiniteError as exc:  # the new weights, or the Gram matrix, a product on the way
+                set_flat_params(model, w)  # the last good weights, to stop at or to take the step again from
                 error = str(exc)
                 if tries == cfg.nonfinite_retries:
-                    set_flat_params(model, w)  # the last good weights
                     again = (f" (and after {tries} retries, each with half the step, down to eta = {eta:.3g}, from "
                              f"re-estimated batch-norm statistics and a fresh batch)" if tries else "")
                     where = "" if error.startswith("Geo step") else f"Geo step {step + 1}: "
                     raise NonFiniteError(where + error + again) from None
             tries, eta = tries + 1, eta / 2
-            set_flat_params(model, w)
             if distiller is not None:
                 distiller.buf = None  # its momentum carried the step that overflowed
             if refresh_bn:

@@ -323,8 +323,8 @@ def conv_weight_gram(dflat: torch.Tensor, patches: torch.Tensor, rule: ConvGramR
         name = f"conv layer {layer}" if layer is not None else "a conv layer"
         raise InputError(f"{name} ({c_out} filters of {ckk} weights at {p} positions) x {size} outputs is too large "
                          f"for the exact solver's {rule} rule; use solver='cg' or a smaller metric batch")
-    K = torch.zeros(size, size, device=dflat.device, dtype=torch.float64)
     if rule == "direct":
+        K = torch.zeros(size, size, device=dflat.device, dtype=torch.float64)
         chunk = max(1, min(c_out, max_elements // (size * ckk)))
         for c0 in range(0, c_out, chunk):
             g_w = torch.einsum("ikcp,idp->ikcd", dflat[:, :, c0:c0 + chunk], patches).reshape(size, -1)
@@ -338,8 +338,7 @@ def conv_weight_gram(dflat: torch.Tensor, patches: torch.Tensor, rule: ConvGramR
         dd = (d[q * size:(q + 1) * size] @ d.T).view(n, m, p, n, m)  # d_ikq . d_jlr over r
         dd *= xx[q].view(n, 1, p, n, 1)
         acc += dd.sum(2).view(size, size)
-    K += acc.double()
-    return K
+    return acc.double()
 
 
 @full_float32()

@@ -4,7 +4,8 @@ from torch import nn
 from torch.func import jacrev, jvp
 
 from geodesic_core import InputError, MetricOperator, flat_params, gram_matrix, linear_path, metric_vector_product
-from geodesic_core.metric import TracedPushforward, eval_mode, output_fn, path_length, segment_lengths, set_flat_params
+from geodesic_core.metric import (TracedPushforward, conv_gram_costs, conv_weight_gram, eval_mode, output_fn, path_length,
+                                  segment_lengths, set_flat_params)
 
 
 def explicit_jacobian(model, x, space):
@@ -307,8 +308,6 @@ def test_full_float32_holds_until_the_last_thread_leaves():
 def test_conv_gram_rules_agree_with_explicit_per_sample_gradients(positions):
     """Both exact rules of a convolution's Gram block equal <G_ik, G_jl> from explicit per-row gradients, also
     when chunked; auto picks the rule with fewer multiply-adds."""
-    from geodesic_core.metric import conv_gram_costs, conv_weight_gram
-
     gen = torch.Generator().manual_seed(positions)
     n, m, c_out, ckk = 3, 4, 5, 7
     dflat = torch.randn(n, m, c_out, positions, generator=gen)
@@ -328,8 +327,6 @@ def test_conv_gram_rules_agree_with_explicit_per_sample_gradients(positions):
 
 
 def test_conv_gram_refuses_a_block_no_rule_fits():
-    from geodesic_core.metric import conv_weight_gram
-
     dflat, patches = torch.randn(2, 3, 4, 9), torch.randn(2, 50, 9)
     with pytest.raises(InputError, match="too large for the exact solver's direct rule; use solver='cg'"):
         conv_weight_gram(dflat, patches, "auto", max_elements=100)
@@ -342,8 +339,6 @@ def test_conv_gram_refuses_a_block_no_rule_fits():
 def test_gram_matrix_with_kernel_rule_layers_equals_j_jt():
     """A network whose late convolution has few positions and large filters (as VGG's last blocks): gram_matrix
     takes the kernel rule there and still equals J J^T."""
-    from geodesic_core.metric import conv_gram_costs
-
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                           nn.Conv2d(8, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.Flatten(),
