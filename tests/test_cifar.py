@@ -193,6 +193,7 @@ def test_iterative_prune_train_removes_one_filter_per_cycle(cifar_small):
 @pytest.mark.parametrize("argv, match", [
     (["--stage-max-steps", "-1"], "--stage-max-steps must be positive"),
     (["--struct-anchor-radius", "-0.5"], "--struct-anchor-radius must be 0 or more"),
+    (["--struct-metric-batch", "0"], "--struct-metric-batch must be positive"),
     (["--width", "0"], "--width must be positive"),
     (["--relax-epochs", "-1"], "--relax-epochs must be 0 or more"),
     (["--connect-distill-radius", "-1"], "--connect-distill-radius must be 0 or more"),
@@ -231,7 +232,8 @@ def test_cifar_benchmark_runs_end_to_end(tmp_path, data_dir, capsys):
                      "--connect-train-epochs", "1", "--stages", "2", "--stage-steps", "4", "--geo-steps", "4",
                      "--connect-distill-steps", "2", "--relax-epochs", "1", "--relax-nodes", "2",
                      "--bezier-epochs", "1", "--finetune-epochs", "1", "--line-points", "3", "--eval-points", "2",
-                     "--probe", "64", "--metric-batch", "32", "--device", "cpu", "--out", str(tmp_path)])
+                     "--probe", "64", "--metric-batch", "32", "--struct-metric-batch", "16", "--device", "cpu",
+                     "--out", str(tmp_path)])
     results = cifar.run(s)
     assert set(results) == set(cifar.EXPERIMENTS)
     st = json.loads((tmp_path / "structured.json").read_text())
@@ -242,6 +244,10 @@ def test_cifar_benchmark_runs_end_to_end(tmp_path, data_dir, capsys):
     assert st["export"]["max_output_difference"] <= 1e-5 and st["export"]["filters_removed"] == 3
     # Algorithm 1: each stage runs until it reaches its target (at most 8 x 4 steps), its correction bounded
     assert st["geo"]["max_steps"] == 32 and st["geo"]["anchor_radius"] == 1.0
+    # its own metric batch (the connect experiments keep --metric-batch), counted on the epochs axis
+    assert st["geo"]["metric_batch"] == 16
+    assert st["geo"]["epochs_per_step"] == geo_step_passes(GeoConfig(**{
+        k: v for k, v in st["geo"].items() if k != "epochs_per_step"}), 16, 10, masked=True) / (2 * 512)
     # ... then the closing correction (2 epochs of masked distillation), which keeps the filters removed
     assert [r["stop_reason"] for r in st["curves"]["geodesic"][1:]] == ["reached", "reached",
                                                                        "closing correction, 2 epochs"]
