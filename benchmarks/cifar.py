@@ -59,7 +59,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from geodesic_core import (GeoConfig, InputError, NonFiniteError, build_model, cumulative_lengths,  # noqa: E402
-                           evaluate, flat_params, linear_path, load_split, set_flat_params)
+                           evaluate, flat_params, linear_path, load_split)
 from geodesic_core.config import cifar_recipe  # noqa: E402
 from geodesic_core.connect import (InterpolatedOutputs, bn_batch, connect_segment, distance_ratio,  # noqa: E402
                                    evaluate_point, relax_path, train_bezier)
@@ -71,7 +71,7 @@ from geodesic_core.sparsify import (iterative_prune_train, polish, project_to_le
 from geodesic_core.targets import FilterTarget  # noqa: E402
 from geodesic_core.structured import compact_filters  # noqa: E402
 from geodesic_core.align import align_to  # noqa: E402
-from geodesic_core.train import default_device, equal_time_epochs, full_float32, train  # noqa: E402
+from geodesic_core.train import equal_time_epochs, full_float32, train  # noqa: E402
 from heldout import heldout  # noqa: E402  (benchmarks/heldout.py: the validation draw every benchmark holds out)
 from _flowrun import versus  # noqa: E402  (benchmarks/_flowrun.py: the other benchmarks' "level" tolerance)
 

@@ -17,7 +17,7 @@ from typing import Literal, Sequence
 
 from pydantic import BaseModel, ValidationError
 
-from geodesic_core import InputError, check_data_files, check_dataset_name, check_model_name
+from geodesic_core import InputError, check_data_files, check_dataset_name
 from geodesic_core.config import TrainConfig
 from geodesic_core.connect import ConnectConfig
 from geodesic_core.continual import ContinualConfig

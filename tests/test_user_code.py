@@ -14,7 +14,6 @@ from torch import nn
 from flows.cli import main
 from geodesic_core import InputError, build_model, check_dataset_name, check_model_name, param_slices, save_checkpoint
 from geodesic_core.connect import ConnectConfig
-from geodesic_core.continual import ContinualConfig
 from geodesic_core.sparsify import SparsifyConfig
 from geodesic_core.data import dataset_fingerprint, get_spec, load_split
 from geodesic_core.export import encode, decode, export, load_exported_model
