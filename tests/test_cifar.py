@@ -219,6 +219,17 @@ def test_cifar_benchmark_refuses_bad_settings_before_any_work(tmp_path, argv, ma
     assert not out.exists()  # refused before the missing data directory was even looked at
 
 
+@pytest.mark.parametrize("given", ["1,1", "1", "1,2,3", "a,b", "-1,2"])
+def test_cifar_benchmark_refuses_a_bad_seed_pair(given, capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import cifar
+
+    assert cifar.parse(["--seeds", "2,3"]).seeds == (2, 3)
+    with pytest.raises(SystemExit):
+        cifar.parse([f"--seeds={given}"])
+    assert "--seeds must be two distinct non-negative integers" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_cifar_benchmark_runs_end_to_end(tmp_path, data_dir, capsys):
     """`benchmarks/cifar.py`: both experiments, start to finish, on 512 training images at tiny widths."""
