@@ -247,7 +247,7 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
                     patience=max_steps, metric_batch=s.struct_metric_batch,
                     solver="exact", distill_steps=s.distill_steps, distill_lr=0.003, distill_batch=128,
                     bn_every=s.bn_every if s.struct_bn_every is None else s.struct_bn_every)
-    per_step = geo_step_passes(cfg, min(s.struct_metric_batch, n_train), 10, masked=True) / (2 * n_train)
+    per_step = geo_step_passes(cfg, min(cfg.metric_batch, n_train), 10, masked=True) / (2 * n_train)
     rows = [{"epochs": 0.0, "seconds": 0.0, "test_accuracy": dense_acc, "filters": 0}]
     spent, step0 = 0.0, 0
     for k in range(1, s.stages + 1):
@@ -654,11 +654,24 @@ def _run(s: Settings) -> dict[str, dict]:
     return results
 
 
+def _seed_pair(text: str) -> tuple[int, int]:
+    """``--seeds A,B``: two distinct non-negative integers (argparse reports the error with the option's name)."""
+    try:
+        pair = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        pair = ()
+    if len(pair) != 2 or pair[0] == pair[1] or min(pair) < 0:
+        raise argparse.ArgumentTypeError(
+            f"--seeds must be two distinct non-negative integers such as 2,3 (got {text!r})")
+    return pair
+
+
 def parse(argv: list[str]) -> Settings:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
     ap.add_argument("--experiments", default=None, help=f"comma-separated, of {', '.join(EXPERIMENTS)}")
-    ap.add_argument("--seeds", default=None, help="two distinct comma-separated integers (default 0,1)")
+    ap.add_argument("--seeds", type=_seed_pair, default=None,
+                    help="two distinct comma-separated integers (default 0,1)")
     for f in Settings.__dataclass_fields__.values():
         if f.name in ("experiments", "seeds"):
             continue
@@ -674,13 +687,7 @@ def parse(argv: list[str]) -> Settings:
     if exps:
         s = replace(s, experiments=tuple(e.strip() for e in exps.split(",")))
     if seeds is not None:
-        try:
-            pair = tuple(int(x) for x in seeds.split(","))
-        except ValueError:
-            pair = ()
-        if len(pair) != 2 or pair[0] == pair[1] or min(pair) < 0:
-            ap.error(f"--seeds must be two distinct non-negative integers such as 2,3 (got {seeds!r})")
-        s = replace(s, seeds=pair)
+        s = replace(s, seeds=seeds)
     return replace(s, **{k: v for k, v in args.items() if v is not None})
 
 

@@ -4,8 +4,8 @@ from torch import nn
 from torch.func import jacrev, jvp
 
 from geodesic_core import InputError, MetricOperator, flat_params, gram_matrix, linear_path, metric_vector_product
-from geodesic_core.metric import (TracedPushforward, conv_gram_costs, conv_weight_gram, eval_mode, output_fn, path_length,
-                                  segment_lengths, set_flat_params)
+from geodesic_core.metric import (TracedPushforward, conv_gram_costs, conv_weight_gram, eval_mode, output_fn,
+                                  path_length, segment_lengths, set_flat_params)
 
 
 def explicit_jacobian(model, x, space):
