@@ -9,7 +9,8 @@ it finishes, so a run stopped by a time limit keeps every finished experiment, a
   backward passes counted as a fraction of an epoch, `geodesic_core.geo.geo_step_passes`), the paper's
   iterative prune-train baseline (one filter removed per cycle, SGD retraining after each), one-shot
   removal + fine-tuning and its label-free counterpart, one-shot removal + distillation toward the dense
-  network's outputs (no labels, as the geodesic); then the geodesic's end exported as a physically smaller
+  network's outputs (no labels, as the geodesic), the peers' rates annealed by a cosine as the geodesic's closing
+  correction's is (``--peer-schedule constant``: as measured before); then the geodesic's end exported as a physically smaller
   network, with its largest output difference from the masked network.
 - connect: for two networks trained from two seeds, the geodesic (Algorithm 3 with the output anchor and
   the completion step, as `geodesic connect` runs it, plus 10 distillation-corrector steps toward f_t per
@@ -78,6 +79,7 @@ from _flowrun import versus  # noqa: E402  (benchmarks/_flowrun.py: the other be
 EXPERIMENTS = ("vgg16-connect", "structured", "resnet-connect")
 METHODS = ("geodesic", "prune-train", "oneshot+finetune", "oneshot+distill")
 PATHS = ("linear", "bezier", "bezier-distill", "geodesic")
+PEER_SCHEDULES = ("cosine", "constant")
 
 
 @dataclass
@@ -110,6 +112,8 @@ class Settings:
     polish_epochs: int = 2  # the closing correction after the last stage (`SparsifyConfig.polish_epochs`; 0: off)
     epochs_per_filter: float = 0.25
     finetune_epochs: int = 3
+    peer_schedule: str = "cosine"  # the three peers' learning-rate schedule, as `FinetuneConfig.schedule`: cosine to 0
+    # over each run (prune-train: over each cycle), as the geodesic's closing correction anneals; constant before
     distill_lr: float = 0.003  # one-shot removal + distillation (label-free), as `FinetuneConfig.distill_lr`
     # connect (VGG16 and the pre-activation ResNet, Figure 7A/B)
     vgg16_width: float | None = None  # default: width
@@ -277,7 +281,7 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
     methods = s.methods.split(",")
     # --- the paper's baseline: remove one filter, retrain, repeat -------------------------------------------------
     ft_cfg = cifar_recipe(epochs=1, lr=0.01, seed=s.seeds[0], batch_size=s.batch_size).model_copy(
-        update={"schedule": "constant", "label_smoothing": 0.0})
+        update={"schedule": s.peer_schedule, "label_smoothing": 0.0})
     report_every = max(1, n_filters // 10)
 
     def prune_train(epochs_per_filter: float) -> tuple[list[dict], float]:
@@ -348,6 +352,7 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
     return {"experiment": "structured", "model": "vgg11", "width": width, "layer": layer, "n_filters": n_filters,
             "dense": info, "geo": {"eta": eta, **cfg.model_dump(), "epochs_per_step": per_step},
             "epochs_per_filter": s.epochs_per_filter, "finetune_epochs": s.finetune_epochs,
+            "peer_schedule": s.peer_schedule,
             "distill_lr": s.distill_lr, "curves": curves,
             "geodesic_seconds": spent, "peer_train_seconds": train_seconds,
             "export": export}
@@ -363,7 +368,8 @@ def recover_epochs(rows: list[dict], level: float) -> float | None:
 def print_structured(r: dict) -> None:
     dense = r["dense"]["test_accuracy"]
     print(f"\n### VGG11 (width {r['width']}) on CIFAR-10: {r['n_filters']} of the filters of {r['layer']} removed\n")
-    print(f"dense network: {dense:.2f}% after {r['dense']['epochs']} epochs ({r['dense']['train_seconds']:.0f} s)\n")
+    print(f"dense network: {dense:.2f}% after {r['dense']['epochs']} epochs ({r['dense']['train_seconds']:.0f} s); "
+          f"the peers' learning rate: {r.get('peer_schedule', 'constant')}\n")
     print("| method | final accuracy | best accuracy | update epochs | epochs to within 1 point of dense | wall s |")
     print("|---|---|---|---|---|---|")
     for name, rows in r["curves"].items():
@@ -593,6 +599,8 @@ def check(s: Settings) -> None:
         problems.append(f"--validation must leave training images: CIFAR-10 has 50000 (got {s.validation})")
     if not 0 <= s.connect_anchor <= 1:
         problems.append(f"--connect-anchor must lie in [0, 1] (got {s.connect_anchor})")
+    if s.peer_schedule not in PEER_SCHEDULES:
+        problems.append(f"--peer-schedule: unknown {s.peer_schedule!r}; valid: {', '.join(PEER_SCHEDULES)}")
     if s.line_points < 2:
         problems.append(f"--line-points must be at least 2, the path's two ends (got {s.line_points})")
     for option, given, valid in (("--experiments", s.experiments, EXPERIMENTS),

@@ -4,7 +4,8 @@ For every sparsity level, on the same dense network and in one process (no orche
   geodesic        the flow's Algorithm 1 (staged, anchored, exact Geo steps), then the hard projection
   oneshot         magnitude projection
   finetune_2ep    magnitude pruning + 2 epochs of masked SGD fine-tuning (lr 0.01, momentum 0.9)
-  finetune_eq     the same fine-tuning for the geodesic's wall time (equal compute)
+  finetune_eq     the same fine-tuning for the geodesic's wall time (equal compute; with ``--set
+                  finetune.schedule=cosine`` each peer anneals to 0 inside its budget, two runs per peer)
   distill_2ep     the label-free peer: magnitude pruning + 2 epochs of masked SGD toward the dense network's
                   outputs (½ |f(x; w) - f(x; w_dense)|², lr ``finetune.distill_lr``; with ``--set
                   finetune.distill_temperature=T`` the closing correction's tempered loss), no labels read
@@ -106,6 +107,20 @@ def finetune_curve(dense, slices, level, cfg: SparsifyConfig, data, test, budget
     return model, curve
 
 
+def annealed_peer(dense, slices, level, cfg: SparsifyConfig, data, test, *, epochs=None, seconds=None, distill=False):
+    """The peer under ``--set finetune.schedule=cosine``: masked fine-tuning (or ``distill``) whose cosine anneals
+    to 0 over ``epochs`` epochs, or over ``seconds`` of wall time (the equal-time run; `train`'s
+    ``schedule_seconds``), evaluated once at its end (a cosine run has no curve to read at other times).
+    Returns its accuracy."""
+    model = _copy(dense)
+    oneshot_prune(model, slices, level, cfg.scope)
+    tc = cfg.finetune.train_config(cfg.seed, epochs or 10_000, distill)
+    train(model, data, tc, masks=masks_from_zeros(model, slices), budget_seconds=seconds, schedule_seconds=seconds,
+          device=next(model.parameters()).device, teacher=_copy(dense).requires_grad_(False) if distill else None,
+          teacher_temperature=cfg.finetune.distill_temperature)
+    return evaluate(model, test)[0]
+
+
 def _acc_at(curve, seconds) -> float:
     """The accuracy of a (seconds, accuracy) curve at its last point within ``seconds`` (2% slack)."""
     eq = [a for t, a in curve if t <= seconds * 1.02]
@@ -167,6 +182,10 @@ def main() -> None:
             node = node.setdefault(part, {})
         node[last] = value
     cfg = SparsifyConfig(sparsity=args.sparsity or [90.0, 98.0, 99.0], **overrides)
+    cosine = cfg.finetune.schedule == "cosine"
+    if cosine and args.polish_epochs:
+        ap.error("--polish-epochs reads the peers' curves at other times, which a cosine run (--set "
+                 "finetune.schedule=cosine) does not have; drop one of the two")
     if args.validation:  # the draw `heldout:mnist` gives the flows
         x_tr, y_tr, x_val, y_val, _ = heldout("mnist", args.data_dir, args.validation)
         tr, te = Split(x_tr, y_tr), Split(x_val, y_val)
@@ -209,6 +228,11 @@ def main() -> None:
         two_ep = 2 * -(-tr.x.shape[0] // cfg.finetune.batch_size)
         peers, curves = {}, {}
         for distill in (False, True):
+            if cosine:  # one run per budget, each annealed inside it
+                eq = annealed_peer(dense, slices, level, cfg, tr, te, seconds=geo_wall, distill=distill)
+                at2 = annealed_peer(dense, slices, level, cfg, tr, te, epochs=2, distill=distill)
+                peers[distill] = (at2, eq, None)
+                continue
             _, curve = finetune_curve(dense, slices, level, cfg, tr, te, args.match_budget * geo_wall,
                                       distill=distill)
             at2 = next((a for (t, a), n in zip(curve, range(1, 10**9)) if n * 100 >= two_ep), curve[-1][1])
@@ -232,7 +256,8 @@ def main() -> None:
           "| ft s to match geo | geo/ft time at equal acc | distill 2ep | distill equal time | measured sparsity |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for lv, ga, pm, gw, st, oa, f2, fe, m, d2, de, sp in rows:
-        ratio = f"{gw / m:.2f}" if m else f"> {args.match_budget:.0f}x: ft never matched"
+        ratio = f"{gw / m:.2f}" if m else ("not measured (cosine: no curve)" if cosine else
+                                           f"> {args.match_budget:.0f}x: ft never matched")
         print(f"| {lv:g} | {ga:.2f} | {pm:.2f} | {gw:.1f} | {st} | {oa:.2f} | {f2:.2f} | {fe:.2f} | "
               f"{m if m is None else round(m, 1)} | {ratio} | {d2:.2f} | {de:.2f} | {sp:.4f} |")
 

@@ -52,7 +52,11 @@ class FinetuneConfig(_Config):
     epochs: PositiveInt = 2
     """Epochs of the fixed-budget run of each baseline."""
     lr: PositiveFloat = 0.01
-    """Learning rate of masked fine-tuning (constant)."""
+    """Learning rate of masked fine-tuning (its peak under a cosine ``schedule``)."""
+    schedule: Literal["constant", "cosine"] = "constant"
+    """Both baselines' learning-rate schedule: constant, or cosine from the rate to 0 over each run (the
+    equal-time run: over the geodesic's wall time; the prune-train cycle: over each cycle), as the geodesic's
+    closing correction anneals."""
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     """SGD momentum of both baselines."""
     weight_decay: float = Field(0.0, ge=0.0)
@@ -64,7 +68,7 @@ class FinetuneConfig(_Config):
     distill: bool = True
     """Also run the label-free baseline, prune + distillation toward the dense network's outputs."""
     distill_lr: PositiveFloat = 0.003
-    """Learning rate of prune + distillation (constant)."""
+    """Learning rate of prune + distillation (its peak under a cosine ``schedule``)."""
     distill_temperature: float = Field(0.0, ge=0.0)
     """Prune + distillation's loss: 0 matches the dense logits (½‖·‖²); T > 0 their softmax at temperature T
     (T² KL, Hinton et al. 2015), the closing correction's loss at polish_temperature."""
@@ -72,7 +76,7 @@ class FinetuneConfig(_Config):
     def train_config(self, seed: int, epochs: int | None = None, distill: bool = False) -> TrainConfig:
         return TrainConfig(epochs=epochs or self.epochs, lr=self.distill_lr if distill else self.lr,
                            momentum=self.momentum, weight_decay=self.weight_decay, batch_size=self.batch_size,
-                           schedule="constant", seed=seed)
+                           schedule=self.schedule, seed=seed)
 
 
 
@@ -466,7 +470,8 @@ def prune_finetune(model: nn.Module, level: float, data: Split, cfg: TrainConfig
 
     The budget is ``cfg.epochs`` epochs, optionally capped by ``max_batches`` optimizer steps or by
     ``budget_seconds`` of wall time (the equal-compute comparison). The learning-rate schedule spans
-    ``cfg.epochs``, so a budget cut ends the run before the schedule does. Structured: the removed filters'
+    ``cfg.epochs``, or with ``budget_seconds`` that wall time (`train`'s ``schedule_seconds``: a cosine anneals to
+    0 inside the budget, at a speed not known in advance). Structured: the removed filters'
     weights, bias and batch-norm scale and shift all stay zero. ``callbacks`` get each epoch's `EpochInfo`,
     ``step_callbacks`` each SGD step's `TrainStep`.
 
@@ -477,7 +482,8 @@ def prune_finetune(model: nn.Module, level: float, data: Split, cfg: TrainConfig
     project_to_level(model, level, structured=structured, layer=layer, scope=scope)
     masks = level_masks(model, level, structured=structured, layer=layer)
     steps = train(model, data, cfg, masks=masks, augment=augment, device=device, max_batches=max_batches,
-                  budget_seconds=budget_seconds, callbacks=callbacks, step_callbacks=step_callbacks, teacher=teacher,
+                  budget_seconds=budget_seconds, schedule_seconds=budget_seconds, callbacks=callbacks,
+                  step_callbacks=step_callbacks, teacher=teacher,
                   teacher_temperature=teacher_temperature)
     return model, time.perf_counter() - t0, steps
 
@@ -493,13 +499,15 @@ class CycleInfo(NamedTuple):
 
 def iterative_prune_train(model: nn.Module, layer: str, n_filters: int, data: Split, cfg: TrainConfig, *,
                           epochs_per_filter: float, augment: bool = False, device: torch.device | None = None,
-                          callbacks: Sequence[Callable[[CycleInfo], None]] = ()) -> tuple[nn.Module, float, int]:
+                          callbacks: Sequence[Callable[[CycleInfo], None]] = (),
+                          step_callbacks: Sequence[Callable] = ()) -> tuple[nn.Module, float, int]:
     """The paper's structured baseline (Figure 4C/D): remove one filter at a time and retrain after each.
 
     Cycle k = 1..``n_filters``: zero the k smallest-norm filters of conv ``layer`` (the ones removed before
     stay removed: their norm is zero; see `FilterTarget`), then masked SGD on the labels for
-    ``epochs_per_filter`` epochs (``cfg`` with its schedule restarted every cycle; a fraction of an epoch is
-    that fraction of the steps). The model is updated in place; every cycle reports a `CycleInfo`.
+    ``epochs_per_filter`` epochs (``cfg`` with its schedule restarted every cycle and spanning the cycle's steps, so
+    a cosine anneals to 0 by each cycle's end; a fraction of an epoch is that fraction of the steps). The model
+    is updated in place; every cycle reports a `CycleInfo`, every SGD step a `TrainStep` (``step_callbacks``).
 
     Returns:
         (model, wall seconds, SGD steps taken over all cycles).
@@ -516,7 +524,8 @@ def iterative_prune_train(model: nn.Module, layer: str, n_filters: int, data: Sp
         w = target.project(flat_params(model))
         set_flat_params(model, w)
         steps += train(model, data, cyc_cfg.model_copy(update={"seed": cfg.seed + k}), masks=target.masks(w),
-                       augment=augment, device=device, max_batches=per_cycle)
+                       augment=augment, device=device, max_batches=per_cycle, schedule_steps=per_cycle,
+                       step_callbacks=step_callbacks)
         info = CycleInfo(k, k, steps / steps_per_epoch, time.perf_counter() - t0)
         for cb in callbacks:
             cb(info)

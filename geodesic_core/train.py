@@ -115,7 +115,8 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
           budget_seconds: float | None = None, on_step: Callable[[int], bool] | None = None,
           penalty: Callable[[nn.Module], torch.Tensor] | None = None,
           step_callbacks: Sequence[Callable[[TrainStep], None]] = (),
-          teacher: nn.Module | None = None, teacher_temperature: float = 0.0) -> int:
+          teacher: nn.Module | None = None, teacher_temperature: float = 0.0,
+          schedule_steps: int | None = None, schedule_seconds: float | None = None) -> int:
     """Minimize the mean (label-smoothed) cross-entropy on ``data`` (plus ``penalty(model)`` if given) with SGD
     (momentum or Nesterov, weight decay, schedule), in place. With ``teacher``, label-free distillation
     instead: minimize ½ mean_x ‖f(x; w) − f_teacher(x)‖² over the training inputs, or with
@@ -142,6 +143,11 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
         teacher: a network of the same outputs ``(B, K)`` whose outputs the model learns to match (distillation).
         teacher_temperature: 0: match the teacher's logits (squared distance); T > 0: match its softmax at
             temperature T (KL divergence, scaled by T² so its gradients keep their size across T).
+        schedule_steps: the optimizer steps the learning-rate schedule spans (default ``cfg.epochs`` x steps per
+            epoch): a run cut short by ``max_batches`` at this count still ends its schedule (a cosine reaches 0).
+        schedule_seconds: the schedule spans this much wall time instead (the rate of each step read at the time
+            spent so far, held at the schedule's end after it): a run for ``budget_seconds`` at a speed not known
+            in advance (the equal-time baselines) still anneals inside its budget.
 
     Returns:
         the number of optimizer steps taken.
@@ -166,6 +172,11 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
         teacher.to(device).eval()
     n = xs.shape[0]
     steps_per_epoch = math.ceil(n / cfg.batch_size)
+    if schedule_steps is not None and schedule_steps < 1:
+        raise ValueError(f"schedule_steps must be at least 1, got {schedule_steps}")
+    if schedule_seconds is not None and (schedule_steps is not None or not schedule_seconds > 0):
+        raise ValueError(f"schedule_seconds must be positive and not given with schedule_steps, got "
+                         f"{schedule_seconds} (schedule_steps {schedule_steps})")
     done = 0
     t0 = time.perf_counter()
     out_of_budget = False
@@ -174,7 +185,12 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
             order = torch.randperm(n, generator=gen).to(xs.device)
             total, count = torch.zeros((), device=device), 0
             for b in range(steps_per_epoch):
-                lr = _lr_at(cfg, epoch + b / steps_per_epoch)
+                if schedule_seconds is not None:
+                    lr = _lr_at(cfg, cfg.epochs * min(1.0, (time.perf_counter() - t0) / schedule_seconds))
+                elif schedule_steps is not None:
+                    lr = _lr_at(cfg, cfg.epochs * min(1.0, done / schedule_steps))
+                else:
+                    lr = _lr_at(cfg, epoch + b / steps_per_epoch)
                 for group in opt.param_groups:
                     group["lr"] = lr
                 idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
@@ -204,7 +220,8 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
                 count += len(idx)
                 done += 1
                 if step_callbacks:
-                    info = TrainStep(done, epoch, loss.detach(), logits.detach(), yb, lr, cfg.epochs * steps_per_epoch,
+                    info = TrainStep(done, epoch, loss.detach(), logits.detach(), yb, lr,
+                                     schedule_steps or cfg.epochs * steps_per_epoch,
                                      epoch == cfg.epochs - 1 and b == steps_per_epoch - 1)
                     for cb in step_callbacks:
                         cb(info)

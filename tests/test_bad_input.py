@@ -28,6 +28,7 @@ CASES = [
     ("sparsify", ["--geo.metric-batch", "0"], {"geo": {"metric_batch": 0}}, "greater than 0"),
     ("sparsify", ["--geo.distill-temperature", "-1"], {"geo": {"distill_temperature": -1}}, "greater than or equal to 0"),
     ("sparsify", ["--geo.distill-radius", "-1"], {"geo": {"distill_radius": -1}}, "greater than or equal to 0"),
+    ("sparsify", ["--finetune.schedule", "linear"], {"finetune": {"schedule": "linear"}}, "'constant' or 'cosine'"),
     ("continual", ["--tasks", "1"], {"tasks": 1}, "at least 2 tasks"),
     ("continual", ["--scenario", "split-cifar"], {"scenario": "split-cifar"}, "valid scenarios"),
     ("continual", ["--methods", "foo"], {"methods": ["foo"]}, "valid methods"),
@@ -82,7 +83,8 @@ def test_cli_refuses_bad_input_before_any_work(tmp_path, monkeypatch, data_dir, 
         code = exc.code
     assert code == 2
     err = capsys.readouterr().err
-    assert match in err or (match in ("'exact' or 'cg'", "'activations' or 'none'") and "invalid choice" in err), err
+    choices = ("'exact' or 'cg'", "'activations' or 'none'", "'constant' or 'cosine'")  # argparse refuses them first
+    assert match in err or (match in choices and "invalid choice" in err), err
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "outputs").exists()
 
 

@@ -190,10 +190,26 @@ def test_iterative_prune_train_removes_one_filter_per_cycle(cifar_small):
         iterative_prune_train(model, "features.0", 8, tr, cfg, epochs_per_filter=0.5)
 
 
+def test_prune_train_cosine_anneals_within_every_cycle(cifar_small):
+    """Under a cosine the rate restarts at its peak every cycle and ends each cycle's 3 steps near 0 (the schedule
+    spans the cycle's steps, not the whole epoch the cycle is cut from)."""
+    tr, _ = cifar_small
+    model = build_model("vgg11", 10, 3, 32, seed=0, width=0.125)
+    cfg = cifar_recipe(epochs=1, lr=0.01, batch_size=64).model_copy(update={"schedule": "cosine"})
+    steps = []
+    iterative_prune_train(model, "features.0", 2, tr, cfg, epochs_per_filter=0.5, device=torch.device("cpu"),
+                          step_callbacks=[steps.append])
+    lrs = [st.lr for st in steps]
+    cosine = [0.005 * (1 + math.cos(math.pi * k / 3)) for k in range(3)]
+    assert lrs == pytest.approx(cosine + cosine)
+    assert all(st.total == 3 for st in steps)
+
+
 @pytest.mark.parametrize("argv, match", [
     (["--stage-max-steps", "-1"], "--stage-max-steps must be positive"),
     (["--struct-anchor-radius", "-0.5"], "--struct-anchor-radius must be 0 or more"),
     (["--struct-metric-batch", "0"], "--struct-metric-batch must be positive"),
+    (["--peer-schedule", "linear"], "--peer-schedule: unknown 'linear'; valid: cosine, constant"),
     (["--width", "0"], "--width must be positive"),
     (["--relax-epochs", "-1"], "--relax-epochs must be 0 or more"),
     (["--connect-distill-radius", "-1"], "--connect-distill-radius must be 0 or more"),
@@ -253,6 +269,7 @@ def test_cifar_benchmark_runs_end_to_end(tmp_path, data_dir, capsys):
                                  "prune-train, equal time", "oneshot+finetune, equal time",
                                  "oneshot+distill, equal time"}
     assert st["export"]["max_output_difference"] <= 1e-5 and st["export"]["filters_removed"] == 3
+    assert st["peer_schedule"] == "cosine"  # the peers anneal, as the geodesic's closing correction does
     # Algorithm 1: each stage runs until it reaches its target (at most 8 x 4 steps), its correction bounded
     assert st["geo"]["max_steps"] == 32 and st["geo"]["anchor_radius"] == 1.0
     # its own metric batch (the connect experiments keep --metric-batch), counted on the epochs axis

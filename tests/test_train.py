@@ -36,6 +36,31 @@ def test_masked_training_keeps_zeros(data_dir):
     assert (m[1].weight[mask == 0] == 0).all()
 
 
+def test_the_schedule_spans_schedule_steps_when_given(data_dir):
+    """A cosine over 4 steps, cut at those 4, anneals to near 0; by default it spans the whole epoch (8 steps of 64
+    images), so the same 4 steps end at half the peak rate."""
+    import math
+
+    tr = load_split("mnist", True, data_dir)
+    sub = type(tr)(tr.x[:512], tr.y[:512])
+    cfg = TrainConfig(epochs=1, lr=0.1, batch_size=64, schedule="cosine")
+    for span, want in ((4, [0.05 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]),
+                       (None, [0.05 * (1 + math.cos(math.pi * k / 8)) for k in range(4)])):
+        lrs = []
+        steps = train(build_model("lenet300", 10, 1, 28), sub, cfg, max_batches=4, schedule_steps=span,
+                      step_callbacks=[lambda st: lrs.append(st.lr)], device=torch.device("cpu"))
+        assert steps == 4 and lrs == pytest.approx(want)
+    with pytest.raises(ValueError, match="schedule_steps"):
+        train(build_model("lenet300", 10, 1, 28), sub, cfg, schedule_steps=0, device=torch.device("cpu"))
+    with pytest.raises(ValueError, match="schedule_seconds"):
+        train(build_model("lenet300", 10, 1, 28), sub, cfg, schedule_seconds=0.0, device=torch.device("cpu"))
+    # over wall time: a 1000-epoch cosine spanning 0.4 s, run for those 0.4 s, ends near 0
+    lrs = []
+    train(build_model("lenet300", 10, 1, 28), sub, cfg.model_copy(update={"epochs": 1000}), budget_seconds=0.4,
+          schedule_seconds=0.4, step_callbacks=[lambda st: lrs.append(st.lr)], device=torch.device("cpu"))
+    assert lrs[0] == pytest.approx(0.1, rel=0.05) and lrs[-1] < 0.005 and len(lrs) > 10
+
+
 def test_batchnorm_statistics_are_recomputed():
     torch.manual_seed(0)
     m = build_model("vgg11", 10, 3, 32).eval()
