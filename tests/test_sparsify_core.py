@@ -317,3 +317,14 @@ def test_closing_correction_keeps_removed_filters_and_their_batch_norm_at_zero()
     with torch.no_grad():
         assert model[2](model[1](model[0](torch.randn(3, 2, 4, 4))))[:, removed].abs().sum() == 0
     assert not torch.equal(model[5].weight, dense[5].weight)  # the rest trained
+
+
+def test_the_baselines_schedule_reaches_their_training_config():
+    from geodesic_core.sparsify import FinetuneConfig
+
+    cfg = FinetuneConfig(schedule="cosine", lr=0.02, distill_lr=0.1)
+    assert cfg.train_config(3, 5).model_dump(include={"schedule", "lr", "epochs", "seed"}) == {
+        "schedule": "cosine", "lr": 0.02, "epochs": 5, "seed": 3}
+    assert cfg.train_config(3, distill=True).lr == 0.1 and FinetuneConfig().train_config(0).schedule == "constant"
+    with pytest.raises(ValueError, match="constant"):
+        FinetuneConfig(schedule="linear")
