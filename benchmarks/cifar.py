@@ -10,8 +10,8 @@ it finishes, so a run stopped by a time limit keeps every finished experiment, a
   iterative prune-train baseline (one filter removed per cycle, SGD retraining after each), one-shot
   removal + fine-tuning and its label-free counterpart, one-shot removal + distillation toward the dense
   network's outputs (no labels, as the geodesic), the peers' rates annealed by a cosine as the geodesic's closing
-  correction's is (``--peer-schedule constant``: as measured before); then the geodesic's end exported as a physically smaller
-  network, with its largest output difference from the masked network.
+  correction's is (``--peer-schedule constant``: as measured before); then the geodesic's end exported as a
+  physically smaller network, with its largest output difference from the masked network.
 - connect: for two networks trained from two seeds, the geodesic (Algorithm 3 with the output anchor and
   the completion step, as `geodesic connect` runs it, plus 10 distillation-corrector steps toward f_t per
   Geo step that move the weights sideways, never back: `GeoConfig.keep_progress`), with ``--relax-epochs`` the
