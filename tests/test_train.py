@@ -38,7 +38,7 @@ def test_masked_training_keeps_zeros(data_dir):
 
 def test_the_schedule_spans_schedule_steps_when_given(data_dir):
     """A cosine over 4 steps, cut at those 4, anneals to near 0; by default it spans the whole epoch (8 steps of 64
-    images), so the same 4 steps end at half the peak rate."""
+    images), so the same 4 steps end at half the peak rate. Over ``schedule_seconds`` it anneals inside that time."""
     import math
 
     tr = load_split("mnist", True, data_dir)
