@@ -153,7 +153,8 @@ def shots(chromium: str, out: Path, prefect_url: str, mlflow_url: str) -> None:
             page.wait_for_timeout(500)
             page.screenshot(path=str(out / f"prefect-{name}-form-width.png"))
             body = page.inner_text("body")
-            wanted = (("Width", "Depth", "N Filters", "Distill Lr", "Nonfinite Retries") if name == "sparsify" else
+            wanted = (("Width", "Depth", "N Filters", "Distill Lr", "Nonfinite Retries",
+                       "Both baselines' learning-rate schedule") if name == "sparsify" else
                       ("Width", "Depth", "Bezier Equal Time", "Bezier Distill", "Bezier Distill Lr",
                        "Bezier Distill Temperature", "Relax Epochs", "Relax Temperature", "Bn Anchor",
                        "Nonfinite Retries", "Align (Optional)", "permute w_2's hidden units to match w_1's"))
