@@ -369,7 +369,7 @@ def print_structured(r: dict) -> None:
     dense = r["dense"]["test_accuracy"]
     print(f"\n### VGG11 (width {r['width']}) on CIFAR-10: {r['n_filters']} of the filters of {r['layer']} removed\n")
     print(f"dense network: {dense:.2f}% after {r['dense']['epochs']} epochs ({r['dense']['train_seconds']:.0f} s); "
-          f"the peers' learning rate: {r.get('peer_schedule', 'constant')}\n")
+          f"the peers' learning rate: {r['peer_schedule']}\n")
     print("| method | final accuracy | best accuracy | update epochs | epochs to within 1 point of dense | wall s |")
     print("|---|---|---|---|---|---|")
     for name, rows in r["curves"].items():

@@ -41,7 +41,8 @@ from geodesic_core import evaluate, flat_params, load_split, param_slices, spars
 from geodesic_core.data import Split
 from geodesic_core.sparsify import SparsifyConfig
 from geodesic_core.models import build_model
-from geodesic_core.sparsify import fidelity_probe, geodesic_stage, masks_from_zeros, oneshot_prune, run_schedule
+from geodesic_core.sparsify import (fidelity_probe, geodesic_stage, masks_from_zeros, oneshot_prune, prune_finetune,
+                                    run_schedule)
 from geodesic_core.sparsify import polish as closing_correction
 from heldout import heldout
 
@@ -107,17 +108,15 @@ def finetune_curve(dense, slices, level, cfg: SparsifyConfig, data, test, budget
     return model, curve
 
 
-def annealed_peer(dense, slices, level, cfg: SparsifyConfig, data, test, *, epochs=None, seconds=None, distill=False):
-    """The peer under ``--set finetune.schedule=cosine``: masked fine-tuning (or ``distill``) whose cosine anneals
-    to 0 over ``epochs`` epochs, or over ``seconds`` of wall time (the equal-time run; `train`'s
-    ``schedule_seconds``), evaluated once at its end (a cosine run has no curve to read at other times).
-    Returns its accuracy."""
+def annealed_peer(dense, level, cfg: SparsifyConfig, data, test, *, epochs=None, seconds=None, distill=False):
+    """The peer under ``--set finetune.schedule=cosine``: `prune_finetune` (or ``distill``), whose cosine anneals to
+    0 over ``epochs`` epochs, or over a budget of ``seconds`` of wall time (the equal-time run), evaluated once at
+    its end (a cosine run has no curve to read at other times). Returns its accuracy."""
     model = _copy(dense)
-    oneshot_prune(model, slices, level, cfg.scope)
-    tc = cfg.finetune.train_config(cfg.seed, epochs or 10_000, distill)
-    train(model, data, tc, masks=masks_from_zeros(model, slices), budget_seconds=seconds, schedule_seconds=seconds,
-          device=next(model.parameters()).device, teacher=_copy(dense).requires_grad_(False) if distill else None,
-          teacher_temperature=cfg.finetune.distill_temperature)
+    prune_finetune(model, level, data, cfg.finetune.train_config(cfg.seed, epochs or 10_000, distill),
+                   scope=cfg.scope, budget_seconds=seconds, device=next(model.parameters()).device,
+                   teacher=_copy(dense).requires_grad_(False) if distill else None,
+                   teacher_temperature=cfg.finetune.distill_temperature)
     return evaluate(model, test)[0]
 
 
@@ -229,8 +228,8 @@ def main() -> None:
         peers, curves = {}, {}
         for distill in (False, True):
             if cosine:  # one run per budget, each annealed inside it
-                eq = annealed_peer(dense, slices, level, cfg, tr, te, seconds=geo_wall, distill=distill)
-                at2 = annealed_peer(dense, slices, level, cfg, tr, te, epochs=2, distill=distill)
+                eq = annealed_peer(dense, level, cfg, tr, te, seconds=geo_wall, distill=distill)
+                at2 = annealed_peer(dense, level, cfg, tr, te, epochs=2, distill=distill)
                 peers[distill] = (at2, eq, None)
                 continue
             _, curve = finetune_curve(dense, slices, level, cfg, tr, te, args.match_budget * geo_wall,
