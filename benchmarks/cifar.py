@@ -110,11 +110,15 @@ class Settings:
     struct_anchor_radius: float = 1.0  # the output anchor's correction at most this x eta long (0: unbounded)
     distill_steps: int = 5
     polish_epochs: int = 2  # the closing correction after the last stage (`SparsifyConfig.polish_epochs`; 0: off)
+    polish_lr: float = 0.003  # its peak rate (cosine to 0), as `SparsifyConfig.polish_lr`
+    distill_temperature: float = 0.0  # the label-free loss of the closing correction and of one-shot removal +
+    # distillation: 0 matches the dense logits, T > 0 their softmax at T (`SparsifyConfig.polish_temperature`)
     epochs_per_filter: float = 0.25
     finetune_epochs: int = 3
     peer_schedule: str = "cosine"  # the three peers' learning-rate schedule, as `FinetuneConfig.schedule`: cosine to 0
     # over each run (prune-train: over each cycle), as the geodesic's closing correction anneals; constant before
-    distill_lr: float = 0.003  # one-shot removal + distillation (label-free), as `FinetuneConfig.distill_lr`
+    distill_lr: float = 0.003  # one-shot removal + distillation (label-free) on the logits (`FinetuneConfig.distill_lr`
+    # is 0.1 at T = 2, chosen on MNIST, not measured on CIFAR-10)
     # connect (VGG16 and the pre-activation ResNet, Figure 7A/B)
     vgg16_width: float | None = None  # default: width
     resnet_width: float = 0.5
@@ -266,11 +270,10 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
         rows.append({"epochs": step0 * per_step, "seconds": spent, "test_accuracy": acc, "filters": level,
                      "steps": step0, "stop_reason": res.stop_reason, "nonfinite_retries": res.retries,
                      "projection_distance": res.distance_before_projection})
-    if s.polish_epochs:  # the closing correction: masked distillation toward the dense logits at geo.distill_lr (as
-        # measured here; the flow's default matches the softmax at T = 2, lr 0.1, chosen on MNIST, not measured on CIFAR)
+    if s.polish_epochs:  # the closing correction: masked distillation toward the dense network's outputs
         _sync(device)
-        spent += polish(model, dense, train_data.x, n_filters, cfg, s.polish_epochs, structured=True, layer=layer,
-                        augment=True, device=device)
+        spent += polish(model, dense, train_data.x, n_filters, cfg, s.polish_epochs, lr=s.polish_lr,
+                        temperature=s.distill_temperature, structured=True, layer=layer, augment=True, device=device)
         _sync(device)
         rows.append({"epochs": step0 * per_step + s.polish_epochs, "seconds": spent,
                      "test_accuracy": evaluate(model, test)[0], "filters": n_filters, "steps": step0,
@@ -320,7 +323,8 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
 
         cfg = ft_cfg.model_copy(update={"epochs": epochs, **({"lr": s.distill_lr} if distill else {})})
         _, wall, _ = prune_finetune(model, n_filters, train_data, cfg, structured=True, layer=layer, augment=True,
-                                    device=device, callbacks=[epoch_done], teacher=dense if distill else None)
+                                    device=device, callbacks=[epoch_done], teacher=dense if distill else None,
+                                    teacher_temperature=s.distill_temperature)
         return rows, wall - evals[0]
 
     train_seconds = {}
@@ -353,7 +357,8 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
             "dense": info, "geo": {"eta": eta, **cfg.model_dump(), "epochs_per_step": per_step},
             "epochs_per_filter": s.epochs_per_filter, "finetune_epochs": s.finetune_epochs,
             "peer_schedule": s.peer_schedule,
-            "distill_lr": s.distill_lr, "curves": curves,
+            "distill_lr": s.distill_lr, "distill_temperature": s.distill_temperature, "polish_lr": s.polish_lr,
+            "curves": curves,
             "geodesic_seconds": spent, "peer_train_seconds": train_seconds,
             "export": export}
 
@@ -583,10 +588,11 @@ _POSITIVE = ("n_train", "n_test", "batch_size", "n_filters", "structured_train_e
              "stage_max_steps", "finetune_epochs", "resnet_depth", "connect_train_epochs", "resnet_geo_steps",
              "resnet_bezier_epochs", "geo_steps", "metric_batch", "struct_metric_batch", "bezier_epochs",
              "eval_points", "probe", "lr", "width", "vgg16_width", "resnet_width", "struct_eta", "epochs_per_filter",
-             "distill_lr", "connect_distill_lr", "bezier_distill_lr", "relax_lr", "relax_nodes",
+             "distill_lr", "polish_lr", "connect_distill_lr", "bezier_distill_lr", "relax_lr", "relax_nodes",
              "structured_train_seconds", "connect_train_seconds", "resnet_train_seconds", "time_limit")
 _NON_NEGATIVE = ("struct_anchor_radius", "connect_anchor_radius", "connect_distill_radius", "connect_distill_steps",
-                 "distill_steps", "bn_every", "struct_bn_every", "relax_epochs", "relax_temperature", "validation")
+                 "distill_steps", "bn_every", "struct_bn_every", "relax_epochs", "relax_temperature", "validation",
+                 "distill_temperature")
 
 
 def check(s: Settings) -> None:

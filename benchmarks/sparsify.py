@@ -4,14 +4,15 @@ For every sparsity level, on the same dense network and in one process (no orche
   geodesic        the flow's Algorithm 1 (staged, anchored, exact Geo steps), then the hard projection
   oneshot         magnitude projection
   finetune_2ep    magnitude pruning + 2 epochs of masked SGD fine-tuning (lr 0.01, momentum 0.9)
-  finetune_eq     the same fine-tuning for the geodesic's wall time (equal compute; with ``--set
-                  finetune.schedule=cosine`` each peer anneals to 0 inside its budget, two runs per peer)
+  finetune_eq     the same fine-tuning for the geodesic's wall time (equal compute; under the default
+                  ``finetune.schedule`` cosine each peer anneals to 0 inside its budget, one run per budget; with
+                  ``--set finetune.schedule=constant`` one constant-rate run read along its curve)
   distill_2ep     the label-free peer: magnitude pruning + 2 epochs of masked SGD toward the dense network's
                   outputs (½ |f(x; w) - f(x; w_dense)|², lr ``finetune.distill_lr``; with ``--set
                   finetune.distill_temperature=T`` the closing correction's tempered loss), no labels read
   distill_eq      the same distillation for the geodesic's wall time
-and the wall time masked fine-tuning needs to reach the geodesic's accuracy (test set evaluated every 100
-steps, evaluation time excluded), as the ratio geodesic time / fine-tune time at equal accuracy.
+and, at a constant rate, the wall time masked fine-tuning needs to reach the geodesic's accuracy (test set
+evaluated every 100 steps, evaluation time excluded), as the ratio geodesic time / fine-tune time at equal accuracy.
 
     python benchmarks/sparsify.py --data-dir ../shared/data --sparsity 90 --sparsity 98 --sparsity 99
 
@@ -109,7 +110,7 @@ def finetune_curve(dense, slices, level, cfg: SparsifyConfig, data, test, budget
 
 
 def annealed_peer(dense, level, cfg: SparsifyConfig, data, test, *, epochs=None, seconds=None, distill=False):
-    """The peer under ``--set finetune.schedule=cosine``: `prune_finetune` (or ``distill``), whose cosine anneals to
+    """The peer under ``finetune.schedule`` cosine (the default): `prune_finetune` (or ``distill``), whose cosine anneals to
     0 over ``epochs`` epochs, or over a budget of ``seconds`` of wall time (the equal-time run), evaluated once at
     its end (a cosine run has no curve to read at other times). Returns its accuracy."""
     model = _copy(dense)
@@ -182,9 +183,9 @@ def main() -> None:
         node[last] = value
     cfg = SparsifyConfig(sparsity=args.sparsity or [90.0, 98.0, 99.0], **overrides)
     cosine = cfg.finetune.schedule == "cosine"
-    if cosine and args.polish_epochs:
-        ap.error("--polish-epochs reads the peers' curves at other times, which a cosine run (--set "
-                 "finetune.schedule=cosine) does not have; drop one of the two")
+    if cosine and args.polish_epochs and not args.no_peers:
+        ap.error("--polish-epochs reads the peers' curves at other times, which a cosine run (finetune.schedule "
+                 "cosine, the default) does not have; add --set finetune.schedule=constant")
     if args.validation:  # the draw `heldout:mnist` gives the flows
         x_tr, y_tr, x_val, y_val, _ = heldout("mnist", args.data_dir, args.validation)
         tr, te = Split(x_tr, y_tr), Split(x_val, y_val)

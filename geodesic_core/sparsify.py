@@ -42,8 +42,9 @@ from .train import recompute_bn, train
 
 class FinetuneConfig(_Config):
     """The prune + masked fine-tune baseline: SGD on the labels with the pruned weights held at zero, and
-    (``distill``) its label-free counterpart, prune + distillation: masked SGD on ½ ‖f(x; w) − f(x; w_dense)‖²
-    over the training inputs at learning rate ``distill_lr``, reading no labels, as the geodesic does.
+    (``distill``) its label-free counterpart, prune + distillation: masked SGD toward the dense network's outputs
+    over the training inputs (T² KL between the softmaxes at ``distill_temperature``, or at 0 ½ ‖f(x; w) −
+    f(x; w_dense)‖²) at learning rate ``distill_lr``, reading no labels, as the geodesic does.
 
     Each runs twice per level: for ``epochs`` epochs (the fixed-budget baseline of the notes), and for the
     geodesic's wall time (``equal_time``: equal compute), with the same optimizer settings.
@@ -53,10 +54,11 @@ class FinetuneConfig(_Config):
     """Epochs of the fixed-budget run of each baseline."""
     lr: PositiveFloat = 0.01
     """Learning rate of masked fine-tuning (its peak under a cosine ``schedule``)."""
-    schedule: Literal["constant", "cosine"] = "constant"
-    """Both baselines' learning-rate schedule: constant, or cosine from the rate to 0 over each run (the
-    equal-time run: over the geodesic's wall time; the prune-train cycle: over each cycle), as the geodesic's
-    closing correction anneals."""
+    schedule: Literal["constant", "cosine"] = "cosine"
+    """Both baselines' learning-rate schedule: cosine from the rate to 0 over each run (the equal-time run: over
+    the geodesic's wall time; the prune-train cycle: over each cycle), as the geodesic's closing correction
+    anneals, so each peer is read at the end of an annealed run; or constant (the default before; its last epoch
+    is read unannealed)."""
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     """SGD momentum of both baselines."""
     weight_decay: float = Field(0.0, ge=0.0)
@@ -67,11 +69,13 @@ class FinetuneConfig(_Config):
     """Also run each baseline for the geodesic's wall time at that level (budget equal_time)."""
     distill: bool = True
     """Also run the label-free baseline, prune + distillation toward the dense network's outputs."""
-    distill_lr: PositiveFloat = 0.003
-    """Learning rate of prune + distillation (its peak under a cosine ``schedule``)."""
-    distill_temperature: float = Field(0.0, ge=0.0)
-    """Prune + distillation's loss: 0 matches the dense logits (½‖·‖²); T > 0 their softmax at temperature T
-    (T² KL, Hinton et al. 2015), the closing correction's loss at polish_temperature."""
+    distill_lr: PositiveFloat = 0.1
+    """Learning rate of prune + distillation (its peak under a cosine ``schedule``): the closing correction's
+    polish_lr, with its loss (0.003 matched the logits before)."""
+    distill_temperature: float = Field(2.0, ge=0.0)
+    """Prune + distillation's loss: T > 0 matches the dense network's softmax at temperature T (T² KL, Hinton et
+    al. 2015), the closing correction's loss at polish_temperature (2), so the label-free peer gets the loss the
+    geodesic ends with; 0 matches the dense logits (½‖·‖², the default before)."""
 
     def train_config(self, seed: int, epochs: int | None = None, distill: bool = False) -> TrainConfig:
         return TrainConfig(epochs=epochs or self.epochs, lr=self.distill_lr if distill else self.lr,

@@ -215,6 +215,8 @@ def test_prune_train_cosine_anneals_within_every_cycle(cifar_small):
     (["--connect-distill-radius", "-1"], "--connect-distill-radius must be 0 or more"),
     (["--relax-lr", "0"], "--relax-lr must be positive"),
     (["--relax-temperature", "-1"], "--relax-temperature must be 0 or more"),
+    (["--polish-lr", "0"], "--polish-lr must be positive"),
+    (["--distill-temperature", "-2"], "--distill-temperature must be 0 or more"),
     (["--connect-anchor", "1.5"], r"--connect-anchor must lie in \[0, 1\]"),
     (["--line-points", "1"], "--line-points must be at least 2"),
     (["--validation", "50000"], "--validation must leave training images"),

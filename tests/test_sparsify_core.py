@@ -322,9 +322,9 @@ def test_closing_correction_keeps_removed_filters_and_their_batch_norm_at_zero()
 def test_the_baselines_schedule_reaches_their_training_config():
     from geodesic_core.sparsify import FinetuneConfig
 
-    cfg = FinetuneConfig(schedule="cosine", lr=0.02, distill_lr=0.1)
+    cfg = FinetuneConfig(schedule="constant", lr=0.02, distill_lr=0.1)
     assert cfg.train_config(3, 5).model_dump(include={"schedule", "lr", "epochs", "seed"}) == {
-        "schedule": "cosine", "lr": 0.02, "epochs": 5, "seed": 3}
-    assert cfg.train_config(3, distill=True).lr == 0.1 and FinetuneConfig().train_config(0).schedule == "constant"
+        "schedule": "constant", "lr": 0.02, "epochs": 5, "seed": 3}
+    assert cfg.train_config(3, distill=True).lr == 0.1 and FinetuneConfig().train_config(0).schedule == "cosine"
     with pytest.raises(ValueError, match="constant"):
         FinetuneConfig(schedule="linear")
