@@ -163,8 +163,9 @@ class Settings:
 
 
 PROFILES = {
-    "cpu": Settings(equal_time=True, relax_epochs=5, structured_train_epochs=6, connect_train_epochs=4, resnet_depth=11,
-                    stages=5,
+    # the structured experiment's dense network: 30 epochs of the recipe (82% at width 1/8; 6 before this version, 76%)
+    "cpu": Settings(equal_time=True, relax_epochs=5, structured_train_epochs=30, connect_train_epochs=4,
+                    resnet_depth=11, stages=5,
                     stage_steps=20, geo_steps=120, metric_batch=64, bezier_epochs=2, finetune_epochs=3, line_points=9,
                     eval_points=6, probe=256),
     "gpu": Settings(width=1.0, resnet_width=1.0, resnet_depth=164, structured_train_epochs=None,
