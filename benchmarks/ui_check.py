@@ -154,11 +154,12 @@ def shots(chromium: str, out: Path, prefect_url: str, mlflow_url: str) -> None:
             page.screenshot(path=str(out / f"prefect-{name}-form-width.png"))
             body = page.inner_text("body")
             wanted = (("Width", "Depth", "N Filters", "Distill Lr", "Nonfinite Retries",
-                       "Both baselines' learning-rate schedule") if name == "sparsify" else
+                       "Both baselines' learning-rate schedule", "so each peer is read at the end of an annealed run",
+                       "so the label-free peer gets the loss the geodesic ends with") if name == "sparsify" else
                       ("Width", "Depth", "Bezier Equal Time", "Bezier Distill", "Bezier Distill Lr",
                        "Bezier Distill Temperature", "Relax Epochs", "Relax Temperature", "Bn Anchor",
                        "Nonfinite Retries", "Align (Optional)", "permute w_2's hidden units to match w_1's"))
-            print(f"{name} form shows:", {w: w in body for w in wanted})
+            print(f"{name} form shows:", {w: w in " ".join(body.split()) for w in wanted})
             if name == "connect":  # the alignment switch: a choice of auto, activations, none
                 page.get_by_text("Align (Optional)", exact=True).first.scroll_into_view_if_needed()
                 page.wait_for_timeout(500)
