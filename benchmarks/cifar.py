@@ -110,7 +110,7 @@ class Settings:
     struct_anchor_radius: float = 1.0  # the output anchor's correction at most this x eta long (0: unbounded)
     distill_steps: int = 5
     polish_epochs: int = 2  # the closing correction after the last stage (`SparsifyConfig.polish_epochs`; 0: off)
-    polish_lr: float = 0.003  # its peak rate (cosine to 0), as `SparsifyConfig.polish_lr`
+    polish_lr: float = 0.003  # its peak rate (cosine to 0), as `SparsifyConfig.polish_lr` (0.1 there, at T = 2)
     distill_temperature: float = 0.0  # the label-free loss of the closing correction and of one-shot removal +
     # distillation: 0 matches the dense logits, T > 0 their softmax at T (`SparsifyConfig.polish_temperature`)
     epochs_per_filter: float = 0.25

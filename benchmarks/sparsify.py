@@ -8,8 +8,9 @@ For every sparsity level, on the same dense network and in one process (no orche
                   ``finetune.schedule`` cosine each peer anneals to 0 inside its budget, one run per budget; with
                   ``--set finetune.schedule=constant`` one constant-rate run read along its curve)
   distill_2ep     the label-free peer: magnitude pruning + 2 epochs of masked SGD toward the dense network's
-                  outputs (½ |f(x; w) - f(x; w_dense)|², lr ``finetune.distill_lr``; with ``--set
-                  finetune.distill_temperature=T`` the closing correction's tempered loss), no labels read
+                  outputs (by default the closing correction's loss, the softmax at ``finetune.distill_temperature``
+                  2, at lr ``finetune.distill_lr`` 0.1; with ``--set finetune.distill_temperature=0`` ½ |f(x; w) -
+                  f(x; w_dense)|² on the logits), no labels read
   distill_eq      the same distillation for the geodesic's wall time
 and, at a constant rate, the wall time masked fine-tuning needs to reach the geodesic's accuracy (test set
 evaluated every 100 steps, evaluation time excluded), as the ratio geodesic time / fine-tune time at equal accuracy.
@@ -110,9 +111,9 @@ def finetune_curve(dense, slices, level, cfg: SparsifyConfig, data, test, budget
 
 
 def annealed_peer(dense, level, cfg: SparsifyConfig, data, test, *, epochs=None, seconds=None, distill=False):
-    """The peer under ``finetune.schedule`` cosine (the default): `prune_finetune` (or ``distill``), whose cosine anneals to
-    0 over ``epochs`` epochs, or over a budget of ``seconds`` of wall time (the equal-time run), evaluated once at
-    its end (a cosine run has no curve to read at other times). Returns its accuracy."""
+    """The peer under ``finetune.schedule`` cosine (the default): `prune_finetune` (or ``distill``), whose cosine
+    anneals to 0 over ``epochs`` epochs, or over a budget of ``seconds`` of wall time (the equal-time run), evaluated
+    once at its end (a cosine run has no curve to read at other times). Returns its accuracy."""
     model = _copy(dense)
     prune_finetune(model, level, data, cfg.finetune.train_config(cfg.seed, epochs or 10_000, distill),
                    scope=cfg.scope, budget_seconds=seconds, device=next(model.parameters()).device,
