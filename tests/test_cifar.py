@@ -217,6 +217,7 @@ def test_prune_train_cosine_anneals_within_every_cycle(cifar_small):
     (["--relax-temperature", "-1"], "--relax-temperature must be 0 or more"),
     (["--polish-lr", "0"], "--polish-lr must be positive"),
     (["--distill-temperature", "-2"], "--distill-temperature must be 0 or more"),
+    (["--polish-temperature", "-1"], "--polish-temperature must be 0 or more"),
     (["--connect-anchor", "1.5"], r"--connect-anchor must lie in \[0, 1\]"),
     (["--line-points", "1"], "--line-points must be at least 2"),
     (["--validation", "50000"], "--validation must leave training images"),
@@ -272,6 +273,9 @@ def test_cifar_benchmark_runs_end_to_end(tmp_path, data_dir, capsys):
                                  "oneshot+distill, equal time"}
     assert st["export"]["max_output_difference"] <= 1e-5 and st["export"]["filters_removed"] == 3
     assert st["peer_schedule"] == "cosine"  # the peers anneal, as the geodesic's closing correction does
+    # the label-free peer on the tempered loss, the closing correction on the logits (each as chosen on held-out images)
+    assert (st["distill_temperature"], st["distill_lr"]) == (2, 0.05)
+    assert (st["polish_temperature"], st["polish_lr"]) == (0, 0.003)
     # Algorithm 1: each stage runs until it reaches its target (at most 8 x 4 steps), its correction bounded
     assert st["geo"]["max_steps"] == 32 and st["geo"]["anchor_radius"] == 1.0
     # its own metric batch (the connect experiments keep --metric-batch), counted on the epochs axis
