@@ -376,11 +376,11 @@ def recover_epochs(rows: list[dict], level: float) -> float | None:
 
 
 def print_structured(r: dict) -> None:
-    dense = r["dense"]["test_accuracy"]
-    print(f"\n### VGG11 (width {r['width']}) on CIFAR-10: {r['n_filters']} of the filters of {r['layer']} removed\n")
     def loss(t: float) -> str:
         return "the logits" if not t else f"the softmax at T = {t:g}"
 
+    dense = r["dense"]["test_accuracy"]
+    print(f"\n### VGG11 (width {r['width']}) on CIFAR-10: {r['n_filters']} of the filters of {r['layer']} removed\n")
     print(f"dense network: {dense:.2f}% after {r['dense']['epochs']} epochs ({r['dense']['train_seconds']:.0f} s); "
           f"the peers' learning rate: {r['peer_schedule']}; distillation on {loss(r['distill_temperature'])} at lr "
           f"{r['distill_lr']:g}, the closing correction on {loss(r['polish_temperature'])} at lr {r['polish_lr']:g}\n")
