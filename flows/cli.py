@@ -62,6 +62,9 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type[BaseModel], pr
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             add_config_options(parser, ann, prefix=f"{dest}.", skip=("seed",))  # one --seed for everything
             continue
+        if type(None) in args and len(args) == 2:  # optional (None: the application fills it in): the inner type
+            ann = next(a for a in args if a is not type(None))
+            args = typing.get_args(ann)
         default = field.default if field.default_factory is None else field.default_factory()
         text = " ".join((field.description or "").split()).replace("%", "%%")  # the field's docstring
         kwargs: dict = {"dest": dest, "default": None, "help": f"{text} (default: {default})".lstrip()}

@@ -41,6 +41,7 @@ def continual_flow(params: ContinualConfig = ContinualConfig(), data_dir: str | 
                    experiment: str = EXPERIMENT) -> list[dict]:
     """Learn ``params.n_tasks()`` tasks of ``params.scenario`` in sequence without forgetting (Alg. 2)."""
     data_dir = confine_paths(data_dir, ())  # first: inside the roots
+    params = params.resolved()  # the traversal's settings left None: the scenario's (what is cached and logged)
     log = get_run_logger()
     version = code_version(params.scenario, params.model_name())
     scenario = get_scenario(params.scenario)

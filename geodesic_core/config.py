@@ -4,7 +4,7 @@ MLflow params (``--batch-size`` <-> ``batch_size``)."""
 from __future__ import annotations
 
 import copy
-from typing import Callable, Iterable, Literal, TypeVar
+from typing import Callable, Iterable, Literal, TypeVar, get_args
 
 from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, create_model, field_validator,
                       model_validator)
@@ -68,18 +68,30 @@ class _Config(BaseModel):
 C = TypeVar("C", bound=type[_Config])
 
 
-def with_defaults(base: C, name: str, module: str, **defaults) -> C:
+def with_defaults(base: C, name: str, module: str, none_means: dict[str, str] | None = None, **defaults) -> C:
     """A subclass of ``base`` whose fields default to ``defaults``: an application's own defaults for a nested
     setting (the sparsify flow's ``geo.eta`` is 0.2, GeoConfig's 0.05), held by a class, so that its JSON schema
-    (the Prefect UI's run form), the CLI's help and a run started with no options all read the same numbers."""
+    (the Prefect UI's run form), the CLI's help and a run started with no options all read the same numbers.
+
+    A field defaulting to None here that ``base`` does not allow None becomes optional, None standing for a value
+    the application fills in later (the continual flow's scenario-dependent settings); ``none_means[key]`` says
+    which, appended to the field's description."""
     fields = {}
     for key, value in defaults.items():
         info = copy.copy(base.model_fields[key])
         info.default, info.default_factory = value, None
+        if value is None and not _allows_none(info.annotation):
+            info.annotation = info.annotation | None
+            if none_means and key in none_means:
+                info.description = f"{info.description} None: {none_means[key]}"
         fields[key] = (info.annotation, info)
     cls = create_model(name, __base__=base, __module__=module, **fields)
     cls.__doc__ = f"{base.__doc__}\n\n    Defaults here: {', '.join(f'{k} = {v}' for k, v in defaults.items())}."
     return cls
+
+
+def _allows_none(annotation) -> bool:
+    return annotation is None or type(None) in get_args(annotation)
 
 
 class _ModelOnDataset(_Config):
@@ -249,7 +261,7 @@ class GeoConfig(_Config):
 
     @model_validator(mode="after")
     def _check_temperature(self) -> "GeoConfig":
-        if self.temperature != 1.0 and self.output_space != "softmax":
+        if self.temperature not in (None, 1.0) and self.output_space != "softmax":  # None: filled in later
             raise ValueError(f"a temperature ({self.temperature}) only applies to the softmax output space; "
                              f"add --geo.output-space softmax or drop --geo.temperature")
         return self

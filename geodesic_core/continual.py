@@ -48,9 +48,22 @@ from .train import evaluate
 
 # --- configuration: the continual flow's settings and its defaults for the nested ones ---------------------
 
-ContinualGeoConfig = with_defaults(GeoConfig, "ContinualGeoConfig", __name__, eta=0.1, anchor=1.0, max_steps=4000, patience=50,
-                                   metric_batch=256, solver="cg", cg_iters=10, output_space="softmax",
-                                   temperature=10.0)
+SCENARIO_SETTINGS = ("eta", "anchor", "metric_batch", "temperature")  # geo settings whose default is the scenario's
+
+
+def _by_scenario(key: str) -> str:
+    """Which value each registered scenario gives ``key`` (its `TraversalDefaults`), for the field's description."""
+    values: dict = {}
+    for name, sc in SCENARIOS.items():
+        values.setdefault(getattr(sc.traversal, key), []).append(name)
+    return "the scenario's: " + "; ".join(f"{v:g} for {', '.join(n)}" if not isinstance(v, str) else
+                                          f"{v} for {', '.join(n)}" for v, n in values.items()) + "."
+
+
+ContinualGeoConfig = with_defaults(GeoConfig, "ContinualGeoConfig", __name__,
+                                   none_means={k: _by_scenario(k) for k in SCENARIO_SETTINGS},
+                                   eta=None, anchor=None, max_steps=4000, patience=50, metric_batch=None, solver="cg",
+                                   cg_iters=10, output_space="softmax", temperature=None)
 ContinualTrainConfig = with_defaults(TrainConfig, "ContinualTrainConfig", __name__, epochs=5, lr=0.05)
 
 
@@ -77,13 +90,14 @@ class ContinualConfig(_Config):
     shared_init: bool = False
     """Every per-task network starts from the same random initialization (from seed; they stay independent
     and train concurrently); off: network i starts from seed + i."""
-    align: Literal["auto", "activations", "none"] = "none"
-    """Before each traversal (and each straight line), permute w_i's hidden units to match w_{1:i-1}'s
-    (activation matching on task i's inputs, `geodesic_core.align`): w_i's function, so task i's accuracy, is
-    unchanged, and the path to w_{1:i-1} is shorter. auto: where the architecture allows it (chain networks such as
-    LeNet-300-100 and the CNN, the pre-activation ResNet); activations: always (an architecture it cannot align is
-    an error before any training); none (the default): w_i as trained, the paper as written. It pays on MNIST ->
-    Fashion-MNIST (README); on permuted MNIST, whose tasks permute the pixels, there is little to match."""
+    align: Literal["auto", "activations", "none"] | None = Field(None, description=(
+        "Before each traversal (and each straight line), permute w_i's hidden units to match w_{1:i-1}'s (activation "
+        "matching on task i's inputs, `geodesic_core.align`): w_i's function, so task i's accuracy, is unchanged, "
+        "and the path to w_{1:i-1} is shorter. auto: where the architecture allows it (chain networks such as "
+        "LeNet-300-100 and the CNN, the pre-activation ResNet); activations: always (an architecture it cannot align "
+        "is an error before any training); none: w_i as trained, the paper as written. None: " + _by_scenario("align")
+        + " It pays on MNIST -> Fashion-MNIST (README); on permuted MNIST, whose tasks permute the pixels, there is "
+        "little to match."))
     l2_strength: float = Field(0.01, ge=0.0)
     """λ of the L2 pull (λ/2) ‖w − w_{1:i-1}‖²."""
     ewc_strength: float = Field(100.0, ge=0.0)
@@ -101,8 +115,9 @@ class ContinualConfig(_Config):
     seed: int = 0
     """Seed of the per-task networks, the traversals and the baselines."""
     geo: ContinualGeoConfig = Field(default_factory=ContinualGeoConfig)
-    """Each traversal Geo(w_i, g^i, w_{1:i-1}, s), geo.max_steps = s (by default g^i and the anchor on
-    softmax(f / 10), which tolerates logit changes that do not change task i's predictions)."""
+    """Each traversal Geo(w_i, g^i, w_{1:i-1}, s), geo.max_steps = s (g^i and the anchor on softmax(f / T), which
+    tolerates logit changes that do not change task i's predictions; eta, anchor, metric_batch and temperature left
+    None take the scenario's values)."""
     train: ContinualTrainConfig = Field(default_factory=ContinualTrainConfig)
     """Training of every per-task network w_i, and of each later task for the sequential baselines."""
 
@@ -157,6 +172,19 @@ class ContinualConfig(_Config):
             raise ValueError(f"--equal-time gives the sequential baselines the geodesic's wall time: methods must "
                              f"include geodesic and one of {', '.join(SEQUENTIAL_METHODS)}, got {self.methods}")
         return self
+
+    def resolved(self) -> "ContinualConfig":
+        """This config with the settings left None filled in from the scenario's `TraversalDefaults`: ``align``
+        and ``geo``'s eta, anchor, metric_batch and temperature (T = 1 where g^i is on the logits). What the flow
+        runs, caches on and logs to MLflow; a resolved config resolves to itself."""
+        defaults = get_scenario(self.scenario).traversal
+        fill = {k: getattr(defaults, k) for k in SCENARIO_SETTINGS if getattr(self.geo, k) is None}
+        if "temperature" in fill and self.geo.output_space != "softmax":
+            fill["temperature"] = 1.0
+        if not fill and self.align is not None:
+            return self
+        return type(self).model_validate({**self.model_dump(), "geo": {**self.geo.model_dump(), **fill},
+                                          "align": self.align or defaults.align})
 
     def sequential_methods(self) -> list[str]:
         """The sequential baselines (sgd, l2, ewc) among ``methods``."""
@@ -217,6 +245,10 @@ def continual_geodesic(model: nn.Module, previous: nn.Module, pool: torch.Tensor
     the criteria of section 3; its end point is w_{1:i}. For a multi-head network (``task.head``) g^i and the
     anchor see task i's head only.
     """
+    unset = [k for k in SCENARIO_SETTINGS if getattr(cfg, k, 0) is None]
+    if unset:
+        raise ValueError(f"geo.{', geo.'.join(unset)} unset (None): resolve the config first, "
+                         f"ContinualConfig.resolved() fills them in from the scenario")
     w_prev = flat_params(previous).to(flat_params(model))
     view = task_view(model, task) if task is not None else model
     return geo(view, FixedTarget(w_prev), pool, cfg, callbacks=callbacks, generator=generator)

@@ -64,7 +64,7 @@ def alignment_plan(cfg: ContinualConfig) -> str | None:
     scenario = get_scenario(cfg.scenario)
     model = build_scenario_model(scenario, cfg.model, 0)
     x = torch.randn(4, scenario.in_channels, scenario.image_size, scenario.image_size)
-    return core_alignment_plan(model, cfg.align, x)
+    return core_alignment_plan(model, cfg.resolved().align, x)
 
 
 def _align_start(model, prev, pool: torch.Tensor, index: int, cfg: ContinualConfig) -> dict:

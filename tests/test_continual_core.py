@@ -59,6 +59,29 @@ def test_task_count_is_checked():
     assert ContinualConfig().n_tasks() == 5 and ContinualConfig(scenario="mnist_fashion").n_tasks() == 2
 
 
+def test_unset_traversal_settings_are_the_scenarios():
+    """eta, anchor, metric_batch, temperature and align left None take the scenario's `TraversalDefaults`: the
+    paper's permuted-MNIST setting, the recipe chosen on held-out images for MNIST -> Fashion-MNIST; a value the
+    user gives is kept; on the logits T is 1; the core refuses an unresolved config."""
+    base = ContinualConfig()
+    assert (base.geo.eta, base.geo.anchor, base.geo.metric_batch, base.geo.temperature, base.align) == (None,) * 5
+    r = base.resolved()
+    assert (r.geo.eta, r.geo.anchor, r.geo.metric_batch, r.geo.temperature, r.align) == (0.1, 1.0, 256, 10.0, "none")
+    assert r.resolved() == r and r.geo.max_steps == base.geo.max_steps == 4000
+    heads = ContinualConfig(scenario="mnist-fashion-heads").resolved()
+    assert (heads.geo.temperature, heads.align) == (10.0, "none")
+    mf = ContinualConfig(scenario="mnist-fashion").resolved()
+    assert (mf.geo.eta, mf.geo.anchor, mf.geo.metric_batch, mf.geo.temperature, mf.align) == (0.3, 0.5, 128, 4.0, "auto")
+    mine = ContinualConfig(scenario="mnist_fashion", geo={"anchor": 0.3, "cg_iters": 5}, align="none").resolved()
+    assert (mine.geo.anchor, mine.geo.cg_iters, mine.geo.eta, mine.align) == (0.3, 5, 0.3, "none")
+    assert ContinualConfig(geo={"output_space": "logits"}).resolved().geo.temperature == 1.0
+    with pytest.raises(ValueError, match="a temperature"):
+        ContinualConfig(geo={"output_space": "logits", "temperature": 4.0})
+    model = tiny_mlp()
+    with pytest.raises(ValueError, match=r"geo.eta, geo.anchor, geo.metric_batch, geo.temperature unset.*resolved"):
+        continual_geodesic(model, tiny_mlp(), torch.randn(8, 6), base.geo)
+
+
 def test_fisher_diagonal_matches_a_per_example_per_class_loop():
     model = tiny_mlp()
     x = torch.randn(9, 6, generator=torch.Generator().manual_seed(3))

@@ -121,6 +121,12 @@ def test_mnist_to_fashion_with_the_papers_shared_10_way_head(harness, workdir, d
     for r in children:
         assert r.data.params["scenario"] == "mnist_fashion" and r.data.params["tasks"] == "2"
         assert {"acc_task_1", "acc_task_2"} <= set(r.data.metrics) and "acc_task_3" not in r.data.metrics
+        # the traversal's settings left unset are the scenario's, and MLflow holds them, not None
+        p = r.data.params
+        assert (p["geo.temperature"], p["geo.anchor"], p["geo.eta"], p["geo.metric_batch"], p["align"]) == (
+            "4.0", "0.5", "0.3", "128", "auto")
+    geo = next(r for r in children if r.data.params["method"] == "geodesic")
+    assert geo.data.metrics["aligned_units_moved"] > 0  # the scenario's align auto: the CNN's units matched
 
 
 @pytest.mark.parametrize("args,match", [
@@ -163,14 +169,15 @@ def test_a_methods_cache_key_ignores_the_other_methods_settings():
 
 def test_the_stages_alignment_is_decided_before_any_work():
     """auto aligns w_i to w_{1:i-1} where the scenario's network allows it and gives the reason where not;
-    activations refuses such a network; none (the default) never aligns."""
+    activations refuses such a network; none (permuted MNIST's default) never aligns."""
     from geodesic_core import InputError
     from geodesic_core.continual import ContinualConfig
     from tasks.continual import alignment_plan
 
     assert alignment_plan(ContinualConfig(align="auto")) is None
     assert alignment_plan(ContinualConfig(scenario="mnist_fashion_heads", align="auto")) is None
-    assert alignment_plan(ContinualConfig()) == "align none"  # the default: the paper as written
+    assert alignment_plan(ContinualConfig()) == "align none"  # permuted MNIST's default: the paper as written
+    assert alignment_plan(ContinualConfig(scenario="mnist_fashion")) is None  # MNIST -> Fashion's: auto
     assert "--align none" in alignment_plan(ContinualConfig(model="torchvision:resnet18", align="auto"))
     with pytest.raises(InputError, match="neuron alignment supports"):
         alignment_plan(ContinualConfig(model="torchvision:resnet18", align="activations"))

@@ -71,3 +71,20 @@ def test_the_run_forms_take_a_registered_name_or_an_import_path_and_nothing_else
         if flow is not continual_flow:
             assert validate({"params": {"dataset": "mypkg.data:load"}}, schema, ignore_required=True) == []
             assert validate({"params": {"dataset": "svhn"}}, schema, ignore_required=True)
+
+
+def test_the_continual_form_leaves_the_scenarios_settings_to_the_scenario():
+    """The run form's traversal settings that depend on the scenario start empty (null) and say each scenario's
+    value, so a run started from the form on MNIST -> Fashion-MNIST gets that scenario's, not permuted MNIST's."""
+    from flows.continual import continual_flow
+
+    schema = continual_flow.parameters.model_dump(mode="json")
+    default = schema["properties"]["params"]["default"]
+    assert [default["geo"][k] for k in ("eta", "anchor", "metric_batch", "temperature")] == [None] * 4
+    assert default["align"] is None and default["geo"]["max_steps"] == 4000
+    geo = schema["definitions"]["ContinualGeoConfig"]["properties"]
+    assert "10 for permuted_mnist, mnist_fashion_heads; 4 for mnist_fashion" in geo["temperature"]["description"]
+    assert "auto for mnist_fashion" in schema["definitions"]["ContinualConfig"]["properties"]["align"]["description"]
+    validated = continual_flow.validate_parameters({"params": {**default, "scenario": "mnist_fashion"}})
+    r = validated["params"].resolved()
+    assert (r.geo.temperature, r.geo.anchor, r.geo.eta, r.geo.metric_batch, r.align) == (4.0, 0.5, 0.3, 128, "auto")

@@ -55,7 +55,7 @@ def test_the_flows_defaults_are_the_same_in_the_help_the_form_and_the_run():
                 if f"{nested}.{name}" in helps:
                     assert f"(default: {value})" in helps[f"{nested}.{name}"], f"{cmd}: --{nested}.{name}"
     assert SparsifyConfig().geo.eta == 0.2 and SparsifyConfig(geo={"anchor": 0.5}).geo.eta == 0.2
-    assert ContinualConfig().geo.temperature == 10.0 and ConnectConfig().geo.max_steps == 500
+    assert ContinualConfig().resolved().geo.temperature == 10.0 and ConnectConfig().geo.max_steps == 500
 
 
 def test_a_run_reports_progress_and_live_metrics_and_lists_its_runs(harness, workdir, data_dir, capfd):
