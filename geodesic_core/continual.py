@@ -56,8 +56,8 @@ def _by_scenario(key: str) -> str:
     values: dict = {}
     for name, sc in SCENARIOS.items():
         values.setdefault(getattr(sc.traversal, key), []).append(name)
-    return "the scenario's: " + "; ".join(f"{v:g} for {', '.join(n)}" if not isinstance(v, str) else
-                                          f"{v} for {', '.join(n)}" for v, n in values.items()) + "."
+    shown = {(v if isinstance(v, str) else f"{v:g}"): n for v, n in values.items()}
+    return "the scenario's: " + "; ".join(f"{v} for {', '.join(n)}" for v, n in shown.items()) + "."
 
 
 ContinualGeoConfig = with_defaults(GeoConfig, "ContinualGeoConfig", __name__,
