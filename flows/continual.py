@@ -31,8 +31,11 @@ def _for_method(params: ContinualConfig, method: str | None = None) -> Continual
     """The settings one method's tasks depend on (their cache key): the per-task networks (``method=None``)
     depend on neither the methods nor their settings, and a method's chain not on the other methods'."""
     keep = {"scenario", "tasks", "model", "permutation_seed", "shared_init", "seed", "train"}
-    keep |= {"geodesic": {"geo", "eval_every", "linear_points", "align"}, "linear": {"linear_points", "align"},
+    keep |= {"geodesic": {"geo", "eval_every", "linear_points", "align", "fisher_weight", "fisher_samples"},
+             "linear": {"linear_points", "align"},
              "l2": {"l2_strength"}, "ewc": {"ewc_strength", "fisher_samples"}}.get(method, set())
+    if method == "geodesic" and not params.fisher_weight:  # the geodesic reads a Fisher only when aimed by it
+        keep.discard("fisher_samples")
     return ContinualConfig(**{k: getattr(params, k) for k in keep}, methods=[method] if method else ["geodesic"])
 
 
@@ -72,10 +75,14 @@ def _learn_sequence(params: ContinualConfig, parent: dict, data_dir: str, finger
     prev = {m: nets[0] for m in params.methods}
     pull = consolidate_fisher.submit(nets[0], 0, None, cfg["ewc"], *common) if "ewc" in params.methods else None
     pulls = [pull] if pull else []
+    # with fisher_weight > 0 the geodesic's chain keeps its own Fisher of the earlier tasks, as EWC does (no labels)
+    aimed = "geodesic" in params.methods and params.fisher_weight > 0
+    fisher = (pull or consolidate_fisher.submit(nets[0], 0, None, cfg["geodesic"], *common)) if aimed else None
+    fishers = {"geodesic": [fisher] if fisher else [], "ewc": pulls}
     for i in range(1, k):
         for m in params.methods:
             if m == "geodesic":
-                prev[m] = geodesic_stage.submit(nets[i], prev[m], i, cfg[m], *common, track=tracks[m])
+                prev[m] = geodesic_stage.submit(nets[i], prev[m], i, cfg[m], *common, track=tracks[m], fisher=fisher)
             elif m == "linear":
                 prev[m] = linear_stage.submit(nets[i], prev[m], i, cfg[m], *common, track=tracks[m])
             else:
@@ -85,9 +92,11 @@ def _learn_sequence(params: ContinualConfig, parent: dict, data_dir: str, finger
         if "ewc" in params.methods and i < k - 1:
             pull = consolidate_fisher.submit(prev["ewc"], i, pull, cfg["ewc"], *common)
             pulls.append(pull)
+        if aimed and i < k - 1:
+            fisher = consolidate_fisher.submit(prev["geodesic"], i, fisher, cfg["geodesic"], *common)
+            fishers["geodesic"].append(fisher)
 
     # --- the sequential baselines again at the geodesic's wall time, stage by stage -------------------------
-    fishers = {"ewc": pulls}
     if params.equal_time:
         sequential = params.sequential_methods()
         for m in sequential:
@@ -98,6 +107,8 @@ def _learn_sequence(params: ContinualConfig, parent: dict, data_dir: str, finger
         fishers["ewc_equal_time"] = pulls[:1]
         for i in range(1, k):
             budget = nets[i].result()["wall_seconds"] + stages["geodesic"][i - 1].result()["wall_seconds"]
+            if aimed:  # the Fisher the geodesic's stage aimed with counts in its time
+                budget += fishers["geodesic"][i - 1].result()["wall_seconds"]
             for m in sequential:
                 own = budget - (pull.result()["wall_seconds"] if m == "ewc" else 0.0)  # EWC's Fisher counts too
                 epochs = equal_time_epochs(params.train.epochs, stages[m][i - 1].result()["wall_seconds"], own)

@@ -42,7 +42,7 @@ from .metric import FUNC_LOCK, eval_mode, flat_params
 from .models import build_model
 from .scenarios import (SCENARIOS, Scenario, TaskSpec, check_scenario_data, check_scenario_name,  # noqa: F401
                         check_task_count, get_scenario)
-from .targets import FixedTarget
+from .targets import FixedTarget, WeightedTarget
 from .train import evaluate
 
 
@@ -98,12 +98,19 @@ class ContinualConfig(_Config):
         "is an error before any training); none: w_i as trained, the paper as written. None: " + _by_scenario("align")
         + " It pays on MNIST -> Fashion-MNIST (README); on permuted MNIST, whose tasks permute the pixels, there is "
         "little to match."))
+    fisher_weight: float | None = Field(None, ge=0.0, description=(
+        "ω: each traversal aims along (1 + ω F / mean F) ⊙ (w_{1:i-1} − w) instead of w_{1:i-1} − w, F the "
+        "diagonal Fisher of the earlier tasks' networks, each computed on fisher_samples of its task's inputs when "
+        "its stage ended (what EWC keeps; no labels), so the step closes first the part of the distance that the "
+        "earlier tasks' outputs depend on (the descent direction of ½ (w − w_{1:i-1})^T diag(1 + ω F / mean F) "
+        "(w − w_{1:i-1})). The traversal still ends at w_{1:i-1} and stops on the Euclidean distance. 0: the paper's "
+        "Geo step. None: " + _by_scenario("fisher_weight")))
     l2_strength: float = Field(0.01, ge=0.0)
     """λ of the L2 pull (λ/2) ‖w − w_{1:i-1}‖²."""
     ewc_strength: float = Field(100.0, ge=0.0)
     """λ of EWC's penalty (λ/2) Σ F (w − w_{1:i-1})², one per earlier task."""
     fisher_samples: PositiveInt = 1000
-    """Task inputs over which EWC's diagonal Fisher is averaged."""
+    """Task inputs over which each diagonal Fisher (EWC's, and the geodesic's with fisher_weight > 0) is averaged."""
     linear_points: int = Field(21, ge=3)
     """Points scanned on each straight line."""
     eval_every: PositiveInt = 100
@@ -174,17 +181,19 @@ class ContinualConfig(_Config):
         return self
 
     def resolved(self) -> "ContinualConfig":
-        """This config with the settings left None filled in from the scenario's `TraversalDefaults`: ``align``
-        and ``geo``'s eta, anchor, metric_batch and temperature (T = 1 where g^i is on the logits). What the flow
-        runs, caches on and logs to MLflow; a resolved config resolves to itself."""
+        """This config with the settings left None filled in from the scenario's `TraversalDefaults`: ``align``,
+        ``fisher_weight`` and ``geo``'s eta, anchor, metric_batch and temperature (T = 1 where g^i is on the
+        logits). What the flow runs, caches on and logs to MLflow; a resolved config resolves to itself."""
         defaults = get_scenario(self.scenario).traversal
         fill = {k: getattr(defaults, k) for k in SCENARIO_SETTINGS if getattr(self.geo, k) is None}
         if "temperature" in fill and self.geo.output_space != "softmax":
             fill["temperature"] = 1.0
-        if not fill and self.align is not None:
+        if not fill and self.align is not None and self.fisher_weight is not None:
             return self
         return type(self).model_validate({**self.model_dump(), "geo": {**self.geo.model_dump(), **fill},
-                                          "align": self.align or defaults.align})
+                                          "align": self.align or defaults.align,
+                                          "fisher_weight": (defaults.fisher_weight if self.fisher_weight is None
+                                                            else self.fisher_weight)})
 
     def sequential_methods(self) -> list[str]:
         """The sequential baselines (sgd, l2, ewc) among ``methods``."""
@@ -236,14 +245,17 @@ def task_accuracies(model: nn.Module, tests: Sequence[Split], tasks: Sequence[Ta
 
 def continual_geodesic(model: nn.Module, previous: nn.Module, pool: torch.Tensor, cfg: GeoConfig, *,
                        task: TaskSpec | None = None, callbacks: Sequence[Callable[[StepInfo], None]] = (),
-                       generator: torch.Generator | None = None) -> GeoResult:
+                       generator: torch.Generator | None = None, fisher: torch.Tensor | None = None,
+                       fisher_weight: float = 0.0) -> GeoResult:
     """Geo(w_i, g^i, w_{1:i-1}, s): from the task-i network (``model``, updated in place) toward ``previous``.
 
     Each step solves eq. 6-7 under g^i estimated on a batch of ``pool`` (task i's training inputs
     ``(P, C, H, W)``, nothing else), with the output anchor toward w_i's own outputs on those inputs
     (``cfg.anchor``), which keeps task i's function while the weights move to w_{1:i-1}. The traversal ends by
     the criteria of section 3; its end point is w_{1:i}. For a multi-head network (``task.head``) g^i and the
-    anchor see task i's head only.
+    anchor see task i's head only. With ``fisher_weight`` ω > 0 and ``fisher`` F ``(n,)`` (the earlier tasks'
+    diagonal Fisher summed, `fisher_diagonal`, in `flat_params` order) eq. 6 is solved for the descent direction
+    of ½ (w − w_{1:i-1})^T diag(a) (w − w_{1:i-1}), a = 1 + ω F / mean(F) (`WeightedTarget`).
     """
     unset = [k for k in SCENARIO_SETTINGS if getattr(cfg, k, 0) is None]
     if unset:
@@ -251,7 +263,24 @@ def continual_geodesic(model: nn.Module, previous: nn.Module, pool: torch.Tensor
                          f"ContinualConfig.resolved() fills them in from the scenario")
     w_prev = flat_params(previous).to(flat_params(model))
     view = task_view(model, task) if task is not None else model
-    return geo(view, FixedTarget(w_prev), pool, cfg, callbacks=callbacks, generator=generator)
+    return geo(view, fisher_target(w_prev, fisher, fisher_weight), pool, cfg, callbacks=callbacks,
+               generator=generator)
+
+
+def fisher_target(w_prev: torch.Tensor, fisher: torch.Tensor | None, fisher_weight: float) -> FixedTarget:
+    """The traversal's target w_{1:i-1} ``(n,)``: approached along w_{1:i-1} − w (ω = 0), or along
+    (1 + ω F / mean F) ⊙ (w_{1:i-1} − w) with the earlier tasks' diagonal Fisher ``fisher`` F ``(n,)``."""
+    if not (fisher_weight >= 0 and math.isfinite(fisher_weight)):
+        raise InputError(f"fisher_weight must be a finite number >= 0, got {fisher_weight}")
+    if fisher_weight == 0:
+        return FixedTarget(w_prev)
+    if fisher is None:
+        raise ValueError("fisher_weight > 0 needs the earlier tasks' diagonal Fisher (fisher_diagonal)")
+    f = fisher.to(w_prev).reshape(-1)
+    mean = float(f.mean()) if f.shape == w_prev.shape else 0.0
+    if not (mean > 0 and math.isfinite(mean) and (f >= 0).all()):
+        raise InputError(f"the earlier tasks' Fisher must be {w_prev.numel()} finite numbers >= 0, not all zero")
+    return WeightedTarget(w_prev, weights=1 + fisher_weight * f / mean)
 
 
 def linear_scan(points: Sequence[torch.Tensor], measure: Callable[[torch.Tensor], list[float]]

@@ -333,8 +333,9 @@ class _ZeroDirection(NonFiniteError):
     """Eq. 6 gave θ = 0 at finite weights: there is no step to shorten, so it is not taken again."""
 
 
-def _corrected_step(model, w, w_a, d, idx, x, eta, cfg, anchor, distiller, traced, target, step, since_bn):
-    """One Geo step of length ``eta`` from ``w`` toward ``w_a`` (``d = w_a − w``, all ``(n,)``) on the metric batch
+def _corrected_step(model, w, w_a, d, idx, x, eta, cfg, anchor, distiller, traced, target, step, since_bn, aim=None):
+    """One Geo step of length ``eta`` from ``w`` toward ``w_a`` (``d = w_a − w``, all ``(n,)``; eq. 6 solved for
+    ``aim``, the target's `aim` of d, where it has one, else for d itself) on the metric batch
     ``x = pool[idx]`` ``(N, ...)``: eq. 6 solved (exactly or by Lanczos-CG), Δw = η θ / ‖θ‖ (eq. 7), then the
     correctors (the output anchor's Gauss-Newton correction, the distillation corrector, the sideways projection).
     Returns the new weights ``(n,)``, J Δw on the batch ``(N, m)`` and the sub-problem's solution. The model is left
@@ -342,13 +343,14 @@ def _corrected_step(model, w, w_a, d, idx, x, eta, cfg, anchor, distiller, trace
     ``w``), a product, the Gram matrix or θ overflowed (`_traverse` takes the step again shorter, at most
     ``GeoConfig.nonfinite_retries`` times), `_ZeroDirection` for θ = 0 (not taken again)."""
     n_batch = x.shape[0]
+    aim = d if aim is None else aim
     if cfg.solver == "exact":
         factor = GramFactor.compute(model, x, cfg.output_space)
         op = factor.op
-        sol = _solve_exact(factor, d, cfg.beta, cfg.eps)
+        sol = _solve_exact(factor, aim, cfg.beta, cfg.eps)
     else:
         factor, op = None, MetricOperator(model, x, cfg.output_space, traced)
-        sol = _solve_lanczos(op, d, cfg.beta, cfg.eps, cfg.cg_iters)
+        sol = _solve_lanczos(op, aim, cfg.beta, cfg.eps, cfg.cg_iters)
     tnorm = float(sol.theta.norm())
     if not math.isfinite(tnorm) or tnorm == 0.0:
         error = _ZeroDirection if tnorm == 0.0 else NonFiniteError
@@ -420,6 +422,7 @@ def _traverse(model, target, pool, cfg, anchor, callbacks, gen, start_step, dist
     # the cg solver takes 2 cg_iters products J v at each point (the step, then the correction): traced once here,
     # pointed at each step's w and batch (the exact solver takes one or two, where the double vjp is cheaper)
     traced = TracedPushforward(model, cfg.output_space) if cfg.solver == "cg" else None
+    aim = getattr(target, "aim", None)  # the vector eq. 6 is solved for, where the target gives one (WeightedTarget)
     for step in range(start_step, start_step + cfg.max_steps):
         since_bn = (step - start_step) % cfg.bn_every if refresh_bn else None
         if refresh_bn and since_bn == 0:  # the statistics of the network at w
@@ -445,11 +448,12 @@ def _traverse(model, target, pool, cfg, anchor, callbacks, gen, start_step, dist
             step += 1
             stop, dist = "reached", 0.0
             break
+        aim_d = aim(d) if aim is not None else None
         eta, tries = cfg.eta, 0
         while True:  # the step, taken again shorter on fresh statistics and a fresh batch when it overflows
             try:
                 w_new, j_delta, sol = _corrected_step(model, w, w_a, d, idx, x, eta, cfg, anchor, distiller, traced,
-                                                      target, step, since_bn)
+                                                      target, step, since_bn, aim_d)
                 break
             except _ZeroDirection:  # no step to shorten
                 raise

@@ -18,6 +18,9 @@ from .errors import InputError
 
 
 class Target(Protocol):
+    """Maps the current weights ``w (n,)`` and step to w_a ``(n,)``. A target may also define ``aim(d) -> (n,)``,
+    the vector eq. 6 is solved for in place of d = w_a − w (`WeightedTarget`); without it, d itself."""
+
     refresh_every: int | None
 
     def __call__(self, w: torch.Tensor, step: int) -> torch.Tensor: ...
@@ -116,6 +119,34 @@ class FixedTarget:
             raise InputError(f"target network has {self.w_a.numel()} weights, the network {w.numel()}; "
                              f"both must be of the same architecture")
         return self.w_a
+
+
+@dataclass
+class WeightedTarget(FixedTarget):
+    """A fixed network w_a approached along the descent direction of a weighted distance to it,
+
+        D(w) = ½ (w − w_a)^T diag(a) (w − w_a),   −∇D = a ⊙ d,   d = w_a − w,
+
+    with per-weight ``weights`` a ``(n,)`` > 0 (continual learning: a = 1 + ω F / mean(F), F the earlier tasks'
+    diagonal Fisher, so the traversal closes first the part of the distance to w_{1:i-1} that their outputs depend
+    on; a = 1 is `FixedTarget`). The traversal still ends at w_a and its stopping criteria still read the Euclidean
+    distance ‖d‖: only the vector eq. 6 is solved for changes, `aim`."""
+
+    weights: torch.Tensor | None = None
+
+    def __post_init__(self):
+        a = self.weights
+        if a is None or a.shape != self.w_a.shape:
+            raise InputError(f"the target's weights must be one positive number per network weight "
+                             f"({self.w_a.numel()}), got {None if a is None else tuple(a.shape)}")
+        if not (torch.isfinite(a).all() and (a > 0).all()):
+            raise InputError("the target's weights must be finite and positive (a = 1 + ω F / mean(F), ω ≥ 0)")
+
+    def aim(self, d: torch.Tensor) -> torch.Tensor:
+        """The vector eq. 6 is solved for, in place of ``d = w_a − w`` ``(n,)``: a ⊙ d scaled to ‖d‖ (the
+        sub-problem then weighs it against its regularizer as it would d)."""
+        ad = self.weights.to(d) * d
+        return ad * (d.norm() / ad.norm().clamp_min(torch.finfo(d.dtype).tiny))
 
 
 @dataclass

@@ -104,20 +104,29 @@ def train_task_network(index: int, cfg: ContinualConfig, data_dir: str | None, d
 
 @task(**CACHED)
 def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConfig, data_dir: str | None,
-                   data_fingerprint: str, code_version: str, track: dict | None = None) -> dict:
-    """Algorithm 2 line 7: Geo(w_i, g^i, w_{1:i-1}, s) under task i's metric; the end point is w_{1:i}.
+                   data_fingerprint: str, code_version: str, track: dict | None = None,
+                   fisher: dict | None = None) -> dict:
+    """Algorithm 2 line 7: Geo(w_i, g^i, w_{1:i-1}, s) under task i's metric; the end point is w_{1:i}. With
+    ``cfg.fisher_weight`` > 0 each step aims along (1 + ω F / mean F) ⊙ (w_{1:i-1} − w), F the earlier tasks'
+    diagonal Fisher held in ``fisher`` (`consolidate_fisher` over this chain's networks).
 
     Along the way the test accuracy on tasks 1..i is recorded every ``cfg.eval_every`` steps; the straight
     line between the same endpoints is scanned for comparison; both paths are projected on their first two
     principal components (paper Fig. 5A/B). Live metrics (``distance``, ``step_length``, ``path_length``,
     ``acc_task_j``) go to the child run ``track`` at the geodesic step counted over all stages.
     """
+    weight = cfg.resolved().fisher_weight
+    if weight > 0 and fisher is None:
+        raise ValueError("fisher_weight > 0: the geodesic stage needs the earlier tasks' Fisher (consolidate_fisher)")
+    fisher = fisher if weight > 0 else None
     out = checkpoint_path("continual-geodesic", current["sha256"], previous["sha256"], index, cfg.geo.model_dump(),
-                          cfg.seed, cfg.align, data_fingerprint, code_version)
+                          cfg.seed, cfg.align, data_fingerprint, code_version,
+                          *((weight, fisher["sha256"]) if fisher else ()))
     if (done := finished(out)) is not None:
         return done
     model, meta = open_ref(current)
     prev, _ = open_ref(previous)
+    f_sum = load_tensors(fisher["path"])[0]["a"] if fisher else None
     pool = _train_split(cfg, index, data_dir).x
     t_align = time.perf_counter()
     aligned = _align_start(model, prev, pool, index, cfg)
@@ -153,7 +162,8 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
         t0 = time.perf_counter()
         res = continual_geodesic(model, prev, pool, cfg.geo.model_copy(update={"seed": cfg.seed}), task=specs[index],
                                  callbacks=[lambda info: live.geo_step(
-                                     info._replace(step=first + info.step), offset), record], generator=gen)
+                                     info._replace(step=first + info.step), offset), record], generator=gen,
+                                 fisher=f_sum, fisher_weight=weight)
         wall = time.perf_counter() - t0 - spent[0] + t_align
         w_end = flat_params(model)
         if rows[-1]["step"] != res.steps:
@@ -188,7 +198,8 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
         end_step=first + res.steps, end_path_length=offset + res.path_length,
         distance=res.distance, path_rows=rows, line_rows=line_rows, path_length=geo_len[-1],
         path_length_euclidean=euclid["length"], line_path_length=lin_len[-1],
-        line_path_length_euclidean=float((w_prev - w_start).norm()), **aligned), task=index, test_accuracy=accs[index])
+        line_path_length_euclidean=float((w_prev - w_start).norm()), fisher_weight=weight, **aligned), task=index,
+        test_accuracy=accs[index])
 
 
 @task(**CACHED)

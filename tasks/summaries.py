@@ -63,7 +63,8 @@ def continual_row(method: str, params, trained: list[dict], results: list[dict],
     task i+1; row 1 is the task-1 network, shared by every method).
 
     ``wall_seconds``: the method's own compute after task 1: the per-task networks w_2..w_k and the traversals
-    (geodesic) or scans (linear); the sequential training (sgd, l2, ewc) plus ``extra_seconds`` (EWC's Fisher).
+    (geodesic) or scans (linear); the sequential training (sgd, l2, ewc); plus ``extra_seconds``: the Fisher that EWC
+    keeps, and the geodesic with fisher_weight > 0.
     ``epochs`` (the sequential baselines): their training epochs summed over the stages.
     """
     from geodesic_core.continual import average_accuracy, backward_transfer

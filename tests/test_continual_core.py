@@ -10,9 +10,9 @@ from geodesic_core import InputError, flat_params, train
 from geodesic_core.config import GeoConfig, TrainConfig
 from geodesic_core.continual import ContinualConfig
 from geodesic_core.continual import (QuadraticPull, average_accuracy, backward_transfer, build_scenario_model,
-                                     check_scenario_name, continual_geodesic, fisher_diagonal, get_scenario,
-                                     linear_scan, load_task, pca_2d, task_accuracies,
-                                     task_view)
+                                     check_scenario_name, continual_geodesic, fisher_diagonal, fisher_target,
+                                     get_scenario, linear_scan, load_task, pca_2d, task_accuracies, task_view)
+from geodesic_core.targets import WeightedTarget
 from geodesic_core.data import Split
 from geodesic_core.metric import linear_path
 
@@ -80,6 +80,30 @@ def test_unset_traversal_settings_are_the_scenarios():
     model = tiny_mlp()
     with pytest.raises(ValueError, match=r"geo.eta, geo.anchor, geo.metric_batch, geo.temperature unset.*resolved"):
         continual_geodesic(model, tiny_mlp(), torch.randn(8, 6), base.geo)
+    # the Fisher-aimed step: None is the scenario's ω, a given value wins, a negative one is refused
+    assert base.fisher_weight is None and r.fisher_weight == 0.0 and heads.fisher_weight == 0.0
+    assert mf.fisher_weight == get_scenario("mnist_fashion").traversal.fisher_weight
+    assert ContinualConfig(scenario="mnist_fashion", fisher_weight=0).resolved().fisher_weight == 0.0
+    assert ContinualConfig(fisher_weight=2.5).resolved().fisher_weight == 2.5
+    with pytest.raises(ValueError, match="fisher_weight"):
+        ContinualConfig(fisher_weight=-1)
+
+
+def test_the_fisher_aimed_target_weighs_the_earlier_tasks_fisher():
+    """fisher_target: ω = 0 is the paper's FixedTarget; ω > 0 aims along (1 + ω F / mean F) ⊙ d; a missing,
+    mis-sized, negative or all-zero Fisher is refused."""
+    w = torch.randn(10)
+    f = torch.rand(10)
+    assert type(fisher_target(w, None, 0.0)).__name__ == "FixedTarget"
+    t = fisher_target(w, f, 2.0)
+    assert isinstance(t, WeightedTarget) and torch.allclose(t.weights, 1 + 2.0 * f / f.mean())
+    with pytest.raises(ValueError, match="needs the earlier tasks' diagonal Fisher"):
+        fisher_target(w, None, 1.0)
+    for bad in (torch.rand(9), -f, torch.zeros(10)):
+        with pytest.raises(InputError, match="Fisher"):
+            fisher_target(w, bad, 1.0)
+    with pytest.raises(InputError, match="fisher_weight"):
+        fisher_target(w, f, float("nan"))
 
 
 def test_fisher_diagonal_matches_a_per_example_per_class_loop():
@@ -200,3 +224,22 @@ def test_geodesic_stage_reaches_a_network_good_on_both_tasks(two_tasks):
 
     values, best = linear_scan(linear_path(flat_params(w2), flat_params(w1), 11), measure)
     assert min(end) > min(values[best]) + 5.0
+
+
+def test_the_fisher_aimed_stage_closes_the_distance_task_1_depends_on_first(two_tasks):
+    """fisher_weight ω > 0: over the same number of steps the traversal closes more of task 1's Fisher-weighted
+    distance, (w − w_1)^T diag(F_1) (w − w_1), than the paper's step does, and task 2 is kept."""
+    nets, trains, tests = two_tasks
+    w1, w2 = nets
+    fisher = fisher_diagonal(w1, trains[0].x[:100])
+    cfg = GeoConfig(eta=0.2, anchor=1.0, max_steps=20, patience=50, metric_batch=64, solver="cg", cg_iters=10)
+    weighted, accs = {}, {}
+    for omega in (0.0, 1.0):
+        model = copy.deepcopy(w2)
+        res = continual_geodesic(model, w1, trains[1].x, cfg, fisher=fisher, fisher_weight=omega)
+        assert res.steps == 20
+        gap = flat_params(model) - flat_params(w1)
+        weighted[omega] = float((fisher * gap * gap).sum())
+        accs[omega] = task_accuracies(model, tests)
+    assert weighted[1.0] < 0.5 * weighted[0.0]  # measured: 0.11 against 0.43
+    assert accs[1.0][1] > 85.0  # task 2 is kept all the same (90.4; the paper's step: 90.5)

@@ -6,7 +6,7 @@ import pytest
 from flows.cli import main
 
 TINY = ["--tasks", "3", "--train.epochs", "1", "--geo.max-steps", "12", "--eval-every", "4", "--fisher-samples",
-        "64", "--linear-points", "5", "--align", "auto"]
+        "64", "--linear-points", "5", "--align", "auto", "--fisher-weight", "1"]
 
 
 def test_flow_tracks_every_method_and_resumes_from_cache(harness, workdir, data_dir, monkeypatch, capsys):
@@ -58,6 +58,7 @@ def test_flow_tracks_every_method_and_resumes_from_cache(harness, workdir, data_
     for method in ("geodesic", "linear"):
         assert children[method].data.params["align"] == "auto"
         assert 0 < children[method].data.metrics["aligned_units_moved"] <= 800
+    assert children["geodesic"].data.params["fisher_weight"] == "1.0"  # each stage aimed by its chain's Fisher
     assert "aligned_units_moved" not in children["sgd"].data.metrics
     # the path as metric histories at the geodesic step counted over both stages: one point per step
     assert {"global_step"} <= set(path.columns) and path["global_step"].is_unique
@@ -123,8 +124,8 @@ def test_mnist_to_fashion_with_the_papers_shared_10_way_head(harness, workdir, d
         assert {"acc_task_1", "acc_task_2"} <= set(r.data.metrics) and "acc_task_3" not in r.data.metrics
         # the traversal's settings left unset are the scenario's, and MLflow holds them, not None
         p = r.data.params
-        assert (p["geo.temperature"], p["geo.anchor"], p["geo.eta"], p["geo.metric_batch"], p["align"]) == (
-            "4.0", "0.5", "0.3", "128", "auto")
+        assert (p["geo.temperature"], p["geo.anchor"], p["geo.eta"], p["geo.metric_batch"], p["align"],
+                p["fisher_weight"]) == ("4.0", "0.5", "0.3", "128", "auto", "1.0")
     geo = next(r for r in children if r.data.params["method"] == "geodesic")
     assert geo.data.metrics["aligned_units_moved"] > 0  # the scenario's align auto: the CNN's units matched
 
@@ -165,6 +166,11 @@ def test_a_methods_cache_key_ignores_the_other_methods_settings():
     assert _for_method(a, "sgd") == _for_method(b, "sgd") and _for_method(a) == _for_method(b)
     assert _for_method(a, "ewc") != _for_method(b, "ewc")
     assert _for_method(a, "geodesic") != _for_method(b, "geodesic")
+    # the geodesic depends on fisher_samples only when its step is aimed by the Fisher (fisher_weight > 0)
+    plain = [ContinualConfig(fisher_weight=0, fisher_samples=n) for n in (64, 1000)]
+    aimed = [ContinualConfig(fisher_weight=1, fisher_samples=n) for n in (64, 1000)]
+    assert _for_method(plain[0], "geodesic") == _for_method(plain[1], "geodesic")
+    assert _for_method(aimed[0], "geodesic") != _for_method(aimed[1], "geodesic")
 
 
 def test_the_stages_alignment_is_decided_before_any_work():

@@ -4,6 +4,7 @@ import torch
 
 from geodesic_core import (FixedTarget, GeoConfig, InputError, NonFiniteError, SparseTarget, flat_params, geo,
                            param_slices, set_flat_params, sparsity)
+from geodesic_core.targets import WeightedTarget
 from conftest import tiny_mlp
 
 
@@ -25,6 +26,40 @@ def test_traversal_reaches_fixed_target_and_stops(solver):
     assert dists[-1] <= cfg.eta < dists[0]
     lengths = [i.path_length for i in infos]
     assert all(b >= a for a, b in zip(lengths, lengths[1:])) and res.path_length == pytest.approx(lengths[-1])
+
+
+@pytest.mark.parametrize("solver", ["exact", "cg"])
+def test_weighted_target_aims_eq6_along_the_weighted_difference_and_still_lands_on_w_a(solver):
+    """WeightedTarget: eq. 6 is solved for a ⊙ d scaled to |d| (a = 1 is FixedTarget, to the bit); weights on one
+    part of the network close that part's distance first; the traversal still stops on |d| and lands on w_a."""
+    w_a = flat_params(tiny_mlp(1))
+    n = w_a.numel()
+    d = torch.randn(n, generator=torch.Generator().manual_seed(4))
+    a = torch.ones(n)
+    a[: n // 2] = 50.0
+    aimed = WeightedTarget(w_a, weights=a).aim(d)
+    assert float(aimed.norm()) == pytest.approx(float(d.norm()), rel=1e-5)
+    assert torch.nn.functional.cosine_similarity(aimed, a * d, dim=0) == pytest.approx(1.0, abs=1e-5)
+    cfg = GeoConfig(eta=0.05, max_steps=8, metric_batch=16, anchor=0.5, solver=solver, cg_iters=40)
+    ends = {}
+    for name, target in [("fixed", FixedTarget(w_a)), ("ones", WeightedTarget(w_a, weights=torch.ones(n))),
+                         ("half", WeightedTarget(w_a, weights=a))]:
+        model = tiny_mlp(0)
+        res = geo(model, target, _pool(), cfg)
+        assert res.steps == 8 and res.distance == pytest.approx(float((w_a - flat_params(model)).norm()))
+        ends[name] = flat_params(model)
+    assert torch.equal(ends["fixed"], ends["ones"])
+    start = flat_params(tiny_mlp(0))
+    part = slice(0, n // 2)
+    closed = {k: 1 - float((w_a[part] - w[part]).norm() / (w_a[part] - start[part]).norm()) for k, w in ends.items()}
+    assert closed["half"] > 1.5 * closed["fixed"] > 0  # the weighted half's distance closes faster
+    model = tiny_mlp(0)
+    res = geo(model, WeightedTarget(w_a, weights=a), _pool(), cfg.model_copy(update={"max_steps": 500, "anchor": 0.0,
+                                                                                 "eta": 0.2}))
+    assert res.stop_reason == "reached" and torch.equal(flat_params(model), w_a)
+    for bad in (torch.ones(n - 1), -a, a * float("nan")):
+        with pytest.raises(InputError, match="weights"):
+            WeightedTarget(w_a, weights=bad)
 
 
 def test_every_step_has_length_eta_without_anchor():
