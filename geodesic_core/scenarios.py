@@ -41,9 +41,10 @@ class TraversalDefaults:
     ``eta`` (η of eq. 7), the ``anchor``'s weight, the ``metric_batch`` N and the softmax ``temperature`` T of g^i
     and the anchor, ``align`` (auto, activations, none) and ``fisher_weight`` ω (the traversal aims along
     (1 + ω F / mean F) ⊙ (w_{1:i-1} − w), F the earlier tasks' diagonal Fisher; 0: along w_{1:i-1} − w, the
-    paper's Geo step). The defaults are the paper's setting, chosen on
-    permuted MNIST; where the current task's function and the earlier network are far apart (MNIST -> Fashion-MNIST)
-    a softer output space, half the anchor and longer steps on fewer inputs recover the earlier task (README)."""
+    paper's Geo step). The defaults are the paper's setting, chosen on permuted MNIST (which aims the step by the
+    earlier tasks' Fisher, ω = 1); where the current task's function and the earlier network are far apart (MNIST ->
+    Fashion-MNIST) a softer output space, a weaker anchor and longer steps on fewer inputs recover the earlier task
+    (README)."""
 
     eta: float = 0.1
     anchor: float = 1.0
@@ -56,8 +57,13 @@ class TraversalDefaults:
 # MNIST -> Fashion-MNIST, chosen on held-out training images of both tasks, two seeds (README, "The recipe with
 # aligned networks"): 94.40 / 78.08 and 91.46 / 79.06 against 21-24 / 86 with the permuted-MNIST settings; the step
 # aimed by the MNIST network's Fisher, fisher_weight 1 (README, "The step aimed by the MNIST network's Fisher"):
-# 91.02 / 84.78 and 86.70 / 86.00 (averages +1.66, +1.09).
-MNIST_FASHION_TRAVERSAL = TraversalDefaults(eta=0.3, anchor=0.5, metric_batch=128, temperature=4.0, align="auto",
+# 91.02 / 84.78 and 86.70 / 86.00 (averages +1.66, +1.09); with it, anchor 0.2 (README, "The anchor under the aimed
+# step"): 94.78 / 84.08 and 95.00 / 83.58 on new validation networks, where 0.3 gave 92.88 / 84.78 and 92.64 / 85.26.
+# Permuted MNIST: the paper's settings with the step aimed by the earlier tasks' Fisher, fisher_weight 1 (README,
+# "Five permuted tasks, the aimed step"): on validation +1.47 / +0.81 average on two seeds; on the test sets
+# 95.37 / 95.28 against 94.68 (seed 0) with the paper's step.
+PERMUTED_TRAVERSAL = TraversalDefaults(fisher_weight=1.0)
+MNIST_FASHION_TRAVERSAL = TraversalDefaults(eta=0.3, anchor=0.2, metric_batch=128, temperature=4.0, align="auto",
                                             fisher_weight=1.0)
 
 
@@ -87,7 +93,7 @@ class Scenario:
 
 SCENARIOS: dict[str, Scenario] = {
     "permuted_mnist": Scenario("permuted_mnist", "k permuted-MNIST tasks, shared 10-way head", "lenet300", 10, 1,
-                               28, ("permuted_mnist",), max_tasks=None, default_tasks=5),
+                               28, ("permuted_mnist",), max_tasks=None, default_tasks=5, traversal=PERMUTED_TRAVERSAL),
     "mnist_fashion": Scenario("mnist_fashion", "MNIST then Fashion-MNIST, one shared 10-way head (the paper's)",
                               "cnn", 10, 1, 28, ("mnist", "fashion_mnist"), max_tasks=2, default_tasks=2,
                               traversal=MNIST_FASHION_TRAVERSAL),

@@ -71,7 +71,7 @@ def test_unset_traversal_settings_are_the_scenarios():
     heads = ContinualConfig(scenario="mnist-fashion-heads").resolved()
     assert (heads.geo.temperature, heads.align) == (10.0, "none")
     mf = ContinualConfig(scenario="mnist-fashion").resolved()
-    assert (mf.geo.eta, mf.geo.anchor, mf.geo.metric_batch, mf.geo.temperature, mf.align) == (0.3, 0.5, 128, 4.0, "auto")
+    assert (mf.geo.eta, mf.geo.anchor, mf.geo.metric_batch, mf.geo.temperature, mf.align) == (0.3, 0.2, 128, 4.0, "auto")
     mine = ContinualConfig(scenario="mnist_fashion", geo={"anchor": 0.3, "cg_iters": 5}, align="none").resolved()
     assert (mine.geo.anchor, mine.geo.cg_iters, mine.geo.eta, mine.align) == (0.3, 5, 0.3, "none")
     assert ContinualConfig(geo={"output_space": "logits"}).resolved().geo.temperature == 1.0
@@ -81,7 +81,7 @@ def test_unset_traversal_settings_are_the_scenarios():
     with pytest.raises(ValueError, match=r"geo.eta, geo.anchor, geo.metric_batch, geo.temperature unset.*resolved"):
         continual_geodesic(model, tiny_mlp(), torch.randn(8, 6), base.geo)
     # the Fisher-aimed step: None is the scenario's ω, a given value wins, a negative one is refused
-    assert base.fisher_weight is None and r.fisher_weight == 0.0 and heads.fisher_weight == 0.0
+    assert base.fisher_weight is None and r.fisher_weight == 1.0 and heads.fisher_weight == 0.0
     assert mf.fisher_weight == get_scenario("mnist_fashion").traversal.fisher_weight
     assert ContinualConfig(scenario="mnist_fashion", fisher_weight=0).resolved().fisher_weight == 0.0
     assert ContinualConfig(fisher_weight=2.5).resolved().fisher_weight == 2.5

@@ -125,7 +125,7 @@ def test_mnist_to_fashion_with_the_papers_shared_10_way_head(harness, workdir, d
         # the traversal's settings left unset are the scenario's, and MLflow holds them, not None
         p = r.data.params
         assert (p["geo.temperature"], p["geo.anchor"], p["geo.eta"], p["geo.metric_batch"], p["align"],
-                p["fisher_weight"]) == ("4.0", "0.5", "0.3", "128", "auto", "1.0")
+                p["fisher_weight"]) == ("4.0", "0.2", "0.3", "128", "auto", "1.0")
     geo = next(r for r in children if r.data.params["method"] == "geodesic")
     assert geo.data.metrics["aligned_units_moved"] > 0  # the scenario's align auto: the CNN's units matched
 

@@ -87,4 +87,4 @@ def test_the_continual_form_leaves_the_scenarios_settings_to_the_scenario():
     assert "auto for mnist_fashion" in schema["definitions"]["ContinualConfig"]["properties"]["align"]["description"]
     validated = continual_flow.validate_parameters({"params": {**default, "scenario": "mnist_fashion"}})
     r = validated["params"].resolved()
-    assert (r.geo.temperature, r.geo.anchor, r.geo.eta, r.geo.metric_batch, r.align) == (4.0, 0.5, 0.3, 128, "auto")
+    assert (r.geo.temperature, r.geo.anchor, r.geo.eta, r.geo.metric_batch, r.align) == (4.0, 0.2, 0.3, 128, "auto")
