@@ -78,7 +78,7 @@ def _learn_sequence(params: ContinualConfig, parent: dict, data_dir: str, finger
     # with fisher_weight > 0 the geodesic's chain keeps its own Fisher of the earlier tasks, as EWC does (no labels)
     aimed = "geodesic" in params.methods and params.fisher_weight > 0
     fisher = (pull or consolidate_fisher.submit(nets[0], 0, None, cfg["geodesic"], *common)) if aimed else None
-    fishers = {"geodesic": [fisher] if fisher else [], "ewc": pulls}
+    fishers = {"geodesic": [fisher] if aimed else [], "ewc": pulls}
     for i in range(1, k):
         for m in params.methods:
             if m == "geodesic":

@@ -333,9 +333,9 @@ class _ZeroDirection(NonFiniteError):
     """Eq. 6 gave θ = 0 at finite weights: there is no step to shorten, so it is not taken again."""
 
 
-def _corrected_step(model, w, w_a, d, idx, x, eta, cfg, anchor, distiller, traced, target, step, since_bn, aim=None):
+def _corrected_step(model, w, w_a, d, aim, idx, x, eta, cfg, anchor, distiller, traced, target, step, since_bn):
     """One Geo step of length ``eta`` from ``w`` toward ``w_a`` (``d = w_a − w``, all ``(n,)``; eq. 6 solved for
-    ``aim``, the target's `aim` of d, where it has one, else for d itself) on the metric batch
+    ``aim`` ``(n,)``: the target's `aim` of d where it has one, else d itself) on the metric batch
     ``x = pool[idx]`` ``(N, ...)``: eq. 6 solved (exactly or by Lanczos-CG), Δw = η θ / ‖θ‖ (eq. 7), then the
     correctors (the output anchor's Gauss-Newton correction, the distillation corrector, the sideways projection).
     Returns the new weights ``(n,)``, J Δw on the batch ``(N, m)`` and the sub-problem's solution. The model is left
@@ -343,7 +343,6 @@ def _corrected_step(model, w, w_a, d, idx, x, eta, cfg, anchor, distiller, trace
     ``w``), a product, the Gram matrix or θ overflowed (`_traverse` takes the step again shorter, at most
     ``GeoConfig.nonfinite_retries`` times), `_ZeroDirection` for θ = 0 (not taken again)."""
     n_batch = x.shape[0]
-    aim = d if aim is None else aim
     if cfg.solver == "exact":
         factor = GramFactor.compute(model, x, cfg.output_space)
         op = factor.op
@@ -448,12 +447,12 @@ def _traverse(model, target, pool, cfg, anchor, callbacks, gen, start_step, dist
             step += 1
             stop, dist = "reached", 0.0
             break
-        aim_d = aim(d) if aim is not None else None
+        aim_d = aim(d) if aim is not None else d
         eta, tries = cfg.eta, 0
         while True:  # the step, taken again shorter on fresh statistics and a fresh batch when it overflows
             try:
-                w_new, j_delta, sol = _corrected_step(model, w, w_a, d, idx, x, eta, cfg, anchor, distiller, traced,
-                                                      target, step, since_bn, aim_d)
+                w_new, j_delta, sol = _corrected_step(model, w, w_a, d, aim_d, idx, x, eta, cfg, anchor, distiller,
+                                                      traced, target, step, since_bn)
                 break
             except _ZeroDirection:  # no step to shorten
                 raise
