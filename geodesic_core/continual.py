@@ -253,9 +253,11 @@ def continual_geodesic(model: nn.Module, previous: nn.Module, pool: torch.Tensor
     ``(P, C, H, W)``, nothing else), with the output anchor toward w_i's own outputs on those inputs
     (``cfg.anchor``), which keeps task i's function while the weights move to w_{1:i-1}. The traversal ends by
     the criteria of section 3; its end point is w_{1:i}. For a multi-head network (``task.head``) g^i and the
-    anchor see task i's head only. With ``fisher_weight`` ω > 0 and ``fisher`` F ``(n,)`` (the earlier tasks'
-    diagonal Fisher summed, `fisher_diagonal`, in `flat_params` order) eq. 6 is solved for the descent direction
-    of ½ (w − w_{1:i-1})^T diag(a) (w − w_{1:i-1}), a = 1 + ω F / mean(F) (`WeightedTarget`).
+    anchor see task i's head only, and the target leaves task i's head where it is (`head_weights`: its rows in
+    w_{1:i-1} were never trained), so only the anchor moves it. With ``fisher_weight`` ω > 0 and ``fisher`` F
+    ``(n,)`` (the earlier tasks' diagonal Fisher summed, `fisher_diagonal`, in `flat_params` order) eq. 6 is
+    solved for the descent direction of ½ (w − w_{1:i-1})^T diag(a) (w − w_{1:i-1}), a = 1 + ω F / mean(F)
+    (`WeightedTarget`).
     """
     unset = [k for k in SCENARIO_SETTINGS if getattr(cfg, k, 0) is None]
     if unset:
@@ -263,24 +265,47 @@ def continual_geodesic(model: nn.Module, previous: nn.Module, pool: torch.Tensor
                          f"ContinualConfig.resolved() fills them in from the scenario")
     w_prev = flat_params(previous).to(flat_params(model))
     view = task_view(model, task) if task is not None else model
-    return geo(view, fisher_target(w_prev, fisher, fisher_weight), pool, cfg, callbacks=callbacks,
+    own = head_weights(model, task.head) if task is not None and task.head is not None else None
+    return geo(view, fisher_target(w_prev, fisher, fisher_weight, own), pool, cfg, callbacks=callbacks,
                generator=generator)
 
 
-def fisher_target(w_prev: torch.Tensor, fisher: torch.Tensor | None, fisher_weight: float) -> FixedTarget:
+def head_weights(model: nn.Module, head: tuple[int, int]) -> torch.Tensor:
+    """``(n,)`` bool in `flat_params` order: the weights of a multi-head network that only outputs
+    ``head`` = [start, stop) read, the rows start..stop-1 of its output layer (the last ``nn.Linear``, one output
+    per unit of every head) and their biases. In the network w_{1:i-1} these rows of task i's head were never
+    trained, so the traversal's target leaves them to the anchor (`FixedTarget.own`)."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears or not (0 <= head[0] < head[1] <= linears[-1].out_features):
+        raise InputError(f"a multi-head network needs an nn.Linear output layer with the head's units "
+                         f"{head[0]}..{head[1] - 1}; this network's last Linear: "
+                         f"{linears[-1].out_features if linears else 'none'} outputs")
+    out = linears[-1]
+    marks = []
+    for p in model.parameters():
+        m = torch.zeros_like(p, dtype=torch.bool)
+        if p is out.weight or p is out.bias:
+            m[head[0]:head[1]] = True
+        marks.append(m.reshape(-1))
+    return torch.cat(marks)
+
+
+def fisher_target(w_prev: torch.Tensor, fisher: torch.Tensor | None, fisher_weight: float,
+                  own: torch.Tensor | None = None) -> FixedTarget:
     """The traversal's target w_{1:i-1} ``(n,)``: approached along w_{1:i-1} − w (ω = 0), or along
-    (1 + ω F / mean F) ⊙ (w_{1:i-1} − w) with the earlier tasks' diagonal Fisher ``fisher`` F ``(n,)``."""
+    (1 + ω F / mean F) ⊙ (w_{1:i-1} − w) with the earlier tasks' diagonal Fisher ``fisher`` F ``(n,)``. ``own``
+    ``(n,)`` bool: the weights the target leaves where they are (task i's own head, `head_weights`)."""
     if not (fisher_weight >= 0 and math.isfinite(fisher_weight)):
         raise InputError(f"fisher_weight must be a finite number >= 0, got {fisher_weight}")
     if fisher_weight == 0:
-        return FixedTarget(w_prev)
+        return FixedTarget(w_prev, own=own)
     if fisher is None:
         raise ValueError("fisher_weight > 0 needs the earlier tasks' diagonal Fisher (fisher_diagonal)")
     f = fisher.to(w_prev).reshape(-1)
     mean = float(f.mean()) if f.shape == w_prev.shape else 0.0
     if not (mean > 0 and math.isfinite(mean) and (f >= 0).all()):
         raise InputError(f"the earlier tasks' Fisher must be {w_prev.numel()} finite numbers >= 0, not all zero")
-    return WeightedTarget(w_prev, weights=1 + fisher_weight * f / mean)
+    return WeightedTarget(w_prev, own=own, weights=1 + fisher_weight * f / mean)
 
 
 def linear_scan(points: Sequence[torch.Tensor], measure: Callable[[torch.Tensor], list[float]]

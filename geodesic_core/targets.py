@@ -109,16 +109,25 @@ def project_sparse(w: torch.Tensor, slices: list[ParamSlice], sparsity_percent: 
 
 @dataclass
 class FixedTarget:
-    """A fixed network w_a (continual learning: w_{1:i-1}; mode connectivity: w_2)."""
+    """A fixed network w_a (continual learning: w_{1:i-1}; mode connectivity: w_2).
+
+    ``own`` ``(n,)`` bool, optional: the weights that belong to the traversing network alone (in a multi-head
+    network, the current task's head: w_a holds nothing for it). There the target is the current weight, w_a = w,
+    so d = w_a − w is zero on them, they add nothing to the distance, and only the output anchor moves them."""
 
     w_a: torch.Tensor
     refresh_every: int | None = None
+    own: torch.Tensor | None = None
 
     def __call__(self, w: torch.Tensor, step: int) -> torch.Tensor:
         if w.shape != self.w_a.shape:
             raise InputError(f"target network has {self.w_a.numel()} weights, the network {w.numel()}; "
                              f"both must be of the same architecture")
-        return self.w_a
+        if self.own is None:
+            return self.w_a
+        if self.own.shape != w.shape:
+            raise InputError(f"the target's own weights mark {self.own.numel()} weights, the network has {w.numel()}")
+        return torch.where(self.own.to(w.device), w, self.w_a.to(w))
 
 
 @dataclass

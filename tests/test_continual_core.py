@@ -11,8 +11,9 @@ from geodesic_core.config import GeoConfig, TrainConfig
 from geodesic_core.continual import ContinualConfig
 from geodesic_core.continual import (QuadraticPull, average_accuracy, backward_transfer, build_scenario_model,
                                      check_scenario_name, continual_geodesic, fisher_diagonal, fisher_target,
-                                     get_scenario, linear_scan, load_task, pca_2d, task_accuracies, task_view)
-from geodesic_core.targets import WeightedTarget
+                                     get_scenario, head_weights, linear_scan, load_task, pca_2d, task_accuracies,
+                                     task_view)
+from geodesic_core.targets import FixedTarget, WeightedTarget
 from geodesic_core.data import Split
 from geodesic_core.metric import linear_path
 
@@ -61,15 +62,16 @@ def test_task_count_is_checked():
 
 def test_unset_traversal_settings_are_the_scenarios():
     """eta, anchor, metric_batch, temperature and align left None take the scenario's `TraversalDefaults`: the
-    paper's permuted-MNIST setting, the recipe chosen on held-out images for MNIST -> Fashion-MNIST; a value the
-    user gives is kept; on the logits T is 1; the core refuses an unresolved config."""
+    paper's permuted-MNIST setting, the recipe chosen on held-out images for MNIST -> Fashion-MNIST (one head or two);
+    a value the user gives is kept; on the logits T is 1; the core refuses an unresolved config."""
     base = ContinualConfig()
     assert (base.geo.eta, base.geo.anchor, base.geo.metric_batch, base.geo.temperature, base.align) == (None,) * 5
     r = base.resolved()
     assert (r.geo.eta, r.geo.anchor, r.geo.metric_batch, r.geo.temperature, r.align) == (0.1, 1.0, 256, 10.0, "none")
     assert r.resolved() == r and r.geo.max_steps == base.geo.max_steps == 4000
     heads = ContinualConfig(scenario="mnist-fashion-heads").resolved()
-    assert (heads.geo.temperature, heads.align) == (10.0, "none")
+    assert (heads.geo.eta, heads.geo.anchor, heads.geo.metric_batch, heads.geo.temperature, heads.align) == (
+        0.3, 1.0, 128, 4.0, "auto")
     mf = ContinualConfig(scenario="mnist-fashion").resolved()
     assert (mf.geo.eta, mf.geo.anchor, mf.geo.metric_batch, mf.geo.temperature, mf.align) == (0.3, 0.2, 128, 4.0, "auto")
     mine = ContinualConfig(scenario="mnist_fashion", geo={"anchor": 0.3, "cg_iters": 5}, align="none").resolved()
@@ -81,7 +83,7 @@ def test_unset_traversal_settings_are_the_scenarios():
     with pytest.raises(ValueError, match=r"geo.eta, geo.anchor, geo.metric_batch, geo.temperature unset.*resolved"):
         continual_geodesic(model, tiny_mlp(), torch.randn(8, 6), base.geo)
     # the Fisher-aimed step: None is the scenario's ω, a given value wins, a negative one is refused
-    assert base.fisher_weight is None and r.fisher_weight == 1.0 and heads.fisher_weight == 0.0
+    assert base.fisher_weight is None and r.fisher_weight == 1.0 and heads.fisher_weight == 1.0
     assert mf.fisher_weight == get_scenario("mnist_fashion").traversal.fisher_weight
     assert ContinualConfig(scenario="mnist_fashion", fisher_weight=0).resolved().fisher_weight == 0.0
     assert ContinualConfig(fisher_weight=2.5).resolved().fisher_weight == 2.5
@@ -104,6 +106,36 @@ def test_the_fisher_aimed_target_weighs_the_earlier_tasks_fisher():
             fisher_target(w, bad, 1.0)
     with pytest.raises(InputError, match="fisher_weight"):
         fisher_target(w, f, float("nan"))
+
+
+def test_a_multi_head_traversal_leaves_the_current_tasks_head_to_the_anchor():
+    """head_weights marks the rows of one head in the output layer and their biases, nothing else; the target holds
+    the current weights there (w_a = w, so w_{1:i-1}'s untrained rows of task i's head pull nothing), and the
+    traversal's distance ignores them. A head the output layer does not have is refused."""
+    sc = get_scenario("mnist-fashion-heads")
+    net, prev = build_scenario_model(sc, seed=0), build_scenario_model(sc, seed=1)
+    own = head_weights(net, (10, 20))
+    marks = own.float().clone()
+    torch.nn.utils.vector_to_parameters(marks, net.parameters())
+    out = list(net.modules())[-1]
+    assert int(own.sum()) == 10 * 100 + 10 and out.weight[10:].all() and out.bias[10:].all()
+    assert int(out.weight.sum() + out.bias.sum()) == own.sum()  # no row of the other head, no other layer
+    net = build_scenario_model(sc, seed=0)
+    w, w_prev = flat_params(net), flat_params(prev)
+    target = fisher_target(w_prev, None, 0.0, own)
+    torch.testing.assert_close(target(w, 0), torch.where(own, w, w_prev))
+    weighted = fisher_target(w_prev, torch.rand(w.numel()), 1.0, own)
+    assert torch.equal(weighted.aim(weighted(w, 0) - w)[own], torch.zeros(int(own.sum())))
+    x = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    cfg = GeoConfig(eta=0.5, anchor=0.0, max_steps=3, patience=50, metric_batch=32, solver="cg", cg_iters=5)
+    res = continual_geodesic(net, prev, x, cfg, task=sc.tasks(2)[1])
+    gap = flat_params(prev) - flat_params(net)
+    assert res.distance == pytest.approx(float(gap[~own].norm()), rel=1e-5)
+    assert res.distance < float(gap.norm()) - 0.1  # the head's rows still differ from w_{1:i-1}'s, uncounted
+    with pytest.raises(InputError, match="output layer with the head's units 20..29"):
+        head_weights(net, (20, 30))
+    with pytest.raises(InputError, match="own weights"):
+        FixedTarget(w_prev, own=own[1:])(w, 0)
 
 
 def test_fisher_diagonal_matches_a_per_example_per_class_loop():

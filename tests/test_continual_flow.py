@@ -107,8 +107,11 @@ def test_sequential_baselines_at_the_geodesics_wall_time(harness, workdir, data_
         assert 0 <= eq["acc_task_1"] <= 100 and 0 <= eq["acc_task_2"] <= 100
 
 
-def test_mnist_to_fashion_with_the_papers_shared_10_way_head(harness, workdir, data_dir):
-    args = ["continual", "--data-dir", data_dir, "--scenario", "mnist-fashion", "--train.epochs", "1",
+@pytest.mark.parametrize("scenario,anchor", [("mnist_fashion", "0.2"), ("mnist_fashion_heads", "1.0")])
+def test_mnist_to_fashion_with_one_shared_head_or_two(harness, workdir, data_dir, scenario, anchor):
+    """The paper's one shared head, and two heads (where the target leaves the Fashion head to the anchor): each
+    runs on its scenario's settings, aimed by the MNIST network's Fisher, and MLflow holds the numbers that ran."""
+    args = ["continual", "--data-dir", data_dir, "--scenario", scenario, "--train.epochs", "1",
             "--geo.max-steps", "6", "--eval-every", "3", "--methods", "geodesic", "--methods", "sgd",
             "--linear-points", "3"]
     assert main(args) == 0
@@ -120,12 +123,12 @@ def test_mnist_to_fashion_with_the_papers_shared_10_way_head(harness, workdir, d
                 and r.data.params["method"] != "train"]
     assert sorted(r.data.params["method"] for r in children) == ["geodesic", "sgd"]
     for r in children:
-        assert r.data.params["scenario"] == "mnist_fashion" and r.data.params["tasks"] == "2"
+        assert r.data.params["scenario"] == scenario and r.data.params["tasks"] == "2"
         assert {"acc_task_1", "acc_task_2"} <= set(r.data.metrics) and "acc_task_3" not in r.data.metrics
         # the traversal's settings left unset are the scenario's, and MLflow holds them, not None
         p = r.data.params
         assert (p["geo.temperature"], p["geo.anchor"], p["geo.eta"], p["geo.metric_batch"], p["align"],
-                p["fisher_weight"]) == ("4.0", "0.2", "0.3", "128", "auto", "1.0")
+                p["fisher_weight"]) == ("4.0", anchor, "0.3", "128", "auto", "1.0")
     geo = next(r for r in children if r.data.params["method"] == "geodesic")
     assert geo.data.metrics["aligned_units_moved"] > 0  # the scenario's align auto: the CNN's units matched
 

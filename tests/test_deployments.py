@@ -83,7 +83,7 @@ def test_the_continual_form_leaves_the_scenarios_settings_to_the_scenario():
     assert [default["geo"][k] for k in ("eta", "anchor", "metric_batch", "temperature")] == [None] * 4
     assert default["align"] is None and default["geo"]["max_steps"] == 4000
     geo = schema["definitions"]["ContinualGeoConfig"]["properties"]
-    assert "10 for permuted_mnist, mnist_fashion_heads; 4 for mnist_fashion" in geo["temperature"]["description"]
+    assert "10 for permuted_mnist; 4 for mnist_fashion, mnist_fashion_heads" in geo["temperature"]["description"]
     assert "auto for mnist_fashion" in schema["definitions"]["ContinualConfig"]["properties"]["align"]["description"]
     validated = continual_flow.validate_parameters({"params": {**default, "scenario": "mnist_fashion"}})
     r = validated["params"].resolved()
