@@ -42,7 +42,7 @@ from .metric import FUNC_LOCK, eval_mode, flat_params
 from .models import build_model
 from .scenarios import (SCENARIOS, Scenario, TaskSpec, check_scenario_data, check_scenario_name,  # noqa: F401
                         check_task_count, get_scenario)
-from .targets import FixedTarget, WeightedTarget
+from .targets import FixedTarget, WeightedTarget, param_slices
 from .train import evaluate
 
 
@@ -275,19 +275,17 @@ def head_weights(model: nn.Module, head: tuple[int, int]) -> torch.Tensor:
     ``head`` = [start, stop) read, the rows start..stop-1 of its output layer (the last ``nn.Linear``, one output
     per unit of every head) and their biases. In the network w_{1:i-1} these rows of task i's head were never
     trained, so the traversal's target leaves them to the anchor (`FixedTarget.own`)."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears or not (0 <= head[0] < head[1] <= linears[-1].out_features):
+    linears = [(k, m) for k, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears or not (0 <= head[0] < head[1] <= linears[-1][1].out_features):
         raise InputError(f"a multi-head network needs an nn.Linear output layer with the head's units "
                          f"{head[0]}..{head[1] - 1}; this network's last Linear: "
-                         f"{linears[-1].out_features if linears else 'none'} outputs")
-    out = linears[-1]
-    marks = []
-    for p in model.parameters():
-        m = torch.zeros_like(p, dtype=torch.bool)
-        if p is out.weight or p is out.bias:
-            m[head[0]:head[1]] = True
-        marks.append(m.reshape(-1))
-    return torch.cat(marks)
+                         f"{linears[-1][1].out_features if linears else 'none'} outputs")
+    slices = param_slices(model)
+    mask = torch.zeros(slices[-1].stop, dtype=torch.bool, device=next(model.parameters()).device)
+    for s in slices:
+        if s.name in (f"{linears[-1][0]}.weight", f"{linears[-1][0]}.bias"):
+            mask[s.start:s.stop].view(s.shape)[head[0]:head[1]] = True
+    return mask
 
 
 def fisher_target(w_prev: torch.Tensor, fisher: torch.Tensor | None, fisher_weight: float,
