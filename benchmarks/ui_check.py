@@ -199,13 +199,17 @@ def shots(chromium: str, out: Path, prefect_url: str, mlflow_url: str) -> None:
             "Equal Time", "Ewc Strength", "Align (Optional)", "permute w_i's hidden units to match",
             "None: the scenario's: none for permuted_mnist; auto for mnist_fashion, mnist_fashion_heads",
             "Fisher Weight (Optional)", "None: the scenario's: 1 for permuted_mnist, mnist_fashion, "
-            "mnist_fashion_heads")})
+            "mnist_fashion_heads", "Refit Head (Optional)",
+            "None: the scenario's: false for permuted_mnist, mnist_fashion; true for mnist_fashion_heads")})
         page.get_by_text("Align (Optional)", exact=True).first.scroll_into_view_if_needed()
         page.wait_for_timeout(500)
         page.screenshot(path=str(out / "prefect-continual-form-align.png"))
         page.get_by_text("Fisher Weight (Optional)", exact=True).first.scroll_into_view_if_needed()
         page.wait_for_timeout(500)
         page.screenshot(path=str(out / "prefect-continual-form-fisher-weight.png"))
+        page.get_by_text("Refit Head (Optional)", exact=True).first.scroll_into_view_if_needed()
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(out / "prefect-continual-form-refit-head.png"))
         page.goto(f"{prefect_url}/runs/flow-run/{flow_run['id']}", wait_until="networkidle")
         page.get_by_text("Artifacts", exact=True).first.click()
         page.wait_for_timeout(3000)

@@ -31,7 +31,8 @@ def _for_method(params: ContinualConfig, method: str | None = None) -> Continual
     """The settings one method's tasks depend on (their cache key): the per-task networks (``method=None``)
     depend on neither the methods nor their settings, and a method's chain not on the other methods'."""
     keep = {"scenario", "tasks", "model", "permutation_seed", "shared_init", "seed", "train"}
-    keep |= {"geodesic": {"geo", "eval_every", "linear_points", "align", "fisher_weight", "fisher_samples"},
+    keep |= {"geodesic": {"geo", "eval_every", "linear_points", "align", "fisher_weight", "fisher_samples",
+                           "refit_head"},
              "linear": {"linear_points", "align"},
              "l2": {"l2_strength"}, "ewc": {"ewc_strength", "fisher_samples"}}.get(method, set())
     if method == "geodesic" and not params.fisher_weight:  # the geodesic reads a Fisher only when aimed by it

@@ -26,7 +26,7 @@ and evaluated on its own head, so the task identity is given at test time).
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal, Sequence
+from typing import Callable, Literal, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -36,14 +36,14 @@ from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_v
 from .config import (_USER_DATA, _USER_MODEL, GeoConfig, TrainConfig, _Config, _datasets, _ModelOnDataset, _models,
                      _one_of, _scenarios, with_defaults)
 from .data import Split, load_split
-from .errors import InputError
+from .errors import InputError, NonFiniteError
 from .geo import GeoResult, StepInfo, geo
 from .metric import FUNC_LOCK, eval_mode, flat_params
 from .models import build_model
 from .scenarios import (SCENARIOS, Scenario, TaskSpec, check_scenario_data, check_scenario_name,  # noqa: F401
                         check_task_count, get_scenario)
 from .targets import FixedTarget, WeightedTarget, param_slices
-from .train import evaluate
+from .train import distillation_loss, evaluate, full_float32
 
 
 # --- configuration: the continual flow's settings and its defaults for the nested ones ---------------------
@@ -56,7 +56,8 @@ def _by_scenario(key: str) -> str:
     values: dict = {}
     for name, sc in SCENARIOS.items():
         values.setdefault(getattr(sc.traversal, key), []).append(name)
-    shown = {(v if isinstance(v, str) else f"{v:g}"): n for v, n in values.items()}
+    shown = {(v if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else f"{v:g}"): n
+             for v, n in values.items()}
     return "the scenario's: " + "; ".join(f"{v} for {', '.join(n)}" for v, n in shown.items()) + "."
 
 
@@ -105,6 +106,13 @@ class ContinualConfig(_Config):
         "earlier tasks' outputs depend on (the descent direction of ½ (w − w_{1:i-1})^T diag(1 + ω F / mean F) "
         "(w − w_{1:i-1})). The traversal still ends at w_{1:i-1} and stops on the Euclidean distance. 0: the paper's "
         "Geo step. None: " + _by_scenario("fisher_weight")))
+    refit_head: bool | None = Field(None, description=(
+        "After each traversal, refit task i's own head (its rows of the output layer and their biases) by label-free "
+        "distillation toward w_i's outputs on task i's training inputs, the rest of the network fixed: min over the "
+        "head of the mean KL(softmax(f(x; w_i)) ‖ softmax(f(x; w))), a convex problem solved by L-BFGS "
+        "(`geodesic_core.continual.distill_head`). No earlier task reads these weights, so their accuracy is "
+        "unchanged; task i gets back part of what the traversal cost it. Its time counts in the stage's. Only with a "
+        "head per task: a shared head is read by every task. None: " + _by_scenario("refit_head")))
     l2_strength: float = Field(0.01, ge=0.0)
     """λ of the L2 pull (λ/2) ‖w − w_{1:i-1}‖²."""
     ewc_strength: float = Field(100.0, ge=0.0)
@@ -174,6 +182,14 @@ class ContinualConfig(_Config):
         return self
 
     @model_validator(mode="after")
+    def _check_refit_head(self) -> "ContinualConfig":
+        if self.refit_head and not get_scenario(self.scenario).heads:
+            raise ValueError(f"refit_head needs a head per task; scenario {self.scenario!r} has one shared head, "
+                             f"which every task reads (refitting it to task i would change the earlier tasks): use "
+                             f"mnist_fashion_heads, or leave refit_head unset")
+        return self
+
+    @model_validator(mode="after")
     def _check_equal_time(self) -> "ContinualConfig":
         if self.equal_time and ("geodesic" not in self.methods or not set(self.methods) & set(SEQUENTIAL_METHODS)):
             raise ValueError(f"--equal-time gives the sequential baselines the geodesic's wall time: methods must "
@@ -182,18 +198,16 @@ class ContinualConfig(_Config):
 
     def resolved(self) -> "ContinualConfig":
         """This config with the settings left None filled in from the scenario's `TraversalDefaults`: ``align``,
-        ``fisher_weight`` and ``geo``'s eta, anchor, metric_batch and temperature (T = 1 where g^i is on the
-        logits). What the flow runs, caches on and logs to MLflow; a resolved config resolves to itself."""
+        ``fisher_weight``, ``refit_head`` and ``geo``'s eta, anchor, metric_batch and temperature (T = 1 where g^i is on
+        the logits). What the flow runs, caches on and logs to MLflow; a resolved config resolves to itself."""
         defaults = get_scenario(self.scenario).traversal
         fill = {k: getattr(defaults, k) for k in SCENARIO_SETTINGS if getattr(self.geo, k) is None}
         if "temperature" in fill and self.geo.output_space != "softmax":
             fill["temperature"] = 1.0
-        if not fill and self.align is not None and self.fisher_weight is not None:
+        top = {k: getattr(defaults, k) for k in ("align", "fisher_weight", "refit_head") if getattr(self, k) is None}
+        if not fill and not top:
             return self
-        return type(self).model_validate({**self.model_dump(), "geo": {**self.geo.model_dump(), **fill},
-                                          "align": self.align or defaults.align,
-                                          "fisher_weight": (defaults.fisher_weight if self.fisher_weight is None
-                                                            else self.fisher_weight)})
+        return type(self).model_validate({**self.model_dump(), "geo": {**self.geo.model_dump(), **fill}, **top})
 
     def sequential_methods(self) -> list[str]:
         """The sequential baselines (sgd, l2, ewc) among ``methods``."""
@@ -270,22 +284,93 @@ def continual_geodesic(model: nn.Module, previous: nn.Module, pool: torch.Tensor
                generator=generator)
 
 
-def head_weights(model: nn.Module, head: tuple[int, int]) -> torch.Tensor:
-    """``(n,)`` bool in `flat_params` order: the weights of a multi-head network that only outputs
-    ``head`` = [start, stop) read, the rows start..stop-1 of its output layer (the last ``nn.Linear``, one output
-    per unit of every head) and their biases. In the network w_{1:i-1} these rows of task i's head were never
-    trained, so the traversal's target leaves them to the anchor (`FixedTarget.own`)."""
+def _output_layer(model: nn.Module, head: tuple[int, int]) -> tuple[str, nn.Linear]:
+    """The output layer of a multi-head network (its last ``nn.Linear``), checked to have ``head``'s units."""
     linears = [(k, m) for k, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears or not (0 <= head[0] < head[1] <= linears[-1][1].out_features):
         raise InputError(f"a multi-head network needs an nn.Linear output layer with the head's units "
                          f"{head[0]}..{head[1] - 1}; this network's last Linear: "
                          f"{linears[-1][1].out_features if linears else 'none'} outputs")
+    return linears[-1]
+
+
+def head_weights(model: nn.Module, head: tuple[int, int]) -> torch.Tensor:
+    """``(n,)`` bool in `flat_params` order: the weights of a multi-head network that only outputs
+    ``head`` = [start, stop) read, the rows start..stop-1 of its output layer (the last ``nn.Linear``, one output
+    per unit of every head) and their biases. In the network w_{1:i-1} these rows of task i's head were never
+    trained, so the traversal's target leaves them to the anchor (`FixedTarget.own`)."""
+    name, _ = _output_layer(model, head)
     slices = param_slices(model)
     mask = torch.zeros(slices[-1].stop, dtype=torch.bool, device=next(model.parameters()).device)
     for s in slices:
-        if s.name in (f"{linears[-1][0]}.weight", f"{linears[-1][0]}.bias"):
+        if s.name in (f"{name}.weight", f"{name}.bias"):
             mask[s.start:s.stop].view(s.shape)[head[0]:head[1]] = True
     return mask
+
+
+class HeadFit(NamedTuple):
+    kl_before: float  # mean KL(softmax(f(x; w_i)) ‖ softmax(f(x; w))) over the inputs, before the refit
+    kl_after: float
+    iterations: int  # L-BFGS iterations
+
+
+@full_float32()
+def distill_head(model: nn.Module, teacher: nn.Module, x: torch.Tensor, head: tuple[int, int],
+                 batch_size: int = 1000, max_iter: int = 300) -> HeadFit:
+    """Refit one head of a multi-head network (in place) to a teacher's outputs on inputs alone, no labels.
+
+    With φ(x; w) ``(P, d)`` the input of the output layer (everything before it fixed, eval mode) and the head's
+    rows W_h ``(K, d)``, b_h ``(K,)`` of that layer (``head`` = [start, stop), K = stop − start), solves
+
+        min_{W_h, b_h} (1/P) Σ_x KL(softmax(z(x)) ‖ softmax(W_h φ(x; w) + b_h)),   z(x) = teacher(x)[start:stop],
+
+    over the inputs ``x`` ``(P, ...)``: a convex problem in (W_h, b_h) (a multinomial logistic regression on soft
+    targets), solved by full-batch L-BFGS with a strong-Wolfe line search from the current head, at most
+    ``max_iter`` iterations. No other weight changes: in continual learning (``teacher`` = w_i, the model the end of
+    the traversal Geo(w_i, g^i, w_{1:i-1})) no earlier task's output moves, and task i gets back what its head can
+    recover on the traversal's features. Features ``(P, d)`` and targets ``(P, K)`` are held in memory.
+    """
+    _, layer = _output_layer(model, head)
+    device, on = next(model.parameters()).device, next(teacher.parameters()).device
+    feats: list[torch.Tensor] = []
+    hook = layer.register_forward_hook(lambda _m, inputs, _out: feats.append(inputs[0].detach().float()))
+    try:
+        with torch.no_grad(), eval_mode(model), eval_mode(teacher):
+            wanted = []
+            for i in range(0, x.shape[0], batch_size):
+                xb = x[i:i + batch_size].to(device)
+                model(xb)
+                wanted.append(teacher(xb.to(on))[:, head[0]:head[1]].float().to(device))
+    finally:
+        hook.remove()
+    phi, z = torch.cat(feats), torch.cat(wanted)
+    weight = layer.weight[head[0]:head[1]].detach().clone().requires_grad_(True)
+    bias = (layer.bias[head[0]:head[1]].detach().clone().requires_grad_(True) if layer.bias is not None
+            else torch.zeros(head[1] - head[0], device=device))
+    params = [weight] + ([bias] if layer.bias is not None else [])
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe")
+
+    def loss_fn() -> torch.Tensor:
+        return distillation_loss(phi @ weight.T + bias, z, temperature=1.0)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss
+
+    with torch.no_grad():
+        before = float(loss_fn())
+    opt.step(closure)
+    with torch.no_grad():
+        after = float(loss_fn())
+        if not math.isfinite(after):
+            raise NonFiniteError(f"refitting the head {head[0]}..{head[1] - 1} gave a non-finite loss")
+        if after < before:
+            layer.weight[head[0]:head[1]] = weight
+            if layer.bias is not None:
+                layer.bias[head[0]:head[1]] = bias
+    return HeadFit(before, min(before, after), int(opt.state[weight].get("n_iter", 0)))
 
 
 def fisher_target(w_prev: torch.Tensor, fisher: torch.Tensor | None, fisher_weight: float,

@@ -16,8 +16,8 @@ from prefect import task
 from geodesic_core import (cumulative_lengths, flat_params, linear_path, load_tensors, save_checkpoint, save_tensors,
                            set_flat_params, train)
 from geodesic_core.continual import ContinualConfig
-from geodesic_core.continual import (QuadraticPull, build_scenario_model, continual_geodesic, fisher_diagonal,
-                                     get_scenario, linear_scan, load_task, pca_2d, task_accuracies,
+from geodesic_core.continual import (QuadraticPull, build_scenario_model, continual_geodesic, distill_head,
+                                     fisher_diagonal, get_scenario, linear_scan, load_task, pca_2d, task_accuracies,
                                      task_view)
 from geodesic_core.align import ALIGN_INPUTS, align_to
 from geodesic_core.align import alignment_plan as core_alignment_plan
@@ -108,25 +108,28 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
                    fisher: dict | None = None) -> dict:
     """Algorithm 2 line 7: Geo(w_i, g^i, w_{1:i-1}, s) under task i's metric; the end point is w_{1:i}. With
     ``cfg.fisher_weight`` > 0 each step aims along (1 + ω F / mean F) ⊙ (w_{1:i-1} − w), F the earlier tasks'
-    diagonal Fisher held in ``fisher`` (`consolidate_fisher` over this chain's networks).
+    diagonal Fisher held in ``fisher`` (`consolidate_fisher` over this chain's networks). With ``cfg.refit_head`` (a
+    head per task) task i's head is then refit to w_i's outputs (`distill_head`); the path's last two rows are the
+    end before and after the refit (column ``head_refit``).
 
     Along the way the test accuracy on tasks 1..i is recorded every ``cfg.eval_every`` steps; the straight
     line between the same endpoints is scanned for comparison; both paths are projected on their first two
     principal components (paper Fig. 5A/B). Live metrics (``distance``, ``step_length``, ``path_length``,
     ``acc_task_j``) go to the child run ``track`` at the geodesic step counted over all stages.
     """
-    weight = cfg.resolved().fisher_weight
+    weight, refit = cfg.resolved().fisher_weight, cfg.resolved().refit_head
     if weight > 0 and fisher is None:
         raise ValueError("fisher_weight > 0: the geodesic stage needs the earlier tasks' Fisher (consolidate_fisher)")
     fisher = fisher if weight > 0 else None
     out = checkpoint_path("continual-geodesic", current["sha256"], previous["sha256"], index, cfg.geo.model_dump(),
                           cfg.seed, cfg.align, data_fingerprint, code_version,
-                          *((weight, fisher["sha256"]) if fisher else ()))
+                          *((weight, fisher["sha256"]) if fisher else ()), *(("refit_head",) if refit else ()))
     if (done := finished(out)) is not None:
         return done
     model, meta = open_ref(current)
     prev, _ = open_ref(previous)
     f_sum = load_tensors(fisher["path"])[0]["a"] if fisher else None
+    teacher = open_ref(current)[0] if refit else None  # w_i as trained: its outputs are the head's refit target
     pool = _train_split(cfg, index, data_dir).x
     t_align = time.perf_counter()
     aligned = _align_start(model, prev, pool, index, cfg)
@@ -140,11 +143,18 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
     first = int(previous["end_step"]) + 1 if "end_step" in previous else 0
     offset = float(previous.get("end_path_length", 0.0))
 
-    def row(step: int, distance: float) -> dict:
+    def row(step: int, distance: float, refit: bool = False) -> dict:
         accs = {f"acc_task_{j + 1}": a for j, a in enumerate(task_accuracies(model, tests, specs))}
         live.log(first + step, accs)
         live.advance(live.completed, probe=f"tasks {', '.join(f'{a:.1f}' for a in accs.values())}%")
-        return {"stage": index + 1, "step": step, "global_step": first + step, "distance": distance, **accs}
+        return {"stage": index + 1, "step": step, "global_step": first + step, "distance": distance, **accs,
+                "head_refit": refit}
+
+    def end_row(step: int, distance: float, refit: bool = False) -> None:  # a row at the end, its time not counted
+        t = time.perf_counter()
+        rows.append(row(step, distance, refit))
+        points.append(flat_params(model).cpu().clone())
+        spent[0] += time.perf_counter() - t
 
     def record(info):
         euclid["length"] += float((info.weights - euclid["last"]).norm())
@@ -164,11 +174,12 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
                                  callbacks=[lambda info: live.geo_step(
                                      info._replace(step=first + info.step), offset), record], generator=gen,
                                  fisher=f_sum, fisher_weight=weight)
-        wall = time.perf_counter() - t0 - spent[0] + t_align
-        w_end = flat_params(model)
         if rows[-1]["step"] != res.steps:
-            rows.append(row(res.steps, res.distance))
-            points.append(w_end.cpu().clone())
+            end_row(res.steps, res.distance)
+        fit = distill_head(model, teacher, pool, specs[index].head) if refit else None
+        wall = time.perf_counter() - t0 - spent[0] + t_align
+        if fit is not None:
+            end_row(res.steps, res.distance, refit=True)
 
     # the straight line between the same endpoints, for the plots and the length comparison
     scan_model = prev  # its weights were only needed as the target
@@ -198,7 +209,8 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
         end_step=first + res.steps, end_path_length=offset + res.path_length,
         distance=res.distance, path_rows=rows, line_rows=line_rows, path_length=geo_len[-1],
         path_length_euclidean=euclid["length"], line_path_length=lin_len[-1],
-        line_path_length_euclidean=float((w_prev - w_start).norm()), fisher_weight=weight, **aligned), task=index,
+        line_path_length_euclidean=float((w_prev - w_start).norm()), fisher_weight=weight, **aligned,
+        **({"head_kl_before": fit.kl_before, "head_kl_after": fit.kl_after} if fit else {})), task=index,
         test_accuracy=accs[index])
 
 

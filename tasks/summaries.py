@@ -65,7 +65,9 @@ def continual_row(method: str, params, trained: list[dict], results: list[dict],
     ``wall_seconds``: the method's own compute after task 1: the per-task networks w_2..w_k and the traversals
     (geodesic) or scans (linear); the sequential training (sgd, l2, ewc); plus ``extra_seconds``: the Fisher that EWC
     keeps, and the geodesic with fisher_weight > 0.
-    ``epochs`` (the sequential baselines): their training epochs summed over the stages.
+    ``epochs`` (the sequential baselines): their training epochs summed over the stages. ``head_kl_before`` /
+    ``head_kl_after`` (the geodesic with refit_head): the KL of task i's head to w_i's outputs before and after its
+    refit, summed over the stages.
     """
     from geodesic_core.continual import average_accuracy, backward_transfer
 
@@ -88,6 +90,8 @@ def continual_row(method: str, params, trained: list[dict], results: list[dict],
         row.update(steps=sum(r["steps"] for r in results), stop_reasons=",".join(r["stop_reason"] for r in results),
                    **{key: sum(r[key] for r in results) for key in ("path_length", "path_length_euclidean",
                                                                      "line_path_length", "line_path_length_euclidean")})
+        if results and "head_kl_before" in results[0]:  # task i's head refit after each traversal (refit_head)
+            row.update({key: sum(r[key] for r in results) for key in ("head_kl_before", "head_kl_after")})
     return row, matrix
 
 

@@ -10,9 +10,9 @@ from geodesic_core import InputError, flat_params, train
 from geodesic_core.config import GeoConfig, TrainConfig
 from geodesic_core.continual import ContinualConfig
 from geodesic_core.continual import (QuadraticPull, average_accuracy, backward_transfer, build_scenario_model,
-                                     check_scenario_name, continual_geodesic, fisher_diagonal, fisher_target,
-                                     get_scenario, head_weights, linear_scan, load_task, pca_2d, task_accuracies,
-                                     task_view)
+                                     check_scenario_name, continual_geodesic, distill_head, fisher_diagonal,
+                                     fisher_target, get_scenario, head_weights, linear_scan, load_task, pca_2d,
+                                     task_accuracies, task_view)
 from geodesic_core.targets import FixedTarget, WeightedTarget
 from geodesic_core.data import Split
 from geodesic_core.metric import linear_path
@@ -89,6 +89,11 @@ def test_unset_traversal_settings_are_the_scenarios():
     assert ContinualConfig(fisher_weight=2.5).resolved().fisher_weight == 2.5
     with pytest.raises(ValueError, match="fisher_weight"):
         ContinualConfig(fisher_weight=-1)
+    # the head refit: on with a head per task, off with a shared one, where asking for it is refused
+    assert base.refit_head is None and r.refit_head is False and mf.refit_head is False and heads.refit_head is True
+    assert ContinualConfig(scenario="mnist_fashion_heads", refit_head=False).resolved().refit_head is False
+    with pytest.raises(ValueError, match="refit_head needs a head per task; scenario 'mnist_fashion' has one shared"):
+        ContinualConfig(scenario="mnist_fashion", refit_head=True)
 
 
 def test_the_fisher_aimed_target_weighs_the_earlier_tasks_fisher():
@@ -136,6 +141,54 @@ def test_a_multi_head_traversal_leaves_the_current_tasks_head_to_the_anchor():
         head_weights(net, (20, 30))
     with pytest.raises(InputError, match="own weights"):
         FixedTarget(w_prev, own=own[1:])(w, 0)
+
+
+def test_the_head_refit_moves_only_task_is_head_toward_w_is_outputs(data_dir):
+    """distill_head on real MNIST / Fashion-MNIST images: w_2's shared layers moved (a stand-in for the traversal's
+    end) lose Fashion; refitting the Fashion head to w_2's outputs, without labels, lowers the KL to them and brings
+    the Fashion accuracy back, while every other weight, so every MNIST output, stays bit for bit. The result is the
+    convex problem's minimum: no step of the head's weights lowers the KL further. A head the output layer lacks is
+    refused before any work."""
+    sc = get_scenario("mnist-fashion-heads")
+    mnist, fashion = sc.tasks(2)
+    tr, te = _subset(load_task(fashion, True, data_dir), 3000), _subset(load_task(fashion, False, data_dir), 1000)
+    m_te = _subset(load_task(mnist, False, data_dir), 1000)
+    w2 = build_scenario_model(sc, seed=1)
+    train(task_view(w2, fashion), tr, TrainConfig(epochs=2, lr=0.1, seed=1), device=torch.device("cpu"))
+    end = copy.deepcopy(w2)
+    with torch.no_grad():  # the hidden layers moved: what a traversal toward another network does to them
+        for p in list(end.parameters())[:-2]:
+            p.add_(p.std() * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    teacher_acc = task_accuracies(w2, [te], [fashion])[0]
+    moved = task_accuracies(end, [te], [fashion])[0]
+    assert moved < teacher_acc - 10  # the move costs Fashion (measured: 69.3 -> 54.6)
+    before = [p.detach().clone() for p in end.parameters()]
+    mnist_out = end(m_te.x)[:, :10].detach().clone()
+    fit = distill_head(end, w2, tr.x, fashion.head)
+    assert fit.kl_after < 0.1 * fit.kl_before and fit.iterations > 0  # measured: 0.54 -> 0.018
+    out = list(end.modules())[-1]
+    for p, q in zip(list(end.parameters())[:-2], before[:-2]):
+        assert torch.equal(p, q)  # no hidden weight moved
+    assert torch.equal(out.weight[:10], before[-2][:10]) and torch.equal(out.bias[:10], before[-1][:10])
+    assert torch.equal(end(m_te.x)[:, :10], mnist_out)  # MNIST's outputs bit for bit
+    assert not torch.equal(out.weight[10:], before[-2][10:])
+    assert task_accuracies(end, [te], [fashion])[0] > moved + 10  # Fashion comes back on unseen images (68.5)
+    # near the convex problem's minimum: the head's gradient a small fraction of where it started
+    from geodesic_core.train import distillation_loss
+
+    feats, wanted = end[:-1](tr.x).detach(), w2(tr.x)[:, 10:].detach()
+
+    def grad_norm(weight, bias):
+        w = torch.cat([weight, bias[:, None]], 1).detach().requires_grad_(True)
+        loss = distillation_loss(feats @ w[:, :-1].T + w[:, -1], wanted, 1.0)
+        return float(loss.detach()), float(torch.autograd.grad(loss, w)[0].norm())
+
+    loss_end, g_end = grad_norm(out.weight[10:], out.bias[10:])
+    loss_start, g_start = grad_norm(before[-2][10:], before[-1][10:])
+    assert loss_end == pytest.approx(fit.kl_after, rel=1e-4) and loss_start == pytest.approx(fit.kl_before, rel=1e-4)
+    assert g_end < 0.02 * g_start
+    with pytest.raises(InputError, match="output layer with the head's units 20..29"):
+        distill_head(end, w2, tr.x, (20, 30))
 
 
 def test_fisher_diagonal_matches_a_per_example_per_class_loop():

@@ -107,10 +107,12 @@ def test_sequential_baselines_at_the_geodesics_wall_time(harness, workdir, data_
         assert 0 <= eq["acc_task_1"] <= 100 and 0 <= eq["acc_task_2"] <= 100
 
 
-@pytest.mark.parametrize("scenario,anchor", [("mnist_fashion", "0.2"), ("mnist_fashion_heads", "1.0")])
-def test_mnist_to_fashion_with_one_shared_head_or_two(harness, workdir, data_dir, scenario, anchor):
-    """The paper's one shared head, and two heads (where the target leaves the Fashion head to the anchor): each
-    runs on its scenario's settings, aimed by the MNIST network's Fisher, and MLflow holds the numbers that ran."""
+@pytest.mark.parametrize("scenario,anchor,refit", [("mnist_fashion", "0.2", "False"),
+                                                   ("mnist_fashion_heads", "1.0", "True")])
+def test_mnist_to_fashion_with_one_shared_head_or_two(harness, workdir, data_dir, scenario, anchor, refit):
+    """The paper's one shared head, and two heads (where the target leaves the Fashion head to the anchor and the
+    head is refit after the traversal): each runs on its scenario's settings, aimed by the MNIST network's Fisher, and
+    MLflow holds the numbers that ran."""
     args = ["continual", "--data-dir", data_dir, "--scenario", scenario, "--train.epochs", "1",
             "--geo.max-steps", "6", "--eval-every", "3", "--methods", "geodesic", "--methods", "sgd",
             "--linear-points", "3"]
@@ -131,6 +133,17 @@ def test_mnist_to_fashion_with_one_shared_head_or_two(harness, workdir, data_dir
                 p["fisher_weight"]) == ("4.0", anchor, "0.3", "128", "auto", "1.0")
     geo = next(r for r in children if r.data.params["method"] == "geodesic")
     assert geo.data.metrics["aligned_units_moved"] > 0  # the scenario's align auto: the CNN's units matched
+    assert geo.data.params["refit_head"] == refit
+    if refit == "True":  # the Fashion head refit toward w_2's outputs: the KL falls, the path's last row says so
+        assert geo.data.metrics["head_kl_after"] < geo.data.metrics["head_kl_before"]
+        import pandas as pd
+
+        path = pd.read_parquet(client.download_artifacts(geo.info.run_id, "path_metrics.parquet", str(workdir)))
+        assert path["head_refit"].tolist()[-2:] == [False, True] and path["head_refit"].sum() == 1
+        assert path["step"].iloc[-1] == path["step"].iloc[-2]  # both rows at the traversal's last step
+        assert path["acc_task_1"].iloc[-1] == path["acc_task_1"].iloc[-2]  # MNIST's head and layers untouched
+    else:
+        assert "head_kl_before" not in geo.data.metrics
 
 
 @pytest.mark.parametrize("args,match", [
@@ -145,6 +158,7 @@ def test_mnist_to_fashion_with_one_shared_head_or_two(harness, workdir, data_dir
     (["--ewc-strength", "-1"], "--ewc-strength"),
     (["--equal-time", "--methods", "geodesic", "--methods", "linear"], "--equal-time"),
     (["--model", "torchvision:resnet18", "--align", "activations"], "neuron alignment supports"),
+    (["--scenario", "mnist-fashion", "--refit-head"], "refit_head needs a head per task"),
 ])
 def test_bad_input_fails_before_any_work(tmp_path, monkeypatch, data_dir, capsys, args, match):
     monkeypatch.chdir(tmp_path)
@@ -174,6 +188,11 @@ def test_a_methods_cache_key_ignores_the_other_methods_settings():
     aimed = [ContinualConfig(fisher_weight=1, fisher_samples=n) for n in (64, 1000)]
     assert _for_method(plain[0], "geodesic") == _for_method(plain[1], "geodesic")
     assert _for_method(aimed[0], "geodesic") != _for_method(aimed[1], "geodesic")
+    # the head refit is the geodesic's setting alone
+    heads = [ContinualConfig(scenario="mnist_fashion_heads", refit_head=r).resolved() for r in (True, False)]
+    assert _for_method(heads[0], "geodesic") != _for_method(heads[1], "geodesic")
+    assert _for_method(heads[0], "ewc") == _for_method(heads[1], "ewc")
+    assert _for_method(heads[0]) == _for_method(heads[1])
 
 
 def test_the_stages_alignment_is_decided_before_any_work():

@@ -85,6 +85,10 @@ def test_the_continual_form_leaves_the_scenarios_settings_to_the_scenario():
     geo = schema["definitions"]["ContinualGeoConfig"]["properties"]
     assert "10 for permuted_mnist; 4 for mnist_fashion, mnist_fashion_heads" in geo["temperature"]["description"]
     assert "auto for mnist_fashion" in schema["definitions"]["ContinualConfig"]["properties"]["align"]["description"]
+    assert default["refit_head"] is None and ("false for permuted_mnist, mnist_fashion; true for mnist_fashion_heads"
+                                              in schema["definitions"]["ContinualConfig"]["properties"]["refit_head"][
+                                                  "description"])
     validated = continual_flow.validate_parameters({"params": {**default, "scenario": "mnist_fashion"}})
     r = validated["params"].resolved()
-    assert (r.geo.temperature, r.geo.anchor, r.geo.eta, r.geo.metric_batch, r.align) == (4.0, 0.2, 0.3, 128, "auto")
+    assert (r.geo.temperature, r.geo.anchor, r.geo.eta, r.geo.metric_batch, r.align, r.refit_head) == (
+        4.0, 0.2, 0.3, 128, "auto", False)
