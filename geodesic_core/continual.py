@@ -308,6 +308,22 @@ def head_weights(model: nn.Module, head: tuple[int, int]) -> torch.Tensor:
     return mask
 
 
+def completed_heads(model: nn.Module, w_i: torch.Tensor, w_prev: torch.Tensor, tasks: Sequence[TaskSpec],
+                    index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The endpoints of the straight line between w_i and w_{1:i-1} ``(n,)`` with each one's untrained heads taken
+    from the other: w_{1:i-1} gets task i's head from w_i (it never trained it) and w_i the heads of tasks 1..i-1 from
+    w_{1:i-1}, so along the line every head stays at its trained value and only the shared layers are interpolated.
+    ``tasks[:index + 1]`` are the tasks so far, ``model`` the network whose `flat_params` layout the vectors follow.
+    With one shared head (no ``task.head``) the endpoints are returned unchanged."""
+    if tasks[index].head is None:
+        return w_i, w_prev
+    own = head_weights(model, tasks[index].head).to(w_i.device)
+    earlier = torch.zeros_like(own)
+    for t in tasks[:index]:
+        earlier |= head_weights(model, t.head).to(w_i.device)
+    return torch.where(earlier, w_prev, w_i), torch.where(own, w_i, w_prev)
+
+
 class HeadFit(NamedTuple):
     kl_before: float  # mean KL(softmax(f(x; w_i)) ‖ softmax(f(x; w))) over the inputs, before the refit
     kl_after: float
@@ -326,7 +342,7 @@ def distill_head(model: nn.Module, teacher: nn.Module, x: torch.Tensor, head: tu
 
     over the inputs ``x`` ``(P, ...)``: a convex problem in (W_h, b_h) (a multinomial logistic regression on soft
     targets), solved by full-batch L-BFGS with a strong-Wolfe line search from the current head, at most
-    ``max_iter`` iterations. No other weight changes: in continual learning (``teacher`` = w_i, the model the end of
+    ``max_iter`` iterations. No other weight changes: in continual learning (``teacher`` = w_i, ``model`` the end of
     the traversal Geo(w_i, g^i, w_{1:i-1})) no earlier task's output moves, and task i gets back what its head can
     recover on the traversal's features. Features ``(P, d)`` and targets ``(P, K)`` are held in memory.
     """

@@ -16,9 +16,9 @@ from prefect import task
 from geodesic_core import (cumulative_lengths, flat_params, linear_path, load_tensors, save_checkpoint, save_tensors,
                            set_flat_params, train)
 from geodesic_core.continual import ContinualConfig
-from geodesic_core.continual import (QuadraticPull, build_scenario_model, continual_geodesic, distill_head,
-                                     fisher_diagonal, get_scenario, linear_scan, load_task, pca_2d, task_accuracies,
-                                     task_view)
+from geodesic_core.continual import (QuadraticPull, build_scenario_model, completed_heads, continual_geodesic,
+                                     distill_head, fisher_diagonal, get_scenario, linear_scan, load_task, pca_2d,
+                                     task_accuracies, task_view)
 from geodesic_core.align import ALIGN_INPUTS, align_to
 from geodesic_core.align import alignment_plan as core_alignment_plan
 from geodesic_core.data import Split
@@ -218,7 +218,8 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
 def linear_stage(current: dict, previous: dict, index: int, cfg: ContinualConfig, data_dir: str | None,
                  data_fingerprint: str, code_version: str, track: dict | None = None) -> dict:
     """Baseline: the best point (highest minimum accuracy over tasks 1..i, an oracle on the test sets) on the
-    straight line between w_i and the previous linear-baseline network."""
+    straight line between w_i and the previous linear-baseline network; with a head per task, between the two with
+    each one's untrained heads taken from the other (`completed_heads`), so that only the shared layers move."""
     out = checkpoint_path("continual-linear", current["sha256"], previous["sha256"], index, cfg.linear_points,
                           cfg.seed, cfg.align, data_fingerprint, code_version)
     if (done := finished(out)) is not None:
@@ -230,7 +231,7 @@ def linear_stage(current: dict, previous: dict, index: int, cfg: ContinualConfig
     t_align = time.perf_counter() - t_align
     tests = _tests(cfg, data_dir)[: index + 1]
     specs = _specs(cfg)[: index + 1]
-    w_start, w_prev = flat_params(model), flat_params(prev)
+    w_start, w_prev = completed_heads(model, flat_params(model), flat_params(prev), specs, index)
 
     with Live(f"linear scan, task {index + 1}", cfg.linear_points, track) as live:
         def measure(w):

@@ -10,7 +10,8 @@ from geodesic_core import InputError, flat_params, train
 from geodesic_core.config import GeoConfig, TrainConfig
 from geodesic_core.continual import ContinualConfig
 from geodesic_core.continual import (QuadraticPull, average_accuracy, backward_transfer, build_scenario_model,
-                                     check_scenario_name, continual_geodesic, distill_head, fisher_diagonal,
+                                     check_scenario_name, completed_heads, continual_geodesic, distill_head,
+                                     fisher_diagonal,
                                      fisher_target, get_scenario, head_weights, linear_scan, load_task, pca_2d,
                                      task_accuracies, task_view)
 from geodesic_core.targets import FixedTarget, WeightedTarget
@@ -189,6 +190,24 @@ def test_the_head_refit_moves_only_task_is_head_toward_w_is_outputs(data_dir):
     assert g_end < 0.02 * g_start
     with pytest.raises(InputError, match="output layer with the head's units 20..29"):
         distill_head(end, w2, tr.x, (20, 30))
+
+
+def test_the_straight_line_between_multi_head_networks_keeps_every_trained_head():
+    """completed_heads: w_{1:i-1} takes task i's head from w_i and w_i the earlier heads from w_{1:i-1}; nothing
+    else changes, so on the line only the shared layers move; with one shared head the endpoints are unchanged."""
+    sc = get_scenario("mnist-fashion-heads")
+    net = build_scenario_model(sc, seed=0)
+    w_i, w_prev = torch.randn(flat_params(net).numel()), torch.randn(flat_params(net).numel())
+    own, earlier = head_weights(net, (10, 20)), head_weights(net, (0, 10))
+    a, b = completed_heads(net, w_i, w_prev, sc.tasks(2), 1)
+    assert torch.equal(a[earlier], w_prev[earlier]) and torch.equal(a[~earlier], w_i[~earlier])
+    assert torch.equal(b[own], w_i[own]) and torch.equal(b[~own], w_prev[~own])
+    shared = ~(own | earlier)
+    mid = torch.lerp(a, b, 0.5)
+    assert torch.equal(mid[own], w_i[own]) and torch.equal(mid[earlier], w_prev[earlier])
+    assert not torch.equal(mid[shared], w_i[shared]) and not torch.equal(mid[shared], w_prev[shared])
+    one = get_scenario("permuted_mnist")
+    assert completed_heads(net, w_i, w_prev, one.tasks(2), 1) == (w_i, w_prev)
 
 
 def test_fisher_diagonal_matches_a_per_example_per_class_loop():
