@@ -11,9 +11,8 @@ from geodesic_core.config import GeoConfig, TrainConfig
 from geodesic_core.continual import ContinualConfig
 from geodesic_core.continual import (QuadraticPull, average_accuracy, backward_transfer, build_scenario_model,
                                      check_scenario_name, completed_heads, continual_geodesic, distill_head,
-                                     fisher_diagonal,
-                                     fisher_target, get_scenario, head_weights, linear_scan, load_task, pca_2d,
-                                     task_accuracies, task_view)
+                                     fisher_diagonal, fisher_target, get_scenario, head_weights, linear_scan,
+                                     load_task, pca_2d, task_accuracies, task_view)
 from geodesic_core.targets import FixedTarget, WeightedTarget
 from geodesic_core.data import Split
 from geodesic_core.metric import linear_path
@@ -147,9 +146,9 @@ def test_a_multi_head_traversal_leaves_the_current_tasks_head_to_the_anchor():
 def test_the_head_refit_moves_only_task_is_head_toward_w_is_outputs(data_dir):
     """distill_head on real MNIST / Fashion-MNIST images: w_2's shared layers moved (a stand-in for the traversal's
     end) lose Fashion; refitting the Fashion head to w_2's outputs, without labels, lowers the KL to them and brings
-    the Fashion accuracy back, while every other weight, so every MNIST output, stays bit for bit. The result is the
-    convex problem's minimum: no step of the head's weights lowers the KL further. A head the output layer lacks is
-    refused before any work."""
+    the Fashion accuracy back, while every other weight, so every MNIST output, stays bit for bit. The result is
+    near the convex problem's minimum: the KL's gradient in the head is under 2% of its norm at the start, and the
+    reported KLs are the loss's values. A head the output layer lacks is refused before any work."""
     sc = get_scenario("mnist-fashion-heads")
     mnist, fashion = sc.tasks(2)
     tr, te = _subset(load_task(fashion, True, data_dir), 3000), _subset(load_task(fashion, False, data_dir), 1000)
