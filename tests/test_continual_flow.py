@@ -2,6 +2,7 @@
 
 import pandas as pd
 import pytest
+import torch
 
 from flows.cli import main
 
@@ -115,14 +116,14 @@ def test_mnist_to_fashion_with_one_shared_head_or_two(harness, workdir, data_dir
     MLflow holds the numbers that ran."""
     args = ["continual", "--data-dir", data_dir, "--scenario", scenario, "--train.epochs", "1",
             "--geo.max-steps", "6", "--eval-every", "3", "--methods", "geodesic", "--methods", "sgd",
-            "--linear-points", "3"]
+            "--methods", "linear", "--linear-points", "3"]
     assert main(args) == 0
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     exp = client.get_experiment_by_name("geodesic-continual")
     children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags
-                and r.data.params["method"] != "train"]
+                and r.data.params["method"] not in ("train", "linear")]
     assert sorted(r.data.params["method"] for r in children) == ["geodesic", "sgd"]
     for r in children:
         assert r.data.params["scenario"] == scenario and r.data.params["tasks"] == "2"
@@ -144,6 +145,18 @@ def test_mnist_to_fashion_with_one_shared_head_or_two(harness, workdir, data_dir
         assert path["acc_task_1"].iloc[-1] == path["acc_task_1"].iloc[-2]  # MNIST's head and layers untouched
     else:
         assert "head_kl_before" not in geo.data.metrics
+    # the straight line: with two heads each endpoint's untrained head is the other's trained one, so the line's best
+    # point holds w_1's MNIST head exactly and w_2's Fashion head (its columns permuted by the alignment)
+    if refit == "True":
+        from geodesic_core.checkpoint import load_model
+
+        folder = workdir / "outputs" / "checkpoints"
+        tasks = {meta["task"]: net for net, meta in map(load_model, folder.glob("task-*.pt"))}
+        (line, _), = map(load_model, folder.glob("continual-linear-*.pt"))
+        out, w1, w2 = (list(m.modules())[-1] for m in (line, tasks[0], tasks[1]))
+        assert torch.equal(out.weight[:10], w1.weight[:10]) and torch.equal(out.bias[:10], w1.bias[:10])
+        assert torch.equal(out.weight[10:].sort(1).values, w2.weight[10:].sort(1).values)
+        assert torch.equal(out.bias[10:], w2.bias[10:])
 
 
 @pytest.mark.parametrize("args,match", [
