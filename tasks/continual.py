@@ -7,6 +7,7 @@ the flow chains them. Stage i only reads task i's training data; test sets are r
 
 from __future__ import annotations
 
+import copy
 import functools
 import time
 
@@ -117,7 +118,8 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
     principal components (paper Fig. 5A/B). Live metrics (``distance``, ``step_length``, ``path_length``,
     ``acc_task_j``) go to the child run ``track`` at the geodesic step counted over all stages.
     """
-    weight, refit = cfg.resolved().fisher_weight, cfg.resolved().refit_head
+    resolved = cfg.resolved()
+    weight, refit = resolved.fisher_weight, resolved.refit_head
     if weight > 0 and fisher is None:
         raise ValueError("fisher_weight > 0: the geodesic stage needs the earlier tasks' Fisher (consolidate_fisher)")
     fisher = fisher if weight > 0 else None
@@ -129,12 +131,12 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
     model, meta = open_ref(current)
     prev, _ = open_ref(previous)
     f_sum = load_tensors(fisher["path"])[0]["a"] if fisher else None
-    teacher = open_ref(current)[0] if refit else None  # w_i as trained: its outputs are the head's refit target
     pool = _train_split(cfg, index, data_dir).x
     t_align = time.perf_counter()
     aligned = _align_start(model, prev, pool, index, cfg)
     t_align = time.perf_counter() - t_align
     w_start, w_prev = flat_params(model), flat_params(prev)
+    teacher = copy.deepcopy(model) if refit else None  # w_i (aligned: the same function), the refit's target
     tests = _tests(cfg, data_dir)[: index + 1]
     specs = _specs(cfg)[: index + 1]
     rows, points, spent = [], [w_start.cpu()], [0.0]
