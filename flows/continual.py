@@ -32,11 +32,13 @@ def _for_method(params: ContinualConfig, method: str | None = None) -> Continual
     depend on neither the methods nor their settings, and a method's chain not on the other methods'."""
     keep = {"scenario", "tasks", "model", "permutation_seed", "shared_init", "seed", "train"}
     keep |= {"geodesic": {"geo", "eval_every", "linear_points", "align", "fisher_weight", "fisher_samples",
-                           "refit_head"},
+                           "refit_head", "polish_epochs", "polish_strength", "polish_lr", "polish_temperature"},
              "linear": {"linear_points", "align"},
              "l2": {"l2_strength"}, "ewc": {"ewc_strength", "fisher_samples"}}.get(method, set())
-    if method == "geodesic" and not params.fisher_weight:  # the geodesic reads a Fisher only when aimed by it
-        keep.discard("fisher_samples")
+    if method == "geodesic" and not params.fisher_weight and not params.polish_epochs:
+        keep -= {"fisher_samples"}  # the geodesic reads a Fisher only when aimed or polished by it
+    if method == "geodesic" and not params.polish_epochs:
+        keep -= {"polish_strength", "polish_lr", "polish_temperature"}
     return ContinualConfig(**{k: getattr(params, k) for k in keep}, methods=[method] if method else ["geodesic"])
 
 
@@ -76,8 +78,9 @@ def _learn_sequence(params: ContinualConfig, parent: dict, data_dir: str, finger
     prev = {m: nets[0] for m in params.methods}
     pull = consolidate_fisher.submit(nets[0], 0, None, cfg["ewc"], *common) if "ewc" in params.methods else None
     pulls = [pull] if pull else []
-    # with fisher_weight > 0 the geodesic's chain keeps its own Fisher of the earlier tasks, as EWC does (no labels)
-    aimed = "geodesic" in params.methods and params.fisher_weight > 0
+    # with fisher_weight > 0 or polish_epochs > 0 the geodesic's chain keeps its own Fisher of the earlier tasks, as
+    # EWC does (no labels)
+    aimed = "geodesic" in params.methods and (params.fisher_weight > 0 or params.polish_epochs > 0)
     fisher = (pull or consolidate_fisher.submit(nets[0], 0, None, cfg["geodesic"], *common)) if aimed else None
     fishers = {"geodesic": [fisher] if aimed else [], "ewc": pulls}
     for i in range(1, k):
@@ -108,7 +111,7 @@ def _learn_sequence(params: ContinualConfig, parent: dict, data_dir: str, finger
         fishers["ewc_equal_time"] = pulls[:1]
         for i in range(1, k):
             budget = nets[i].result()["wall_seconds"] + stages["geodesic"][i - 1].result()["wall_seconds"]
-            if aimed:  # the Fisher the geodesic's stage aimed with counts in its time
+            if aimed:  # the Fisher the geodesic's stage read counts in its time
                 budget += fishers["geodesic"][i - 1].result()["wall_seconds"]
             for m in sequential:
                 own = budget - (pull.result()["wall_seconds"] if m == "ewc" else 0.0)  # EWC's Fisher counts too

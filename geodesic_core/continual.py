@@ -26,6 +26,7 @@ and evaluated on its own head, so the task identity is given at test time).
 from __future__ import annotations
 
 import math
+import time
 from typing import Callable, Literal, NamedTuple, Sequence
 
 import torch
@@ -43,7 +44,7 @@ from .models import build_model
 from .scenarios import (SCENARIOS, Scenario, TaskSpec, check_scenario_data, check_scenario_name,  # noqa: F401
                         check_task_count, get_scenario)
 from .targets import FixedTarget, WeightedTarget, param_slices
-from .train import distillation_loss, evaluate, full_float32
+from .train import distillation_loss, evaluate, full_float32, train
 
 
 # --- configuration: the continual flow's settings and its defaults for the nested ones ---------------------
@@ -113,6 +114,22 @@ class ContinualConfig(_Config):
         "(`geodesic_core.continual.distill_head`). No earlier task reads these weights, so their accuracy is "
         "unchanged; task i gets back part of what the traversal cost it. Its time counts in the stage's. Only with a "
         "head per task: a shared head is read by every task. None: " + _by_scenario("refit_head")))
+    polish_epochs: int | None = Field(None, ge=0, description=(
+        "The closing correction of each stage, after its traversal (and before refit_head): epochs of SGD from the "
+        "traversal's end on T² KL(softmax(f(x; w_i) / T) ‖ softmax(f(x; w) / T)) over task i's training inputs (no "
+        "labels) plus (polish_strength / 2) Σ_j F_j (w − w_{1:j})², the earlier tasks' diagonal Fisher at the "
+        "chain's stage ends (each on fisher_samples inputs of its task, no labels): the traversal's anchor and its "
+        "target settled as one local problem (`geodesic_core.continual.polish_stage`). Its time counts in the "
+        "stage's. 0: the traversal's end is the stage's end, the paper as written. None: "
+        + _by_scenario("polish_epochs")))
+    polish_strength: float = Field(10.0, ge=0.0)
+    """λ of the closing correction's pull toward the earlier stage ends (polish_epochs): larger holds the earlier
+    tasks and gives up task i (README, the trade-off on five permuted tasks)."""
+    polish_lr: PositiveFloat = 0.01
+    """The closing correction's learning rate (SGD, momentum 0.9, cosine decay to 0, batches of 128)."""
+    polish_temperature: float = Field(1.0, ge=0.0)
+    """The closing correction's loss on task i: T > 0 matches w_i's softmax at temperature T (T² KL); 0 its
+    logits (½‖·‖²)."""
     l2_strength: float = Field(0.01, ge=0.0)
     """λ of the L2 pull (λ/2) ‖w − w_{1:i-1}‖²."""
     ewc_strength: float = Field(100.0, ge=0.0)
@@ -198,13 +215,14 @@ class ContinualConfig(_Config):
 
     def resolved(self) -> "ContinualConfig":
         """This config with the settings left None filled in from the scenario's `TraversalDefaults`: ``align``,
-        ``fisher_weight``, ``refit_head`` and ``geo``'s eta, anchor, metric_batch and temperature (T = 1 where g^i is on
-        the logits). What the flow runs, caches on and logs to MLflow; a resolved config resolves to itself."""
+        ``fisher_weight``, ``refit_head``, ``polish_epochs`` and ``geo``'s eta, anchor, metric_batch and temperature (T = 1
+        where g^i is on the logits). What the flow runs, caches on and logs to MLflow; a resolved config resolves to itself."""
         defaults = get_scenario(self.scenario).traversal
         fill = {k: getattr(defaults, k) for k in SCENARIO_SETTINGS if getattr(self.geo, k) is None}
         if "temperature" in fill and self.geo.output_space != "softmax":
             fill["temperature"] = 1.0
-        top = {k: getattr(defaults, k) for k in ("align", "fisher_weight", "refit_head") if getattr(self, k) is None}
+        top = {k: getattr(defaults, k) for k in ("align", "fisher_weight", "refit_head", "polish_epochs")
+               if getattr(self, k) is None}
         if not fill and not top:
             return self
         return type(self).model_validate({**self.model_dump(), "geo": {**self.geo.model_dump(), **fill}, **top})
@@ -387,6 +405,35 @@ def distill_head(model: nn.Module, teacher: nn.Module, x: torch.Tensor, head: tu
             if layer.bias is not None:
                 layer.bias[head[0]:head[1]] = bias
     return HeadFit(before, min(before, after), int(opt.state[weight].get("n_iter", 0)))
+
+
+def polish_stage(model: nn.Module, teacher: nn.Module, x: torch.Tensor, pull: QuadraticPull, epochs: int, *,
+                 lr: float, temperature: float = 1.0, batch_size: int = 128, seed: int = 0,
+                 task: TaskSpec | None = None, step_callbacks: Sequence[Callable] = ()) -> float:
+    """The closing correction of a continual stage, after the traversal Geo(w_i, g^i, w_{1:i-1}) (in place).
+
+    From the traversal's end, ``epochs`` epochs of SGD (momentum 0.9, ``lr`` decayed to 0 by a cosine, batches of
+    ``batch_size``, no weight decay, seed ``seed``) on
+
+        T² (1/P) Σ_x KL(softmax(f(x; w_i) / T) ‖ softmax(f(x; w) / T)) + (λ/2) Σ_{j<i} Σ_k F_j,k (w_k − w_{1:j},k)²,
+
+    over task i's inputs ``x`` ``(P, ...)``, no labels: the traversal's anchor (task i's outputs, ``teacher`` =
+    w_i, `train.distillation_loss` at ``temperature`` T) against the earlier tasks' diagonal Fisher at the chain's
+    stage ends (``pull``, `QuadraticPull`, its strength λ; what the aimed step reads, no labels). The traversal
+    stops where its step and its anchor balance; this settles the same two pulls as one local problem, so each
+    stage gives up less of task i and of the earlier tasks. With a head per task (``task.head``) the loss reads
+    task i's head. Returns the wall seconds spent."""
+    if epochs <= 0:
+        return 0.0
+    t0 = time.perf_counter()
+    view = task_view(model, task) if task is not None else model
+    teach = task_view(teacher, task) if task is not None else teacher
+    tc = TrainConfig(epochs=epochs, lr=lr, momentum=0.9, weight_decay=0.0, batch_size=batch_size,
+                     schedule="cosine", seed=seed)
+    no_labels = torch.zeros(x.shape[0], dtype=torch.long)  # `train` reports accuracy on them; the loss never reads them
+    train(view, Split(x, no_labels), tc, penalty=pull, teacher=teach, teacher_temperature=temperature,
+          step_callbacks=step_callbacks)
+    return time.perf_counter() - t0
 
 
 def fisher_target(w_prev: torch.Tensor, fisher: torch.Tensor | None, fisher_weight: float,

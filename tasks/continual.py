@@ -18,7 +18,7 @@ from geodesic_core import (cumulative_lengths, flat_params, linear_path, load_te
                            set_flat_params, train)
 from geodesic_core.continual import ContinualConfig
 from geodesic_core.continual import (QuadraticPull, build_scenario_model, completed_heads, continual_geodesic,
-                                     distill_head, fisher_diagonal, get_scenario, linear_scan, load_task, pca_2d,
+                                     distill_head, fisher_diagonal, polish_stage, get_scenario, linear_scan, load_task, pca_2d,
                                      task_accuracies, task_view)
 from geodesic_core.align import ALIGN_INPUTS, align_to
 from geodesic_core.align import alignment_plan as core_alignment_plan
@@ -109,9 +109,10 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
                    fisher: dict | None = None) -> dict:
     """Algorithm 2 line 7: Geo(w_i, g^i, w_{1:i-1}, s) under task i's metric; the end point is w_{1:i}. With
     ``cfg.fisher_weight`` > 0 each step aims along (1 + ω F / mean F) ⊙ (w_{1:i-1} − w), F the earlier tasks'
-    diagonal Fisher held in ``fisher`` (`consolidate_fisher` over this chain's networks). With ``cfg.refit_head`` (a
-    head per task) task i's head is then refit to w_i's outputs (`distill_head`); the path's last two rows are the
-    end before and after the refit (column ``head_refit``).
+    diagonal Fisher held in ``fisher`` (`consolidate_fisher` over this chain's networks). With ``cfg.polish_epochs``
+    > 0 the traversal's end is then settled between w_i's outputs and that same pull (`polish_stage`; a row of the path
+    with ``polished`` true). With ``cfg.refit_head`` (a head per task) task i's head is then refit to w_i's outputs
+    (`distill_head`; the path's last row, ``head_refit`` true).
 
     Along the way the test accuracy on tasks 1..i is recorded every ``cfg.eval_every`` steps; the straight
     line between the same endpoints is scanned for comparison; both paths are projected on their first two
@@ -119,24 +120,28 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
     ``acc_task_j``) go to the child run ``track`` at the geodesic step counted over all stages.
     """
     resolved = cfg.resolved()
-    weight, refit = resolved.fisher_weight, resolved.refit_head
-    if weight > 0 and fisher is None:
-        raise ValueError("fisher_weight > 0: the geodesic stage needs the earlier tasks' Fisher (consolidate_fisher)")
-    fisher = fisher if weight > 0 else None
+    weight, refit, polish = resolved.fisher_weight, resolved.refit_head, resolved.polish_epochs
+    if (weight > 0 or polish > 0) and fisher is None:
+        raise ValueError("fisher_weight > 0 or polish_epochs > 0: the geodesic stage needs the earlier tasks' Fisher "
+                         "(consolidate_fisher)")
+    fisher = fisher if weight > 0 or polish > 0 else None
+    polish_key = (polish, cfg.polish_strength, cfg.polish_lr, cfg.polish_temperature) if polish else ()
     out = checkpoint_path("continual-geodesic", current["sha256"], previous["sha256"], index, cfg.geo.model_dump(),
                           cfg.seed, cfg.align, data_fingerprint, code_version,
-                          *((weight, fisher["sha256"]) if fisher else ()), *(("refit_head",) if refit else ()))
+                          *((weight, fisher["sha256"]) if fisher else ()), *(("refit_head",) if refit else ()),
+                          *polish_key)
     if (done := finished(out)) is not None:
         return done
     model, meta = open_ref(current)
     prev, _ = open_ref(previous)
-    f_sum = load_tensors(fisher["path"])[0]["a"] if fisher else None
+    pull = load_tensors(fisher["path"])[0] if fisher else None  # Σ_j F_j and the stage ends they pull toward
+    f_sum = pull["a"] if weight > 0 else None
     pool = _train_split(cfg, index, data_dir).x
     t_align = time.perf_counter()
     aligned = _align_start(model, prev, pool, index, cfg)
     t_align = time.perf_counter() - t_align
     w_start, w_prev = flat_params(model), flat_params(prev)
-    teacher = copy.deepcopy(model) if refit else None  # w_i (aligned: the same function), the refit's target
+    teacher = copy.deepcopy(model) if refit or polish else None  # w_i (aligned: the same function), their target
     tests = _tests(cfg, data_dir)[: index + 1]
     specs = _specs(cfg)[: index + 1]
     rows, points, spent = [], [w_start.cpu()], [0.0]
@@ -145,16 +150,17 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
     first = int(previous["end_step"]) + 1 if "end_step" in previous else 0
     offset = float(previous.get("end_path_length", 0.0))
 
-    def row(step: int, distance: float, refit: bool = False) -> dict:
+    def row(step: int, distance: float, refit: bool = False, polished: bool = False) -> dict:
         accs = {f"acc_task_{j + 1}": a for j, a in enumerate(task_accuracies(model, tests, specs))}
-        live.log(first + step, accs)
+        at = first + step + bool(polish and (polished or refit))  # the closing correction: a point of its own
+        live.log(at, accs)
         live.advance(live.completed, probe=f"tasks {', '.join(f'{a:.1f}' for a in accs.values())}%")
-        return {"stage": index + 1, "step": step, "global_step": first + step, "distance": distance, **accs,
-                "head_refit": refit}
+        return {"stage": index + 1, "step": step, "global_step": at, "distance": distance, **accs,
+                "polished": polished, "head_refit": refit}
 
-    def end_row(step: int, distance: float, refit: bool = False) -> None:  # a row at the end, its time not counted
-        t = time.perf_counter()
-        rows.append(row(step, distance, refit))
+    def end_row(step: int, distance: float, refit: bool = False, polished: bool = False) -> None:
+        t = time.perf_counter()  # a row at the end, its time not counted
+        rows.append(row(step, distance, refit, polished))
         points.append(flat_params(model).cpu().clone())
         spent[0] += time.perf_counter() - t
 
@@ -178,6 +184,11 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
                                  fisher=f_sum, fisher_weight=weight)
         if rows[-1]["step"] != res.steps:
             end_row(res.steps, res.distance)
+        if polish:
+            polish_stage(model, teacher, pool, QuadraticPull.from_state(cfg.polish_strength, pull), polish,
+                         lr=cfg.polish_lr, temperature=cfg.polish_temperature, seed=cfg.seed * 7919 + index,
+                         task=specs[index])
+            end_row(res.steps, float((flat_params(model) - w_prev).norm()), polished=True)
         fit = distill_head(model, teacher, pool, specs[index].head) if refit else None
         wall = time.perf_counter() - t0 - spent[0] + t_align
         if fit is not None:
@@ -208,7 +219,7 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
     accs = _accs(model, cfg, data_dir)  # cumulative_lengths restored the end weights
     return save_result(out, model, meta, dict(
         index=index, accuracies=accs, wall_seconds=wall, steps=res.steps, stop_reason=res.stop_reason,
-        end_step=first + res.steps, end_path_length=offset + res.path_length,
+        end_step=first + res.steps + bool(polish), end_path_length=offset + res.path_length,
         distance=res.distance, path_rows=rows, line_rows=line_rows, path_length=geo_len[-1],
         path_length_euclidean=euclid["length"], line_path_length=lin_len[-1],
         line_path_length_euclidean=float((w_prev - w_start).norm()), fisher_weight=weight, **aligned,

@@ -64,7 +64,7 @@ def continual_row(method: str, params, trained: list[dict], results: list[dict],
 
     ``wall_seconds``: the method's own compute after task 1: the per-task networks w_2..w_k and the traversals
     (geodesic) or scans (linear); the sequential training (sgd, l2, ewc); plus ``extra_seconds``: the Fisher that EWC
-    keeps, and the geodesic with fisher_weight > 0.
+    keeps, and the geodesic with fisher_weight > 0 or polish_epochs > 0.
     ``epochs`` (the sequential baselines): their training epochs summed over the stages. ``head_kl_before`` /
     ``head_kl_after`` (the geodesic with refit_head): the KL of task i's head to w_i's outputs before and after its
     refit, summed over the stages.

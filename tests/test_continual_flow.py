@@ -7,7 +7,7 @@ import torch
 from flows.cli import main
 
 TINY = ["--tasks", "3", "--train.epochs", "1", "--geo.max-steps", "12", "--eval-every", "4", "--fisher-samples",
-        "64", "--linear-points", "5", "--align", "auto", "--fisher-weight", "1"]
+        "64", "--linear-points", "5", "--align", "auto", "--fisher-weight", "1", "--polish-epochs", "1"]
 
 
 def test_flow_tracks_every_method_and_resumes_from_cache(harness, workdir, data_dir, monkeypatch, capsys):
@@ -60,6 +60,13 @@ def test_flow_tracks_every_method_and_resumes_from_cache(harness, workdir, data_
         assert children[method].data.params["align"] == "auto"
         assert 0 < children[method].data.metrics["aligned_units_moved"] <= 800
     assert children["geodesic"].data.params["fisher_weight"] == "1.0"  # each stage aimed by its chain's Fisher
+    # each stage closed by the correction toward w_i's outputs against the Fisher's pull: one row of its own after the
+    # traversal's end, at the same stage step and the next global step
+    assert children["geodesic"].data.params["polish_epochs"] == "1"
+    for _, stage in path.groupby("stage"):
+        assert stage["polished"].tolist()[-2:] == [False, True] and stage["polished"].sum() == 1
+        assert stage["step"].iloc[-1] == stage["step"].iloc[-2]
+        assert stage["global_step"].iloc[-1] == stage["global_step"].iloc[-2] + 1
     assert "aligned_units_moved" not in children["sgd"].data.metrics
     # the path as metric histories at the geodesic step counted over both stages: one point per step
     assert {"global_step"} <= set(path.columns) and path["global_step"].is_unique
@@ -172,6 +179,8 @@ def test_mnist_to_fashion_with_one_shared_head_or_two(harness, workdir, data_dir
     (["--equal-time", "--methods", "geodesic", "--methods", "linear"], "--equal-time"),
     (["--model", "torchvision:resnet18", "--align", "activations"], "neuron alignment supports"),
     (["--scenario", "mnist-fashion", "--refit-head"], "refit_head needs a head per task"),
+    (["--polish-epochs", "-1"], "--polish-epochs"),
+    (["--polish-lr", "0"], "--polish-lr"),
 ])
 def test_bad_input_fails_before_any_work(tmp_path, monkeypatch, data_dir, capsys, args, match):
     monkeypatch.chdir(tmp_path)
@@ -206,6 +215,13 @@ def test_a_methods_cache_key_ignores_the_other_methods_settings():
     assert _for_method(heads[0], "geodesic") != _for_method(heads[1], "geodesic")
     assert _for_method(heads[0], "ewc") == _for_method(heads[1], "ewc")
     assert _for_method(heads[0]) == _for_method(heads[1])
+    # the closing correction's settings too; they, and the Fisher it reads, count only where it runs
+    polished = [ContinualConfig(fisher_weight=0, polish_epochs=2, polish_strength=s, fisher_samples=n)
+                for s, n in ((10, 64), (30, 64), (10, 1000))]
+    keys = [_for_method(c, "geodesic") for c in polished]
+    assert len(set(map(repr, keys))) == 3 and _for_method(polished[0], "ewc") == _for_method(polished[1], "ewc")
+    off = [ContinualConfig(fisher_weight=0, polish_epochs=0, polish_strength=s) for s in (10, 30)]
+    assert _for_method(off[0], "geodesic") == _for_method(off[1], "geodesic")
 
 
 def test_the_stages_alignment_is_decided_before_any_work():

@@ -88,6 +88,9 @@ def test_the_continual_form_leaves_the_scenarios_settings_to_the_scenario():
     assert default["refit_head"] is None and ("false for permuted_mnist, mnist_fashion; true for mnist_fashion_heads"
                                               in schema["definitions"]["ContinualConfig"]["properties"]["refit_head"][
                                                   "description"])
+    assert default["polish_epochs"] is None and ("2 for permuted_mnist, mnist_fashion_heads; 0 for mnist_fashion"
+                                                 in schema["definitions"]["ContinualConfig"]["properties"][
+                                                     "polish_epochs"]["description"])
     validated = continual_flow.validate_parameters({"params": {**default, "scenario": "mnist_fashion"}})
     r = validated["params"].resolved()
     assert (r.geo.temperature, r.geo.anchor, r.geo.eta, r.geo.metric_batch, r.align, r.refit_head) == (
