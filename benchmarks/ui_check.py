@@ -200,7 +200,9 @@ def shots(chromium: str, out: Path, prefect_url: str, mlflow_url: str) -> None:
             "None: the scenario's: none for permuted_mnist; auto for mnist_fashion, mnist_fashion_heads",
             "Fisher Weight (Optional)", "None: the scenario's: 1 for permuted_mnist, mnist_fashion, "
             "mnist_fashion_heads", "Refit Head (Optional)",
-            "None: the scenario's: false for permuted_mnist, mnist_fashion; true for mnist_fashion_heads")})
+            "None: the scenario's: false for permuted_mnist, mnist_fashion; true for mnist_fashion_heads",
+            "Polish Epochs (Optional)", "None: the scenario's: 2 for permuted_mnist, mnist_fashion_heads; 0 for "
+            "mnist_fashion", "Polish Strength")})
         page.get_by_text("Align (Optional)", exact=True).first.scroll_into_view_if_needed()
         page.wait_for_timeout(500)
         page.screenshot(path=str(out / "prefect-continual-form-align.png"))
@@ -210,6 +212,9 @@ def shots(chromium: str, out: Path, prefect_url: str, mlflow_url: str) -> None:
         page.get_by_text("Refit Head (Optional)", exact=True).first.scroll_into_view_if_needed()
         page.wait_for_timeout(500)
         page.screenshot(path=str(out / "prefect-continual-form-refit-head.png"))
+        page.get_by_text("Polish Epochs (Optional)", exact=True).first.scroll_into_view_if_needed()
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(out / "prefect-continual-form-polish.png"))
         page.goto(f"{prefect_url}/runs/flow-run/{flow_run['id']}", wait_until="networkidle")
         page.get_by_text("Artifacts", exact=True).first.click()
         page.wait_for_timeout(3000)
