@@ -215,8 +215,9 @@ class ContinualConfig(_Config):
 
     def resolved(self) -> "ContinualConfig":
         """This config with the settings left None filled in from the scenario's `TraversalDefaults`: ``align``,
-        ``fisher_weight``, ``refit_head``, ``polish_epochs`` and ``geo``'s eta, anchor, metric_batch and temperature (T = 1
-        where g^i is on the logits). What the flow runs, caches on and logs to MLflow; a resolved config resolves to itself."""
+        ``fisher_weight``, ``refit_head``, ``polish_epochs`` and ``geo``'s eta, anchor, metric_batch and temperature
+        (T = 1 where g^i is on the logits). What the flow runs, caches on and logs to MLflow; a resolved config resolves
+        to itself."""
         defaults = get_scenario(self.scenario).traversal
         fill = {k: getattr(defaults, k) for k in SCENARIO_SETTINGS if getattr(self.geo, k) is None}
         if "temperature" in fill and self.geo.output_space != "softmax":
@@ -430,7 +431,7 @@ def polish_stage(model: nn.Module, teacher: nn.Module, x: torch.Tensor, pull: Qu
     teach = task_view(teacher, task) if task is not None else teacher
     tc = TrainConfig(epochs=epochs, lr=lr, momentum=0.9, weight_decay=0.0, batch_size=batch_size,
                      schedule="cosine", seed=seed)
-    no_labels = torch.zeros(x.shape[0], dtype=torch.long)  # `train` reports accuracy on them; the loss never reads them
+    no_labels = torch.zeros(x.shape[0], dtype=torch.long)  # `train` reports accuracy on them; the loss reads none
     train(view, Split(x, no_labels), tc, penalty=pull, teacher=teach, teacher_temperature=temperature,
           step_callbacks=step_callbacks)
     return time.perf_counter() - t0

@@ -18,8 +18,8 @@ from geodesic_core import (cumulative_lengths, flat_params, linear_path, load_te
                            set_flat_params, train)
 from geodesic_core.continual import ContinualConfig
 from geodesic_core.continual import (QuadraticPull, build_scenario_model, completed_heads, continual_geodesic,
-                                     distill_head, fisher_diagonal, polish_stage, get_scenario, linear_scan, load_task, pca_2d,
-                                     task_accuracies, task_view)
+                                     distill_head, fisher_diagonal, get_scenario, linear_scan, load_task, pca_2d,
+                                     polish_stage, task_accuracies, task_view)
 from geodesic_core.align import ALIGN_INPUTS, align_to
 from geodesic_core.align import alignment_plan as core_alignment_plan
 from geodesic_core.data import Split
@@ -112,7 +112,8 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
     diagonal Fisher held in ``fisher`` (`consolidate_fisher` over this chain's networks). With ``cfg.polish_epochs``
     > 0 the traversal's end is then settled between w_i's outputs and that same pull (`polish_stage`; a row of the path
     with ``polished`` true). With ``cfg.refit_head`` (a head per task) task i's head is then refit to w_i's outputs
-    (`distill_head`; the path's last row, ``head_refit`` true).
+    (`distill_head`; the path's last row, ``head_refit`` true). Each closing row is at the traversal's last ``step``
+    and a ``global_step`` of its own, after the traversal's.
 
     Along the way the test accuracy on tasks 1..i is recorded every ``cfg.eval_every`` steps; the straight
     line between the same endpoints is scanned for comparison; both paths are projected on their first two
@@ -152,7 +153,7 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
 
     def row(step: int, distance: float, refit: bool = False, polished: bool = False) -> dict:
         accs = {f"acc_task_{j + 1}": a for j, a in enumerate(task_accuracies(model, tests, specs))}
-        at = first + step + bool(polish and (polished or refit))  # the closing correction: a point of its own
+        at = first + step + (1 if polished else 1 + bool(polish) if refit else 0)  # each closing row: its own step
         live.log(at, accs)
         live.advance(live.completed, probe=f"tasks {', '.join(f'{a:.1f}' for a in accs.values())}%")
         return {"stage": index + 1, "step": step, "global_step": at, "distance": distance, **accs,
@@ -219,7 +220,7 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
     accs = _accs(model, cfg, data_dir)  # cumulative_lengths restored the end weights
     return save_result(out, model, meta, dict(
         index=index, accuracies=accs, wall_seconds=wall, steps=res.steps, stop_reason=res.stop_reason,
-        end_step=first + res.steps + bool(polish), end_path_length=offset + res.path_length,
+        end_step=first + res.steps + bool(polish) + bool(refit), end_path_length=offset + res.path_length,
         distance=res.distance, path_rows=rows, line_rows=line_rows, path_length=geo_len[-1],
         path_length_euclidean=euclid["length"], line_path_length=lin_len[-1],
         line_path_length_euclidean=float((w_prev - w_start).norm()), fisher_weight=weight, **aligned,

@@ -149,6 +149,12 @@ def test_mnist_to_fashion_with_one_shared_head_or_two(harness, workdir, data_dir
         path = pd.read_parquet(client.download_artifacts(geo.info.run_id, "path_metrics.parquet", str(workdir)))
         assert path["head_refit"].tolist()[-2:] == [False, True] and path["head_refit"].sum() == 1
         assert path["step"].iloc[-1] == path["step"].iloc[-2]  # both rows at the traversal's last step
+        # the traversal's end, the closing correction's and the refit's: each a global step of its own, so MLflow's
+        # histories hold one value per step
+        assert path["polished"].tolist()[-3:] == [False, True, False] and path["global_step"].is_unique
+        for key in ("acc_task_1", "acc_task_2"):
+            hist = [h.step for h in client.get_metric_history(geo.info.run_id, key)]
+            assert len(hist) == len(set(hist)) and max(hist) == path["global_step"].max(), key
         assert path["acc_task_1"].iloc[-1] == path["acc_task_1"].iloc[-2]  # MNIST's head and layers untouched
     else:
         assert "head_kl_before" not in geo.data.metrics
