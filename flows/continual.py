@@ -35,8 +35,8 @@ def _for_method(params: ContinualConfig, method: str | None = None) -> Continual
                            "refit_head", "polish_epochs", "polish_strength", "polish_lr", "polish_temperature"},
              "linear": {"linear_points", "align"},
              "l2": {"l2_strength"}, "ewc": {"ewc_strength", "fisher_samples"}}.get(method, set())
-    if method == "geodesic" and not params.fisher_weight and not params.polish_epochs:
-        keep -= {"fisher_samples"}  # the geodesic reads a Fisher only when aimed or polished by it
+    if method == "geodesic" and not params.geodesic_reads_fisher():
+        keep -= {"fisher_samples"}
     if method == "geodesic" and not params.polish_epochs:
         keep -= {"polish_strength", "polish_lr", "polish_temperature"}
     return ContinualConfig(**{k: getattr(params, k) for k in keep}, methods=[method] if method else ["geodesic"])
@@ -80,9 +80,9 @@ def _learn_sequence(params: ContinualConfig, parent: dict, data_dir: str, finger
     pulls = [pull] if pull else []
     # with fisher_weight > 0 or polish_epochs > 0 the geodesic's chain keeps its own Fisher of the earlier tasks, as
     # EWC does (no labels)
-    aimed = "geodesic" in params.methods and (params.fisher_weight > 0 or params.polish_epochs > 0)
-    fisher = (pull or consolidate_fisher.submit(nets[0], 0, None, cfg["geodesic"], *common)) if aimed else None
-    fishers = {"geodesic": [fisher] if aimed else [], "ewc": pulls}
+    reads_fisher = "geodesic" in params.methods and params.geodesic_reads_fisher()
+    fisher = (pull or consolidate_fisher.submit(nets[0], 0, None, cfg["geodesic"], *common)) if reads_fisher else None
+    fishers = {"geodesic": [fisher] if reads_fisher else [], "ewc": pulls}
     for i in range(1, k):
         for m in params.methods:
             if m == "geodesic":
@@ -96,7 +96,7 @@ def _learn_sequence(params: ContinualConfig, parent: dict, data_dir: str, finger
         if "ewc" in params.methods and i < k - 1:
             pull = consolidate_fisher.submit(prev["ewc"], i, pull, cfg["ewc"], *common)
             pulls.append(pull)
-        if aimed and i < k - 1:
+        if reads_fisher and i < k - 1:
             fisher = consolidate_fisher.submit(prev["geodesic"], i, fisher, cfg["geodesic"], *common)
             fishers["geodesic"].append(fisher)
 
@@ -111,7 +111,7 @@ def _learn_sequence(params: ContinualConfig, parent: dict, data_dir: str, finger
         fishers["ewc_equal_time"] = pulls[:1]
         for i in range(1, k):
             budget = nets[i].result()["wall_seconds"] + stages["geodesic"][i - 1].result()["wall_seconds"]
-            if aimed:  # the Fisher the geodesic's stage read counts in its time
+            if reads_fisher:  # the Fisher the geodesic's stage read counts in its time
                 budget += fishers["geodesic"][i - 1].result()["wall_seconds"]
             for m in sequential:
                 own = budget - (pull.result()["wall_seconds"] if m == "ewc" else 0.0)  # EWC's Fisher counts too

@@ -228,6 +228,11 @@ class ContinualConfig(_Config):
             return self
         return type(self).model_validate({**self.model_dump(), "geo": {**self.geo.model_dump(), **fill}, **top})
 
+    def geodesic_reads_fisher(self) -> bool:
+        """Whether the geodesic reads the earlier tasks' Fisher: its step aimed by it (``fisher_weight`` > 0) or its
+        stages closed against it (``polish_epochs`` > 0). Settings left None count as off: ask a resolved config."""
+        return bool(self.fisher_weight) or bool(self.polish_epochs)
+
     def sequential_methods(self) -> list[str]:
         """The sequential baselines (sgd, l2, ewc) among ``methods``."""
         return [m for m in self.methods if m in SEQUENTIAL_METHODS]

@@ -122,10 +122,10 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
     """
     resolved = cfg.resolved()
     weight, refit, polish = resolved.fisher_weight, resolved.refit_head, resolved.polish_epochs
-    if (weight > 0 or polish > 0) and fisher is None:
+    if resolved.geodesic_reads_fisher() and fisher is None:
         raise ValueError("fisher_weight > 0 or polish_epochs > 0: the geodesic stage needs the earlier tasks' Fisher "
                          "(consolidate_fisher)")
-    fisher = fisher if weight > 0 or polish > 0 else None
+    fisher = fisher if resolved.geodesic_reads_fisher() else None
     polish_key = (polish, cfg.polish_strength, cfg.polish_lr, cfg.polish_temperature) if polish else ()
     out = checkpoint_path("continual-geodesic", current["sha256"], previous["sha256"], index, cfg.geo.model_dump(),
                           cfg.seed, cfg.align, data_fingerprint, code_version,
