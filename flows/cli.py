@@ -74,7 +74,8 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type[BaseModel], pr
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(ann) is list:
             kwargs.update(action="append", type=str,
-                          help=f"{text.rstrip('.')}; repeat the option for several (default: {default})")
+                          help=f"{text.rstrip('.')}; repeat the option or separate by commas for several "
+                               f"(default: {default})")
         else:
             kwargs["type"] = _base_type(next((a for a in args if a is not type(None)), ann) if args else ann)
         group.add_argument(_option(dest) if "." not in dest else "--" + dest.replace("_", "-"), **kwargs)
@@ -91,6 +92,8 @@ def _raw_values(cls: type[BaseModel], args: argparse.Namespace, prefix: str = ""
                 values[name] = {**default.model_dump(), **sub}
             continue
         v = getattr(args, f"{prefix}{name}", None)
+        if isinstance(v, list):  # a list option, repeated or comma-separated: --methods geodesic,ewc
+            v = [part.strip() for given in v for part in given.split(",") if part.strip()]
         if v is not None:
             values[name] = v
     return values
