@@ -122,10 +122,11 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
     """
     resolved = cfg.resolved()
     weight, refit, polish = resolved.fisher_weight, resolved.refit_head, resolved.polish_epochs
-    if resolved.geodesic_reads_fisher() and fisher is None:
+    reads_fisher = resolved.geodesic_reads_fisher()
+    if reads_fisher and fisher is None:
         raise ValueError("fisher_weight > 0 or polish_epochs > 0: the geodesic stage needs the earlier tasks' Fisher "
                          "(consolidate_fisher)")
-    fisher = fisher if resolved.geodesic_reads_fisher() else None
+    fisher = fisher if reads_fisher else None
     polish_key = (polish, cfg.polish_strength, cfg.polish_lr, cfg.polish_temperature) if polish else ()
     out = checkpoint_path("continual-geodesic", current["sha256"], previous["sha256"], index, cfg.geo.model_dump(),
                           cfg.seed, cfg.align, data_fingerprint, code_version,
@@ -153,7 +154,8 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
 
     def row(step: int, distance: float, refit: bool = False, polished: bool = False) -> dict:
         accs = {f"acc_task_{j + 1}": a for j, a in enumerate(task_accuracies(model, tests, specs))}
-        at = first + step + (1 if polished else 1 + bool(polish) if refit else 0)  # each closing row: its own step
+        # a closing row (the correction, the head refit): the global step after the row before it
+        at = rows[-1]["global_step"] + 1 if polished or refit else first + step
         live.log(at, accs)
         live.advance(live.completed, probe=f"tasks {', '.join(f'{a:.1f}' for a in accs.values())}%")
         return {"stage": index + 1, "step": step, "global_step": at, "distance": distance, **accs,
@@ -220,7 +222,7 @@ def geodesic_stage(current: dict, previous: dict, index: int, cfg: ContinualConf
     accs = _accs(model, cfg, data_dir)  # cumulative_lengths restored the end weights
     return save_result(out, model, meta, dict(
         index=index, accuracies=accs, wall_seconds=wall, steps=res.steps, stop_reason=res.stop_reason,
-        end_step=first + res.steps + bool(polish) + bool(refit), end_path_length=offset + res.path_length,
+        end_step=rows[-1]["global_step"], end_path_length=offset + res.path_length,
         distance=res.distance, path_rows=rows, line_rows=line_rows, path_length=geo_len[-1],
         path_length_euclidean=euclid["length"], line_path_length=lin_len[-1],
         line_path_length_euclidean=float((w_prev - w_start).norm()), fisher_weight=weight, **aligned,
