@@ -17,7 +17,6 @@ from prefect.runtime import flow_run
 
 from geodesic_core.connect import ConnectConfig
 from geodesic_core.data import get_spec
-from geodesic_core.train import equal_time_epochs
 from flows.common import closing_parent_on_failure, confine_paths, default_task_runner
 from tasks.common import code_version
 from tasks.connect import (align_endpoint, alignment_plan, bezier_curve_task, connect_segment_task,
@@ -106,16 +105,15 @@ def _connect(params: ConnectConfig, parent: dict, data_dir: str, fingerprint: st
         log.info("relaxed the geodesic: %d epochs of the chain's fit in %.0f s",
                  params.relax_epochs, relaxed["geodesic_relaxed"]["fit_seconds"])
 
-    # --- the peers at the geodesic's wall time: each curve's epochs scaled to fit it, one curve after the other -
+    # --- the peers at the geodesic's wall time: each curve trained for that time, one curve after the other ----
     peers = {**relaxed, "linear": line.result(), **{m: c.result() for m, c in curves.items()}}
     if params.bezier_equal_time:
         for m in params.curves():
             tracks[f"{m}_equal_time"] = child_track(parent, f"{m}-equal_time-{params.model}-{params.dataset}",
                                                     settings, method=m, budget="equal_time")
-            epochs = equal_time_epochs(params.bezier_train.epochs, peers[m]["wall_seconds"], budget)
-            log.info("%s curve at the geodesic's wall time (%.0f s): %d epochs", m, budget, epochs)
+            log.info("%s curve at the geodesic's wall time (%.0f s)", m, budget)
             peers[f"{m}_equal_time"] = bezier_curve_task.submit(
-                a, b, params, *common, track=tracks[f"{m}_equal_time"], epochs=epochs, budget_seconds=budget,
+                a, b, params, *common, track=tracks[f"{m}_equal_time"], budget_seconds=budget,
                 distill=m == "bezier_distill").result()
 
     # --- evaluate and track ---------------------------------------------------------------------------------

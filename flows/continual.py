@@ -14,7 +14,6 @@ from prefect.runtime import flow_run
 
 from geodesic_core.continual import ContinualConfig
 from geodesic_core.continual import get_scenario
-from geodesic_core.train import equal_time_epochs
 from flows.common import closing_parent_on_failure, confine_paths, default_task_runner, raise_first_failure
 from tasks.common import code_version
 from tasks.continual import (alignment_plan, consolidate_fisher, geodesic_stage, linear_stage, sequential_stage,
@@ -115,11 +114,10 @@ def _learn_sequence(params: ContinualConfig, parent: dict, data_dir: str, finger
                 budget += fishers["geodesic"][i - 1].result()["wall_seconds"]
             for m in sequential:
                 own = budget - (pull.result()["wall_seconds"] if m == "ewc" else 0.0)  # EWC's Fisher counts too
-                epochs = equal_time_epochs(params.train.epochs, stages[m][i - 1].result()["wall_seconds"], own)
-                log.info("%s at the geodesic's wall time, task %d: %.0f s, %d epochs", m, i + 1, own, epochs)
+                log.info("%s at the geodesic's wall time, task %d: %.0f s", m, i + 1, own)
                 name = f"{m}_equal_time"
                 prev[name] = sequential_stage.submit(m, prev[name], i, pull if m == "ewc" else None, cfg[m], *common,
-                                                     track=tracks[name], epochs=epochs, budget_seconds=own)
+                                                     track=tracks[name], budget_seconds=own)
                 stages[name].append(prev[name])
             if "ewc" in sequential and i < k - 1:
                 pull = consolidate_fisher.submit(prev["ewc_equal_time"], i, pull, cfg["ewc"], *common)

@@ -92,9 +92,9 @@ class ConnectConfig(_ModelOnDataset):
     ‖f − f_t‖², at a distillation rate). T = 2 held a path 0.3-1.2 points higher than the logits on three
     validation pairs (the README's connect section)."""
     bezier_equal_time: bool = False
-    """Also train each curve for the geodesic's wall time (budget equal_time): bezier_train.epochs scaled by
-    the geodesic's time over that curve's first training time, the geodesic's time as a cap (with relax_epochs:
-    the traversal's and the relaxation's time)."""
+    """Also train each curve for the geodesic's wall time (budget equal_time; with relax_epochs the traversal's
+    and the relaxation's time), its learning-rate schedule spanning that time, with bezier_train's other
+    settings."""
     relax_epochs: int = Field(10, ge=0)
     """The path's closing correction (child run geodesic_relaxed): the polygonal chain through relax_nodes of the
     geodesic's evaluated points, each at its progress t, its nodes fit without labels toward f_t for this many
@@ -363,8 +363,8 @@ def endpoint_teachers(endpoints: tuple[nn.Module, nn.Module], x: torch.Tensor,
 
 
 def fit_curve(curve: _Curve, data: Split, cfg, *, augment: bool = False, callbacks=(), step_callbacks=(),
-              budget_seconds: float | None = None, endpoints: tuple[nn.Module, nn.Module] | None = None,
-              temperature: float = 0.0) -> _Curve:
+              budget_seconds: float | None = None, schedule_seconds: float | None = None,
+              endpoints: tuple[nn.Module, nn.Module] | None = None, temperature: float = 0.0) -> _Curve:
     """Fit a curve's parameters by SGD on E_{t~U(0,1)} L(φ(t)) with the training settings ``cfg`` (a `TrainConfig`:
     epochs, lr, momentum, weight decay on the curve's parameters, schedule, seed for the batches; the t draws come
     from the curve's own generator). L is the cross-entropy on ``data`` (Garipov et al. 2018), or, with
@@ -375,7 +375,9 @@ def fit_curve(curve: _Curve, data: Split, cfg, *, augment: bool = False, callbac
     al. 2015: the shape of the labels' cross-entropy, at the cross-entropy's learning rates;
     `geodesic_core.train.distillation_loss`). Endpoints with batch norm are read as every point of a path is
     evaluated (`endpoint_teachers`), not with their stored running averages. ``budget_seconds``: stop once this much
-    wall time is spent (the equal-time comparison's cap). Returns the curve, in eval mode."""
+    wall time is spent; ``schedule_seconds``: the learning-rate schedule spans this much wall time instead of
+    ``cfg.epochs`` (the equal-time curve: both the budget, `geodesic_core.train.WALL_TIME_EPOCHS`). Returns the
+    curve, in eval mode."""
     from .train import train
 
     if not (temperature >= 0 and math.isfinite(temperature)):
@@ -385,13 +387,14 @@ def fit_curve(curve: _Curve, data: Split, cfg, *, augment: bool = False, callbac
     if endpoints is not None:
         teacher = CurveAnchor(curve, *endpoint_teachers(endpoints, data.x, device))
     train(curve, data, cfg, augment=augment, device=device, callbacks=callbacks, step_callbacks=step_callbacks,
-          budget_seconds=budget_seconds, teacher=teacher, teacher_temperature=temperature)
+          budget_seconds=budget_seconds, schedule_seconds=schedule_seconds, teacher=teacher,
+          teacher_temperature=temperature)
     return curve.eval()
 
 
 def train_bezier(model: nn.Module, w_a: torch.Tensor, w_b: torch.Tensor, data: Split, cfg, *,
                  augment: bool = False, callbacks=(), step_callbacks=(),
-                 budget_seconds: float | None = None,
+                 budget_seconds: float | None = None, schedule_seconds: float | None = None,
                  endpoints: tuple[nn.Module, nn.Module] | None = None, temperature: float = 0.0) -> BezierCurve:
     """Fit the bend θ of the Bezier curve between ``w_a`` and ``w_b`` ``(n,)`` (`fit_curve`: on the labels of
     ``data``, or label-free toward f_t with ``endpoints``, its logits matched at ``temperature`` 0, its softmax at
@@ -400,7 +403,8 @@ def train_bezier(model: nn.Module, w_a: torch.Tensor, w_b: torch.Tensor, data: S
     device = next(model.parameters()).device
     curve = BezierCurve(model, w_a.to(device), w_b.to(device), seed=cfg.seed)
     return fit_curve(curve, data, cfg, augment=augment, callbacks=callbacks, step_callbacks=step_callbacks,
-                     budget_seconds=budget_seconds, endpoints=endpoints, temperature=temperature)
+                     budget_seconds=budget_seconds, schedule_seconds=schedule_seconds, endpoints=endpoints,
+                     temperature=temperature)
 
 
 def chain_nodes(points: Sequence[torch.Tensor], w_a: torch.Tensor, w_b: torch.Tensor,

@@ -142,8 +142,8 @@ class ContinualConfig(_Config):
     """Steps between evaluations along each geodesic."""
     equal_time: bool = False
     """Also run each sequential baseline among methods (sgd, l2, ewc) at the geodesic's wall time (method
-    <m>_equal_time): at stage i, train.epochs scaled by the geodesic's stage time (w_i's training plus the
-    traversal) over the method's own, the geodesic's stage time (less EWC's Fisher) as a cap."""
+    <m>_equal_time): stage i trains for the geodesic's stage time (w_i's training plus the traversal, and the
+    Fisher it read; less EWC's own Fisher) of wall time, its learning-rate schedule spanning that time."""
     seed: int = 0
     """Seed of the per-task networks, the traversals and the baselines."""
     geo: ContinualGeoConfig = Field(default_factory=ContinualGeoConfig)

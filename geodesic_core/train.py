@@ -256,13 +256,27 @@ def distillation_loss(logits: torch.Tensor, wanted: torch.Tensor, temperature: f
                                 log_target=True, reduction="batchmean") * (t * t)
 
 
+WALL_TIME_EPOCHS = 10_000
+"""The epoch cap of a run whose length is a wall-time budget (the equal-time baselines): `train` with
+``budget_seconds`` and ``schedule_seconds`` both the budget stops at the budget and anneals its schedule inside it,
+at whatever speed the machine runs; the cap only bounds a budget no run could spend."""
+
+
+def epochs_run(steps: int, examples: int, batch_size: int) -> float:
+    """The epochs ``steps`` optimizer steps of batches of ``batch_size`` make over ``examples`` training examples
+    (`train`'s last batch of an epoch may be short): steps / ceil(examples / batch_size)."""
+    return steps / math.ceil(examples / batch_size)
+
+
 def equal_time_epochs(epochs: int, seconds: float, budget_seconds: float) -> int:
     """The epoch count that fits a wall-time budget, for comparing a baseline with the geodesic at equal time.
 
     A run of ``epochs`` epochs took ``seconds``; at the same speed, floor(epochs · budget_seconds / seconds)
     epochs (at least 1) end within ``budget_seconds``. Training for that many epochs runs the whole learning-rate
     schedule inside the budget (a baseline cut off mid-schedule by a time limit would never anneal); pass the
-    budget to `train` too, as a cap for a machine that runs slower than it did.
+    budget to `train` too, as a cap for a machine that runs slower than it did. At a speed that rises after the
+    measurement (a machine's load falls) the run ends early: the flows stop their equal-time baselines by wall time
+    instead (`WALL_TIME_EPOCHS`); `benchmarks/cifar.py` sizes its peers by this rule.
     """
     if epochs < 1 or not (seconds > 0) or not (budget_seconds > 0):
         raise ValueError(f"equal_time_epochs needs epochs >= 1 and positive times, got {epochs}, {seconds}, "

@@ -11,6 +11,7 @@ from prefect import task
 from geodesic_core import evaluate, flat_params, param_slices
 from geodesic_core.sparsify import SparsifyConfig
 from geodesic_core.sparsify import iterative_prune_train, project_to_level, prune_finetune
+from geodesic_core.train import WALL_TIME_EPOCHS
 
 from .common import CACHED, checkpoint_path, finished, open_ref, percent_sparse, save_result, spec, split
 from .live import Live
@@ -53,7 +54,7 @@ def finetune_baseline(dense: dict, level: float, cfg: SparsifyConfig, budget_sec
         return done
     model, meta = open_ref(dense)
     teacher = copy.deepcopy(model).requires_grad_(False) if distill else None  # the dense network, unpruned
-    epochs = cfg.finetune.epochs if budget_seconds is None else 10_000
+    epochs = cfg.finetune.epochs if budget_seconds is None else WALL_TIME_EPOCHS
     title = f"{method.split('_')[0]} {level:g}" + (f" ({budget_seconds:.0f} s)" if budget_seconds is not None else "")
     with Live(title, track=track) as live:
         _, wall, steps = prune_finetune(model, level, split(cfg.dataset, True, data_dir),

@@ -23,6 +23,7 @@ from geodesic_core.connect import (BezierCurve, InterpolatedOutputs, PolyChain, 
                                    connect_segment, distance_ratio, evaluate_point, relax_path, train_bezier)
 from geodesic_core.checkpoint import load_tensors, save_tensors
 from geodesic_core.data import get_spec
+from geodesic_core.train import WALL_TIME_EPOCHS, epochs_run
 
 from .common import CACHED, checkpoint_path, finished, finished_with_content, open_ref, ref, save_result, split
 from .live import Live
@@ -194,18 +195,18 @@ def linear_path_task(a: dict, b: dict, cfg: ConnectConfig, data_dir: str | None,
 
 @task(**CACHED)
 def bezier_curve_task(a: dict, b: dict, cfg: ConnectConfig, data_dir: str | None, data_fingerprint: str,
-                      code_version: str, track: dict | None = None, epochs: int | None = None,
-                      budget_seconds: float | None = None, distill: bool = False) -> dict:
+                      code_version: str, track: dict | None = None, budget_seconds: float | None = None,
+                      distill: bool = False) -> dict:
     """Peer baseline (Garipov et al. 2018): train the bend θ of the quadratic Bezier curve between w_1 and w_2
-    for ``cfg.bezier_train.epochs`` epochs (or ``epochs``, stopping at ``budget_seconds`` if given: the
-    equal-time curve) on the task's training data, then evaluate the curve at ``cfg.linear_points`` equally
+    for ``cfg.bezier_train.epochs`` epochs (or, the equal-time curve, for ``budget_seconds`` of wall time, its
+    learning-rate schedule spanning that time: `geodesic_core.train.WALL_TIME_EPOCHS`) on the task's training data, then evaluate the curve at ``cfg.linear_points`` equally
     spaced t like the straight line. ``distill``: the label-free curve, fit to the endpoints' interpolated
     outputs at ``cfg.bezier_distill_lr`` and ``cfg.bezier_distill_temperature`` (`train_bezier` with
     ``endpoints``). The checkpoint holds θ (a network of the endpoints' architecture) and is keyed by the
     training alone: a rerun with other evaluation settings re-evaluates the trained curve. ``wall_seconds`` is
-    the training cost, the evaluation excluded; ``epochs`` the epochs it was given."""
-    train_cfg = cfg.bezier_train.model_copy(update={"epochs": epochs or cfg.bezier_train.epochs,
-                                                    **({"lr": cfg.bezier_distill_lr} if distill else {})})
+    the training cost, the evaluation excluded; ``epochs`` the epochs it ran."""
+    timed = {"epochs": WALL_TIME_EPOCHS} if budget_seconds is not None else {}
+    train_cfg = cfg.bezier_train.model_copy(update={**timed, **({"lr": cfg.bezier_distill_lr} if distill else {})})
     kind = "bezier_distill" if distill else "bezier"
     temperature = cfg.bezier_distill_temperature if distill else 0.0
     out = checkpoint_path(kind, a["sha256"], b["sha256"], train_cfg.model_dump(), budget_seconds, temperature,
@@ -221,11 +222,13 @@ def bezier_curve_task(a: dict, b: dict, cfg: ConnectConfig, data_dir: str | None
         with Live(title, track=track) as live:
             t0 = time.perf_counter()
             curve = train_bezier(model, w_a, w_b, train_data, train_cfg, augment=get_spec(cfg.dataset).augment,
-                                 step_callbacks=[live.train_step], budget_seconds=budget_seconds,
+                                 step_callbacks=[lambda s: live.train_step(s, total=budget_seconds is None)],
+                                 budget_seconds=budget_seconds, schedule_seconds=budget_seconds,
                                  endpoints=endpoints, temperature=temperature)
             wall = time.perf_counter() - t0
         set_flat_params(probe_model, curve.bend.detach().to(flat_params(probe_model)))
-        trained = save_result(out, probe_model, meta, dict(train_seconds=wall), role=f"{kind} bend")
+        epochs = epochs_run(live.completed, len(train_data.x), train_cfg.batch_size)
+        trained = save_result(out, probe_model, meta, dict(train_seconds=wall, epochs=epochs), role=f"{kind} bend")
     else:  # trained by an earlier run (or attempt): only the evaluation is redone, from the bend read once
         trained, state = done
         probe_model.load_state_dict(state)
@@ -234,7 +237,7 @@ def bezier_curve_task(a: dict, b: dict, cfg: ConnectConfig, data_dir: str | None
         with torch.no_grad():
             curve.bend.copy_(bend)
     return {**_curve_result(curve, probe_model, w_a, w_b, cfg, data_dir), "wall_seconds": trained["train_seconds"],
-            "epochs": train_cfg.epochs, "path": trained["path"], "sha256": trained["sha256"]}
+            "epochs": trained["epochs"], "path": trained["path"], "sha256": trained["sha256"]}
 
 
 @task(**CACHED)

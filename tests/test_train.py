@@ -72,6 +72,13 @@ def test_batchnorm_statistics_are_recomputed():
     assert not m.training  # the caller's mode is restored
 
 
+def test_epochs_run_count_a_short_last_batch_as_a_step():
+    from geodesic_core.train import epochs_run
+
+    assert epochs_run(10, 100, 32) == 2.5  # 4 steps an epoch, the last of 4 images
+    assert epochs_run(3, 96, 32) == 1.0 and epochs_run(0, 96, 32) == 0.0
+
+
 def test_equal_time_epochs_fit_the_budget_at_the_measured_speed():
     from geodesic_core.train import equal_time_epochs
 
