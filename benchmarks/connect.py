@@ -38,7 +38,7 @@ def main(argv: list[str]) -> None:
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in summary:
-        name = r["method"] + (f" ({r['epochs']} epochs)" if "epochs" in r else "")
+        name = r["method"] + (f" ({r['epochs']:.3g} epochs)" if "epochs" in r else "")
         cells = [name, *(f"{r[k]:.2f}" for k in ("endpoint_a_accuracy", "endpoint_b_accuracy", "path_min_test_accuracy",
                                                  "path_mean_test_accuracy", "path_length", "path_length_euclidean",
                                                  "final_distance_ratio")), f"{r['wall_seconds']:.1f}"]
@@ -61,11 +61,11 @@ def curve_lines(summary: list[dict]) -> list[str]:
     lines = []
     for curve, what in (("bezier", "Bezier curve"), ("bezier_distill", "label-free Bezier curve")):
         if (fixed := rows.get(curve)) is not None:
-            lines.append(f"{what} ({fixed['epochs']} epochs): path minimum {fixed['path_min_test_accuracy']:.2f} vs "
+            lines.append(f"{what} ({fixed['epochs']:.3g} epochs): path minimum {fixed['path_min_test_accuracy']:.2f} vs "
                          f"the geodesic's {geo['path_min_test_accuracy']:.2f}; geodesic time / curve's training time "
                          f"{geo['wall_seconds'] / fixed['wall_seconds']:.2f}")
         if (equal := rows.get(f"{curve}_equal_time")) is not None:
-            lines.append(f"at equal wall time ({timed['wall_seconds']:.0f} s; the curve {equal['epochs']} epochs in "
+            lines.append(f"at equal wall time ({timed['wall_seconds']:.0f} s; the curve {equal['epochs']:.3g} epochs in "
                          f"{equal['wall_seconds']:.0f} s), the {label}'s path minimum vs the {what}'s: "
                          f"{versus(timed['path_min_test_accuracy'], equal['path_min_test_accuracy'])}")
     return lines

@@ -99,7 +99,8 @@ def _learn_sequence(params: ContinualConfig, parent: dict, data_dir: str, finger
             fisher = consolidate_fisher.submit(prev["geodesic"], i, fisher, cfg["geodesic"], *common)
             fishers["geodesic"].append(fisher)
 
-    # --- the sequential baselines again at the geodesic's wall time, stage by stage -------------------------
+    # --- the sequential baselines again at the geodesic's wall time, one stage at a time: each in one worker, as
+    # the geodesic's stage ran (two side by side would each get a share of the cores for the same wall time) -----
     if params.equal_time:
         sequential = params.sequential_methods()
         for m in sequential:
@@ -118,9 +119,11 @@ def _learn_sequence(params: ContinualConfig, parent: dict, data_dir: str, finger
                 name = f"{m}_equal_time"
                 prev[name] = sequential_stage.submit(m, prev[name], i, pull if m == "ewc" else None, cfg[m], *common,
                                                      track=tracks[name], budget_seconds=own)
+                prev[name].wait()
                 stages[name].append(prev[name])
             if "ewc" in sequential and i < k - 1:
                 pull = consolidate_fisher.submit(prev["ewc_equal_time"], i, pull, cfg["ewc"], *common)
+                pull.wait()
                 fishers["ewc_equal_time"].append(pull)
 
     # --- evaluate and track ---------------------------------------------------------------------------------

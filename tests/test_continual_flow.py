@@ -109,16 +109,22 @@ def test_sequential_baselines_at_the_geodesics_wall_time(harness, workdir, data_
     assert equal["epochs"] > 1.5  # the geodesic took longer than one epoch of SGD: the peer gets more
     runs = {(r.data.params["method"], r.data.params.get("budget", "-")): r.info.run_id
             for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags}
+    spans = []
     for m in ("sgd", "ewc"):
         eq = children[(m, "equal_time")]
         # the whole budget is spent (a run sized in epochs at a measured speed ends early when the machine speeds
         # up), and no more than one step past it (+ EWC's Fisher, which counts in its time)
         assert geo_wall <= eq["wall_seconds"] <= 1.25 * geo_wall + 1.0
         assert 0 <= eq["acc_task_1"] <= 100 and 0 <= eq["acc_task_2"] <= 100
-        lrs = [h.value for h in sorted(client.get_metric_history(runs[(m, "equal_time")], "lr"), key=lambda h: h.step)]
+        history = sorted(client.get_metric_history(runs[(m, "equal_time")], "lr"), key=lambda h: h.step)
+        lrs = [h.value for h in history]
         # the cosine spans the budget, not the epoch cap: it falls well below its peak inside the stage
         assert lrs[0] == pytest.approx(0.05, rel=0.1) and min(lrs) < 0.2 * 0.05
         assert all(b <= a + 1e-12 for a, b in zip(lrs, lrs[1:]))
+        spans.append((history[0].timestamp, history[-1].timestamp))
+    # one equal-time stage at a time, each given the machine as the geodesic's stage had it
+    (a0, a1), (b0, b1) = sorted(spans)
+    assert a1 <= b0
 
 
 @pytest.mark.parametrize("scenario,anchor,refit", [("mnist_fashion", "0.2", "False"),
