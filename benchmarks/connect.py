@@ -61,12 +61,12 @@ def curve_lines(summary: list[dict]) -> list[str]:
     lines = []
     for curve, what in (("bezier", "Bezier curve"), ("bezier_distill", "label-free Bezier curve")):
         if (fixed := rows.get(curve)) is not None:
-            lines.append(f"{what} ({fixed['epochs']:.3g} epochs): path minimum {fixed['path_min_test_accuracy']:.2f} vs "
-                         f"the geodesic's {geo['path_min_test_accuracy']:.2f}; geodesic time / curve's training time "
-                         f"{geo['wall_seconds'] / fixed['wall_seconds']:.2f}")
+            lines.append(f"{what} ({fixed['epochs']:.3g} epochs): path minimum "
+                         f"{fixed['path_min_test_accuracy']:.2f} vs the geodesic's {geo['path_min_test_accuracy']:.2f}; "
+                         f"geodesic time / curve's training time {geo['wall_seconds'] / fixed['wall_seconds']:.2f}")
         if (equal := rows.get(f"{curve}_equal_time")) is not None:
-            lines.append(f"at equal wall time ({timed['wall_seconds']:.0f} s; the curve {equal['epochs']:.3g} epochs in "
-                         f"{equal['wall_seconds']:.0f} s), the {label}'s path minimum vs the {what}'s: "
+            lines.append(f"at equal wall time ({timed['wall_seconds']:.0f} s; the curve {equal['epochs']:.3g} "
+                         f"epochs in {equal['wall_seconds']:.0f} s), the {label}'s path minimum vs the {what}'s: "
                          f"{versus(timed['path_min_test_accuracy'], equal['path_min_test_accuracy'])}")
     return lines
 

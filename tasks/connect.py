@@ -199,12 +199,13 @@ def bezier_curve_task(a: dict, b: dict, cfg: ConnectConfig, data_dir: str | None
                       distill: bool = False) -> dict:
     """Peer baseline (Garipov et al. 2018): train the bend θ of the quadratic Bezier curve between w_1 and w_2
     for ``cfg.bezier_train.epochs`` epochs (or, the equal-time curve, for ``budget_seconds`` of wall time, its
-    learning-rate schedule spanning that time: `geodesic_core.train.WALL_TIME_EPOCHS`) on the task's training data, then evaluate the curve at ``cfg.linear_points`` equally
-    spaced t like the straight line. ``distill``: the label-free curve, fit to the endpoints' interpolated
-    outputs at ``cfg.bezier_distill_lr`` and ``cfg.bezier_distill_temperature`` (`train_bezier` with
-    ``endpoints``). The checkpoint holds θ (a network of the endpoints' architecture) and is keyed by the
-    training alone: a rerun with other evaluation settings re-evaluates the trained curve. ``wall_seconds`` is
-    the training cost, the evaluation excluded; ``epochs`` the epochs it ran."""
+    learning-rate schedule spanning that time: `geodesic_core.train.WALL_TIME_EPOCHS`) on the task's training
+    data, then evaluate the curve at ``cfg.linear_points`` equally spaced t like the straight line. ``distill``:
+    the label-free curve, fit to the endpoints' interpolated outputs at ``cfg.bezier_distill_lr`` and
+    ``cfg.bezier_distill_temperature`` (`train_bezier` with ``endpoints``). The checkpoint holds θ (a network of
+    the endpoints' architecture) and is keyed by the training alone: a rerun with other evaluation settings
+    re-evaluates the trained curve. ``wall_seconds`` is the training cost, the evaluation excluded; ``epochs`` the
+    epochs it ran."""
     timed = {"epochs": WALL_TIME_EPOCHS} if budget_seconds is not None else {}
     train_cfg = cfg.bezier_train.model_copy(update={**timed, **({"lr": cfg.bezier_distill_lr} if distill else {})})
     kind = "bezier_distill" if distill else "bezier"
