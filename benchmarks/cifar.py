@@ -24,10 +24,10 @@ it finishes, so a run stopped by a time limit keeps every finished experiment, a
 
 With ``--equal-time`` (on in the ``cpu`` profile, off in ``gpu``, whose device time is short) every peer runs a second
 time for the geodesic's wall time (in the connect experiments with the relaxation: the traversal's and the
-fit's): prune-train with its epochs per filter, fine-tuning, distillation and the Bezier
-curves with their epochs scaled by the geodesic's time over their own first run's (evaluation excluded; the
-curves', fine-tuning's and distillation's epochs by `geodesic_core.train.equal_time_epochs`), and each table ends
-with the geodesic ahead of, level with or behind each peer. Each experiment's results go to ``--out`` as JSON when it
+fit's), as the flows' equal-time peers do: each trains until that time is spent, its learning-rate schedule spanning
+it (`geodesic_core.train.train`'s ``wall_seconds``; prune-train: each cycle an equal share of it), evaluated at its
+end only (evaluation excluded from the time), and each table ends with the geodesic ahead of, level with or behind
+each peer. Each experiment's results go to ``--out`` as JSON when it
 ends, and each connect path is printed the moment it is measured, so a stopped run keeps what it finished.
 
 Profiles fix the scale: ``cpu`` (VGG at width 1/8, where an epoch takes 13-21 s on 2 cores; the
@@ -72,7 +72,7 @@ from geodesic_core.sparsify import (iterative_prune_train, polish, project_to_le
 from geodesic_core.targets import FilterTarget  # noqa: E402
 from geodesic_core.structured import compact_filters  # noqa: E402
 from geodesic_core.align import align_to  # noqa: E402
-from geodesic_core.train import equal_time_epochs, full_float32, train  # noqa: E402
+from geodesic_core.train import epochs_run, full_float32, train  # noqa: E402
 from heldout import heldout  # noqa: E402  (benchmarks/heldout.py: the validation draw every benchmark holds out)
 from _flowrun import versus  # noqa: E402  (benchmarks/_flowrun.py: the other benchmarks' "level" tolerance)
 
@@ -162,7 +162,7 @@ class Settings:
     time_limit: float | None = None  # seconds for the whole run; later experiments are skipped past it
     validation: int = 0  # hold out this many training images (benchmarks/heldout.py's seeded draw) and report every
     # accuracy on them instead of the test set: settings are chosen without reading it (0: the test set)
-    equal_time: bool = False  # also run every peer for the geodesic's wall time (epochs sized to fit)
+    equal_time: bool = False  # also run every peer for the geodesic's wall time (trained until it is spent)
 
 
 PROFILES = {
@@ -291,27 +291,27 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
         update={"schedule": s.peer_schedule, "label_smoothing": 0.0})
     report_every = max(1, n_filters // 10)
 
-    def prune_train(epochs_per_filter: float) -> tuple[list[dict], float]:
-        """The prune-train curve and its training seconds (evaluation excluded)."""
+    def prune_train(budget: float | None = None) -> tuple[list[dict], float]:
+        """The prune-train curve (``s.epochs_per_filter`` epochs a cycle, or ``budget`` seconds in all, each cycle
+        an equal share) and its training seconds (evaluation excluded: it runs between cycles)."""
         model = copy.deepcopy(dense).requires_grad_(True)
-        rows, evals = [{"epochs": 0.0, "seconds": 0.0, "test_accuracy": dense_acc, "filters": 0}], [0.0]
+        rows = [{"epochs": 0.0, "seconds": 0.0, "test_accuracy": dense_acc, "filters": 0}]
 
         def cycle(ci):
-            if ci.cycle % report_every == 0 or ci.cycle == n_filters:
-                t = time.perf_counter()
-                acc = evaluate(model, test)[0]
-                rows.append({"epochs": ci.epochs, "seconds": ci.seconds - evals[0], "test_accuracy": acc,
+            if budget is None and ci.cycle % report_every == 0 or ci.cycle == n_filters:
+                rows.append({"epochs": ci.epochs, "seconds": ci.seconds, "test_accuracy": evaluate(model, test)[0],
                              "filters": ci.filters})
-                evals[0] += time.perf_counter() - t
 
         _, wall, _ = iterative_prune_train(model, layer, n_filters, train_data, ft_cfg,
-                                           epochs_per_filter=epochs_per_filter, augment=True, device=device,
-                                           callbacks=[cycle])
-        return rows, wall - evals[0]
+                                           epochs_per_filter=s.epochs_per_filter, wall_seconds=budget, augment=True,
+                                           device=device, callbacks=[cycle])
+        return rows, wall
 
-    def finetune(epochs: int, distill: bool = False) -> tuple[list[dict], float]:
+    def finetune(budget: float | None = None, distill: bool = False) -> tuple[list[dict], float]:
         """One-shot removal + fine-tuning (``distill``: + distillation toward the dense network's outputs, no
-        labels): the curve and its training seconds (evaluation excluded)."""
+        labels) for ``s.finetune_epochs`` epochs, each evaluated, or for ``budget`` seconds, evaluated at its end
+        (an evaluation inside the run would spend its time): the curve and its training seconds (evaluation
+        excluded)."""
         model = copy.deepcopy(dense).requires_grad_(True)
         oneshot = project_to_level(copy.deepcopy(dense), n_filters, structured=True, layer=layer)
         rows = [{"epochs": 0.0, "seconds": 0.0, "test_accuracy": dense_acc, "filters": 0},
@@ -325,28 +325,31 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
                          "filters": n_filters})
             evals[0] += time.perf_counter() - t
 
-        cfg = ft_cfg.model_copy(update={"epochs": epochs, **({"lr": s.distill_lr} if distill else {})})
-        _, wall, _ = prune_finetune(model, n_filters, train_data, cfg, structured=True, layer=layer, augment=True,
-                                    device=device, callbacks=[epoch_done], teacher=dense if distill else None,
-                                    teacher_temperature=s.distill_temperature)
+        cfg = ft_cfg.model_copy(update={"epochs": s.finetune_epochs, **({"lr": s.distill_lr} if distill else {})})
+        _, wall, steps = prune_finetune(model, n_filters, train_data, cfg, structured=True, layer=layer,
+                                        augment=True, device=device, callbacks=[] if budget else [epoch_done],
+                                        wall_seconds=budget, teacher=dense if distill else None,
+                                        teacher_temperature=s.distill_temperature)
+        if budget:
+            rows.append({"epochs": epochs_run(steps, n_train, cfg.batch_size), "seconds": wall,
+                         "test_accuracy": evaluate(model, test)[0], "filters": n_filters})
         return rows, wall - evals[0]
 
     train_seconds = {}
     if "prune-train" in methods:
-        curves["prune-train"], train_seconds["prune-train"] = prune_train(s.epochs_per_filter)
+        curves["prune-train"], train_seconds["prune-train"] = prune_train()
 
     # --- one-shot removal + fine-tuning on the labels; + distillation without them -------------------------------
     for m in ("oneshot+finetune", "oneshot+distill"):
         if m in methods:
-            curves[m], train_seconds[m] = finetune(s.finetune_epochs, distill=m == "oneshot+distill")
+            curves[m], train_seconds[m] = finetune(distill=m == "oneshot+distill")
 
-    # --- each peer again for the geodesic's wall time: its epochs scaled by the geodesic's time over its own --------
+    # --- each peer again for the geodesic's wall time, trained until it is spent ------------------------------------
     if s.equal_time and "prune-train" in methods:
-        curves["prune-train, equal time"], _ = prune_train(s.epochs_per_filter * spent / train_seconds["prune-train"])
+        curves["prune-train, equal time"], _ = prune_train(spent)
     for m in ("oneshot+finetune", "oneshot+distill"):
         if s.equal_time and m in methods:
-            epochs = equal_time_epochs(s.finetune_epochs, train_seconds[m], spent)
-            curves[f"{m}, equal time"], _ = finetune(epochs, distill=m == "oneshot+distill")
+            curves[f"{m}, equal time"], _ = finetune(spent, distill=m == "oneshot+distill")
 
     # --- export: the geodesic's end as a physically smaller network -----------------------------------------------
     small, removed = compact_filters(geo_model, layer)
@@ -457,23 +460,25 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
     bz_cfg = cifar_recipe(epochs=s.bezier_epochs, lr=0.05, seed=s.seeds[0], batch_size=s.batch_size).model_copy(
         update={"label_smoothing": 0.0})
 
-    def bezier(epochs: int, budget: float | None = None, distill: bool = False) -> dict:
-        """The curve trained for ``epochs`` (``budget`` seconds at most) and measured like every path;
-        ``distill``: label-free, fit to the endpoints' interpolated outputs."""
+    def bezier(budget: float | None = None, distill: bool = False) -> dict:
+        """The curve trained for ``s.bezier_epochs`` epochs (or ``budget`` seconds: `train`'s wall-time run) and
+        measured like every path; ``distill``: label-free, fit to the endpoints' interpolated outputs."""
         _sync(device)
-        t = time.perf_counter()
-        cfg = bz_cfg.model_copy(update={"epochs": epochs, **({"lr": s.bezier_distill_lr} if distill else {})})
-        curve = train_bezier(copy.deepcopy(net_a), w_a, w_b, train_data, cfg, augment=True, budget_seconds=budget,
-                             endpoints=(net_a, net_b) if distill else None)
+        t, steps = time.perf_counter(), [0]
+        cfg = bz_cfg.model_copy(update={"lr": s.bezier_distill_lr} if distill else {})
+        curve = train_bezier(copy.deepcopy(net_a), w_a, w_b, train_data, cfg, augment=True, wall_seconds=budget,
+                             endpoints=(net_a, net_b) if distill else None,
+                             step_callbacks=[lambda st: steps.__setitem__(0, st.step)])
         _sync(device)
         wall = time.perf_counter() - t
         pts = curve.points(s.line_points)
+        epochs = round(epochs_run(steps[0], train_data.x.shape[0], cfg.batch_size), 2)
         return _path_summary(evaluate_points(pts), cumulative_lengths(viewer, pts, probe_x, bn_inputs=bn),
                              curve.euclidean_length(), wall, epochs=epochs)
 
     for curve in ("bezier", "bezier-distill"):
         if curve in wanted:
-            paths[curve] = bezier(s.bezier_epochs, distill=curve == "bezier-distill")
+            paths[curve] = bezier(distill=curve == "bezier-distill")
     result = {"experiment": "connect", "model": name, **arch, "endpoints": [info_a, info_b],
               "endpoint_accuracy_bn": endpoint_acc, "distance": dist, "paths": paths}
     if "geodesic" not in wanted:
@@ -541,9 +546,8 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
             budget, epochs=s.relax_epochs, fit_seconds=fit, knots=chain.knots)
     for curve in ("bezier", "bezier-distill"):
         if s.equal_time and curve in paths:
-            # epochs sized to fit the geodesic's time (with the relaxation, if any), that time a cap
-            epochs = equal_time_epochs(s.bezier_epochs, paths[curve]["wall_seconds"], budget)
-            paths[f"{curve}, equal time"] = bezier(epochs, budget, distill=curve == "bezier-distill")
+            # trained for the geodesic's time (with the relaxation, if any)
+            paths[f"{curve}, equal time"] = bezier(budget, distill=curve == "bezier-distill")
     return {**result, "geo": cfg.model_dump()}
 
 

@@ -94,9 +94,8 @@ def direct(params, data_dir: str) -> tuple[float, list[dict]]:
         for distill in ([False, True] if params.finetune.distill else [False]):  # on the labels; label-free
             for budget in budgets:
                 ft = copy.deepcopy(dense).requires_grad_(True)
-                epochs = params.finetune.epochs if budget is None else 10_000
-                prune_finetune(ft, level, train_split, params.finetune.train_config(params.seed, epochs, distill),
-                               scope=params.scope, budget_seconds=budget, augment=spec.augment,
+                prune_finetune(ft, level, train_split, params.finetune.train_config(params.seed, distill=distill),
+                               scope=params.scope, wall_seconds=budget, augment=spec.augment,
                                teacher=dense if distill else None)
                 name = "distill" if distill else "finetune"
                 rows.append({"method": name if budget is None else f"{name} (equal time)", "level": level,

@@ -115,8 +115,8 @@ def annealed_peer(dense, level, cfg: SparsifyConfig, data, test, *, epochs=None,
     anneals to 0 over ``epochs`` epochs, or over a budget of ``seconds`` of wall time (the equal-time run), evaluated
     once at its end (a cosine run has no curve to read at other times). Returns its accuracy."""
     model = _copy(dense)
-    prune_finetune(model, level, data, cfg.finetune.train_config(cfg.seed, epochs or 10_000, distill),
-                   scope=cfg.scope, budget_seconds=seconds, device=next(model.parameters()).device,
+    prune_finetune(model, level, data, cfg.finetune.train_config(cfg.seed, epochs, distill),
+                   scope=cfg.scope, wall_seconds=seconds, device=next(model.parameters()).device,
                    teacher=_copy(dense).requires_grad_(False) if distill else None,
                    teacher_temperature=cfg.finetune.distill_temperature)
     return evaluate(model, test)[0]

@@ -363,7 +363,7 @@ def endpoint_teachers(endpoints: tuple[nn.Module, nn.Module], x: torch.Tensor,
 
 
 def fit_curve(curve: _Curve, data: Split, cfg, *, augment: bool = False, callbacks=(), step_callbacks=(),
-              budget_seconds: float | None = None, schedule_seconds: float | None = None,
+              wall_seconds: float | None = None,
               endpoints: tuple[nn.Module, nn.Module] | None = None, temperature: float = 0.0) -> _Curve:
     """Fit a curve's parameters by SGD on E_{t~U(0,1)} L(φ(t)) with the training settings ``cfg`` (a `TrainConfig`:
     epochs, lr, momentum, weight decay on the curve's parameters, schedule, seed for the batches; the t draws come
@@ -374,10 +374,9 @@ def fit_curve(curve: _Curve, data: Split, cfg, *, augment: bool = False, callbac
     f_t(x)‖²; at T > 0 its softmax, L(φ(t)) = T² mean_x KL(softmax(f_t(x) / T) ‖ softmax(f(x; φ(t)) / T)) (Hinton et
     al. 2015: the shape of the labels' cross-entropy, at the cross-entropy's learning rates;
     `geodesic_core.train.distillation_loss`). Endpoints with batch norm are read as every point of a path is
-    evaluated (`endpoint_teachers`), not with their stored running averages. ``budget_seconds``: stop once this much
-    wall time is spent; ``schedule_seconds``: the learning-rate schedule spans this much wall time instead of
-    ``cfg.epochs`` (the equal-time curve: both the budget, `geodesic_core.train.WALL_TIME_EPOCHS`). Returns the
-    curve, in eval mode."""
+    evaluated (`endpoint_teachers`), not with their stored running averages. ``wall_seconds``: train
+    for this much wall time instead of ``cfg.epochs``, the learning-rate schedule spanning it (the equal-time
+    curve: `geodesic_core.train.train`'s wall-time run). Returns the curve, in eval mode."""
     from .train import train
 
     if not (temperature >= 0 and math.isfinite(temperature)):
@@ -387,14 +386,13 @@ def fit_curve(curve: _Curve, data: Split, cfg, *, augment: bool = False, callbac
     if endpoints is not None:
         teacher = CurveAnchor(curve, *endpoint_teachers(endpoints, data.x, device))
     train(curve, data, cfg, augment=augment, device=device, callbacks=callbacks, step_callbacks=step_callbacks,
-          budget_seconds=budget_seconds, schedule_seconds=schedule_seconds, teacher=teacher,
+          wall_seconds=wall_seconds, teacher=teacher,
           teacher_temperature=temperature)
     return curve.eval()
 
 
 def train_bezier(model: nn.Module, w_a: torch.Tensor, w_b: torch.Tensor, data: Split, cfg, *,
-                 augment: bool = False, callbacks=(), step_callbacks=(),
-                 budget_seconds: float | None = None, schedule_seconds: float | None = None,
+                 augment: bool = False, callbacks=(), step_callbacks=(), wall_seconds: float | None = None,
                  endpoints: tuple[nn.Module, nn.Module] | None = None, temperature: float = 0.0) -> BezierCurve:
     """Fit the bend θ of the Bezier curve between ``w_a`` and ``w_b`` ``(n,)`` (`fit_curve`: on the labels of
     ``data``, or label-free toward f_t with ``endpoints``, its logits matched at ``temperature`` 0, its softmax at
@@ -403,8 +401,7 @@ def train_bezier(model: nn.Module, w_a: torch.Tensor, w_b: torch.Tensor, data: S
     device = next(model.parameters()).device
     curve = BezierCurve(model, w_a.to(device), w_b.to(device), seed=cfg.seed)
     return fit_curve(curve, data, cfg, augment=augment, callbacks=callbacks, step_callbacks=step_callbacks,
-                     budget_seconds=budget_seconds, schedule_seconds=schedule_seconds, endpoints=endpoints,
-                     temperature=temperature)
+                     wall_seconds=wall_seconds, endpoints=endpoints, temperature=temperature)
 
 
 def chain_nodes(points: Sequence[torch.Tensor], w_a: torch.Tensor, w_b: torch.Tensor,
@@ -440,7 +437,7 @@ def chain_nodes(points: Sequence[torch.Tensor], w_a: torch.Tensor, w_b: torch.Te
 
 
 def relax_path(model: nn.Module, points: Sequence[torch.Tensor], w_a: torch.Tensor, w_b: torch.Tensor, data: Split,
-               cfg, *, nodes: int = 8, augment: bool = False, step_callbacks=(), budget_seconds: float | None = None,
+               cfg, *, nodes: int = 8, augment: bool = False, step_callbacks=(),
                endpoints: tuple[nn.Module, nn.Module], temperature: float = 0.0) -> PolyChain:
     """The closing correction of a path between two modes: the polygonal chain through ``nodes`` of the
     traversal's ``points`` (`chain_nodes`: each at its progress t), its nodes fit label-free toward the outputs the
@@ -453,5 +450,5 @@ def relax_path(model: nn.Module, points: Sequence[torch.Tensor], w_a: torch.Tens
     w_a, w_b = w_a.to(device), w_b.to(device)
     node_w, knots = chain_nodes(points, w_a, w_b, nodes)
     chain = PolyChain(model, w_a, w_b, node_w, knots, seed=cfg.seed)
-    return fit_curve(chain, data, cfg, augment=augment, step_callbacks=step_callbacks, budget_seconds=budget_seconds,
-                     endpoints=endpoints, temperature=temperature)
+    return fit_curve(chain, data, cfg, augment=augment, step_callbacks=step_callbacks, endpoints=endpoints,
+                     temperature=temperature)

@@ -141,10 +141,10 @@ class ContinualConfig(_Config):
     eval_every: PositiveInt = 100
     """Steps between evaluations along each geodesic."""
     equal_time: bool = False
-    """Also run each sequential baseline among methods (sgd, l2, ewc) at the geodesic's wall time (method
-    <m>_equal_time): stage i trains for the geodesic's stage time (w_i's training plus the traversal, and the
-    Fisher it read; less EWC's own Fisher) of wall time, its learning-rate schedule spanning that time, one stage
-    at a time (each in one worker thread, as the geodesic's stage ran)."""
+    """Also run each sequential baseline among methods (sgd, l2, ewc) at the geodesic's wall time (methods
+    sgd_equal_time, l2_equal_time, ewc_equal_time): stage i trains for the geodesic's stage time (w_i's training
+    plus the traversal, and the Fisher it read; less EWC's own Fisher) of wall time, its learning-rate schedule
+    spanning that time, one stage at a time (each in one worker thread, as the geodesic's stage ran)."""
     seed: int = 0
     """Seed of the per-task networks, the traversals and the baselines."""
     geo: ContinualGeoConfig = Field(default_factory=ContinualGeoConfig)

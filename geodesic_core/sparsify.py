@@ -461,7 +461,7 @@ def polish(model: nn.Module, dense: nn.Module, x: torch.Tensor, level: float, cf
 
 
 def prune_finetune(model: nn.Module, level: float, data: Split, cfg: TrainConfig, *, structured: bool = False,
-                   layer: str = "", scope: Literal["global", "layer"] = "global", budget_seconds: float | None = None,
+                   layer: str = "", scope: Literal["global", "layer"] = "global", wall_seconds: float | None = None,
                    max_batches: int | None = None, augment: bool = False,
                    device: torch.device | None = None, callbacks: Sequence[Callable] = (),
                    step_callbacks: Sequence[Callable] = (),
@@ -472,10 +472,10 @@ def prune_finetune(model: nn.Module, level: float, data: Split, cfg: TrainConfig
     ``teacher_temperature`` T > 0, on T² KL between the softmaxes at T: `geodesic_core.train.distillation_loss`),
     the label-free peer of the geodesic (which reads only inputs too).
 
-    The budget is ``cfg.epochs`` epochs, optionally capped by ``max_batches`` optimizer steps or by
-    ``budget_seconds`` of wall time (the equal-compute comparison). The learning-rate schedule spans
-    ``cfg.epochs``, or with ``budget_seconds`` that wall time (`train`'s ``schedule_seconds``: a cosine anneals to
-    0 inside the budget, at a speed not known in advance). Structured: the removed filters'
+    The budget is ``cfg.epochs`` epochs, optionally capped by ``max_batches`` optimizer steps, or
+    ``wall_seconds`` of wall time (the equal-compute comparison: `train`'s wall-time run, its learning-rate schedule
+    spanning that time, so a cosine anneals to 0 inside it at a speed not known in advance). Structured: the removed
+    filters'
     weights, bias and batch-norm scale and shift all stay zero. ``callbacks`` get each epoch's `EpochInfo`,
     ``step_callbacks`` each SGD step's `TrainStep`.
 
@@ -486,14 +486,15 @@ def prune_finetune(model: nn.Module, level: float, data: Split, cfg: TrainConfig
     project_to_level(model, level, structured=structured, layer=layer, scope=scope)
     masks = level_masks(model, level, structured=structured, layer=layer)
     steps = train(model, data, cfg, masks=masks, augment=augment, device=device, max_batches=max_batches,
-                  budget_seconds=budget_seconds, schedule_seconds=budget_seconds, callbacks=callbacks,
+                  wall_seconds=wall_seconds, callbacks=callbacks,
                   step_callbacks=step_callbacks, teacher=teacher,
                   teacher_temperature=teacher_temperature)
     return model, time.perf_counter() - t0, steps
 
 
 class CycleInfo(NamedTuple):
-    """After cycle ``cycle`` of iterative prune-train: ``filters`` removed so far, ``epochs`` of SGD so far."""
+    """After cycle ``cycle`` of iterative prune-train: ``filters`` removed so far, ``epochs`` of SGD so far,
+    ``seconds`` of training so far (the cycle callbacks' time excluded)."""
 
     cycle: int
     filters: int
@@ -502,7 +503,8 @@ class CycleInfo(NamedTuple):
 
 
 def iterative_prune_train(model: nn.Module, layer: str, n_filters: int, data: Split, cfg: TrainConfig, *,
-                          epochs_per_filter: float, augment: bool = False, device: torch.device | None = None,
+                          epochs_per_filter: float = 1.0, wall_seconds: float | None = None,
+                          augment: bool = False, device: torch.device | None = None,
                           callbacks: Sequence[Callable[[CycleInfo], None]] = (),
                           step_callbacks: Sequence[Callable] = ()) -> tuple[nn.Module, float, int]:
     """The paper's structured baseline (Figure 4C/D): remove one filter at a time and retrain after each.
@@ -510,27 +512,35 @@ def iterative_prune_train(model: nn.Module, layer: str, n_filters: int, data: Sp
     Cycle k = 1..``n_filters``: zero the k smallest-norm filters of conv ``layer`` (the ones removed before
     stay removed: their norm is zero; see `FilterTarget`), then masked SGD on the labels for
     ``epochs_per_filter`` epochs (``cfg`` with its schedule restarted every cycle and spanning the cycle's steps, so
-    a cosine anneals to 0 by each cycle's end; a fraction of an epoch is that fraction of the steps). The model
-    is updated in place; every cycle reports a `CycleInfo`, every SGD step a `TrainStep` (``step_callbacks``).
+    a cosine anneals to 0 by each cycle's end; a fraction of an epoch is that fraction of the steps), or, with
+    ``wall_seconds`` (the equal-time peer), for ``wall_seconds / n_filters`` of wall time each (`train`'s wall-time
+    run: the schedule restarted every cycle and spanning its time; the time between cycles, the callbacks', not
+    counted). The model is updated in place; every cycle reports a `CycleInfo`, every SGD step a `TrainStep`
+    (``step_callbacks``).
 
     Returns:
-        (model, wall seconds, SGD steps taken over all cycles).
+        (model, training seconds (the callbacks' time excluded), SGD steps taken over all cycles).
     """
     if epochs_per_filter <= 0:
         raise InputError(f"epochs_per_filter must be positive, got {epochs_per_filter}")
+    if wall_seconds is not None and not wall_seconds > 0:
+        raise InputError(f"wall_seconds must be positive, got {wall_seconds}")
     FilterTarget(model, layer, n_filters)  # checks the layer and the count before any work
     steps_per_epoch = math.ceil(data.x.shape[0] / cfg.batch_size)
     per_cycle = max(1, round(epochs_per_filter * steps_per_epoch))
     cyc_cfg = cfg.model_copy(update={"epochs": math.ceil(per_cycle / steps_per_epoch)})
-    t0, steps = time.perf_counter(), 0
+    budget = (dict(max_batches=per_cycle, schedule_steps=per_cycle) if wall_seconds is None
+              else dict(wall_seconds=wall_seconds / n_filters))
+    t0, steps, between = time.perf_counter(), 0, 0.0
     for k in range(1, n_filters + 1):
         target = FilterTarget(model, layer, k)
         w = target.project(flat_params(model))
         set_flat_params(model, w)
         steps += train(model, data, cyc_cfg.model_copy(update={"seed": cfg.seed + k}), masks=target.masks(w),
-                       augment=augment, device=device, max_batches=per_cycle, schedule_steps=per_cycle,
-                       step_callbacks=step_callbacks)
-        info = CycleInfo(k, k, steps / steps_per_epoch, time.perf_counter() - t0)
+                       augment=augment, device=device, step_callbacks=step_callbacks, **budget)
+        info = CycleInfo(k, k, steps / steps_per_epoch, time.perf_counter() - t0 - between)
+        t = time.perf_counter()
         for cb in callbacks:
             cb(info)
-    return model, time.perf_counter() - t0, steps
+        between += time.perf_counter() - t
+    return model, time.perf_counter() - t0 - between, steps

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
@@ -26,8 +27,9 @@ class TrainStep(NamedTuple):
     """One SGD step, for progress and training curves. ``loss``: the batch's mean loss, ``logits`` ``(B, K)`` and
     ``labels`` ``(B,)``: detached tensors on the training device, not synced to the host (a callback that reads
     them only now and then costs no GPU stall and no extra work on the other steps); ``total``: the steps the
-    schedule spans (epochs x steps per epoch; a budget may end training sooner); ``last``: the final step of
-    the last epoch."""
+    schedule spans (epochs x steps per epoch; a budget may end training sooner), None for a run whose length is
+    wall time (`train`'s ``wall_seconds``); ``last``: the run's final step (the last epoch's last step, or the step
+    that spent ``max_batches`` or ``wall_seconds``)."""
 
     step: int
     epoch: int
@@ -35,7 +37,7 @@ class TrainStep(NamedTuple):
     logits: torch.Tensor
     labels: torch.Tensor
     lr: float
-    total: int
+    total: int | None
     last: bool
 
 
@@ -112,11 +114,11 @@ def _channels_last(model: nn.Module, device: torch.device) -> bool:
 def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = False,
           masks: dict[str, torch.Tensor] | None = None, device: torch.device | None = None,
           callbacks: Sequence[Callable[[EpochInfo], None]] = (), max_batches: int | None = None,
-          budget_seconds: float | None = None, on_step: Callable[[int], bool] | None = None,
+          wall_seconds: float | None = None, on_step: Callable[[int], bool] | None = None,
           penalty: Callable[[nn.Module], torch.Tensor] | None = None,
           step_callbacks: Sequence[Callable[[TrainStep], None]] = (),
           teacher: nn.Module | None = None, teacher_temperature: float = 0.0,
-          schedule_steps: int | None = None, schedule_seconds: float | None = None) -> int:
+          schedule_steps: int | None = None) -> int:
     """Minimize the mean (label-smoothed) cross-entropy on ``data`` (plus ``penalty(model)`` if given) with SGD
     (momentum or Nesterov, weight decay, schedule), in place. With ``teacher``, label-free distillation
     instead: minimize ½ mean_x ‖f(x; w) − f_teacher(x)‖² over the training inputs, or with
@@ -135,7 +137,10 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
         masks: optional ``{param name: 0/1 tensor}``; masked weights are kept at exactly zero (masked
             fine-tuning of a pruned network).
         max_batches: stop after this many optimizer steps in total (a compute budget), if given.
-        budget_seconds: stop once this much wall time is spent (checked after every step), if given.
+        wall_seconds: a run whose length is this much wall time instead of ``cfg.epochs`` (the equal-time
+            peers, at a speed not known in advance): it trains, epoch after epoch, until the time is spent (checked
+            after every step), and its learning-rate schedule spans that time (the rate of each step read at the
+            time spent so far: a cosine anneals to 0 at the end); ``cfg.epochs`` is then only the schedule's unit.
         on_step: called with the number of steps taken after every step; returning True stops training.
         penalty: a differentiable regularizer of the weights added to every batch's loss (the L2 pull and
             EWC baselines of continual learning).
@@ -145,9 +150,6 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
             temperature T (KL divergence, scaled by T² so its gradients keep their size across T).
         schedule_steps: the optimizer steps the learning-rate schedule spans (default ``cfg.epochs`` x steps per
             epoch): a run cut short by ``max_batches`` at this count still ends its schedule (a cosine reaches 0).
-        schedule_seconds: the schedule spans this much wall time instead (the rate of each step read at the time
-            spent so far, held at the schedule's end after it): a run for ``budget_seconds`` at a speed not known
-            in advance (the equal-time baselines) still anneals inside its budget.
 
     Returns:
         the number of optimizer steps taken.
@@ -174,19 +176,22 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     if schedule_steps is not None and schedule_steps < 1:
         raise ValueError(f"schedule_steps must be at least 1, got {schedule_steps}")
-    if schedule_seconds is not None and (schedule_steps is not None or not schedule_seconds > 0):
-        raise ValueError(f"schedule_seconds must be positive and not given with schedule_steps, got "
-                         f"{schedule_seconds} (schedule_steps {schedule_steps})")
+    if wall_seconds is not None and (schedule_steps is not None or not wall_seconds > 0):
+        raise ValueError(f"wall_seconds must be positive and not given with schedule_steps, got "
+                         f"{wall_seconds} (schedule_steps {schedule_steps})")
+    if wall_seconds is not None and n == 0:
+        raise ValueError("a wall-time run needs at least one training example (the split is empty)")
+    total_steps = None if wall_seconds is not None else schedule_steps or cfg.epochs * steps_per_epoch
     done = 0
     t0 = time.perf_counter()
     out_of_budget = False
     try:
-        for epoch in range(cfg.epochs):
+        for epoch in range(cfg.epochs) if wall_seconds is None else itertools.count():
             order = torch.randperm(n, generator=gen).to(xs.device)
             total, count = torch.zeros((), device=device), 0
             for b in range(steps_per_epoch):
-                if schedule_seconds is not None:
-                    lr = _lr_at(cfg, cfg.epochs * min(1.0, (time.perf_counter() - t0) / schedule_seconds))
+                if wall_seconds is not None:
+                    lr = _lr_at(cfg, cfg.epochs * min(1.0, (time.perf_counter() - t0) / wall_seconds))
                 elif schedule_steps is not None:
                     lr = _lr_at(cfg, cfg.epochs * min(1.0, done / schedule_steps))
                 else:
@@ -219,20 +224,21 @@ def train(model: nn.Module, data: Split, cfg: TrainConfig, *, augment: bool = Fa
                 total += loss.detach().float() * len(idx)  # no host sync per step
                 count += len(idx)
                 done += 1
+                spent = (max_batches is not None and done >= max_batches) or (
+                    wall_seconds is not None and time.perf_counter() - t0 >= wall_seconds)
                 if step_callbacks:
-                    info = TrainStep(done, epoch, loss.detach(), logits.detach(), yb, lr,
-                                     schedule_steps or cfg.epochs * steps_per_epoch,
-                                     epoch == cfg.epochs - 1 and b == steps_per_epoch - 1)
+                    info = TrainStep(done, epoch, loss.detach(), logits.detach(), yb, lr, total_steps,
+                                     spent or (wall_seconds is None and epoch == cfg.epochs - 1
+                                              and b == steps_per_epoch - 1))
                     for cb in step_callbacks:
                         cb(info)
-                out_of_budget = (max_batches is not None and done >= max_batches) or (
-                    budget_seconds is not None and time.perf_counter() - t0 >= budget_seconds) or (
-                    on_step is not None and bool(on_step(done)))
+                out_of_budget = spent or (on_step is not None and bool(on_step(done)))
                 if out_of_budget:
                     break
             if not torch.isfinite(total):  # one host sync per epoch
+                length = f"{cfg.epochs}" if wall_seconds is None else f"a {wall_seconds:g} s run"
                 raise NonFiniteError(f"training diverged: the loss became NaN or Inf in epoch {epoch + 1} of "
-                                     f"{cfg.epochs} at learning rate {cfg.lr:g}; lower the learning rate")
+                                     f"{length} at learning rate {cfg.lr:g}; lower the learning rate")
             if callbacks:
                 mean_loss = float(total) / max(count, 1)
                 for cb in callbacks:
@@ -256,32 +262,10 @@ def distillation_loss(logits: torch.Tensor, wanted: torch.Tensor, temperature: f
                                 log_target=True, reduction="batchmean") * (t * t)
 
 
-WALL_TIME_EPOCHS = 10_000
-"""The epoch cap of a run whose length is a wall-time budget (the equal-time baselines): `train` with
-``budget_seconds`` and ``schedule_seconds`` both the budget stops at the budget and anneals its schedule inside it,
-at whatever speed the machine runs; the cap only bounds a budget no run could spend."""
-
-
 def epochs_run(steps: int, examples: int, batch_size: int) -> float:
     """The epochs ``steps`` optimizer steps of batches of ``batch_size`` make over ``examples`` training examples
     (`train`'s last batch of an epoch may be short): steps / ceil(examples / batch_size)."""
     return steps / math.ceil(examples / batch_size)
-
-
-def equal_time_epochs(epochs: int, seconds: float, budget_seconds: float) -> int:
-    """The epoch count that fits a wall-time budget, for comparing a baseline with the geodesic at equal time.
-
-    A run of ``epochs`` epochs took ``seconds``; at the same speed, floor(epochs · budget_seconds / seconds)
-    epochs (at least 1) end within ``budget_seconds``. Training for that many epochs runs the whole learning-rate
-    schedule inside the budget (a baseline cut off mid-schedule by a time limit would never anneal); pass the
-    budget to `train` too, as a cap for a machine that runs slower than it did. At a speed that rises after the
-    measurement (a machine's load falls) the run ends early: the flows stop their equal-time baselines by wall time
-    instead (`WALL_TIME_EPOCHS`); `benchmarks/cifar.py` sizes its peers by this rule.
-    """
-    if epochs < 1 or not (seconds > 0) or not (budget_seconds > 0):
-        raise ValueError(f"equal_time_epochs needs epochs >= 1 and positive times, got {epochs}, {seconds}, "
-                         f"{budget_seconds}")
-    return max(1, math.floor(epochs * budget_seconds / seconds))
 
 
 @torch.no_grad()

@@ -11,7 +11,6 @@ from prefect import task
 from geodesic_core import evaluate, flat_params, param_slices
 from geodesic_core.sparsify import SparsifyConfig
 from geodesic_core.sparsify import iterative_prune_train, project_to_level, prune_finetune
-from geodesic_core.train import WALL_TIME_EPOCHS
 
 from .common import CACHED, checkpoint_path, finished, open_ref, percent_sparse, save_result, spec, split
 from .live import Live
@@ -54,15 +53,13 @@ def finetune_baseline(dense: dict, level: float, cfg: SparsifyConfig, budget_sec
         return done
     model, meta = open_ref(dense)
     teacher = copy.deepcopy(model).requires_grad_(False) if distill else None  # the dense network, unpruned
-    epochs = cfg.finetune.epochs if budget_seconds is None else WALL_TIME_EPOCHS
     title = f"{method.split('_')[0]} {level:g}" + (f" ({budget_seconds:.0f} s)" if budget_seconds is not None else "")
     with Live(title, track=track) as live:
         _, wall, steps = prune_finetune(model, level, split(cfg.dataset, True, data_dir),
-                                        cfg.finetune.train_config(cfg.seed, epochs, distill),
+                                        cfg.finetune.train_config(cfg.seed, distill=distill),
                                         structured=cfg.structured, layer=cfg.layer, scope=cfg.scope,
-                                        budget_seconds=budget_seconds, augment=spec(cfg.dataset).augment,
-                                        step_callbacks=[live.train_step] if budget_seconds is None else
-                                        [lambda s: live.train_step(s, total=False)], teacher=teacher,
+                                        wall_seconds=budget_seconds, augment=spec(cfg.dataset).augment,
+                                        step_callbacks=[live.train_step], teacher=teacher,
                                         teacher_temperature=cfg.finetune.distill_temperature)
         result = _result(model, method, level, split(cfg.dataset, False, data_dir), wall_seconds=wall, steps=steps)
     return save_result(out, model, meta, result)

@@ -23,7 +23,7 @@ from geodesic_core.connect import (BezierCurve, InterpolatedOutputs, PolyChain, 
                                    connect_segment, distance_ratio, evaluate_point, relax_path, train_bezier)
 from geodesic_core.checkpoint import load_tensors, save_tensors
 from geodesic_core.data import get_spec
-from geodesic_core.train import WALL_TIME_EPOCHS, epochs_run
+from geodesic_core.train import epochs_run
 
 from .common import CACHED, checkpoint_path, finished, finished_with_content, open_ref, ref, save_result, split
 from .live import Live
@@ -199,15 +199,14 @@ def bezier_curve_task(a: dict, b: dict, cfg: ConnectConfig, data_dir: str | None
                       distill: bool = False) -> dict:
     """Peer baseline (Garipov et al. 2018): train the bend θ of the quadratic Bezier curve between w_1 and w_2
     for ``cfg.bezier_train.epochs`` epochs (or, the equal-time curve, for ``budget_seconds`` of wall time, its
-    learning-rate schedule spanning that time: `geodesic_core.train.WALL_TIME_EPOCHS`) on the task's training
+    learning-rate schedule spanning that time: `geodesic_core.train.train`'s ``wall_seconds``) on the task's training
     data, then evaluate the curve at ``cfg.linear_points`` equally spaced t like the straight line. ``distill``:
     the label-free curve, fit to the endpoints' interpolated outputs at ``cfg.bezier_distill_lr`` and
     ``cfg.bezier_distill_temperature`` (`train_bezier` with ``endpoints``). The checkpoint holds θ (a network of
     the endpoints' architecture) and is keyed by the training alone: a rerun with other evaluation settings
     re-evaluates the trained curve. ``wall_seconds`` is the training cost, the evaluation excluded; ``epochs`` the
     epochs it ran."""
-    timed = {"epochs": WALL_TIME_EPOCHS} if budget_seconds is not None else {}
-    train_cfg = cfg.bezier_train.model_copy(update={**timed, **({"lr": cfg.bezier_distill_lr} if distill else {})})
+    train_cfg = cfg.bezier_train.model_copy(update={"lr": cfg.bezier_distill_lr} if distill else {})
     kind = "bezier_distill" if distill else "bezier"
     temperature = cfg.bezier_distill_temperature if distill else 0.0
     out = checkpoint_path(kind, a["sha256"], b["sha256"], train_cfg.model_dump(), budget_seconds, temperature,
@@ -223,8 +222,7 @@ def bezier_curve_task(a: dict, b: dict, cfg: ConnectConfig, data_dir: str | None
         with Live(title, track=track) as live:
             t0 = time.perf_counter()
             curve = train_bezier(model, w_a, w_b, train_data, train_cfg, augment=get_spec(cfg.dataset).augment,
-                                 step_callbacks=[lambda s: live.train_step(s, total=budget_seconds is None)],
-                                 budget_seconds=budget_seconds, schedule_seconds=budget_seconds,
+                                 step_callbacks=[live.train_step], wall_seconds=budget_seconds,
                                  endpoints=endpoints, temperature=temperature)
             wall = time.perf_counter() - t0
         set_flat_params(probe_model, curve.bend.detach().to(flat_params(probe_model)))

@@ -24,7 +24,7 @@ from geodesic_core.align import ALIGN_INPUTS, align_to
 from geodesic_core.align import alignment_plan as core_alignment_plan
 from geodesic_core.data import Split
 from geodesic_core.metric import tempered
-from geodesic_core.train import WALL_TIME_EPOCHS, epochs_run
+from geodesic_core.train import epochs_run
 
 from .common import CACHED, checkpoint_path, default_device, finished, open_ref, ref, save_result
 from .live import Live
@@ -274,10 +274,9 @@ def sequential_stage(method: str, previous: dict, index: int, pull: dict | None,
                      budget_seconds: float | None = None) -> dict:
     """Baselines: SGD on task i from w_{1:i-1} (``sgd``), plus (λ/2)|w - w_{1:i-1}|^2 (``l2``), or plus the
     EWC penalty held in ``pull`` (``ewc``); for ``cfg.train.epochs``, or (the equal-time run) for
-    ``budget_seconds`` of wall time, the learning-rate schedule spanning that time (`WALL_TIME_EPOCHS`). The
-    result's ``epochs`` are the epochs run."""
-    timed = {"epochs": WALL_TIME_EPOCHS} if budget_seconds is not None else {}
-    train_cfg = cfg.train.model_copy(update={"seed": cfg.seed + index, **timed})
+    ``budget_seconds`` of wall time, the learning-rate schedule spanning that time (`train`'s ``wall_seconds``).
+    The result's ``epochs`` are the epochs run."""
+    train_cfg = cfg.train.model_copy(update={"seed": cfg.seed + index})
     out = checkpoint_path(f"continual-{method}", previous["sha256"], pull and pull["sha256"], index,
                           train_cfg.model_dump(), budget_seconds, cfg.l2_strength if method == "l2" else cfg.ewc_strength,
                           cfg.seed, data_fingerprint, code_version)
@@ -297,8 +296,7 @@ def sequential_stage(method: str, previous: dict, index: int, pull: dict | None,
         t0 = time.perf_counter()
         data = _train_split(cfg, index, data_dir)
         steps = train(task_view(model, _specs(cfg)[index]), data, train_cfg, penalty=penalty,
-                      step_callbacks=[lambda s: live.train_step(s, first, total=budget_seconds is None)],
-                      budget_seconds=budget_seconds, schedule_seconds=budget_seconds)
+                      step_callbacks=[lambda s: live.train_step(s, first)], wall_seconds=budget_seconds)
         wall = time.perf_counter() - t0
         accs = _accs(model, cfg, data_dir)
         live.log(first + steps, {f"acc_task_{j + 1}": a for j, a in enumerate(accs)})

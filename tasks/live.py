@@ -355,15 +355,15 @@ class Live:
             self.log(info.step, {"nonfinite_retries": info.retries})
 
     @COST.timed
-    def train_step(self, info, step_offset: int = 0, every: int = 20, total: bool = True) -> None:
+    def train_step(self, info, step_offset: int = 0, every: int = 20) -> None:
         """One SGD step (a `geodesic_core.train.TrainStep`); every ``every`` steps (and at the last) that
         batch's loss and accuracy become metrics ``train_loss``, ``train_accuracy`` and ``lr`` at the SGD step
-        (plus ``step_offset``: the steps of earlier stages). Other steps cost an integer test. ``total``: show
-        the schedule's length as the total (off for a run cut by a time budget)."""
+        (plus ``step_offset``: the steps of earlier stages). Other steps cost an integer test. The schedule's
+        length becomes the total (none for a wall-time run: ``info.total`` is None)."""
         self.completed = info.step
         if info.step % every and not info.last:
             return
-        if total and self.total is None:
+        if info.total is not None and self.total is None:
             self.total = info.total
             if self.row is not None:
                 DISPLAY.update(self.row, total=self.total)

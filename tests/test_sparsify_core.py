@@ -75,16 +75,17 @@ def test_prune_finetune_keeps_exact_sparsity(data_dir):
                                     device=torch.device("cpu"))
     assert steps == 24 and wall > 0
     assert sparsity(flat_params(model), slices) == pytest.approx(0.95, abs=1e-5)
-    _, wall, steps = prune_finetune(model, 95, Split(tr.x[:3000], tr.y[:3000]), TrainConfig(epochs=1000, lr=0.01),
-                                    budget_seconds=0.3, device=torch.device("cpu"))
+    _, wall, steps = prune_finetune(model, 95, Split(tr.x[:3000], tr.y[:3000]), TrainConfig(epochs=1, lr=0.01),
+                                    wall_seconds=0.3, device=torch.device("cpu"))
     assert 0.3 <= wall < 2.0 and 0 < steps < 24000
     # under a cosine the equal-time run anneals inside its budget: its rate falls from the peak to about 0 (a budget
     # of 2 s, so that one slow step on a loaded machine, 0.17 s seen, cannot end it with the rate still at a quarter)
     lrs = []
-    prune_finetune(model, 95, Split(tr.x[:3000], tr.y[:3000]), TrainConfig(epochs=1000, lr=0.01, schedule="cosine"),
-                   budget_seconds=2.0, device=torch.device("cpu"), step_callbacks=[lambda st: lrs.append(st.lr)])
+    prune_finetune(model, 95, Split(tr.x[:3000], tr.y[:3000]), TrainConfig(epochs=1, lr=0.01, schedule="cosine"),
+                   wall_seconds=2.0, device=torch.device("cpu"), step_callbacks=[lambda st: lrs.append(st.lr)])
     assert lrs[0] == pytest.approx(0.01, rel=0.05) and lrs[-1] < 0.0005
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert len(lrs) > 24  # past cfg.epochs (1 epoch, 24 steps): a wall-time run's length is its time
 
 
 def test_prune_distill_reads_no_labels_and_recovers_accuracy(data_dir):

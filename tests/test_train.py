@@ -1,3 +1,5 @@
+import time
+
 import pytest
 import torch
 
@@ -36,9 +38,11 @@ def test_masked_training_keeps_zeros(data_dir):
     assert (m[1].weight[mask == 0] == 0).all()
 
 
-def test_the_schedule_spans_schedule_steps_when_given(data_dir):
+def test_the_schedule_spans_schedule_steps_or_wall_seconds_when_given(data_dir):
     """A cosine over 4 steps, cut at those 4, anneals to near 0; by default it spans the whole epoch (8 steps of 64
-    images), so the same 4 steps end at half the peak rate. Over ``schedule_seconds`` it anneals inside that time."""
+    images), so the same 4 steps end at half the peak rate. A wall-time run (``wall_seconds``) trains past
+    ``cfg.epochs`` until its time is spent, annealing inside that time; its steps report no total, and its final
+    step is marked the last."""
     import math
 
     tr = load_split("mnist", True, data_dir)
@@ -52,13 +56,23 @@ def test_the_schedule_spans_schedule_steps_when_given(data_dir):
         assert steps == 4 and lrs == pytest.approx(want)
     with pytest.raises(ValueError, match="schedule_steps"):
         train(build_model("lenet300", 10, 1, 28), sub, cfg, schedule_steps=0, device=torch.device("cpu"))
-    with pytest.raises(ValueError, match="schedule_seconds"):
-        train(build_model("lenet300", 10, 1, 28), sub, cfg, schedule_seconds=0.0, device=torch.device("cpu"))
-    # over wall time: a 1000-epoch cosine spanning 0.4 s, run for those 0.4 s, ends near 0
-    lrs = []
-    train(build_model("lenet300", 10, 1, 28), sub, cfg.model_copy(update={"epochs": 1000}), budget_seconds=0.4,
-          schedule_seconds=0.4, step_callbacks=[lambda st: lrs.append(st.lr)], device=torch.device("cpu"))
-    assert lrs[0] == pytest.approx(0.1, rel=0.05) and lrs[-1] < 0.005 and len(lrs) > 10
+    for bad in (dict(wall_seconds=0.0), dict(wall_seconds=1.0, schedule_steps=4)):
+        with pytest.raises(ValueError, match="wall_seconds"):
+            train(build_model("lenet300", 10, 1, 28), sub, cfg, device=torch.device("cpu"), **bad)
+    with pytest.raises(ValueError, match="empty"):
+        train(build_model("lenet300", 10, 1, 28), type(tr)(tr.x[:0], tr.y[:0]), cfg, wall_seconds=1.0,
+              device=torch.device("cpu"))
+    # over wall time: a cosine spanning 0.4 s, run for those 0.4 s from a 1-epoch config, goes past that epoch's 8
+    # steps and ends near 0
+    seen = []
+    t0 = time.perf_counter()
+    steps = train(build_model("lenet300", 10, 1, 28), sub, cfg, wall_seconds=0.4, step_callbacks=[seen.append],
+                  device=torch.device("cpu"))
+    wall = time.perf_counter() - t0
+    lrs = [st.lr for st in seen]
+    assert 0.4 <= wall < 2.0 and steps == len(seen) > 8
+    assert lrs[0] == pytest.approx(0.1, rel=0.05) and lrs[-1] < 0.005
+    assert all(st.total is None for st in seen) and [st.last for st in seen] == [False] * (steps - 1) + [True]
 
 
 def test_batchnorm_statistics_are_recomputed():
@@ -77,17 +91,6 @@ def test_epochs_run_count_a_short_last_batch_as_a_step():
 
     assert epochs_run(10, 100, 32) == 2.5  # 4 steps an epoch, the last of 4 images
     assert epochs_run(3, 96, 32) == 1.0 and epochs_run(0, 96, 32) == 0.0
-
-
-def test_equal_time_epochs_fit_the_budget_at_the_measured_speed():
-    from geodesic_core.train import equal_time_epochs
-
-    assert equal_time_epochs(5, 20.0, 100.0) == 25  # 4 s an epoch: 25 epochs in 100 s
-    assert equal_time_epochs(5, 20.0, 99.9) == 24  # never past the budget
-    assert equal_time_epochs(2, 10.0, 1.0) == 1  # at least one epoch
-    for bad in ((0, 1.0, 1.0), (1, 0.0, 1.0), (1, 1.0, -2.0), (1, float("nan"), 1.0)):
-        with pytest.raises(ValueError, match="positive"):
-            equal_time_epochs(*bad)
 
 
 def test_evaluation_builds_no_autograd_graph():
