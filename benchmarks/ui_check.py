@@ -196,7 +196,8 @@ def shots(chromium: str, out: Path, prefect_url: str, mlflow_url: str) -> None:
         page.wait_for_timeout(500)
         page.screenshot(path=str(out / "prefect-continual-form-equal-time.png"))
         print("continual form shows:", {w: w in page.inner_text("body") for w in (
-            "Equal Time", "Ewc Strength", "Align (Optional)", "permute w_i's hidden units to match",
+            "Equal Time", "(methods sgd_equal_time, l2_equal_time, ewc_equal_time)", "Ewc Strength",
+            "Align (Optional)", "permute w_i's hidden units to match",
             "None: the scenario's: none for permuted_mnist; auto for mnist_fashion, mnist_fashion_heads",
             "Fisher Weight (Optional)", "None: the scenario's: 1 for permuted_mnist, mnist_fashion, "
             "mnist_fashion_heads", "Refit Head (Optional)",
