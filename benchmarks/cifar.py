@@ -578,8 +578,8 @@ def print_connect(r: dict) -> None:
         if relaxed:
             knots = ", ".join(f"{k:.2f}" for k in relaxed["knots"])
             print(f"relaxed: {relaxed['epochs']} epochs of the chain's fit in {relaxed['fit_seconds']:.1f} s "
-                  f"(its wall s counts the traversal too); knots {knots}; equal-time curves sized by the traversal "
-                  f"plus the fit")
+                  f"(its wall s counts the traversal too); knots {knots}; equal-time curves trained for the "
+                  f"traversal's time plus the fit's")
 
 
 # --------------------------------------------------------------------------------------------------------------
