@@ -298,7 +298,7 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
         rows = [{"epochs": 0.0, "seconds": 0.0, "test_accuracy": dense_acc, "filters": 0}]
 
         def cycle(ci):
-            if budget is None and ci.cycle % report_every == 0 or ci.cycle == n_filters:
+            if (budget is None and ci.cycle % report_every == 0) or ci.cycle == n_filters:
                 rows.append({"epochs": ci.epochs, "seconds": ci.seconds, "test_accuracy": evaluate(model, test)[0],
                              "filters": ci.filters})
 
