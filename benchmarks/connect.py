@@ -62,7 +62,8 @@ def curve_lines(summary: list[dict]) -> list[str]:
     for curve, what in (("bezier", "Bezier curve"), ("bezier_distill", "label-free Bezier curve")):
         if (fixed := rows.get(curve)) is not None:
             lines.append(f"{what} ({fixed['epochs']:.3g} epochs): path minimum "
-                         f"{fixed['path_min_test_accuracy']:.2f} vs the geodesic's {geo['path_min_test_accuracy']:.2f}; "
+                         f"{fixed['path_min_test_accuracy']:.2f} vs the geodesic's "
+                         f"{geo['path_min_test_accuracy']:.2f}; "
                          f"geodesic time / curve's training time {geo['wall_seconds'] / fixed['wall_seconds']:.2f}")
         if (equal := rows.get(f"{curve}_equal_time")) is not None:
             lines.append(f"at equal wall time ({timed['wall_seconds']:.0f} s; the curve {equal['epochs']:.3g} "

@@ -475,8 +475,7 @@ def prune_finetune(model: nn.Module, level: float, data: Split, cfg: TrainConfig
     The budget is ``cfg.epochs`` epochs, optionally capped by ``max_batches`` optimizer steps, or
     ``wall_seconds`` of wall time (the equal-compute comparison: `train`'s wall-time run, its learning-rate schedule
     spanning that time, so a cosine anneals to 0 inside it at a speed not known in advance). Structured: the removed
-    filters'
-    weights, bias and batch-norm scale and shift all stay zero. ``callbacks`` get each epoch's `EpochInfo`,
+    filters' weights, bias and batch-norm scale and shift all stay zero. ``callbacks`` get each epoch's `EpochInfo`,
     ``step_callbacks`` each SGD step's `TrainStep`.
 
     Returns:
