@@ -464,15 +464,14 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
         """The curve trained for ``s.bezier_epochs`` epochs (or ``budget`` seconds: `train`'s wall-time run) and
         measured like every path; ``distill``: label-free, fit to the endpoints' interpolated outputs."""
         _sync(device)
-        t, steps = time.perf_counter(), [0]
+        t = time.perf_counter()
         cfg = bz_cfg.model_copy(update={"lr": s.bezier_distill_lr} if distill else {})
         curve = train_bezier(copy.deepcopy(net_a), w_a, w_b, train_data, cfg, augment=True, wall_seconds=budget,
-                             endpoints=(net_a, net_b) if distill else None,
-                             step_callbacks=[lambda st: steps.__setitem__(0, st.step)])
+                             endpoints=(net_a, net_b) if distill else None)
         _sync(device)
         wall = time.perf_counter() - t
         pts = curve.points(s.line_points)
-        epochs = round(epochs_run(steps[0], train_data.x.shape[0], cfg.batch_size), 2)
+        epochs = round(epochs_run(curve.steps_trained, train_data.x.shape[0], cfg.batch_size), 2)
         return _path_summary(evaluate_points(pts), cumulative_lengths(viewer, pts, probe_x, bn_inputs=bn),
                              curve.euclidean_length(), wall, epochs=epochs)
 

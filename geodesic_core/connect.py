@@ -248,6 +248,7 @@ class _Curve(nn.Module):
         self.gen = torch.Generator().manual_seed(seed)
         self.t = 0.5
         self.drawn_t = 0.5  # the t of the last training-mode forward call (what `CurveAnchor` matches)
+        self.steps_trained = 0  # optimizer steps of the last `fit_curve` (with its batch size, its epochs)
 
     def point(self, t: float) -> torch.Tensor:
         """φ(t) ``(n,)``: differentiable in the curve's parameters."""
@@ -376,7 +377,8 @@ def fit_curve(curve: _Curve, data: Split, cfg, *, augment: bool = False, callbac
     `geodesic_core.train.distillation_loss`). Endpoints with batch norm are read as every point of a path is
     evaluated (`endpoint_teachers`), not with their stored running averages. ``wall_seconds``: train
     for this much wall time instead of ``cfg.epochs``, the learning-rate schedule spanning it (the equal-time
-    curve: `geodesic_core.train.train`'s wall-time run). Returns the curve, in eval mode."""
+    curve: `geodesic_core.train.train`'s wall-time run). Returns the curve, in eval mode, its ``steps_trained`` the
+    optimizer steps the fit ran (`geodesic_core.train.epochs_run` turns them into epochs)."""
     from .train import train
 
     if not (temperature >= 0 and math.isfinite(temperature)):
@@ -385,9 +387,9 @@ def fit_curve(curve: _Curve, data: Split, cfg, *, augment: bool = False, callbac
     teacher = None
     if endpoints is not None:
         teacher = CurveAnchor(curve, *endpoint_teachers(endpoints, data.x, device))
-    train(curve, data, cfg, augment=augment, device=device, callbacks=callbacks, step_callbacks=step_callbacks,
-          wall_seconds=wall_seconds, teacher=teacher,
-          teacher_temperature=temperature)
+    curve.steps_trained = train(curve, data, cfg, augment=augment, device=device, callbacks=callbacks,
+                                step_callbacks=step_callbacks, wall_seconds=wall_seconds, teacher=teacher,
+                                teacher_temperature=temperature)
     return curve.eval()
 
 

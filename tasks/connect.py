@@ -226,7 +226,7 @@ def bezier_curve_task(a: dict, b: dict, cfg: ConnectConfig, data_dir: str | None
                                  endpoints=endpoints, temperature=temperature)
             wall = time.perf_counter() - t0
         set_flat_params(probe_model, curve.bend.detach().to(flat_params(probe_model)))
-        epochs = epochs_run(live.completed, len(train_data.x), train_cfg.batch_size)
+        epochs = epochs_run(curve.steps_trained, len(train_data.x), train_cfg.batch_size)
         trained = save_result(out, probe_model, meta, dict(train_seconds=wall, epochs=epochs), role=f"{kind} bend")
     else:  # trained by an earlier run (or attempt): only the evaluation is redone, from the bend read once
         trained, state = done

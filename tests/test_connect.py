@@ -269,6 +269,7 @@ def test_label_free_curve_matches_the_interpolated_outputs_at_the_t_it_drew_and_
     xs, ys = torch.randn(64, 6), torch.randint(0, 3, (64,))
     cfg = TrainConfig(epochs=2, lr=0.01, batch_size=16, seed=0)
     one = train_bezier(copy.deepcopy(a), w_a, w_b, Split(xs, ys), cfg, endpoints=(a, b))
+    assert one.steps_trained == 2 * 64 // 16  # the fit's optimizer steps: 2 epochs of 4 batches
     other = train_bezier(copy.deepcopy(a), w_a, w_b, Split(xs, ys[torch.randperm(64)]), cfg, endpoints=(a, b))
     assert torch.equal(one.bend, other.bend) and not torch.equal(one.bend, 0.5 * (w_a + w_b))
     labelled = train_bezier(copy.deepcopy(a), w_a, w_b, Split(xs, ys), cfg)
