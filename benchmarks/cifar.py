@@ -274,6 +274,8 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
         rows.append({"epochs": step0 * per_step, "seconds": spent, "test_accuracy": acc, "filters": level,
                      "steps": step0, "stop_reason": res.stop_reason, "nonfinite_retries": res.retries,
                      "projection_distance": res.distance_before_projection})
+        print(f"  geodesic stage {k}/{s.stages}: {level} filters removed, {acc:.2f}% after {step0} steps, "
+              f"{spent:.1f} s", flush=True)
     if s.polish_epochs:  # the closing correction: masked distillation toward the dense network's outputs
         _sync(device)
         spent += polish(model, dense, train_data.x, n_filters, cfg, s.polish_epochs, lr=s.polish_lr,
@@ -282,6 +284,7 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
         rows.append({"epochs": step0 * per_step + s.polish_epochs, "seconds": spent,
                      "test_accuracy": evaluate(model, test)[0], "filters": n_filters, "steps": step0,
                      "stop_reason": f"closing correction, {s.polish_epochs} epochs"})
+        print(f"  geodesic closing correction: {rows[-1]['test_accuracy']:.2f}%, {spent:.1f} s", flush=True)
     curves["geodesic"] = rows
     geo_model = model
 
@@ -290,6 +293,10 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
     ft_cfg = cifar_recipe(epochs=1, lr=0.01, seed=s.seeds[0], batch_size=s.batch_size).model_copy(
         update={"schedule": s.peer_schedule, "label_smoothing": 0.0})
     report_every = max(1, n_filters // 10)
+
+    def report(name: str, row: dict, budget: float | None) -> None:
+        print(f"  {name}{'' if budget is None else ', equal time'}: {row['test_accuracy']:.2f}% after "
+              f"{row['epochs']:.2f} epochs, {row['seconds']:.1f} s", flush=True)
 
     def prune_train(budget: float | None = None) -> tuple[list[dict], float]:
         """The prune-train curve (``s.epochs_per_filter`` epochs a cycle, or ``budget`` seconds in all, each cycle
@@ -305,6 +312,7 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
         _, wall, _ = iterative_prune_train(model, layer, n_filters, train_data, ft_cfg,
                                            epochs_per_filter=s.epochs_per_filter, wall_seconds=budget, augment=True,
                                            device=device, callbacks=[cycle])
+        report("prune-train", rows[-1], budget)
         return rows, wall
 
     def finetune(budget: float | None = None, distill: bool = False) -> tuple[list[dict], float]:
@@ -333,6 +341,7 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
         if budget:
             rows.append({"epochs": epochs_run(steps, n_train, cfg.batch_size), "seconds": wall,
                          "test_accuracy": evaluate(model, test)[0], "filters": n_filters})
+        report(f"one-shot removal + {'distillation' if distill else 'fine-tuning'}", rows[-1], budget)
         return rows, wall - evals[0]
 
     train_seconds = {}
