@@ -250,6 +250,11 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
     dense_acc = info["test_accuracy"]
     curves: dict[str, list[dict]] = {}
 
+    def report(name: str, row: dict, budget: float | None = None) -> None:
+        """One progress line as a method ends: its accuracy, update epochs and training seconds."""
+        print(f"  {name}{'' if budget is None else ', equal time'}: {row['test_accuracy']:.2f}% after "
+              f"{row['epochs']:.2f} epochs, {row['seconds']:.1f} s", flush=True)
+
     # --- geodesic: the filters zeroed a few at a time, one structured stage each (as the flow does) -------------
     model = copy.deepcopy(dense).requires_grad_(True)
     start_dist = float((FilterTarget(model, layer, n_filters).project(flat_params(model)) - flat_params(model)).norm())
@@ -284,7 +289,7 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
         rows.append({"epochs": step0 * per_step + s.polish_epochs, "seconds": spent,
                      "test_accuracy": evaluate(model, test)[0], "filters": n_filters, "steps": step0,
                      "stop_reason": f"closing correction, {s.polish_epochs} epochs"})
-        print(f"  geodesic closing correction: {rows[-1]['test_accuracy']:.2f}%, {spent:.1f} s", flush=True)
+        report("geodesic, closing correction", rows[-1])
     curves["geodesic"] = rows
     geo_model = model
 
@@ -293,10 +298,6 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
     ft_cfg = cifar_recipe(epochs=1, lr=0.01, seed=s.seeds[0], batch_size=s.batch_size).model_copy(
         update={"schedule": s.peer_schedule, "label_smoothing": 0.0})
     report_every = max(1, n_filters // 10)
-
-    def report(name: str, row: dict, budget: float | None) -> None:
-        print(f"  {name}{'' if budget is None else ', equal time'}: {row['test_accuracy']:.2f}% after "
-              f"{row['epochs']:.2f} epochs, {row['seconds']:.1f} s", flush=True)
 
     def prune_train(budget: float | None = None) -> tuple[list[dict], float]:
         """The prune-train curve (``s.epochs_per_filter`` epochs a cycle, or ``budget`` seconds in all, each cycle
