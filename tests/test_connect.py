@@ -394,7 +394,7 @@ def test_a_stalled_traversal_is_completed_or_reported(harness, workdir, data_dir
 
     monkeypatch.setattr(tc, "connect_segment", stalling)
     args = ["connect", "--data-dir", data_dir, "--train.epochs", "1", "--geo.max-steps", "400", "--eval-every", "50",
-            "--linear-points", "3", "--no-bezier", "--no-bezier-distill", "--geo.eta", "0.5"]
+            "--linear-points", "3", "--no-bezier", "--no-bezier-distill", "--geo.eta", "0.5", "--relax-epochs", "0"]
     assert main([*args, "--no-complete"]) == 0
     _, children = _children(workdir)
     assert 0.0 < children["geodesic"].data.metrics["final_distance_ratio"] < 1.0 and calls == [1.0]

@@ -108,6 +108,7 @@ def test_deployment_runs_on_a_worker_and_a_data_update_triggers_a_rerun(tmp_path
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
         "GEODESIC_DATA_DIR": str(tmp_path / "data"), "GEODESIC_OUTPUT_DIR": str(tmp_path / "outputs"),
         "GEODESIC_PROJECT_DIR": str(ROOT), "PYTHONPATH": str(ROOT),
+        "PREFECT_WORKER_QUERY_SECONDS": "2",  # the worker polls every 10 s by default: each pickup waits for it
     })
     seed_databases(db_templates, tmp_path / "prefect.db", tmp_path / "mlflow.db")
     procs = Processes(tmp_path, env)
