@@ -13,7 +13,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def run_fresh(command: str, argv: list[str], config_cls, flow_module: str, flow_name: str):
-    """Parse ``argv`` as `geodesic <command>` options, run the flow, return (params, summary, seconds)."""
+    """Parse ``argv`` as `geodesic <command>` options, run the flow, return (params, summary, seconds, load): ``load``
+    is {MLflow child run: the machine's mean CPU use in % of all cores while it ran}, from the system metrics the
+    flow records on its parent run (`tasks.tracking.recording_system_metrics`, sampled every 5 s here): what an
+    equal-time peer's budget was measured under, beside what it trained under."""
     import importlib
 
     from flows.cli import build_parser, config_from_args, run_local, runner_from_args
@@ -27,13 +30,40 @@ def run_fresh(command: str, argv: list[str], config_cls, flow_module: str, flow_
         os.chdir(tmp)
         os.environ["GEODESIC_OUTPUT_DIR"] = str(Path(tmp) / "outputs")
         os.environ.pop("MLFLOW_TRACKING_URI", None)
+        os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "5")
         t0 = time.perf_counter()
         try:
             summary = run_local(getattr(module, flow_name), params, data_dir=data_dir, experiment=module.EXPERIMENT,
                                 runner=runner_from_args(args))
+            seconds = time.perf_counter() - t0
+            load = _child_loads()
         finally:
             os.chdir(cwd)
-    return params, summary, time.perf_counter() - t0
+    return params, summary, seconds, load
+
+
+def _child_loads() -> dict[str, float]:
+    """The machine load per child run of the one parent run in ./mlflow.db (see `run_fresh`)."""
+    from mlflow import MlflowClient
+
+    from tasks.tracking import child_machine_load, tracking_uri
+
+    client = MlflowClient(tracking_uri())
+    parents = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
+               if r.data.tags.get("geodesic.role") == "parent"]
+    return child_machine_load(parents[0].info.run_id) if len(parents) == 1 else {}
+
+
+def print_load(load: dict[str, float]) -> None:
+    """One line: the machine's mean CPU use while each child run ran, so an equal-time comparison can be read
+    against the load its budget was measured under (load from other jobs shows as use above what the run's own
+    threads take)."""
+    if load:
+        cores = os.cpu_count() or 1
+        print(f"\nmachine CPU use while each ran (MLflow system metrics, % of {cores} cores): "
+              + ", ".join(f"{name} {pct:.0f}%" for name, pct in sorted(load.items())))
+    else:
+        print("\nmachine CPU use: not recorded (MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false)")
 
 
 def with_default(argv: list[str], flag: str) -> list[str]:

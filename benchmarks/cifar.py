@@ -58,6 +58,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _load import MachineLoad  # noqa: E402
 
 from geodesic_core import (GeoConfig, InputError, NonFiniteError, build_model, cumulative_lengths,  # noqa: E402
                            evaluate, flat_params, linear_path, load_split)
@@ -253,7 +256,8 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
     def report(name: str, row: dict, budget: float | None = None) -> None:
         """One progress line as a method ends: its accuracy, update epochs and training seconds."""
         print(f"  {name}{'' if budget is None else ', equal time'}: {row['test_accuracy']:.2f}% after "
-              f"{row['epochs']:.2f} epochs, {row['seconds']:.1f} s", flush=True)
+              f"{row['epochs']:.2f} epochs, {row['seconds']:.1f} s (machine CPU use {row['machine_cpu_percent']:.0f}%)",
+              flush=True)
 
     # --- geodesic: the filters zeroed a few at a time, one structured stage each (as the flow does) -------------
     model = copy.deepcopy(dense).requires_grad_(True)
@@ -266,7 +270,7 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
                     bn_every=s.bn_every if s.struct_bn_every is None else s.struct_bn_every)
     per_step = geo_step_passes(cfg, min(cfg.metric_batch, n_train), 10, masked=True) / (2 * n_train)
     rows = [{"epochs": 0.0, "seconds": 0.0, "test_accuracy": dense_acc, "filters": 0}]
-    spent, step0 = 0.0, 0
+    spent, step0, meter = 0.0, 0, MachineLoad()
     for k in range(1, s.stages + 1):
         level = max(1, round(n_filters * k / s.stages))
         _sync(device)
@@ -289,6 +293,8 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
         rows.append({"epochs": step0 * per_step + s.polish_epochs, "seconds": spent,
                      "test_accuracy": evaluate(model, test)[0], "filters": n_filters, "steps": step0,
                      "stop_reason": f"closing correction, {s.polish_epochs} epochs"})
+    rows[-1]["machine_cpu_percent"] = meter.percent()  # over the traversal and its evaluations
+    if s.polish_epochs:
         report("geodesic, closing correction", rows[-1])
     curves["geodesic"] = rows
     geo_model = model
@@ -304,6 +310,7 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
         an equal share) and its training seconds (evaluation excluded: it runs between cycles)."""
         model = copy.deepcopy(dense).requires_grad_(True)
         rows = [{"epochs": 0.0, "seconds": 0.0, "test_accuracy": dense_acc, "filters": 0}]
+        meter = MachineLoad()
 
         def cycle(ci):
             if (budget is None and ci.cycle % report_every == 0) or ci.cycle == n_filters:
@@ -313,6 +320,7 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
         _, wall, _ = iterative_prune_train(model, layer, n_filters, train_data, ft_cfg,
                                            epochs_per_filter=s.epochs_per_filter, wall_seconds=budget, augment=True,
                                            device=device, callbacks=[cycle])
+        rows[-1]["machine_cpu_percent"] = meter.percent()
         report("prune-train", rows[-1], budget)
         return rows, wall
 
@@ -325,7 +333,7 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
         oneshot = project_to_level(copy.deepcopy(dense), n_filters, structured=True, layer=layer)
         rows = [{"epochs": 0.0, "seconds": 0.0, "test_accuracy": dense_acc, "filters": 0},
                 {"epochs": 0.0, "seconds": 0.0, "test_accuracy": evaluate(oneshot, test)[0], "filters": n_filters}]
-        t0, evals = time.perf_counter(), [0.0]
+        t0, evals, meter = time.perf_counter(), [0.0], MachineLoad()
 
         def epoch_done(e):
             t = time.perf_counter()
@@ -342,6 +350,7 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
         if budget:
             rows.append({"epochs": epochs_run(steps, n_train, cfg.batch_size), "seconds": wall,
                          "test_accuracy": evaluate(model, test)[0], "filters": n_filters})
+        rows[-1]["machine_cpu_percent"] = meter.percent()
         report(f"one-shot removal + {'distillation' if distill else 'fine-tuning'}", rows[-1], budget)
         return rows, wall - evals[0]
 
@@ -397,13 +406,15 @@ def print_structured(r: dict) -> None:
     print(f"dense network: {dense:.2f}% after {r['dense']['epochs']} epochs ({r['dense']['train_seconds']:.0f} s); "
           f"the peers' learning rate: {r['peer_schedule']}; distillation on {loss(r['distill_temperature'])} at lr "
           f"{r['distill_lr']:g}, the closing correction on {loss(r['polish_temperature'])} at lr {r['polish_lr']:g}\n")
-    print("| method | final accuracy | best accuracy | update epochs | epochs to within 1 point of dense | wall s |")
-    print("|---|---|---|---|---|---|")
+    print("| method | final accuracy | best accuracy | update epochs | epochs to within 1 point of dense | wall s "
+          "| machine CPU use |")
+    print("|---|---|---|---|---|---|---|")
     for name, rows in r["curves"].items():
         rec = recover_epochs(rows, dense - 1.0)
+        cpu = rows[-1].get("machine_cpu_percent")
         print(f"| {name} | {rows[-1]['test_accuracy']:.2f} | {max(x['test_accuracy'] for x in rows[1:]):.2f} | "
               f"{rows[-1]['epochs']:.2f} | {'not reached' if rec is None else f'{rec:.2f}'} | "
-              f"{rows[-1]['seconds']:.1f} |")
+              f"{rows[-1]['seconds']:.1f} | {'' if cpu is None else f'{cpu:.0f}%'} |")
     geo_final = r["curves"]["geodesic"][-1]["test_accuracy"]
     if retried := sum(x.get("nonfinite_retries", 0) for x in r["curves"]["geodesic"]):
         print(f"geodesic: {retried} steps overflowed and were taken again shorter (GeoConfig.nonfinite_retries)")
@@ -427,12 +438,13 @@ class _Paths(dict):
     def __setitem__(self, name: str, p: dict) -> None:
         super().__setitem__(name, p)
         print(f"  {name}: min {p['min']:.2f}, mean {p['mean']:.2f}, length under g {p['length_g']:.2f}, "
-              f"{p['wall_seconds']:.1f} s", flush=True)
+              f"{p['wall_seconds']:.1f} s (machine CPU use {p['machine_cpu_percent']:.0f}%)", flush=True)
 
 
-def _path_summary(accs: list[float], lengths: list[float], euclid: float, wall: float, **extra) -> dict:
+def _path_summary(accs: list[float], lengths: list[float], euclid: float, wall: float, cpu: float, **extra) -> dict:
+    """A path's row; ``cpu``: the machine's CPU use in % of all cores while the path was built (`_load`)."""
     return {"min": min(accs), "mean": sum(accs) / len(accs), "length_g": lengths[-1], "euclidean": euclid,
-            "wall_seconds": wall, "accuracies": accs, **extra}
+            "wall_seconds": wall, "machine_cpu_percent": cpu, "accuracies": accs, **extra}
 
 
 def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Split, device: torch.device,
@@ -459,10 +471,11 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
 
     paths = _Paths()
     # --- the straight line ---------------------------------------------------------------------------------------
-    t = time.perf_counter()
+    t, meter = time.perf_counter(), MachineLoad()
     pts = linear_path(w_a, w_b, s.line_points)
     accs = evaluate_points(pts)
-    paths["linear"] = _path_summary(accs, cumulative_lengths(viewer, pts, probe_x, bn_inputs=bn), dist, time.perf_counter() - t)
+    paths["linear"] = _path_summary(accs, cumulative_lengths(viewer, pts, probe_x, bn_inputs=bn), dist,
+                                    time.perf_counter() - t, meter.percent())
     endpoint_acc = (accs[0], accs[-1])  # the endpoints with batch-norm statistics re-estimated, like every point
 
     # --- the peer baselines: a trained quadratic Bezier curve, on the labels and label-free -------------------------
@@ -474,16 +487,16 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
         """The curve trained for ``s.bezier_epochs`` epochs (or ``budget`` seconds: `train`'s wall-time run) and
         measured like every path; ``distill``: label-free, fit to the endpoints' interpolated outputs."""
         _sync(device)
-        t = time.perf_counter()
+        t, meter = time.perf_counter(), MachineLoad()
         cfg = bz_cfg.model_copy(update={"lr": s.bezier_distill_lr} if distill else {})
         curve = train_bezier(copy.deepcopy(net_a), w_a, w_b, train_data, cfg, augment=True, wall_seconds=budget,
                              endpoints=(net_a, net_b) if distill else None)
         _sync(device)
-        wall = time.perf_counter() - t
+        wall, cpu = time.perf_counter() - t, meter.percent()
         pts = curve.points(s.line_points)
         epochs = round(epochs_run(curve.steps_trained, train_data.x.shape[0], cfg.batch_size), 2)
         return _path_summary(evaluate_points(pts), cumulative_lengths(viewer, pts, probe_x, bn_inputs=bn),
-                             curve.euclidean_length(), wall, epochs=epochs)
+                             curve.euclidean_length(), wall, cpu, epochs=epochs)
 
     for curve in ("bezier", "bezier-distill"):
         if curve in wanted:
@@ -515,7 +528,7 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
 
     anchor = InterpolatedOutputs(copy.deepcopy(net_a), copy.deepcopy(net_b))
     _sync(device)
-    t = time.perf_counter()
+    t, meter = time.perf_counter(), MachineLoad()
     try:
         res = connect_segment(model, w_b, train_data.x, cfg, anchor=anchor, total_distance=dist, callbacks=[record])
     except NonFiniteError as e:  # the other paths stay measured (one GPU try must not lose them)
@@ -530,13 +543,13 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
         stops.append(res.stop_reason)
         retries += res.retries
     _sync(device)
-    geo_wall = time.perf_counter() - t
+    geo_wall, geo_cpu = time.perf_counter() - t, meter.percent()
     w_end = flat_params(model)
     if not torch.equal(points[-1], w_end):
         points.append(w_end)
     accs = evaluate_points(points)
     paths["geodesic"] = _path_summary(accs, cumulative_lengths(viewer, points, probe_x, bn_inputs=bn), eucl[0], geo_wall,
-                                      steps=steps, completion_steps=completion, stop_reasons=stops, eta=eta,
+                                      geo_cpu, steps=steps, completion_steps=completion, stop_reasons=stops, eta=eta,
                                       nonfinite_retries=retries,
                                       end_distance_ratio=distance_ratio(w_end, w_a, w_b))
     budget = geo_wall
@@ -552,7 +565,7 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
         pts = chain.points(s.line_points)
         paths["geodesic, relaxed"] = _path_summary(
             evaluate_points(pts), cumulative_lengths(viewer, pts, probe_x, bn_inputs=bn), chain.euclidean_length(),
-            budget, epochs=s.relax_epochs, fit_seconds=fit, knots=chain.knots)
+            budget, meter.percent(), epochs=s.relax_epochs, fit_seconds=fit, knots=chain.knots)
     for curve in ("bezier", "bezier-distill"):
         if s.equal_time and curve in paths:
             # trained for the geodesic's time (with the relaxation, if any)
@@ -566,11 +579,13 @@ def print_connect(r: dict) -> None:
     print(f"\n### {r['model']} {arch or ''} on CIFAR-10: seeds {a['seed']} and {b['seed']}, {a['epochs']} / "
           f"{b['epochs']} epochs ({a['train_seconds']:.0f} / {b['train_seconds']:.0f} s), endpoints "
           f"{a['test_accuracy']:.2f} / {b['test_accuracy']:.2f}%, |w_2 - w_1| = {r['distance']:.1f}\n")
-    print("| path | min accuracy | mean accuracy | length under g | Euclidean length | epochs | wall s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| path | min accuracy | mean accuracy | length under g | Euclidean length | epochs | wall s "
+          "| machine CPU use |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, p in r["paths"].items():
+        cpu = p.get("machine_cpu_percent")
         print(f"| {name} | {p['min']:.2f} | {p['mean']:.2f} | {p['length_g']:.2f} | {p['euclidean']:.1f} | "
-              f"{p.get('epochs', '')} | {p['wall_seconds']:.1f} |")
+              f"{p.get('epochs', '')} | {p['wall_seconds']:.1f} | {'' if cpu is None else f'{cpu:.0f}%'} |")
     if "geodesic_error" in r:
         print(f"\ngeodesic: failed ({r['geodesic_error']})")
     g = r["paths"].get("geodesic")

@@ -23,14 +23,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _flowrun import run_fresh, versus, with_default  # noqa: E402
+from _flowrun import print_load, run_fresh, versus, with_default  # noqa: E402
 from geodesic_core.connect import ConnectConfig  # noqa: E402
 
 
 def main(argv: list[str]) -> None:
     if not {"--no-bezier", "--no-bezier-distill"} <= set(argv):
         argv = with_default(argv, "bezier-equal-time")
-    params, summary, total = run_fresh("connect", argv, ConnectConfig, "flows.connect", "connect_flow")
+    params, summary, total, load = run_fresh("connect", argv, ConnectConfig, "flows.connect", "connect_flow")
     print(f"\n{params.model} on {params.dataset}, endpoints trained {params.train.epochs} epochs from seeds "
           f"{params.seed} and {params.seed_b}; flow wall time {total:.0f} s\n")
     head = ["path", "w_1 acc", "w_2 acc", "path min", "path mean", "length under g", "Euclidean length",
@@ -49,6 +49,7 @@ def main(argv: list[str]) -> None:
     print(f"w_2 aligned to w_1 (--align {params.align}): "
           + (f"yes, {geo['aligned_units_moved']} hidden units moved" if geo.get("aligned") else "no"))
     print("\n".join(curve_lines(summary)))
+    print_load(load)
 
 
 def curve_lines(summary: list[dict]) -> list[str]:

@@ -21,12 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _flowrun import run_fresh, versus, with_default  # noqa: E402
+from _flowrun import print_load, run_fresh, versus, with_default  # noqa: E402
 from geodesic_core.continual import ContinualConfig  # noqa: E402
 
 
 def main(argv: list[str]) -> None:
-    params, summary, total = run_fresh("continual", with_default(argv, "equal-time"), ContinualConfig,
+    params, summary, total, load = run_fresh("continual", with_default(argv, "equal-time"), ContinualConfig,
                                        "flows.continual", "continual_flow")
     k = params.n_tasks()
     print(f"\n{params.scenario}, {k} tasks, model {params.model_name()}, "
@@ -48,6 +48,7 @@ def main(argv: list[str]) -> None:
                 print(f"at equal wall time, the geodesic vs {r['method'].removesuffix('_equal_time')}: "
                       f"{versus(geo['avg_accuracy'], r['avg_accuracy'])} average accuracy "
                       f"({geo['wall_seconds']:.0f} s vs {r['wall_seconds']:.0f} s)")
+    print_load(load)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 temporary folder), the README's pool and deploy commands, two small sparsify runs (different ``--geo.eta``)
 tracked there, then headless Chromium (Debian's ``chromium``, driven by Playwright with ``executable_path``)
 screenshots: the sparsify deployment's Custom run form (its fields' descriptions among them), a flow run's
-artifacts (progress and results), an MLflow child run's metric charts and the Compare view of the two geodesic
-runs. Prints what it read off the pages and where the screenshots are; look at them.
+artifacts (progress and results), an MLflow child run's metric charts, the Compare view of the two geodesic
+runs and a parent run's System metrics (the machine's load while the flow ran). Prints what it read off the pages and where the screenshots are; look at them.
 
     pip install -e '.[ui-check]'      # Playwright; no browser download: Chromium comes from the system
                                       # (Debian: apt-get install chromium)
@@ -63,7 +63,8 @@ def main() -> None:
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
            "MLFLOW_TRACKING_URI": mlflow_url, "GEODESIC_DATA_DIR": str(Path(args.data_dir).resolve()),
            "GEODESIC_OUTPUT_DIR": str(work / "outputs"), "GEODESIC_PROJECT_DIR": str(ROOT),
-           "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(work / "results"), "PYTHONPATH": str(ROOT)}
+           "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(work / "results"), "PYTHONPATH": str(ROOT),
+           "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "2"}  # the parent runs' system metrics: a few points each
     servers = [
         subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
                           str(args.prefect_port)], env=env, stdout=open(work / "prefect.log", "w"),
@@ -251,6 +252,16 @@ def shots(chromium: str, out: Path, prefect_url: str, mlflow_url: str) -> None:
         page.wait_for_timeout(8000)
         page.screenshot(path=str(out / "mlflow-compare-geodesic-runs.png"), full_page=True)
         print("compare page mentions geo.eta:", "geo.eta" in page.inner_text("body"))
+        # the last sparsify flow run's parent: the machine's load while it ran (MLflow's System metrics tab)
+        parent = client.search_runs([exp.experiment_id], "tags.`geodesic.role` = 'parent'",
+                                    order_by=["attributes.start_time DESC"], max_results=1)[0]
+        page.goto(f"{mlflow_url}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}/system-metrics",
+                  wait_until="load")
+        page.wait_for_timeout(8000)
+        page.screenshot(path=str(out / "mlflow-parent-system-metrics.png"), full_page=True)
+        body = page.inner_text("body")
+        print("parent run's system metrics tab shows:", {w: w in body for w in (
+            "cpu_utilization_percentage", "system_memory_usage_megabytes")})
         # the connect experiment's run list, its parent expanded: one child run per path
         cexp = client.get_experiment_by_name("geodesic-connect")
         page.goto(f"{mlflow_url}/#/experiments/{cexp.experiment_id}/runs", wait_until="load")

@@ -24,7 +24,8 @@ from tasks.connect import (align_endpoint, alignment_plan, bezier_curve_task, co
 from tasks.data import fingerprint_data
 from tasks.plots import chord_view, connect_accuracy_plot
 from tasks.summaries import connect_rows
-from tasks.tracking import child_track, finish_parent_run, log_connect_runs, start_parent_run
+from tasks.tracking import (child_track, finish_parent_run, log_connect_runs, recording_system_metrics,
+                            start_parent_run)
 from tasks.training import check_endpoints, given_checkpoint, train_network
 
 EXPERIMENT = "geodesic-connect"
@@ -41,7 +42,7 @@ def connect_flow(params: ConnectConfig = ConnectConfig(), data_dir: str | None =
     not_aligned = alignment_plan(params, data_dir)  # before any work: --align activations on a ResNet is an error
     parent = start_parent_run(experiment, params.model_dump(), fingerprint, version, str(flow_run.get_id()),
                               f"connect-{params.model}-{params.dataset}")
-    with closing_parent_on_failure(parent):
+    with closing_parent_on_failure(parent), recording_system_metrics(parent):
         return _connect(params, parent, data_dir, fingerprint, version, log, not_aligned)
 
 

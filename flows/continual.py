@@ -20,7 +20,8 @@ from tasks.continual import (alignment_plan, consolidate_fisher, geodesic_stage,
                              train_task_network)
 from tasks.data import fingerprint_data
 from tasks.summaries import continual_row
-from tasks.tracking import child_track, finish_parent_run, log_continual_runs, start_parent_run
+from tasks.tracking import (child_track, finish_parent_run, log_continual_runs, recording_system_metrics,
+                            start_parent_run)
 from tasks.plots import accuracy_matrix_plot
 
 EXPERIMENT = "geodesic-continual"
@@ -56,7 +57,7 @@ def continual_flow(params: ContinualConfig = ContinualConfig(), data_dir: str | 
         log.info("w_i not aligned to w_{1:i-1} (%s)", not_aligned)
     parent = start_parent_run(experiment, params.model_dump(), fingerprint, version, str(flow_run.get_id()),
                               f"continual-{params.scenario}-{params.n_tasks()}")
-    with closing_parent_on_failure(parent):
+    with closing_parent_on_failure(parent), recording_system_metrics(parent):
         return _learn_sequence(params, parent, data_dir, fingerprint, version, log)
 
 

@@ -24,7 +24,8 @@ from tasks.data import fingerprint_data
 from tasks.geodesic import closing_correction, final_projection, geodesic_segment
 from tasks.plots import accuracy_vs_level
 from tasks.summaries import baseline_row, child_key, geodesic_row, label
-from tasks.tracking import child_track, finish_parent_run, log_level_runs, start_parent_run
+from tasks.tracking import (child_track, finish_parent_run, log_level_runs, recording_system_metrics,
+                            start_parent_run)
 from tasks.training import given_checkpoint, train_network
 
 EXPERIMENT = "geodesic-sparsify"
@@ -68,7 +69,7 @@ def sparsify_flow(params: SparsifyConfig = SparsifyConfig(), data_dir: str | Non
     fingerprint = fingerprint_data(params.dataset, data_dir)
     parent = start_parent_run(experiment, params.model_dump(), fingerprint, version, str(flow_run.get_id()),
                               f"sparsify-{params.model}-{params.dataset}")
-    with closing_parent_on_failure(parent):
+    with closing_parent_on_failure(parent), recording_system_metrics(parent):
         if params.checkpoint:
             dense = given_checkpoint.submit(params.checkpoint, params.model, spec.num_classes, params.arch()).result()
         else:  # every compute task is submitted: it runs in a task-runner thread, never in the flow's own

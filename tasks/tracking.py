@@ -13,8 +13,9 @@ import json
 import os
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -91,6 +92,64 @@ def check_tracking_reachable(timeout: float = 5.0) -> None:
     except Exception as exc:  # refused, timed out, DNS, HTTP error, database error
         raise RuntimeError(f"MLflow tracking at {uri} cannot be reached ({type(exc).__name__}: {str(exc)[:200]}); "
                            f"start the server or unset MLFLOW_TRACKING_URI to track locally") from exc
+
+
+SYSTEM_METRICS_ENV = "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"  # MLflow's own switch: "false" turns them off here
+CPU_METRIC = "system/cpu_utilization_percentage"
+
+
+@contextmanager
+def recording_system_metrics(parent: dict) -> Iterator[None]:
+    """While the block runs, MLflow's own system-metrics monitor samples the machine the flow runs on (CPU
+    utilisation of all cores, memory, disk, network; GPU utilisation and memory where NVML is installed) every
+    ``$MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` seconds (10) and logs them on the parent run as ``system/...``
+    metrics (MLflow's "System metrics" tab): the load every timing of the run was measured under. A resumed parent
+    continues its step count. On unless ``$MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`` is ``false``; the monitor stops
+    by itself once the parent run is closed. A monitor that cannot start (psutil missing) is skipped with a warning,
+    never fails the flow."""
+    monitor = None
+    if os.environ.get(SYSTEM_METRICS_ENV, "true").strip().lower() not in ("false", "0", "no"):
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            import psutil
+
+            psutil.cpu_percent()  # each sample is the utilisation since the last call: start the first one here
+            monitor = SystemMetricsMonitor(parent["run_id"], resume_logging=True, tracking_uri=tracking_uri())
+            monitor.start()
+        except Exception as exc:  # pragma: no cover - psutil absent or the store unreachable
+            import logging
+
+            logging.getLogger(__name__).warning("system metrics not recorded: %s", exc)
+            monitor = None
+    try:
+        yield
+    finally:
+        if monitor is not None:
+            monitor.finish()
+
+
+def child_machine_load(parent_run_id: str) -> dict[str, float]:
+    """{child run name: mean machine CPU utilisation in % of all cores} over each child run's interval as MLflow
+    shows it (its start to start + the method's wall time), from the parent's ``system/cpu_utilization_percentage``
+    samples. MLflow's monitor takes a sample, waits one sampling interval i, then logs it: the value logged at time
+    T covers (T − 2i, T − i], so the samples that overlap [start, end] are those logged in (start + i, end + 2i). A
+    child shorter than a sample gets the first sample logged after start + i. Empty when the parent has none."""
+    client = _client()
+    samples = sorted((m.timestamp, m.value) for m in client.get_metric_history(parent_run_id, CPU_METRIC))
+    if not samples:
+        return {}
+    runs = client.search_runs([client.get_run(parent_run_id).info.experiment_id],
+                              f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    interval = 1000 * float(os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL") or 10)
+    out = {}
+    for r in runs:
+        start, end = r.info.start_time, r.info.end_time or samples[-1][0]
+        inside = [v for t, v in samples if start + interval < t < end + 2 * interval]
+        after = [v for t, v in samples if t > start + interval]
+        if inside or after:
+            out[r.info.run_name] = sum(inside) / len(inside) if inside else after[0]
+    return out
 
 
 def log_params_once(client, run_id: str, params: dict) -> None:

@@ -324,6 +324,8 @@ def test_cifar_benchmark_runs_end_to_end(tmp_path, data_dir, capsys):
     geo_seconds = st["geodesic_seconds"]
     assert geo_seconds == st["curves"]["geodesic"][-1]["seconds"]
     # every equal-time peer trains for the geodesic's whole time (evaluation excluded), however many epochs fit
+    # and each method says the load it ran under (the machine's CPU use; this process's own thread counts in it)
+    assert all(0 < rows[-1]["machine_cpu_percent"] <= 100 for rows in st["curves"].values())
     for m in ("prune-train", "oneshot+finetune", "oneshot+distill"):
         last = st["curves"][f"{m}, equal time"][-1]
         assert geo_seconds <= last["seconds"] <= 1.5 * geo_seconds + 5, m
@@ -340,7 +342,7 @@ def test_cifar_benchmark_runs_end_to_end(tmp_path, data_dir, capsys):
         assert r["geo"]["distill_radius"] == 0.0  # the corrector's whole move unbounded unless asked
         assert r["paths"]["geodesic"]["completion_steps"] == 0
         for p in r["paths"].values():
-            assert 0 <= p["min"] <= p["mean"] <= 100 and p["length_g"] > 0
+            assert 0 <= p["min"] <= p["mean"] <= 100 and p["length_g"] > 0 and 0 < p["machine_cpu_percent"] <= 100
         # the closing correction: the chain through 2 of the geodesic's points, fit for 1 epoch; its time counts
         # the traversal too, and is the equal-time curves' time
         geo, relaxed = r["paths"]["geodesic"], r["paths"]["geodesic, relaxed"]

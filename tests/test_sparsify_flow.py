@@ -18,6 +18,7 @@ def _runs(tmp_path):
 
 
 def test_flow_tracks_every_method_and_resumes_from_cache(harness, workdir, data_dir, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
     assert main(["sparsify", "--data-dir", data_dir, *TINY]) == 0
     out = capsys.readouterr().out
     assert "geodesic" in out and "oneshot" in out
@@ -31,6 +32,14 @@ def test_flow_tracks_every_method_and_resumes_from_cache(harness, workdir, data_
     tags = parents[0].data.tags
     assert tags["prefect.flow_run_id"] and tags["git_commit"] and len(tags["data_fingerprint"]) == 64
     assert parents[0].data.params["geo.max_steps"] == "8"
+    # the load the run's times were measured under: MLflow's system metrics on the parent, a sample a second here
+    cpu = [m.value for m in client.get_metric_history(parents[0].info.run_id, "system/cpu_utilization_percentage")]
+    assert len(cpu) >= 5 and all(0 <= v <= 100 for v in cpu) and max(cpu) > 0
+    assert "system/system_memory_usage_megabytes" in parents[0].data.metrics
+    from tasks.tracking import child_machine_load
+
+    load = child_machine_load(parents[0].info.run_id)
+    assert set(load) == {r.info.run_name for r in children + training} and all(0 <= v <= 100 for v in load.values())
     for r in children:
         p, m = r.data.params, r.data.metrics
         assert r.info.status == "FINISHED"
@@ -335,3 +344,48 @@ def test_task_threads_split_the_cores_between_them():
         with runner:
             got = runner._executor.submit(torch.get_num_threads).result()
         assert got == max(1, (os.cpu_count() or 1) // workers)
+
+
+@pytest.mark.parametrize("switch", ["true", "false"])
+def test_system_metrics_follow_mlflows_switch(workdir, db_templates, monkeypatch, switch):
+    """`recording_system_metrics`: MLflow's monitor samples the machine onto the parent run while the block runs
+    (a second between samples here), and nothing when MLflow's own switch says false; it stops with the block."""
+    import shutil
+    import threading
+    import time
+
+    from mlflow import MlflowClient
+
+    from tasks.tracking import CPU_METRIC, recording_system_metrics, tracking_uri
+
+    shutil.copyfile(db_templates["mlflow"], workdir / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", switch)
+    client = MlflowClient(tracking_uri())
+    run_id = client.create_run(client.create_experiment("sm")).info.run_id
+    with recording_system_metrics({"run_id": run_id}):
+        time.sleep(3.5)
+    assert not any(t.name == "SystemMetricsMonitor" for t in threading.enumerate())
+    cpu = client.get_metric_history(run_id, CPU_METRIC)
+    if switch == "false":
+        assert cpu == []
+    else:
+        assert len(cpu) >= 2 and all(0 <= m.value <= 100 for m in cpu)
+        assert [m.step for m in cpu] == list(range(len(cpu)))
+
+
+def test_machine_load_meter_sees_a_busy_core():
+    """`benchmarks/_load.MachineLoad`: a thread spinning for 0.5 s shows as at least half of one core's share."""
+    import os
+    import sys
+    import time
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from _load import MachineLoad
+
+    meter = MachineLoad()
+    t = time.perf_counter()
+    while time.perf_counter() - t < 0.5:
+        pass
+    assert 50 / (os.cpu_count() or 1) <= meter.percent() <= 100
