@@ -107,26 +107,36 @@ def recording_system_metrics(parent: dict) -> Iterator[None]:
     continues its step count. On unless ``$MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`` is ``false``; the monitor stops
     by itself once the parent run is closed. A monitor that cannot start (psutil missing) is skipped with a warning,
     never fails the flow."""
-    monitor = None
+    import threading
+
+    monitor, starter, stop = None, None, threading.Event()
     if os.environ.get(SYSTEM_METRICS_ENV, "true").strip().lower() not in ("false", "0", "no"):
         try:
+            import psutil
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-            import psutil
-
-            psutil.cpu_percent()  # each sample is the utilisation since the last call: start the first one here
             monitor = SystemMetricsMonitor(parent["run_id"], resume_logging=True, tracking_uri=tracking_uri())
-            monitor.start()
         except Exception as exc:  # pragma: no cover - psutil absent or the store unreachable
             import logging
 
             logging.getLogger(__name__).warning("system metrics not recorded: %s", exc)
-            monitor = None
+        else:
+            def start() -> None:
+                # psutil's CPU use is measured since its previous call, and the monitor samples the moment it
+                # starts: a first call a second before gives that first sample a real interval (instead of 0)
+                psutil.cpu_percent()
+                if not stop.wait(min(1.0, monitor.sampling_interval)):
+                    monitor.start()
+
+            starter = threading.Thread(target=start, name="system-metrics-start", daemon=True)
+            starter.start()
     try:
         yield
     finally:
-        if monitor is not None:
-            monitor.finish()
+        stop.set()
+        if starter is not None:
+            starter.join()
+            monitor.finish()  # returns at once if the block ended before the monitor started
 
 
 def child_machine_load(parent_run_id: str) -> dict[str, float]:

@@ -364,13 +364,17 @@ def test_system_metrics_follow_mlflows_switch(workdir, db_templates, monkeypatch
     client = MlflowClient(tracking_uri())
     run_id = client.create_run(client.create_experiment("sm")).info.run_id
     with recording_system_metrics({"run_id": run_id}):
-        time.sleep(3.5)
+        t = time.perf_counter()
+        while time.perf_counter() - t < 3.5:  # one core kept busy all along
+            pass
     assert not any(t.name == "SystemMetricsMonitor" for t in threading.enumerate())
     cpu = client.get_metric_history(run_id, CPU_METRIC)
     if switch == "false":
         assert cpu == []
     else:
-        assert len(cpu) >= 2 and all(0 <= m.value <= 100 for m in cpu)
+        # every sample sees the busy core, the first one too (it covers the second before the monitor started, not
+        # an empty interval that psutil reports as 0)
+        assert len(cpu) >= 2 and all(10 < m.value <= 100 for m in cpu), [m.value for m in cpu]
         assert [m.step for m in cpu] == list(range(len(cpu)))
 
 
