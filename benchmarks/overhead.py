@@ -25,7 +25,13 @@ the tasks spend inside the reporting calls (`tasks.live.COST`), which the spread
 cannot resolve below a few percent.
 
     python benchmarks/overhead.py --data-dir ../shared/data [--sparsity 90 --sparsity 98] [--repeats 1]
+``--system-metrics-cost`` measures what the system metrics cost (`tasks.tracking.recording_system_metrics`: MLflow's
+monitor on every flow's parent run): one sample of MLflow's monitor (CPU, memory, disk, network), the run-status check
+and the logging into a SQLite store, repeated, as CPU time per sample and as the share of one core at the sampling
+interval.
+
     python benchmarks/overhead.py --data-dir ../shared/data --live-cost [--repeats 2]
+    python benchmarks/overhead.py --system-metrics-cost [--repeats 200]
 """
 
 from __future__ import annotations
@@ -166,6 +172,30 @@ def live_cost(params, data_dir: str, workers: int, repeats: int) -> None:
           f"the difference is {(cost_on - cost_off) / off:.2%} of the flow run's wall time (target: at most 2%)")
 
 
+def system_metrics_cost(samples: int) -> None:
+    """CPU and wall time of one sample of MLflow's system-metrics monitor as a flow runs it (collect, the run-status
+    check, log), into a fresh SQLite store; printed as a share of one core at the sampling interval."""
+    from mlflow import MlflowClient
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    with tempfile.TemporaryDirectory() as tmp:
+        uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
+        client = MlflowClient(uri)
+        run_id = client.create_run(client.create_experiment("system-metrics-cost")).info.run_id
+        monitor = SystemMetricsMonitor(run_id, tracking_uri=uri)
+        interval = monitor.sampling_interval
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(samples):
+            monitor.collect_metrics()
+            MlflowClient(uri).get_run(run_id)  # the monitor's check that the run is still RUNNING
+            monitor.publish_metrics(monitor.aggregate_metrics())
+        monitor.mlflow_logger.flush()
+        wall, cpu = (time.perf_counter() - wall) / samples, (time.process_time() - cpu) / samples
+        logged = len(client.get_metric_history(run_id, "system/cpu_utilization_percentage"))
+    print(f"one system-metrics sample ({logged} logged): {1000 * wall:.1f} ms wall, {1000 * cpu:.1f} ms CPU; at one "
+          f"sample every {interval:g} s: {cpu / interval:.3%} of one core")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=None)
@@ -173,7 +203,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="pairs of runs, alternating which goes first")
     ap.add_argument("--workers", type=int, default=1, help="task-runner threads of the flow (default 1)")
     ap.add_argument("--live-cost", action="store_true", help="measure live reporting on against off instead")
+    ap.add_argument("--system-metrics-cost", action="store_true",
+                    help="measure one system-metrics sample instead (--repeats samples, 200 if not given)")
     args = ap.parse_args()
+    if args.system_metrics_cost:
+        return system_metrics_cost(args.repeats if args.repeats > 1 else 200)
     from flows.cli import QUIET_ENV
     from flows.common import in_fresh_thread
     from geodesic_core.sparsify import SparsifyConfig
