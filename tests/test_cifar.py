@@ -323,9 +323,9 @@ def test_cifar_benchmark_runs_end_to_end(tmp_path, data_dir, capsys):
     assert st["curves"]["prune-train"][-1]["filters"] == st["curves"]["prune-train, equal time"][-1]["filters"] == 3
     geo_seconds = st["geodesic_seconds"]
     assert geo_seconds == st["curves"]["geodesic"][-1]["seconds"]
-    # every equal-time peer trains for the geodesic's whole time (evaluation excluded), however many epochs fit
-    # and each method says the load it ran under (the machine's CPU use; this process's own thread counts in it)
+    # each method says the load it ran under (the machine's CPU use; this process's own thread counts in it)
     assert all(0 < rows[-1]["machine_cpu_percent"] <= 100 for rows in st["curves"].values())
+    # every equal-time peer trains for the geodesic's whole time (evaluation excluded), however many epochs fit
     for m in ("prune-train", "oneshot+finetune", "oneshot+distill"):
         last = st["curves"][f"{m}, equal time"][-1]
         assert geo_seconds <= last["seconds"] <= 1.5 * geo_seconds + 5, m
