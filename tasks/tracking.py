@@ -105,38 +105,46 @@ def recording_system_metrics(parent: dict) -> Iterator[None]:
     ``$MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` seconds (10) and logs them on the parent run as ``system/...``
     metrics (MLflow's "System metrics" tab): the load every timing of the run was measured under. A resumed parent
     continues its step count. On unless ``$MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`` is ``false``; the monitor stops
-    by itself once the parent run is closed. A monitor that cannot start (psutil missing) is skipped with a warning,
-    never fails the flow."""
-    import threading
-
-    monitor, starter, stop = None, None, threading.Event()
+    with the block (or by itself once the parent run is closed). A monitor that cannot start (psutil missing) is
+    skipped with a warning, never fails the flow."""
+    monitor = None
     if os.environ.get(SYSTEM_METRICS_ENV, "true").strip().lower() not in ("false", "0", "no"):
         try:
-            import psutil
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-            monitor = SystemMetricsMonitor(parent["run_id"], resume_logging=True, tracking_uri=tracking_uri())
+            monitor = _primed_monitor(parent["run_id"])
+            monitor.start()
         except Exception as exc:  # pragma: no cover - psutil absent or the store unreachable
             import logging
 
             logging.getLogger(__name__).warning("system metrics not recorded: %s", exc)
-        else:
-            def start() -> None:
-                # psutil's CPU use is measured since its previous call, and the monitor samples the moment it
-                # starts: a first call a second before gives that first sample a real interval (instead of 0)
-                psutil.cpu_percent()
-                if not stop.wait(min(1.0, monitor.sampling_interval)):
-                    monitor.start()
-
-            starter = threading.Thread(target=start, name="system-metrics-start", daemon=True)
-            starter.start()
+            monitor = None
     try:
         yield
     finally:
-        stop.set()
-        if starter is not None:
-            starter.join()
-            monitor.finish()  # returns at once if the block ended before the monitor started
+        if monitor is not None:
+            monitor.finish()
+
+
+def _primed_monitor(run_id: str):
+    """MLflow's `SystemMetricsMonitor` whose first CPU sample is real. psutil measures CPU use since the previous
+    call *by the same thread*, and MLflow's monitor samples the moment its thread starts, so its first sample was an
+    empty interval, reported as 0. Here the monitor's thread makes a first call, waits a second (or the sampling
+    interval, if shorter), then runs MLflow's own loop; `finish` stops it as MLflow's would."""
+    import threading
+
+    import psutil
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    class Primed(SystemMetricsMonitor):
+        def start(self) -> None:
+            def run() -> None:
+                psutil.cpu_percent()
+                if not self._shutdown_event.wait(min(1.0, self.sampling_interval)):
+                    self.monitor()
+
+            self._process = threading.Thread(target=run, daemon=True, name="SystemMetricsMonitor")
+            self._process.start()
+
+    return Primed(run_id, resume_logging=True, tracking_uri=tracking_uri())
 
 
 def child_machine_load(parent_run_id: str) -> dict[str, float]:
