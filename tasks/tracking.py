@@ -159,7 +159,9 @@ def child_machine_load(parent_run_id: str) -> dict[str, float]:
         return {}
     runs = client.search_runs([client.get_run(parent_run_id).info.experiment_id],
                               f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
-    interval = 1000 * float(os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL") or 10)
+    from mlflow.environment_variables import MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL
+
+    interval = 1000 * (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL.get() or 10)  # MLflow's own reading of its setting
     out = {}
     for r in runs:
         start, end = r.info.start_time, r.info.end_time or samples[-1][0]
