@@ -14,9 +14,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def run_fresh(command: str, argv: list[str], config_cls, flow_module: str, flow_name: str):
     """Parse ``argv`` as `geodesic <command>` options, run the flow, return (params, summary, seconds, load): ``load``
-    is {MLflow child run: the machine's mean CPU use in % of all cores while it ran}, from the system metrics the
-    flow records on its parent run (`tasks.tracking.recording_system_metrics`, sampled every 5 s here): what an
-    equal-time peer's budget was measured under, beside what it trained under."""
+    is {MLflow child run: (the machine's, the flow process's) mean CPU use in % of all cores while it ran}, from
+    the system metrics the flow records on its parent run (`tasks.tracking.recording_system_metrics`, sampled
+    every 5 s here): what an equal-time peer's budget was measured under, beside what it trained under."""
     import importlib
 
     from flows.cli import build_parser, config_from_args, run_local, runner_from_args
@@ -42,26 +42,33 @@ def run_fresh(command: str, argv: list[str], config_cls, flow_module: str, flow_
     return params, summary, seconds, load
 
 
-def _child_loads() -> dict[str, float]:
-    """The machine load per child run of the one parent run in ./mlflow.db (see `run_fresh`)."""
+def _child_loads() -> dict[str, tuple[float, float | None]]:
+    """{child run: (the machine's, the flow process's mean CPU use)} of the one parent run in ./mlflow.db (see
+    `run_fresh`); the process's is None where the parent has no samples of it."""
     from mlflow import MlflowClient
 
-    from tasks.tracking import child_machine_load, tracking_uri
+    from tasks.tracking import PROCESS_CPU_METRIC, child_machine_load, tracking_uri
 
     client = MlflowClient(tracking_uri())
     parents = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
                if r.data.tags.get("geodesic.role") == "parent"]
-    return child_machine_load(parents[0].info.run_id) if len(parents) == 1 else {}
+    if len(parents) != 1:
+        return {}
+    machine = child_machine_load(parents[0].info.run_id)
+    process = child_machine_load(parents[0].info.run_id, PROCESS_CPU_METRIC)
+    return {name: (pct, process.get(name)) for name, pct in machine.items()}
 
 
-def print_load(load: dict[str, float]) -> None:
-    """One line: the machine's mean CPU use while each child run ran, so an equal-time comparison can be read
-    against the load its budget was measured under (load from other jobs shows as use above what the run's own
-    threads take)."""
+def print_load(load: dict[str, tuple[float, float | None]]) -> None:
+    """One line: the machine's and the flow process's mean CPU use while each child run ran, so an equal-time
+    comparison can be read against the load its budget was measured under: the machine's use above the process's
+    is other work's (another flow, a test run), and a process that got less than its threads could use ran
+    starved. Children that ran side by side in the flow share its process's number."""
     if load:
         cores = os.cpu_count() or 1
-        print(f"\nmachine CPU use while each ran (MLflow system metrics, % of {cores} cores): "
-              + ", ".join(f"{name} {pct:.0f}%" for name, pct in sorted(load.items())))
+        cell = lambda m, p: f"{m:.0f}% / {'n/a' if p is None else f'{p:.0f}%'}"  # noqa: E731
+        print(f"\nCPU use while each ran (MLflow system metrics, % of {cores} cores: the machine / this flow's "
+              "process): " + ", ".join(f"{name} {cell(*pct)}" for name, pct in sorted(load.items())))
     else:
         print("\nmachine CPU use: not recorded (MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false)")
 

@@ -3,7 +3,7 @@ temporary folder), the README's pool and deploy commands, two small sparsify run
 tracked there, then headless Chromium (Debian's ``chromium``, driven by Playwright with ``executable_path``)
 screenshots: the sparsify deployment's Custom run form (its fields' descriptions among them), a flow run's
 artifacts (progress and results), an MLflow child run's metric charts, the Compare view of the two geodesic
-runs and a parent run's System metrics (the machine's load while the flow ran). Prints what it read off the pages and where the screenshots are; look at them.
+runs and a parent run's System metrics (the machine's load and the flow process's share while the flow ran). Prints what it read off the pages and where the screenshots are; look at them.
 
     pip install -e '.[ui-check]'      # Playwright; no browser download: Chromium comes from the system
                                       # (Debian: apt-get install chromium)
@@ -261,7 +261,7 @@ def shots(chromium: str, out: Path, prefect_url: str, mlflow_url: str) -> None:
         page.screenshot(path=str(out / "mlflow-parent-system-metrics.png"), full_page=True)
         body = page.inner_text("body")
         print("parent run's system metrics tab shows:", {w: w in body for w in (
-            "cpu_utilization_percentage", "system_memory_usage_megabytes")})
+            "cpu_utilization_percentage", "process_cpu_utilization_percentage", "system_memory_usage_megabytes")})
         # the connect experiment's run list, its parent expanded: one child run per path
         cexp = client.get_experiment_by_name("geodesic-connect")
         page.goto(f"{mlflow_url}/#/experiments/{cexp.experiment_id}/runs", wait_until="load")

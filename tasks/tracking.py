@@ -95,7 +95,8 @@ def check_tracking_reachable(timeout: float = 5.0) -> None:
 
 
 SYSTEM_METRICS_ENV = "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"  # MLflow's own switch: "false" turns them off here
-CPU_METRIC = "system/cpu_utilization_percentage"
+CPU_METRIC = "system/cpu_utilization_percentage"  # the machine's: every process, % of all cores
+PROCESS_CPU_METRIC = "system/process_cpu_utilization_percentage"  # the flow's own process, % of all cores
 
 
 @contextmanager
@@ -103,7 +104,10 @@ def recording_system_metrics(parent: dict) -> Iterator[None]:
     """While the block runs, MLflow's own system-metrics monitor samples the machine the flow runs on (CPU
     utilisation of all cores, memory, disk, network; GPU utilisation and memory where NVML is installed) every
     ``$MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` seconds (10) and logs them on the parent run as ``system/...``
-    metrics (MLflow's "System metrics" tab): the load every timing of the run was measured under. A resumed parent
+    metrics (MLflow's "System metrics" tab): the load every timing of the run was measured under. Beside MLflow's
+    own metrics it samples the flow's process (`_process_monitor`): its CPU use, in % of all cores as the machine's
+    is, so the two read together say how much of the machine the run had and how much other work took; and its
+    resident memory. A resumed parent
     continues its step count. On unless ``$MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`` is ``false``; the monitor stops
     with the block (or by itself once the parent run is closed). A monitor that cannot start (psutil missing) is
     skipped with a warning, never fails the flow."""
@@ -135,6 +139,10 @@ def _primed_monitor(run_id: str):
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
     class Primed(SystemMetricsMonitor):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.monitors.append(_process_monitor())
+
         def start(self) -> None:
             def run() -> None:
                 psutil.cpu_percent()
@@ -147,14 +155,40 @@ def _primed_monitor(run_id: str):
     return Primed(run_id, resume_logging=True, tracking_uri=tracking_uri())
 
 
-def child_machine_load(parent_run_id: str) -> dict[str, float]:
-    """{child run name: mean machine CPU utilisation in % of all cores} over each child run's interval as MLflow
-    shows it (its start to start + the method's wall time), from the parent's ``system/cpu_utilization_percentage``
-    samples. MLflow's monitor takes a sample, waits one sampling interval i, then logs it: the value logged at time
+def _process_monitor():
+    """A monitor of MLflow's kind (`BaseMetricsMonitor`) for the process it is made in: its CPU use since the
+    previous sample, all its threads (torch's intra-op pool included), in % of all cores as MLflow's
+    ``cpu_utilization_percentage`` is (``process_cpu_utilization_percentage``), and its resident memory
+    (``process_memory_rss_megabytes``). psutil keeps a `Process`'s last CPU times on the object, not per thread, so
+    the first call here (made now) starts the first interval for whichever thread samples next."""
+    import psutil
+    from mlflow.system_metrics.metrics.base_metrics_monitor import BaseMetricsMonitor
+
+    class ProcessMonitor(BaseMetricsMonitor):
+        def __init__(self) -> None:
+            super().__init__()
+            self.process, self.cores = psutil.Process(), psutil.cpu_count() or 1
+            self.process.cpu_percent()
+
+        def collect_metrics(self) -> None:
+            self._metrics["process_cpu_utilization_percentage"].append(self.process.cpu_percent() / self.cores)
+            self._metrics["process_memory_rss_megabytes"].append(self.process.memory_info().rss / 1e6)
+
+        def aggregate_metrics(self) -> dict[str, float]:
+            return {k: round(sum(v) / len(v), 1) for k, v in self._metrics.items()}
+
+    return ProcessMonitor()
+
+
+def child_machine_load(parent_run_id: str, metric: str = CPU_METRIC) -> dict[str, float]:
+    """{child run name: mean CPU utilisation in % of all cores} over each child run's interval as MLflow shows it
+    (its start to start + the method's wall time), from the parent's samples of ``metric``: the machine's
+    (``system/cpu_utilization_percentage``, the default) or the flow process's (`PROCESS_CPU_METRIC`; a child run
+    that ran beside another in the same process shares it). MLflow's monitor takes a sample, waits one sampling interval i, then logs it: the value logged at time
     T covers (T − 2i, T − i], so the samples that overlap [start, end] are those logged in (start + i, end + 2i). A
     child shorter than a sample gets the first sample logged after start + i. Empty when the parent has none."""
     client = _client()
-    samples = sorted((m.timestamp, m.value) for m in client.get_metric_history(parent_run_id, CPU_METRIC))
+    samples = sorted((m.timestamp, m.value) for m in client.get_metric_history(parent_run_id, metric))
     if not samples:
         return {}
     runs = client.search_runs([client.get_run(parent_run_id).info.experiment_id],

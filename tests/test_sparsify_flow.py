@@ -36,10 +36,12 @@ def test_flow_tracks_every_method_and_resumes_from_cache(harness, workdir, data_
     cpu = [m.value for m in client.get_metric_history(parents[0].info.run_id, "system/cpu_utilization_percentage")]
     assert len(cpu) >= 5 and all(0 <= v <= 100 for v in cpu) and max(cpu) > 0
     assert "system/system_memory_usage_megabytes" in parents[0].data.metrics
-    from tasks.tracking import child_machine_load
+    from tasks.tracking import PROCESS_CPU_METRIC, child_machine_load
 
     load = child_machine_load(parents[0].info.run_id)
     assert set(load) == {r.info.run_name for r in children + training} and all(0 <= v <= 100 for v in load.values())
+    own = child_machine_load(parents[0].info.run_id, PROCESS_CPU_METRIC)  # the flow process's share of it
+    assert set(own) == set(load) and all(0 <= v <= 100 for v in own.values()) and max(own.values()) > 0
     for r in children:
         p, m = r.data.params, r.data.metrics
         assert r.info.status == "FINISHED"
@@ -359,7 +361,7 @@ def test_system_metrics_follow_mlflows_switch(workdir, db_templates, monkeypatch
 
     from mlflow import MlflowClient
 
-    from tasks.tracking import CPU_METRIC, recording_system_metrics, tracking_uri
+    from tasks.tracking import CPU_METRIC, PROCESS_CPU_METRIC, recording_system_metrics, tracking_uri
 
     shutil.copyfile(db_templates["mlflow"], workdir / "mlflow.db")
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
@@ -384,6 +386,12 @@ def test_system_metrics_follow_mlflows_switch(workdir, db_templates, monkeypatch
         one_core = 100 / (os.cpu_count() or 1)
         assert len(cpu) >= 2 and all(one_core / 2 < m.value <= 100 for m in cpu), [m.value for m in cpu]
         assert [m.step for m in cpu] == list(range(len(cpu)))
+        # the process's own share, beside the machine's: this one sleeps while the other spins, so every sample of
+        # it is small where the machine's is not (the two would be equal if the process's measured the machine)
+        own = [m.value for m in client.get_metric_history(run_id, PROCESS_CPU_METRIC)]
+        assert len(own) == len(cpu) and all(0 <= v < one_core / 4 for v in own), own
+        assert client.get_run(run_id).data.metrics["system/process_memory_rss_megabytes"] > 50  # torch is loaded
+    assert switch == "true" or client.get_metric_history(run_id, PROCESS_CPU_METRIC) == []
 
 
 def test_machine_load_meter_sees_a_busy_core():
