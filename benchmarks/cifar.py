@@ -169,7 +169,7 @@ class Settings:
 
 
 PROFILES = {
-    # the structured experiment's dense network: 30 epochs of the recipe (82% at width 1/8; 6 before this version, 76%)
+    # the structured experiment's dense network: 30 epochs of the recipe (82% at width 1/8; 6 before commit 6361e2c, 76%)
     "cpu": Settings(equal_time=True, relax_epochs=5, structured_train_epochs=30, connect_train_epochs=4,
                     resnet_depth=11, stages=5,
                     stage_steps=20, geo_steps=120, metric_batch=64, bezier_epochs=2, finetune_epochs=3, line_points=9,

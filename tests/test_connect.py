@@ -428,7 +428,7 @@ def test_bad_endpoints_fail_before_any_work(tmp_path, monkeypatch, data_dir, cap
 
 def test_connect_benchmark_compares_the_relaxed_path_with_the_curves_given_its_time():
     """With --relax-epochs the curves' equal-time budget is the relaxed path's time (traversal + fit): the verdict at
-    equal time is the relaxed path's, not the bare traversal's (the benchmark printed the latter until this version)."""
+    equal time is the relaxed path's, not the bare traversal's (the benchmark printed the latter before commit e1bc83a)."""
     import sys
     from pathlib import Path
 
