@@ -251,7 +251,9 @@ def shots(chromium: str, out: Path, prefect_url: str, mlflow_url: str) -> None:
                   wait_until="load")
         page.wait_for_timeout(8000)
         page.screenshot(path=str(out / "mlflow-compare-geodesic-runs.png"), full_page=True)
-        print("compare page mentions geo.eta:", "geo.eta" in page.inner_text("body"))
+        body = page.inner_text("body")
+        print("compare page mentions geo.eta:", "geo.eta" in body, "| each run's load (machine_cpu_percent, "
+              "process_cpu_percent):", "machine_cpu_percent" in body, "process_cpu_percent" in body)
         # the last sparsify flow run's parent: the machine's load while it ran (MLflow's System metrics tab)
         parent = client.search_runs([exp.experiment_id], "tags.`geodesic.role` = 'parent'",
                                     order_by=["attributes.start_time DESC"], max_results=1)[0]

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -126,6 +127,7 @@ def recording_system_metrics(parent: dict) -> Iterator[None]:
     finally:
         if monitor is not None:
             monitor.finish()
+            _log_child_loads(parent["run_id"])
 
 
 def _primed_monitor(run_id: str):
@@ -184,9 +186,15 @@ def child_machine_load(parent_run_id: str, metric: str = CPU_METRIC) -> dict[str
     """{child run name: mean CPU utilisation in % of all cores} over each child run's interval as MLflow shows it
     (its start to start + the method's wall time), from the parent's samples of ``metric``: the machine's
     (``system/cpu_utilization_percentage``, the default) or the flow process's (`PROCESS_CPU_METRIC`; a child run
-    that ran beside another in the same process shares it). MLflow's monitor takes a sample, waits one sampling interval i, then logs it: the value logged at time
-    T covers (T − 2i, T − i], so the samples that overlap [start, end] are those logged in (start + i, end + 2i). A
-    child shorter than a sample gets the first sample logged after start + i. Empty when the parent has none."""
+    that ran beside another in the same process shares it). See `_interval_means`."""
+    return {name: value for name, value in _interval_means(parent_run_id, metric).values()}
+
+
+def _interval_means(parent_run_id: str, metric: str) -> dict[str, tuple[str, float]]:
+    """{child run id: (its name, the mean of the parent's ``metric`` samples over the child's interval)}. MLflow's
+    monitor takes a sample, waits one sampling interval i, then logs it: the value logged at time T covers
+    (T − 2i, T − i], so the samples that overlap [start, end] are those logged in (start + i, end + 2i). A child
+    shorter than a sample gets the first sample logged after start + i. Empty when the parent has none."""
     client = _client()
     samples = sorted((m.timestamp, m.value) for m in client.get_metric_history(parent_run_id, metric))
     if not samples:
@@ -202,8 +210,31 @@ def child_machine_load(parent_run_id: str, metric: str = CPU_METRIC) -> dict[str
         inside = [v for t, v in samples if start + interval < t < end + 2 * interval]
         after = [v for t, v in samples if t > start + interval]
         if inside or after:
-            out[r.info.run_name] = sum(inside) / len(inside) if inside else after[0]
+            out[r.info.run_id] = (r.info.run_name, sum(inside) / len(inside) if inside else after[0])
     return out
+
+
+LOAD_METRICS = {"machine_cpu_percent": CPU_METRIC, "process_cpu_percent": PROCESS_CPU_METRIC}
+
+
+def _log_child_loads(parent_run_id: str) -> None:
+    """Give each child run the load it ran under, as metrics beside its ``wall_seconds`` (so MLflow's Compare view
+    shows an equal-time peer's load next to the geodesic's): ``machine_cpu_percent`` and ``process_cpu_percent``,
+    the means of the parent's samples over the child's interval (`_interval_means`), in % of all cores. Run once
+    the monitor has stopped; a failure here is a warning, never the flow's."""
+    from mlflow.entities import Metric
+
+    try:
+        client, now = _client(), int(time.time() * 1000)
+        loads = {key: _interval_means(parent_run_id, metric) for key, metric in LOAD_METRICS.items()}
+        for run_id in set().union(*loads.values()):  # a resumed flow's child gets the next step, not a second step 0
+            client.log_batch(run_id, metrics=[Metric(key, round(loads[key][run_id][1], 1), now,
+                                                     len(client.get_metric_history(run_id, key)))
+                                              for key in LOAD_METRICS if run_id in loads[key]])
+    except Exception as exc:  # pragma: no cover - the store unreachable at the very end
+        import logging
+
+        logging.getLogger(__name__).warning("the load of each child run not logged: %s", exc)
 
 
 def log_params_once(client, run_id: str, params: dict) -> None:

@@ -37,7 +37,8 @@ KILL_POINTS = {
     "continual": [("per-task training", "ckpt:task-*.pt"), ("traversal", "ckpt:continual-geodesic-*.pt")],
     "connect": [("geodesic segment", "ckpt:connect-*.pt"), ("relaxation", "ckpt:relaxed-*.tensors.pt")],
 }
-IGNORED = {"wall_seconds", "polish_seconds"}  # measured times differ between runs, everything else must not
+IGNORED = {"wall_seconds", "polish_seconds", "machine_cpu_percent", "process_cpu_percent"}  # measured times and
+# loads differ between runs, everything else must not
 
 
 def _env(work: Path) -> dict:

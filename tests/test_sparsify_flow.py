@@ -42,6 +42,12 @@ def test_flow_tracks_every_method_and_resumes_from_cache(harness, workdir, data_
     assert set(load) == {r.info.run_name for r in children + training} and all(0 <= v <= 100 for v in load.values())
     own = child_machine_load(parents[0].info.run_id, PROCESS_CPU_METRIC)  # the flow process's share of it
     assert set(own) == set(load) and all(0 <= v <= 100 for v in own.values()) and max(own.values()) > 0
+    # each child carries both, once, beside its wall_seconds (what MLflow's Compare view shows)
+    for r in children + training:
+        hist = {k: client.get_metric_history(r.info.run_id, k) for k in ("machine_cpu_percent", "process_cpu_percent")}
+        assert [h.step for h in hist["machine_cpu_percent"]] == [0] == [h.step for h in hist["process_cpu_percent"]]
+        assert hist["machine_cpu_percent"][0].value == pytest.approx(load[r.info.run_name], abs=0.051)
+        assert hist["process_cpu_percent"][0].value == pytest.approx(own[r.info.run_name], abs=0.051)
     for r in children:
         p, m = r.data.params, r.data.metrics
         assert r.info.status == "FINISHED"
