@@ -108,10 +108,10 @@ def recording_system_metrics(parent: dict) -> Iterator[None]:
     metrics (MLflow's "System metrics" tab): the load every timing of the run was measured under. Beside MLflow's
     own metrics it samples the flow's process (`_process_monitor`): its CPU use, in % of all cores as the machine's
     is, so the two read together say how much of the machine the run had and how much other work took; and its
-    resident memory. A resumed parent
-    continues its step count. On unless ``$MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`` is ``false``; the monitor stops
-    with the block (or by itself once the parent run is closed). A monitor that cannot start (psutil missing) is
-    skipped with a warning, never fails the flow."""
+    resident memory. When the block ends, each child run gets its share as metrics (`_log_child_loads`). A resumed
+    parent continues its step count. On unless ``$MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`` is ``false``; the monitor
+    stops with the block (or by itself once the parent run is closed). A monitor that cannot start (psutil missing)
+    is skipped with a warning, never fails the flow."""
     monitor = None
     if os.environ.get(SYSTEM_METRICS_ENV, "true").strip().lower() not in ("false", "0", "no"):
         try:
