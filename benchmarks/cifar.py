@@ -60,7 +60,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _load import MachineLoad  # noqa: E402
+from _load import MachineLoad, load_text  # noqa: E402
 
 from geodesic_core import (GeoConfig, InputError, NonFiniteError, build_model, cumulative_lengths,  # noqa: E402
                            evaluate, flat_params, linear_path, load_split)
@@ -256,7 +256,7 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
     def report(name: str, row: dict, budget: float | None = None) -> None:
         """One progress line as a method ends: its accuracy, update epochs and training seconds."""
         print(f"  {name}{'' if budget is None else ', equal time'}: {row['test_accuracy']:.2f}% after "
-              f"{row['epochs']:.2f} epochs, {row['seconds']:.1f} s (machine CPU use {row['machine_cpu_percent']:.0f}%)",
+              f"{row['epochs']:.2f} epochs, {row['seconds']:.1f} s (CPU use: {load_text(row)})",
               flush=True)
 
     # --- geodesic: the filters zeroed a few at a time, one structured stage each (as the flow does) -------------
@@ -293,7 +293,7 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
         rows.append({"epochs": step0 * per_step + s.polish_epochs, "seconds": spent,
                      "test_accuracy": evaluate(model, test)[0], "filters": n_filters, "steps": step0,
                      "stop_reason": f"closing correction, {s.polish_epochs} epochs"})
-    rows[-1]["machine_cpu_percent"] = meter.percent()  # over the traversal and its evaluations
+    rows[-1].update(meter.reading())  # over the traversal and its evaluations
     if s.polish_epochs:
         report("geodesic, closing correction", rows[-1])
     curves["geodesic"] = rows
@@ -320,7 +320,7 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
         _, wall, _ = iterative_prune_train(model, layer, n_filters, train_data, ft_cfg,
                                            epochs_per_filter=s.epochs_per_filter, wall_seconds=budget, augment=True,
                                            device=device, callbacks=[cycle])
-        rows[-1]["machine_cpu_percent"] = meter.percent()
+        rows[-1].update(meter.reading())
         report("prune-train", rows[-1], budget)
         return rows, wall
 
@@ -350,7 +350,7 @@ def run_structured(s: Settings, train_data: Split, test: Split, device: torch.de
         if budget:
             rows.append({"epochs": epochs_run(steps, n_train, cfg.batch_size), "seconds": wall,
                          "test_accuracy": evaluate(model, test)[0], "filters": n_filters})
-        rows[-1]["machine_cpu_percent"] = meter.percent()
+        rows[-1].update(meter.reading())
         report(f"one-shot removal + {'distillation' if distill else 'fine-tuning'}", rows[-1], budget)
         return rows, wall - evals[0]
 
@@ -407,14 +407,13 @@ def print_structured(r: dict) -> None:
           f"the peers' learning rate: {r['peer_schedule']}; distillation on {loss(r['distill_temperature'])} at lr "
           f"{r['distill_lr']:g}, the closing correction on {loss(r['polish_temperature'])} at lr {r['polish_lr']:g}\n")
     print("| method | final accuracy | best accuracy | update epochs | epochs to within 1 point of dense | wall s "
-          "| machine CPU use |")
+          "| CPU use (% of all cores) |")
     print("|---|---|---|---|---|---|---|")
     for name, rows in r["curves"].items():
         rec = recover_epochs(rows, dense - 1.0)
-        cpu = rows[-1].get("machine_cpu_percent")
         print(f"| {name} | {rows[-1]['test_accuracy']:.2f} | {max(x['test_accuracy'] for x in rows[1:]):.2f} | "
               f"{rows[-1]['epochs']:.2f} | {'not reached' if rec is None else f'{rec:.2f}'} | "
-              f"{rows[-1]['seconds']:.1f} | {'' if cpu is None else f'{cpu:.0f}%'} |")
+              f"{rows[-1]['seconds']:.1f} | {load_text(rows[-1])} |")
     geo_final = r["curves"]["geodesic"][-1]["test_accuracy"]
     if retried := sum(x.get("nonfinite_retries", 0) for x in r["curves"]["geodesic"]):
         print(f"geodesic: {retried} steps overflowed and were taken again shorter (GeoConfig.nonfinite_retries)")
@@ -438,13 +437,14 @@ class _Paths(dict):
     def __setitem__(self, name: str, p: dict) -> None:
         super().__setitem__(name, p)
         print(f"  {name}: min {p['min']:.2f}, mean {p['mean']:.2f}, length under g {p['length_g']:.2f}, "
-              f"{p['wall_seconds']:.1f} s (machine CPU use {p['machine_cpu_percent']:.0f}%)", flush=True)
+              f"{p['wall_seconds']:.1f} s (CPU use: {load_text(p)})", flush=True)
 
 
-def _path_summary(accs: list[float], lengths: list[float], euclid: float, wall: float, cpu: float, **extra) -> dict:
-    """A path's row; ``cpu``: the machine's CPU use in % of all cores while the path was built (`_load`)."""
+def _path_summary(accs: list[float], lengths: list[float], euclid: float, wall: float, cpu: dict, **extra) -> dict:
+    """A path's row; ``cpu``: the machine's and this process's CPU use in % of all cores while the path was built
+    (`_load.MachineLoad.reading`)."""
     return {"min": min(accs), "mean": sum(accs) / len(accs), "length_g": lengths[-1], "euclidean": euclid,
-            "wall_seconds": wall, "machine_cpu_percent": cpu, "accuracies": accs, **extra}
+            "wall_seconds": wall, **cpu, "accuracies": accs, **extra}
 
 
 def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Split, device: torch.device,
@@ -475,7 +475,7 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
     pts = linear_path(w_a, w_b, s.line_points)
     accs = evaluate_points(pts)
     paths["linear"] = _path_summary(accs, cumulative_lengths(viewer, pts, probe_x, bn_inputs=bn), dist,
-                                    time.perf_counter() - t, meter.percent())
+                                    time.perf_counter() - t, meter.reading())
     endpoint_acc = (accs[0], accs[-1])  # the endpoints with batch-norm statistics re-estimated, like every point
 
     # --- the peer baselines: a trained quadratic Bezier curve, on the labels and label-free -------------------------
@@ -492,7 +492,7 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
         curve = train_bezier(copy.deepcopy(net_a), w_a, w_b, train_data, cfg, augment=True, wall_seconds=budget,
                              endpoints=(net_a, net_b) if distill else None)
         _sync(device)
-        wall, cpu = time.perf_counter() - t, meter.percent()
+        wall, cpu = time.perf_counter() - t, meter.reading()
         pts = curve.points(s.line_points)
         epochs = round(epochs_run(curve.steps_trained, train_data.x.shape[0], cfg.batch_size), 2)
         return _path_summary(evaluate_points(pts), cumulative_lengths(viewer, pts, probe_x, bn_inputs=bn),
@@ -543,7 +543,7 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
         stops.append(res.stop_reason)
         retries += res.retries
     _sync(device)
-    geo_wall, geo_cpu = time.perf_counter() - t, meter.percent()
+    geo_wall, geo_cpu = time.perf_counter() - t, meter.reading()
     w_end = flat_params(model)
     if not torch.equal(points[-1], w_end):
         points.append(w_end)
@@ -565,7 +565,7 @@ def run_connect(name: str, arch: dict, s: Settings, train_data: Split, test: Spl
         pts = chain.points(s.line_points)
         paths["geodesic, relaxed"] = _path_summary(
             evaluate_points(pts), cumulative_lengths(viewer, pts, probe_x, bn_inputs=bn), chain.euclidean_length(),
-            budget, meter.percent(), epochs=s.relax_epochs, fit_seconds=fit, knots=chain.knots)
+            budget, meter.reading(), epochs=s.relax_epochs, fit_seconds=fit, knots=chain.knots)
     for curve in ("bezier", "bezier-distill"):
         if s.equal_time and curve in paths:
             # trained for the geodesic's time (with the relaxation, if any)
@@ -580,12 +580,11 @@ def print_connect(r: dict) -> None:
           f"{b['epochs']} epochs ({a['train_seconds']:.0f} / {b['train_seconds']:.0f} s), endpoints "
           f"{a['test_accuracy']:.2f} / {b['test_accuracy']:.2f}%, |w_2 - w_1| = {r['distance']:.1f}\n")
     print("| path | min accuracy | mean accuracy | length under g | Euclidean length | epochs | wall s "
-          "| machine CPU use |")
+          "| CPU use (% of all cores) |")
     print("|---|---|---|---|---|---|---|---|")
     for name, p in r["paths"].items():
-        cpu = p.get("machine_cpu_percent")
         print(f"| {name} | {p['min']:.2f} | {p['mean']:.2f} | {p['length_g']:.2f} | {p['euclidean']:.1f} | "
-              f"{p.get('epochs', '')} | {p['wall_seconds']:.1f} | {'' if cpu is None else f'{cpu:.0f}%'} |")
+              f"{p.get('epochs', '')} | {p['wall_seconds']:.1f} | {load_text(p)} |")
     if "geodesic_error" in r:
         print(f"\ngeodesic: failed ({r['geodesic_error']})")
     g = r["paths"].get("geodesic")

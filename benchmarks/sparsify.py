@@ -14,7 +14,7 @@ For every sparsity level, on the same dense network and in one process (no orche
   distill_eq      the same distillation for the geodesic's wall time
 and, at a constant rate, the wall time masked fine-tuning needs to reach the geodesic's accuracy (test set
 evaluated every 100 steps, evaluation time excluded), as the ratio geodesic time / fine-tune time at equal accuracy.
-A line per level gives the machine's CPU use while the geodesic and each equal-time peer ran (`_load.MachineLoad`):
+A line per level gives the machine's CPU use and this process's while the geodesic and each equal-time peer ran (`_load.MachineLoad`):
 the peers' budget is the geodesic's wall time, so a load that differs between the two shows there.
 
     python benchmarks/sparsify.py --data-dir ../shared/data --sparsity 90 --sparsity 98 --sparsity 99
@@ -49,7 +49,7 @@ from geodesic_core.models import build_model
 from geodesic_core.sparsify import (fidelity_probe, geodesic_stage, masks_from_zeros, oneshot_prune, prune_finetune,
                                     run_schedule)
 from geodesic_core.sparsify import polish as closing_correction
-from _load import MachineLoad
+from _load import MachineLoad, load_text
 from heldout import heldout
 
 warnings.filterwarnings("ignore")
@@ -216,7 +216,7 @@ def main() -> None:
     for level in cfg.sparsity:
         meter = MachineLoad()
         geo_model, geo_wall, steps, path_min, stages, rejected, projected = geodesic(dense, slices, level, cfg, tr.x, te)
-        load = {"geodesic": meter.percent()}
+        load = {"geodesic": meter.reading()}
         geo_acc, proj_acc = evaluate(geo_model, te)[0], evaluate(projected, te)[0]
         if args.save:
             _save(_copy(geo_model), Path(args.save) / f"geodesic-{level:g}.pt", geo_acc)
@@ -238,21 +238,21 @@ def main() -> None:
             if cosine:  # one run per budget, each annealed inside it
                 meter.restart()
                 eq = annealed_peer(dense, level, cfg, tr, te, seconds=geo_wall, distill=distill)
-                load[f"{'distill' if distill else 'finetune'} equal time"] = meter.percent()
+                load[f"{'distill' if distill else 'finetune'} equal time"] = meter.reading()
                 at2 = annealed_peer(dense, level, cfg, tr, te, epochs=2, distill=distill)
                 peers[distill] = (at2, eq, None)
                 continue
             meter.restart()
             _, curve = finetune_curve(dense, slices, level, cfg, tr, te, args.match_budget * geo_wall,
                                       distill=distill)
-            load[f"{'distill' if distill else 'finetune'} curve"] = meter.percent()
+            load[f"{'distill' if distill else 'finetune'} curve"] = meter.reading()
             at2 = next((a for (t, a), n in zip(curve, range(1, 10**9)) if n * 100 >= two_ep), curve[-1][1])
             peers[distill] = (at2, _acc_at(curve, geo_wall), next((t for t, a in curve if a >= geo_acc), None))
             curves[distill] = curve
         for row in polished[len(polished) - len(args.polish_epochs):]:  # each peer's curve at the total time
             row += [_at(curves[d], geo_wall + row[4 + d][1]) for d in (False, True)]
-        print(f"  {level:g}%: machine CPU use while each ran (% of {os.cpu_count()} cores): "
-              + ", ".join(f"{k} {v:.0f}%" for k, v in load.items()), flush=True)
+        print(f"  {level:g}%: CPU use while each ran (% of {os.cpu_count()} cores): "
+              + ", ".join(f"{k} {load_text(v)}" for k, v in load.items()), flush=True)
         rows.append((level, geo_acc, path_min, geo_wall, steps, evaluate(one, te)[0], *peers[False], *peers[True][:2],
                      sparsity(flat_params(geo_model), slices)))
     if args.polish_epochs and not args.no_peers:

@@ -401,7 +401,9 @@ def test_system_metrics_follow_mlflows_switch(workdir, db_templates, monkeypatch
 
 
 def test_machine_load_meter_sees_a_busy_core():
-    """`benchmarks/_load.MachineLoad`: a thread spinning for 0.5 s shows as at least half of one core's share."""
+    """`benchmarks/_load.MachineLoad`: a thread spinning for 0.5 s shows as at least half of one core's share of the
+    machine's use, and as this process's CPU time in its own; a process sleeping while another spins shows in the
+    machine's only."""
     import os
     import sys
     import time
@@ -410,8 +412,25 @@ def test_machine_load_meter_sees_a_busy_core():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from _load import MachineLoad
 
-    meter = MachineLoad()
+    meter, cpu0, wall0 = MachineLoad(), time.process_time(), time.monotonic()
     t = time.perf_counter()
     while time.perf_counter() - t < 0.5:
         pass
-    assert 50 / (os.cpu_count() or 1) <= meter.percent() <= 100
+    one_core = 100 / (os.cpu_count() or 1)
+    own = 100 * (time.process_time() - cpu0) / ((time.monotonic() - wall0) * (os.cpu_count() or 1))
+    assert one_core / 2 <= meter.percent() <= 100
+    # the process's share: its CPU time over the wall time, per core (whatever share of a core the spinning thread
+    # got on a loaded machine)
+    assert meter.process_percent() == pytest.approx(own, rel=0.2, abs=1.0) and own > 0
+    import subprocess
+
+    spin = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 3: pass"])
+    try:
+        time.sleep(1.0)  # the other interpreter started and spinning
+        meter.restart()
+        time.sleep(1.0)
+        reading = meter.reading()
+    finally:
+        spin.kill()
+        spin.wait()
+    assert reading["machine_cpu_percent"] >= one_core / 2 and reading["process_cpu_percent"] < one_core / 4, reading
