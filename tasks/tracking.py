@@ -194,7 +194,9 @@ def _interval_means(parent_run_id: str, metric: str) -> dict[str, tuple[str, flo
     """{child run id: (its name, the mean of the parent's ``metric`` samples over the child's interval)}. MLflow's
     monitor takes a sample, waits one sampling interval i, then logs it: the value logged at time T covers
     (T − 2i, T − i], so the samples that overlap [start, end] are those logged in (start + i, end + 2i). A child
-    shorter than a sample gets the first sample logged after start + i. Empty when the parent has none."""
+    shorter than a sample gets the first sample logged after start + i, one after the last sample the last one, so
+    every child gets a value (a resumed run's children the same metrics as an uninterrupted run's). Empty when the
+    parent has no samples."""
     client = _client()
     samples = sorted((m.timestamp, m.value) for m in client.get_metric_history(parent_run_id, metric))
     if not samples:
@@ -209,8 +211,7 @@ def _interval_means(parent_run_id: str, metric: str) -> dict[str, tuple[str, flo
         start, end = r.info.start_time, r.info.end_time or samples[-1][0]
         inside = [v for t, v in samples if start + interval < t < end + 2 * interval]
         after = [v for t, v in samples if t > start + interval]
-        if inside or after:
-            out[r.info.run_id] = (r.info.run_name, sum(inside) / len(inside) if inside else after[0])
+        out[r.info.run_id] = (r.info.run_name, sum(inside) / len(inside) if inside else (after or [samples[-1][1]])[0])
     return out
 
 
