@@ -44,19 +44,20 @@ def run_fresh(command: str, argv: list[str], config_cls, flow_module: str, flow_
 
 def _child_loads() -> dict[str, tuple[float, float | None]]:
     """{child run: (the machine's, the flow process's mean CPU use)} of the one parent run in ./mlflow.db (see
-    `run_fresh`); the process's is None where the parent has no samples of it."""
+    `run_fresh`): the ``machine_cpu_percent`` and ``process_cpu_percent`` the flow logged on each child as it ended
+    (`tasks.tracking.recording_system_metrics`)."""
     from mlflow import MlflowClient
 
-    from tasks.tracking import PROCESS_CPU_METRIC, child_machine_load, tracking_uri
+    from tasks.tracking import tracking_uri
 
     client = MlflowClient(tracking_uri())
-    parents = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
-               if r.data.tags.get("geodesic.role") == "parent"]
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    parents = [r.info.run_id for r in runs if r.data.tags.get("geodesic.role") == "parent"]
     if len(parents) != 1:
         return {}
-    machine = child_machine_load(parents[0].info.run_id)
-    process = child_machine_load(parents[0].info.run_id, PROCESS_CPU_METRIC)
-    return {name: (pct, process.get(name)) for name, pct in machine.items()}
+    return {r.info.run_name: (r.data.metrics["machine_cpu_percent"], r.data.metrics.get("process_cpu_percent"))
+            for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0]
+            and "machine_cpu_percent" in r.data.metrics}
 
 
 def print_load(load: dict[str, tuple[float, float | None]]) -> None:
