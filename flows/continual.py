@@ -32,7 +32,8 @@ def _for_method(params: ContinualConfig, method: str | None = None) -> Continual
     depend on neither the methods nor their settings, and a method's chain not on the other methods'."""
     keep = {"scenario", "tasks", "model", "permutation_seed", "shared_init", "seed", "train"}
     keep |= {"geodesic": {"geo", "eval_every", "linear_points", "align", "fisher_weight", "fisher_samples",
-                           "refit_head", "polish_epochs", "polish_strength", "polish_lr", "polish_temperature"},
+                           "refit_head", "polish_epochs", "polish_strength", "polish_lr", "polish_temperature",
+                           "start_mix"},
              "linear": {"linear_points", "align"},
              "l2": {"l2_strength"}, "ewc": {"ewc_strength", "fisher_samples"}}.get(method, set())
     if method == "geodesic" and not params.geodesic_reads_fisher():
@@ -67,10 +68,13 @@ def _learn_sequence(params: ContinualConfig, parent: dict, data_dir: str, finger
     common = (data_dir, fingerprint, version)
     settings = params.model_dump(exclude={"methods"})
     tracks = {m: child_track(parent, f"{m}-{params.scenario}-{k}", settings, method=m, tasks=k) for m in params.methods}
-    # --- the per-task networks w_1..w_k are independent: trained concurrently ------------------------------
+    # --- the per-task networks w_1..w_k are independent: trained concurrently (w_2..w_k only where a method reads
+    # them: with start_mix > 0 the geodesic trains its own from its chain, below, and the straight line reads them) --
+    warm = "geodesic" in params.methods and params.start_mix > 0
+    shared = k if not warm or "linear" in params.methods else 1
     nets = [train_task_network.submit(i, _for_method(params), *common,
                                       track=child_track(parent, f"train-task{i + 1}", settings, finish=True,
-                                                        method="train", task=i + 1)) for i in range(k)]
+                                                        method="train", task=i + 1)) for i in range(shared)]
     cfg = {m: _for_method(params, m) for m in params.methods}
 
     # --- the chains: stage i of each method needs stage i-1 of the same method ----------------------------
@@ -83,10 +87,19 @@ def _learn_sequence(params: ContinualConfig, parent: dict, data_dir: str, finger
     reads_fisher = "geodesic" in params.methods and params.geodesic_reads_fisher()
     fisher = (pull or consolidate_fisher.submit(nets[0], 0, None, cfg["geodesic"], *common)) if reads_fisher else None
     fishers = {"geodesic": [fisher] if reads_fisher else [], "ewc": pulls}
+    # the geodesic's w_i: the shared ones, or with start_mix > 0 each started from its chain's end (`mixed_start`)
+    geo_nets, own_nets = list(nets) + [None] * (k - shared), []
     for i in range(1, k):
         for m in params.methods:
             if m == "geodesic":
-                prev[m] = geodesic_stage.submit(nets[i], prev[m], i, cfg[m], *common, track=tracks[m], fisher=fisher)
+                if warm:
+                    geo_nets[i] = own = train_task_network.submit(
+                        i, _for_method(params), *common, start=prev[m], start_mix=params.start_mix,
+                        track=child_track(parent, f"train-task{i + 1}-geodesic-start", settings, finish=True,
+                                          method="train", task=i + 1))
+                    own_nets.append(own)
+                prev[m] = geodesic_stage.submit(geo_nets[i], prev[m], i, cfg[m], *common, track=tracks[m],
+                                                fisher=fisher)
             elif m == "linear":
                 prev[m] = linear_stage.submit(nets[i], prev[m], i, cfg[m], *common, track=tracks[m])
             else:
@@ -111,7 +124,7 @@ def _learn_sequence(params: ContinualConfig, parent: dict, data_dir: str, finger
         pull = pulls[0] if pulls else None
         fishers["ewc_equal_time"] = pulls[:1]
         for i in range(1, k):
-            budget = nets[i].result()["wall_seconds"] + stages["geodesic"][i - 1].result()["wall_seconds"]
+            budget = geo_nets[i].result()["wall_seconds"] + stages["geodesic"][i - 1].result()["wall_seconds"]
             if reads_fisher:  # the Fisher the geodesic's stage read counts in its time
                 budget += fishers["geodesic"][i - 1].result()["wall_seconds"]
             for m in sequential:
@@ -128,14 +141,19 @@ def _learn_sequence(params: ContinualConfig, parent: dict, data_dir: str, finger
                 fishers["ewc_equal_time"].append(pull)
 
     # --- evaluate and track ---------------------------------------------------------------------------------
-    raise_first_failure([*nets, *(p for f in fishers.values() for p in f), *(s for m in stages for s in stages[m])])
+    raise_first_failure([*nets, *own_nets, *(p for f in fishers.values() for p in f),
+                         *(s for m in stages for s in stages[m])])
     trained = [n.result() for n in nets]
     log.info("per-task networks: %s", ", ".join(f"{t['accuracies'][t['index']]:.2f}%" for t in trained))
+    geo_trained = [n.result() for n in geo_nets]
+    if warm:
+        log.info("the geodesic's per-task networks (start_mix %g): %s", params.start_mix,
+                 ", ".join(f"{t['accuracies'][t['index']]:.2f}%" for t in geo_trained))
     summary, entries = [], []
     for m in stages:
         results = [s.result() for s in stages[m]]
         fisher_seconds = sum(p.result()["wall_seconds"] for p in fishers.get(m, ()))
-        row, matrix = continual_row(m, params, trained, results, fisher_seconds)
+        row, matrix = continual_row(m, params, geo_trained if m == "geodesic" else trained, results, fisher_seconds)
         log.info("%s: %s (avg %.2f%%)", m, ", ".join(f"{a:.2f}" for a in matrix[-1]), row["avg_accuracy"])
         summary.append(row)
         entries.append((row, matrix, results))

@@ -18,8 +18,8 @@ from geodesic_core import (cumulative_lengths, flat_params, linear_path, load_te
                            set_flat_params, train)
 from geodesic_core.continual import ContinualConfig
 from geodesic_core.continual import (QuadraticPull, build_scenario_model, completed_heads, continual_geodesic,
-                                     distill_head, fisher_diagonal, get_scenario, linear_scan, load_task, pca_2d,
-                                     polish_stage, task_accuracies, task_view)
+                                     distill_head, fisher_diagonal, get_scenario, linear_scan, load_task, mixed_start,
+                                     pca_2d, polish_stage, task_accuracies, task_view)
 from geodesic_core.align import ALIGN_INPUTS, align_to
 from geodesic_core.align import alignment_plan as core_alignment_plan
 from geodesic_core.data import Split
@@ -83,15 +83,22 @@ def _align_start(model, prev, pool: torch.Tensor, index: int, cfg: ContinualConf
 
 @task(**CACHED)
 def train_task_network(index: int, cfg: ContinualConfig, data_dir: str | None, data_fingerprint: str,
-                       code_version: str, track: dict | None = None) -> dict:
+                       code_version: str, track: dict | None = None, start: dict | None = None,
+                       start_mix: float = 0.0) -> dict:
     """Algorithm 2 line 1/4: a freshly initialized network trained on task ``index`` alone (initialization from
-    ``cfg.seed``, shared by all tasks unless ``cfg.shared_init`` is off; data order from ``cfg.seed + index``)."""
-    out = checkpoint_path("task", index, cfg.model_dump(), data_fingerprint, code_version)
+    ``cfg.seed``, shared by all tasks unless ``cfg.shared_init`` is off; data order from ``cfg.seed + index``). With
+    ``start`` (the geodesic chain's end w_{1:i-1}) and ``start_mix`` α > 0 the training starts from α w_{1:i-1} +
+    (1 − α) w_0 instead (`mixed_start`, w_0 that fresh initialization)."""
+    warm = start is not None and start_mix > 0
+    out = checkpoint_path("task", index, cfg.model_dump(), data_fingerprint, code_version,
+                          *((start["sha256"], start_mix) if warm else ()))
     if (done := finished(out)) is not None:
         return done
     seed = cfg.seed + index
     init = cfg.seed if cfg.shared_init else seed
     model = build_scenario_model(get_scenario(cfg.scenario), cfg.model, init).to(default_device())
+    if warm:
+        mixed_start(model, open_ref(start)[0], start_mix)
     with Live(f"train task {index + 1}", track=track) as live:
         t0 = time.perf_counter()
         train(task_view(model, _specs(cfg)[index]), _train_split(cfg, index, data_dir),
@@ -99,7 +106,8 @@ def train_task_network(index: int, cfg: ContinualConfig, data_dir: str | None, d
         wall = time.perf_counter() - t0
         accs = _accs(model, cfg, data_dir)
         live.log(int(live.completed), {f"acc_task_{j + 1}": a for j, a in enumerate(accs)})
-    result = dict(index=index, accuracies=accs, wall_seconds=wall)
+    result = dict(index=index, accuracies=accs, wall_seconds=wall,
+                  **({"start": start["sha256"], "start_mix": start_mix} if warm else {}))
     digest = save_checkpoint(out, model.cpu(), _meta(cfg, task=index, test_accuracy=accs[index], result=result))
     return ref(out, digest, **result)
 

@@ -12,12 +12,13 @@ from geodesic_core.continual import ContinualConfig
 from geodesic_core.continual import (QuadraticPull, average_accuracy, backward_transfer, build_scenario_model,
                                      check_scenario_name, completed_heads, continual_geodesic, distill_head,
                                      fisher_diagonal, fisher_target, get_scenario, head_weights, linear_scan,
-                                     load_task, pca_2d, polish_stage, task_accuracies, task_view)
+                                     load_task, mixed_start, pca_2d, polish_stage, task_accuracies,
+                                     task_view)
 from geodesic_core.targets import FixedTarget, WeightedTarget
 from geodesic_core.data import Split
 from geodesic_core.metric import linear_path
 
-from conftest import tiny_mlp
+from conftest import tiny_cnn_bn, tiny_mlp
 
 
 def test_scenarios_and_their_tasks(data_dir):
@@ -213,6 +214,33 @@ def test_the_straight_line_between_multi_head_networks_keeps_every_trained_head(
     assert not torch.equal(mid[shared], w_i[shared]) and not torch.equal(mid[shared], w_prev[shared])
     one = get_scenario("permuted_mnist")
     assert completed_heads(net, w_i, w_prev, one.tasks(2), 1) == (w_i, w_prev)
+
+
+def test_the_geodesics_per_task_network_starts_between_a_fresh_one_and_the_chains_end():
+    fresh, chain = tiny_cnn_bn(0), tiny_cnn_bn(1)
+    with torch.no_grad():  # batch-norm statistics of their own, and a step count, as after training
+        for net, v in ((fresh, 0.5), (chain, 2.0)):
+            for name, b in net.named_buffers():
+                b.fill_(7 if name.endswith("num_batches_tracked") else v)
+    w0, w1 = flat_params(fresh), flat_params(chain)
+    buffers0 = {k: b.clone() for k, b in fresh.named_buffers()}
+    out = mixed_start(fresh, chain, 0.3)
+    assert out is fresh and torch.allclose(flat_params(fresh), 0.3 * w1 + 0.7 * w0, atol=1e-6)
+    assert torch.equal(flat_params(chain), w1)  # the chain's end is only read
+    for k, b in fresh.named_buffers():
+        if b.is_floating_point():  # running statistics mixed like the weights
+            assert torch.allclose(b, torch.full_like(b, 0.3 * 2.0 + 0.7 * 0.5)), k
+        else:  # the step count stays the fresh network's
+            assert torch.equal(b, buffers0[k]), k
+    same = tiny_mlp(0)
+    assert torch.equal(flat_params(mixed_start(same, tiny_mlp(1), 0.0)), flat_params(tiny_mlp(0)))
+    assert torch.equal(flat_params(mixed_start(same, tiny_mlp(1), 1.0)), flat_params(tiny_mlp(1)))
+    with pytest.raises(InputError, match="different architectures"):
+        mixed_start(tiny_mlp(0), tiny_cnn_bn(0), 0.5)
+    with pytest.raises(InputError, match=r"start_mix must be in \[0, 1\]"):
+        mixed_start(tiny_mlp(0), tiny_mlp(1), 1.5)
+    with pytest.raises(ValueError, match="start_mix"):
+        ContinualConfig(start_mix=-0.1)
 
 
 def test_fisher_diagonal_matches_a_per_example_per_class_loop():

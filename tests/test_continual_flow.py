@@ -127,6 +127,45 @@ def test_sequential_baselines_at_the_geodesics_wall_time(harness, workdir, data_
     assert a1 <= b0
 
 
+def test_the_geodesics_per_task_networks_start_from_its_chain_with_start_mix(harness, workdir, data_dir):
+    """--start-mix 0.5: the geodesic's w_2, w_3 train after its stages 1, 2 end, each from half the chain's end and half
+    a fresh initialization, as child runs of their own; no method reads the fresh w_2, w_3 here (SGD trains its own
+    chain), so they are not trained; the geodesic's time counts its own networks; a rerun is served from the cache."""
+    from mlflow import MlflowClient
+
+    from geodesic_core.checkpoint import load_model
+
+    args = ["continual", "--data-dir", data_dir, "--tasks", "3", "--train.epochs", "1", "--geo.max-steps", "6",
+            "--eval-every", "3", "--fisher-weight", "0", "--polish-epochs", "0", "--linear-points", "3",
+            "--methods", "geodesic", "--methods", "sgd", "--start-mix", "0.5"]
+    assert main(args) == 0
+    folder = workdir / "outputs" / "checkpoints"
+    nets = [load_model(p)[1] for p in folder.glob("task-*.pt")]
+    fresh = {m["task"]: m for m in nets if "start" not in m["result"]}
+    started = {m["task"]: m for m in nets if "start" in m["result"]}
+    assert sorted(fresh) == [0] and sorted(started) == [1, 2]
+    stage_ends = {load_model(p)[1]["result"]["index"]: load_model(p)[1]["sha256"]
+                  for p in folder.glob("continual-geodesic-*.pt")}
+    # w_2 starts from w_1 (the chain's end after task 1), w_3 from the end of the geodesic's stage 2
+    assert started[1]["result"]["start"] == fresh[0]["sha256"] and started[2]["result"]["start"] == stage_ends[1]
+    assert all(m["result"]["start_mix"] == 0.5 for m in started.values())
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("geodesic-continual")
+    runs = client.search_runs([exp.experiment_id])
+    names = sorted(r.info.run_name for r in runs if r.data.params.get("method") == "train")
+    assert names == ["train-task1", "train-task2-geodesic-start", "train-task3-geodesic-start"]
+    children = {r.data.params["method"]: r for r in runs if r.data.params.get("method") in ("geodesic", "sgd")}
+    assert set(children) == {"geodesic", "sgd"}
+    assert children["geodesic"].data.params["start_mix"] == "0.5"
+    # the geodesic's time holds its own w_2, w_3 (trained one at a time) and not the shared ones
+    own = sum(m["result"]["wall_seconds"] for m in started.values())
+    stages = sum(load_model(p)[1]["result"]["wall_seconds"] for p in folder.glob("continual-geodesic-*.pt"))
+    assert children["geodesic"].data.metrics["wall_seconds"] >= own + stages - 1e-6
+    before = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.pt")}
+    assert main(args) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.pt")} == before
+
+
 @pytest.mark.parametrize("scenario,anchor,refit", [("mnist_fashion", "0.2", "False"),
                                                    ("mnist_fashion_heads", "1.0", "True")])
 def test_mnist_to_fashion_with_one_shared_head_or_two(harness, workdir, data_dir, scenario, anchor, refit):
