@@ -88,16 +88,15 @@ def _learn_sequence(params: ContinualConfig, parent: dict, data_dir: str, finger
     fisher = (pull or consolidate_fisher.submit(nets[0], 0, None, cfg["geodesic"], *common)) if reads_fisher else None
     fishers = {"geodesic": [fisher] if reads_fisher else [], "ewc": pulls}
     # the geodesic's w_i: the shared ones, or with start_mix > 0 each started from its chain's end (`mixed_start`)
-    geo_nets, own_nets = list(nets) + [None] * (k - shared), []
+    geo_nets = list(nets) + [None] * (k - shared)
     for i in range(1, k):
         for m in params.methods:
             if m == "geodesic":
                 if warm:
-                    geo_nets[i] = own = train_task_network.submit(
+                    geo_nets[i] = train_task_network.submit(
                         i, _for_method(params), *common, start=prev[m], start_mix=params.start_mix,
                         track=child_track(parent, f"train-task{i + 1}-geodesic-start", settings, finish=True,
                                           method="train", task=i + 1))
-                    own_nets.append(own)
                 prev[m] = geodesic_stage.submit(geo_nets[i], prev[m], i, cfg[m], *common, track=tracks[m],
                                                 fisher=fisher)
             elif m == "linear":
@@ -141,11 +140,11 @@ def _learn_sequence(params: ContinualConfig, parent: dict, data_dir: str, finger
                 fishers["ewc_equal_time"].append(pull)
 
     # --- evaluate and track ---------------------------------------------------------------------------------
-    raise_first_failure([*nets, *own_nets, *(p for f in fishers.values() for p in f),
+    raise_first_failure([*nets, *(geo_nets[1:] if warm else ()), *(p for f in fishers.values() for p in f),
                          *(s for m in stages for s in stages[m])])
     trained = [n.result() for n in nets]
     log.info("per-task networks: %s", ", ".join(f"{t['accuracies'][t['index']]:.2f}%" for t in trained))
-    geo_trained = [n.result() for n in geo_nets]
+    geo_trained = [n.result() for n in geo_nets] if warm else trained
     if warm:
         log.info("the geodesic's per-task networks (start_mix %g): %s", params.start_mix,
                  ", ".join(f"{t['accuracies'][t['index']]:.2f}%" for t in geo_trained))
