@@ -204,7 +204,7 @@ def shots(chromium: str, out: Path, prefect_url: str, mlflow_url: str) -> None:
             "mnist_fashion_heads", "Refit Head (Optional)",
             "None: the scenario's: false for permuted_mnist, mnist_fashion; true for mnist_fashion_heads",
             "Polish Epochs (Optional)", "None: the scenario's: 2 for permuted_mnist, mnist_fashion_heads; 0 for "
-            "mnist_fashion", "Polish Strength")})
+            "mnist_fashion", "Polish Strength", "Start Mix", "each per-task network of the geodesic's chain")})
         page.get_by_text("Align (Optional)", exact=True).first.scroll_into_view_if_needed()
         page.wait_for_timeout(500)
         page.screenshot(path=str(out / "prefect-continual-form-align.png"))
@@ -217,6 +217,9 @@ def shots(chromium: str, out: Path, prefect_url: str, mlflow_url: str) -> None:
         page.get_by_text("Polish Epochs (Optional)", exact=True).first.scroll_into_view_if_needed()
         page.wait_for_timeout(500)
         page.screenshot(path=str(out / "prefect-continual-form-polish.png"))
+        page.get_by_text("Start Mix").first.scroll_into_view_if_needed()
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(out / "prefect-continual-form-start-mix.png"))
         page.goto(f"{prefect_url}/runs/flow-run/{flow_run['id']}", wait_until="networkidle")
         page.get_by_text("Artifacts", exact=True).first.click()
         page.wait_for_timeout(3000)
